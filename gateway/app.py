@@ -1,0 +1,175 @@
+"""The RSGI adapter: routes, reading requests, writing verdicts. Decides nothing itself."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from gateway import responses
+from gateway.config import load_settings
+from gateway.logs import configure_logging
+from gateway.resources import Resources, open_resources
+from gateway.sessions import Reason
+from gateway.tokens import Credential, find_credential, header_credential
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from granian.rsgi import HTTPProtocol, Scope
+
+    from gateway.config import Settings
+
+    Handler = Callable[[Scope, HTTPProtocol], Awaitable[None]]
+
+log = logging.getLogger("gateway")
+_JSON = [responses.JSON_TYPE]
+_NULL_SESSION = [responses.JSON_TYPE, responses.NO_STORE, ("pragma", "no-cache")]
+_EMPTY: list[tuple[str, str]] = []
+
+
+class _Body(msgspec.Struct):
+    token: str | None = None
+
+
+_BODY = msgspec.json.Decoder(_Body)
+
+
+class App:
+    """The gateway as an RSGI application; granian calls ``__rsgi_init__`` in each worker."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._names = settings.cookie_names
+        self._deny = responses.Denials(settings.retry_after_s)
+        self._stack = contextlib.AsyncExitStack()
+        self._res: Resources | None = None
+        self._routes: dict[str, tuple[frozenset[str] | None, Handler]] = {
+            "/validate": (None, self._validate),
+            "/v1/validate": (frozenset({"POST"}), self._api_validate),
+            "/api/auth/get-session": (frozenset({"GET", "HEAD"}), self._get_session),
+            "/healthz": (frozenset({"GET", "HEAD"}), self._healthz),
+            "/readyz": (frozenset({"GET", "HEAD"}), self._readyz),
+        }
+
+    async def open(self) -> None:
+        """Open the worker's resources."""
+        self._res = await self._stack.enter_async_context(open_resources(self.settings))
+
+    async def close(self) -> None:
+        """Close them, in reverse order."""
+        await self._stack.aclose()
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.open())
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.run_until_complete(self.close())
+
+    @property
+    def resources(self) -> Resources:
+        """The open resources; using them before ``open`` is a bug, said precisely."""
+        if self._res is None:
+            msg = "the gateway's resources are not open: __rsgi_init__/open() has not run"
+            raise RuntimeError(msg)
+        return self._res
+
+    async def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> None:
+        path = scope.path
+        route = self._routes.get(path)
+        if route is None:
+            if path.startswith("/validate/"):  # Envoy's path_prefix form
+                return await self._validate(scope, proto)
+            return proto.response_bytes(404, _JSON, responses.error("not_found", "no such endpoint"))
+        methods, handler = route
+        if methods is not None and scope.method not in methods:
+            headers = [*_JSON, ("allow", ", ".join(sorted(methods)))]
+            return proto.response_bytes(405, headers, responses.error("method_not_allowed", scope.method))
+        return await handler(scope, proto)
+
+    def _credential(self, scope: Scope) -> Credential | None:
+        h = scope.headers
+        return find_credential(h.get("authorization"), h.get("x-session-token"), h.get("cookie"), self._names)
+
+    async def _validate(self, scope: Scope, proto: HTTPProtocol) -> None:
+        credential = self._credential(scope)
+        res = self.resources
+        if credential is not None:  # the hit path: no HMAC, no I/O, headers already built
+            entry = res.tiers.cached(credential.key)
+            if entry is not None:
+                headers = entry.rendered
+                if headers is None:
+                    headers = entry.rendered = responses.allow_headers(entry.session)
+                return proto.response_empty(200, headers)
+        verdict = await res.decider.decide(credential)
+        if verdict.session is not None:
+            return proto.response_empty(200, responses.allow_headers(verdict.session))
+        if verdict.reason is Reason.backend_unavailable:
+            return proto.response_empty(503, self._deny.unavailable)
+        return proto.response_empty(401, self._deny.unauthenticated[verdict.reason])
+
+    async def _api_validate(self, scope: Scope, proto: HTTPProtocol) -> None:
+        body = await self._read_body(scope, proto)
+        if body is None:
+            return
+        try:
+            token = _BODY.decode(body).token if body.strip() else None
+        except msgspec.DecodeError as exc:
+            return proto.response_bytes(400, _JSON, responses.error("bad_request", str(exc)))
+        credential = header_credential(token) if token else self._credential(scope)
+        verdict = await self.resources.decider.decide(credential)
+        if verdict.session is not None:
+            return proto.response_bytes(200, _JSON, responses.identity(verdict.session))
+        reason = verdict.reason
+        if reason is Reason.backend_unavailable:
+            return proto.response_bytes(503, self._deny.json_unavailable, responses.error("unavailable", reason))
+        body = responses.error("unauthorized", reason)
+        return proto.response_bytes(401, self._deny.json_unauthenticated[reason], body)
+
+    async def _read_body(self, scope: Scope, proto: HTTPProtocol) -> bytes | None:
+        """Read at most ``max_body_bytes``; answer 413 and return ``None`` beyond that."""
+        limit = self.settings.max_body_bytes
+        declared = scope.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            status = 413 if declared.isdigit() else 400
+            proto.response_bytes(status, _JSON, responses.error("bad_request", f"body limit is {limit} bytes"))
+            return None
+        chunks, size = [], 0
+        async for chunk in proto:
+            size += len(chunk)
+            if size > limit:
+                proto.response_bytes(413, _JSON, responses.error("bad_request", f"body limit is {limit} bytes"))
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _get_session(self, scope: Scope, proto: HTTPProtocol) -> None:
+        """Better Auth's get-session, read-only: the same JSON, or ``null`` with status 200."""
+        credential = self._credential(scope)
+        res = self.resources
+        verdict = await res.decider.decide(credential)
+        if verdict.reason is Reason.backend_unavailable:
+            body = responses.error("unavailable", verdict.reason)
+            return proto.response_bytes(503, self._deny.json_unavailable, body)
+        token = res.decider.verifier.token(credential) if credential is not None else None
+        if verdict.session is None or not isinstance(token, str):
+            return proto.response_bytes(200, _NULL_SESSION, b"null")
+        return proto.response_bytes(200, _NULL_SESSION, responses.better_auth_session(verdict.session, token))
+
+    async def _healthz(self, _: Scope, proto: HTTPProtocol) -> None:
+        proto.response_bytes(200, _JSON, b'{"status":"ok"}')
+
+    async def _readyz(self, _: Scope, proto: HTTPProtocol) -> None:
+        ok, failing = await self.resources.pings()
+        body: dict[str, Any] = {"ok": ok, "failing": failing}
+        proto.response_bytes(503 if failing else 200, [*_JSON, responses.NO_STORE], responses.JSON.encode(body))
+
+
+def create_app() -> App:
+    """Build the app from the environment: granian's factory, called once in each worker."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return App(settings)

@@ -1,0 +1,92 @@
+"""The ``gateway`` command: ``serve``, ``check-config`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from gateway import __version__
+from gateway.config import ConfigError, Settings, describe, load_settings
+from gateway.logs import configure_logging
+
+EXIT_CONFIG = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = argparse.ArgumentParser(prog="gateway", description="Validate Better Auth sessions, fast.")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("serve", "serve the gateway (configuration from the environment)"),
+        ("demo", "serve against an embedded Postgres with a seeded demo session"),
+    ):
+        cmd = commands.add_parser(name, help=help_text)
+        cmd.add_argument("--host", help="listen address (GATEWAY_HOST)")
+        cmd.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
+        cmd.add_argument("--workers", type=int, help="worker processes (GATEWAY_WORKERS)")
+    commands.add_parser("check-config", help="validate the configuration, print every problem, exit non-zero if any")
+    args = parser.parse_args(argv)
+    configure_logging()
+    if args.command == "check-config":
+        return check_config()
+    if args.command == "demo":
+        from gateway.demo import run_demo  # noqa: PLC0415  (pgserver is only needed here)
+
+        return run_demo(args.host, args.port, args.workers)
+    settings = settings_or_none(_cli_overrides(args))
+    return EXIT_CONFIG if settings is None else serve(settings)
+
+
+def _cli_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {k: v for k in ("host", "port", "workers") if (v := getattr(args, k)) is not None}
+
+
+def settings_or_none(overrides: dict[str, object] | None = None) -> Settings | None:
+    """Load the settings, or print every problem to stderr and return ``None``."""
+    try:
+        return load_settings(**(overrides or {}))
+    except ConfigError as exc:
+        print("gateway: invalid configuration:", file=sys.stderr)  # noqa: T201
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)  # noqa: T201
+        return None
+
+
+def check_config() -> int:
+    """Print the effective configuration (secrets masked) or every problem; 0 if usable."""
+    settings = settings_or_none()
+    if settings is None:
+        return EXIT_CONFIG
+    for key, value in describe(settings).items():
+        print(f"{key} = {value}")  # noqa: T201
+    print("configuration OK")  # noqa: T201
+    return 0
+
+
+def serve(settings: Settings) -> int:
+    """Serve the app with granian (RSGI, uvloop, HTTP/1.1) until interrupted."""
+    from granian.constants import HTTPModes, Interfaces, Loops  # noqa: PLC0415
+    from granian import Granian  # noqa: PLC0415
+
+    # Workers rebuild the settings from the environment: pass the command-line values on.
+    os.environ["GATEWAY_HOST"], os.environ["GATEWAY_PORT"] = settings.host, str(settings.port)
+    os.environ["GATEWAY_WORKERS"] = str(settings.workers)
+    configure_logging(settings.log_level)
+    Granian(
+        "gateway.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        interface=Interfaces.RSGI,
+        loop=Loops.uvloop,
+        http=HTTPModes.http1,
+        websockets=False,
+        runtime_threads=1,
+        # backpressure counts connections, not requests: keep it above the proxies' keep-alive pools.
+        backpressure=max(1024, settings.pool_max_size * 64),
+        log_access=False,
+    ).serve()
+    return 0

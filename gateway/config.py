@@ -1,0 +1,224 @@
+"""One typed, frozen ``Settings``, read once from the environment.
+
+Better Auth's own variable names are honoured (``DATABASE_URL``, ``BETTER_AUTH_SECRET``,
+``BETTER_AUTH_SECRETS``, ``AUTH_SECRET``); every other setting is ``GATEWAY_<FIELD>``. Loading
+reports *every* problem at once (``gateway check-config``) and rejects unknown ``GATEWAY_*``
+names, so a typo is an error instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+from gateway.errors import ConfigError
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+_ENV_PREFIX = "GATEWAY_"
+_MIN_DB_TIMEOUT_S = 0.01
+_INVALID = object()
+
+
+class Secret(str):
+    """A string whose ``repr`` and ``str`` never show its value (DSNs, signing secrets)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def reveal(self) -> str:
+        """Return the real value; call it only where the value is used, never to log it."""
+        return str.__str__(self)
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Every setting of the gateway; field ``x`` is read from ``GATEWAY_X`` unless noted."""
+
+    # Better Auth's names: DATABASE_URL; BETTER_AUTH_SECRETS (current first), else
+    # BETTER_AUTH_SECRET, else AUTH_SECRET.
+    database_url: Secret | None = None
+    secrets: tuple[Secret, ...] = ()
+
+    # Credentials.
+    cookie_prefix: str = "better-auth"
+    session_cookie_name: str = ""  # advanced.cookies.session_token.name: used verbatim
+    accept_unsigned_bearer: bool = True  # bearer({requireSignature}) is off by default
+
+    # Schema mapping (see gateway.schema).
+    schema_preset: Literal["default", "prisma", "drizzle"] = "default"
+    use_plural: bool = False
+    db_schema: str = ""
+    user_table: str = ""
+    session_table: str = ""
+    user_fields: dict[str, str] = {}
+    session_fields: dict[str, str] = {}
+    token_field: Literal["token", "id"] = "token"  # "id": the legacy schema (Better Auth < 1.0)
+
+    # In-process cache.
+    l1_max_entries: int = 100_000
+    l1_ttl_s: float = 30.0
+
+    # Postgres.
+    pool_max_size: int = 10
+    db_timeout_s: float = 2.0
+    retry_after_s: int = 5
+
+    # HTTP server.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    max_body_bytes: int = 8192
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def secret(self) -> Secret:
+        """The current secret: Better Auth signs cookies with this one only."""
+        return self.secrets[0]
+
+    @property
+    def cookie_names(self) -> tuple[str, ...]:
+        """The session cookie names to read, the ``__Secure-`` form first."""
+        name = self.session_cookie_name or f"{self.cookie_prefix}.session_token"
+        return (f"__Secure-{name}", name)
+
+
+def load_settings(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+    """Build ``Settings`` from ``environ`` (``os.environ`` if omitted) and keyword overrides.
+
+    Raises:
+        ConfigError: listing every missing, unknown or invalid setting, each naming its variable.
+    """
+    import os  # noqa: PLC0415  (only the edge reads the process environment)
+
+    env = dict(os.environ if environ is None else environ)
+    problems: list[str] = []
+    values: dict[str, object] = {}
+    fields = {f.name: f for f in msgspec.structs.fields(Settings)}
+    _read_better_auth_names(env, values, problems)
+    for name, raw in env.items():
+        if not name.startswith(_ENV_PREFIX) or name.startswith("GATEWAY_TEST_"):
+            continue
+        field = name[len(_ENV_PREFIX) :].lower()
+        if field not in fields or field in ("database_url", "secrets"):
+            problems.append(f"{name}: unknown setting")
+            continue
+        value = _convert(name, raw, fields[field].type, problems)
+        if value is not _INVALID:
+            values[field] = value
+    values.update(overrides)
+    # Invalid values were left at their defaults, so the cross-field checks still run and
+    # every problem is reported in one go.
+    settings = Settings(**values)  # type: ignore[arg-type]  (each value was converted above)
+    problems.extend(validate(settings))
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _read_better_auth_names(env: dict[str, str], values: dict[str, object], problems: list[str]) -> None:
+    url = env.get("DATABASE_URL") or env.get("GATEWAY_DATABASE_URL")
+    env.pop("GATEWAY_DATABASE_URL", None)
+    if url:
+        values["database_url"] = Secret(url)
+    if env.get("BETTER_AUTH_SECRETS"):
+        values["secrets"] = _parse_versioned_secrets(env["BETTER_AUTH_SECRETS"], problems)
+    elif env.get("BETTER_AUTH_SECRET") or env.get("AUTH_SECRET"):
+        values["secrets"] = (Secret(env.get("BETTER_AUTH_SECRET") or env["AUTH_SECRET"]),)
+
+
+def _parse_versioned_secrets(raw: str, problems: list[str]) -> tuple[Secret, ...]:
+    """Parse Better Auth's ``"2:new,1:old"`` list; the first entry is the current secret."""
+    out: list[Secret] = []
+    for item in raw.split(","):
+        version, sep, value = item.strip().partition(":")
+        if not sep or not version.strip().isdigit() or not value:
+            problems.append("BETTER_AUTH_SECRETS: expected '<version>:<secret>,...', e.g. '2:new,1:old'")
+            return ()
+        out.append(Secret(value))
+    return tuple(out)
+
+
+def _convert(name: str, raw: str, typ: object, problems: list[str]) -> object:
+    if typ == dict[str, str]:
+        return _parse_mapping(name, raw, problems)
+    try:
+        return msgspec.convert(raw, typ, strict=False)
+    except msgspec.ValidationError as exc:
+        problems.append(f"{name}: {exc} (got {raw!r})")
+        return _INVALID
+
+
+def _parse_mapping(name: str, raw: str, problems: list[str]) -> dict[str, str]:
+    """Parse ``"field=column,field=column"``."""
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            problems.append(f"{name}: expected 'field=column,...', got {item!r}")
+            continue
+        out[key.strip()] = value.strip()
+    return out
+
+
+def validate(s: Settings) -> list[str]:
+    """Return every cross-field problem of ``s`` (empty when it is usable)."""
+    problems: list[str] = []
+    if not s.secrets:
+        problems.append(
+            "BETTER_AUTH_SECRET: not set (also read: BETTER_AUTH_SECRETS, AUTH_SECRET); "
+            "use the secret your Better Auth server signs cookies with"
+        )
+    if s.database_url is None:
+        problems.append("DATABASE_URL: not set (the Postgres database Better Auth writes its sessions to)")
+    elif not s.database_url.reveal().startswith(("postgres://", "postgresql://")):
+        problems.append("DATABASE_URL: expected a postgres:// or postgresql:// URL")
+    names = {
+        "GATEWAY_DB_SCHEMA": s.db_schema,
+        "GATEWAY_USER_TABLE": s.user_table,
+        "GATEWAY_SESSION_TABLE": s.session_table,
+    }
+    names |= {f"GATEWAY_USER_FIELDS[{k}]": v for k, v in s.user_fields.items()}
+    names |= {f"GATEWAY_SESSION_FIELDS[{k}]": v for k, v in s.session_fields.items()}
+    problems.extend(
+        f"{var}: {value!r} is not a valid SQL identifier (letters, digits, _ and $; at most 63)"
+        for var, value in names.items()
+        if value and not _IDENTIFIER.match(value)
+    )
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", s.cookie_prefix):
+        problems.append("GATEWAY_COOKIE_PREFIX: letters, digits, '.', '-' and '_' only")
+    if s.session_cookie_name and not re.fullmatch(r"[!#$%&'*+\-.^_`|~A-Za-z0-9]{1,128}", s.session_cookie_name):
+        problems.append("GATEWAY_SESSION_COOKIE_NAME: not a valid cookie name")
+    problems.extend(_check_numbers(s))
+    return problems
+
+
+def _check_numbers(s: Settings) -> list[str]:
+    checks = [
+        ("GATEWAY_L1_MAX_ENTRIES", s.l1_max_entries >= 0, "must be >= 0 (0 turns the cache off)"),
+        ("GATEWAY_L1_TTL_S", s.l1_ttl_s >= 0, "must be >= 0"),
+        ("GATEWAY_POOL_MAX_SIZE", s.pool_max_size >= 1, "must be >= 1"),
+        ("GATEWAY_DB_TIMEOUT_S", s.db_timeout_s >= _MIN_DB_TIMEOUT_S, "must be >= 0.01"),
+        ("GATEWAY_RETRY_AFTER_S", s.retry_after_s >= 1, "must be >= 1"),
+        ("GATEWAY_PORT", 0 <= s.port <= 65535, "must be a TCP port"),  # noqa: PLR2004
+        ("GATEWAY_WORKERS", s.workers >= 1, "must be >= 1"),
+        ("GATEWAY_MAX_BODY_BYTES", s.max_body_bytes >= 64, "must be >= 64"),  # noqa: PLR2004
+    ]
+    return [f"{name}: {why}" for name, ok, why in checks if not ok]
+
+
+def describe(s: Settings) -> dict[str, object]:
+    """Return the effective settings with every secret masked, for logs and ``check-config``."""
+    out = msgspec.structs.asdict(s)
+    out["database_url"] = _mask_dsn(s.database_url.reveal()) if s.database_url else None
+    out["secrets"] = [f"<{len(x)} chars>" for x in s.secrets]
+    return out
+
+
+def _mask_dsn(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1****@", url)

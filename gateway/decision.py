@@ -1,0 +1,56 @@
+"""The decision: is this credential a valid Better Auth session? Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gateway.errors import BackendUnavailable
+from gateway.sessions import Reason, Session, Verdict
+
+if TYPE_CHECKING:
+    from gateway.tiers import Tiers
+    from gateway.tokens import Credential, Verifier
+
+
+def judge(session: Session | None, now: float) -> Reason:
+    """Better Auth's read-time rules for a looked-up session (``api/routes/session.ts``).
+
+    Valid iff the row and its user exist and ``expiresAt`` is not in the past; the gateway also
+    refuses a user the admin plugin has banned (``banned`` and ``banExpires`` unset or ahead).
+    """
+    if session is None:
+        return Reason.unknown_session
+    if session.expires_at < now:
+        return Reason.expired
+    if session.banned_until > now:
+        return Reason.banned
+    return Reason.ok
+
+
+class Decider:
+    """Checks a credential locally, then looks its session up through the tiers."""
+
+    def __init__(self, verifier: Verifier, tiers: Tiers) -> None:
+        self.verifier = verifier
+        self.tiers = tiers
+
+    async def decide(self, credential: Credential | None) -> Verdict:
+        """Return the verdict for ``credential`` (``None``: the request carried none)."""
+        if credential is None:
+            return Verdict(Reason.no_credentials)
+        entry = self.tiers.cached(credential.key)
+        if entry is not None:
+            return Verdict(Reason.ok, entry.session)
+        token = self.verifier.token(credential)
+        if isinstance(token, Reason):
+            return Verdict(token)
+        try:
+            session = await self.tiers.load(token)
+        except BackendUnavailable:
+            return Verdict(Reason.backend_unavailable)
+        reason = judge(session, self.tiers.l1.clock())
+        if reason is not Reason.ok:
+            return Verdict(reason)
+        assert session is not None  # noqa: S101  (judge says ok only for a session)
+        self.tiers.remember(credential.key, session)
+        return Verdict(Reason.ok, session)

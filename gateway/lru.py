@@ -1,0 +1,64 @@
+"""A bounded, TTL-aware LRU with an injected clock; no asyncio, no I/O.
+
+An ``OrderedDict`` with ``move_to_end`` on every hit: measured here at ~15 ns more than a plain
+``dict.get`` per hit (``reference/performance.md`` has the alternatives), so a true LRU costs
+nothing worth approximating away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class LRU(Generic[V]):
+    """Map keys to values that expire at a per-entry deadline; evict the least recently used.
+
+    Args:
+        max_entries: the bound; 0 turns the cache off (every ``put`` is dropped).
+        clock: seconds since the epoch; injected so tests never sleep.
+    """
+
+    __slots__ = ("_data", "_max", "clock")
+
+    def __init__(self, max_entries: int, clock: Callable[[], float] = time.time) -> None:
+        self._data: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self._max = max_entries
+        self.clock = clock
+
+    def get(self, key: str) -> V | None:
+        """Return the live value under ``key`` and mark it recently used, else ``None``."""
+        item = self._data.get(key)
+        if item is None:
+            return None
+        if item[0] < self.clock():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return item[1]
+
+    def put(self, key: str, value: V, deadline: float) -> None:
+        """Store ``value`` until ``deadline``, evicting the least recently used entry if full."""
+        if self._max <= 0 or deadline < self.clock():
+            return
+        data = self._data
+        data[key] = (deadline, value)
+        data.move_to_end(key)
+        if len(data) > self._max:
+            data.popitem(last=False)
+
+    def pop(self, key: str) -> V | None:
+        """Remove ``key``; return its value if it was present (live or not)."""
+        item = self._data.pop(key, None)
+        return None if item is None else item[1]
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._data.clear()
+
+    def __len__(self) -> int:
+        return len(self._data)

@@ -1,0 +1,180 @@
+"""Postgres, the source of truth: one prepared join on Better Auth's own tables, read-only.
+
+The pool skips asyncpg's reset on release (``reference/performance.md`` §3): a second round trip
+per lookup, and only needed when connections carry session state. Ours never do: the gateway
+runs nothing but SELECTs on pooled connections (LISTEN has a connection of its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import msgspec
+
+from gateway.errors import StoreUnavailable
+from gateway.schema import COLUMNS_SQL, Mapping, Query, build_query
+from gateway.sessions import JSONObject, Session
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+
+log = logging.getLogger("gateway.store")
+
+# Failures that mean "Postgres could not answer", as opposed to a bug in the gateway.
+UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_UTC = dt.UTC
+
+
+async def _no_reset(_: asyncpg.Connection) -> None:
+    """Replace asyncpg's per-release reset: pooled connections never carry session state."""
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=msgspec.json.encode, decoder=msgspec.json.decode, schema="pg_catalog", format="text")
+
+
+class Store:
+    """Looks sessions up by token in Better Auth's tables.
+
+    ``open`` never fails because Postgres is down: the pool connects on demand and the
+    column catalogue is read on first use, so the gateway starts, answers 503 while
+    Postgres is away, and recovers by itself.
+    """
+
+    def __init__(self, settings: Settings, mapping: Mapping) -> None:
+        self._settings = settings
+        self._mapping = mapping
+        self._pool: asyncpg.Pool | None = None
+        self._query: Query | None = None
+        self._query_lock = asyncio.Lock()
+        self.queries = 0  # lookups sent to Postgres, for tests and metrics
+
+    async def open(self) -> None:
+        """Create the pool (connections are made as needed)."""
+        s = self._settings
+        assert s.database_url is not None  # noqa: S101  (config.validate guarantees it)
+        self._pool = await asyncpg.create_pool(
+            s.database_url.reveal(),
+            min_size=0,
+            max_size=s.pool_max_size,
+            reset=_no_reset,
+            init=_init_connection,
+            timeout=s.db_timeout_s,
+            server_settings={
+                "application_name": "better-auth-gateway",
+                # Postgres abandons a query we have stopped waiting for.
+                "statement_timeout": str(max(1, int(s.db_timeout_s * 1000))),
+            },
+        )
+
+    async def close(self) -> None:
+        """Close the pool, waiting at most the lookup budget for queries in flight."""
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), self._settings.db_timeout_s)
+            except TimeoutError:
+                pool.terminate()
+
+    async def fetch(self, token: str) -> Session | None:
+        """Return the session whose token is ``token`` joined to its user, or ``None``.
+
+        Raises:
+            StoreUnavailable: Postgres did not answer within the configured budget.
+        """
+        try:
+            async with asyncio.timeout(self._settings.db_timeout_s):
+                query = self._query or await self._load_query()
+                row = await self._pool_or_raise().fetchrow(query.sql, token)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(_describe(exc)) from exc
+        finally:
+            self.queries += 1
+        return None if row is None else to_session(query, row)
+
+    async def ping(self) -> None:
+        """Run ``SELECT 1`` and check the mapped tables; raise ``StoreUnavailable`` if either fails."""
+        try:
+            async with asyncio.timeout(self._settings.db_timeout_s):
+                await self._pool_or_raise().fetchval("SELECT 1")
+                if self._query is None:
+                    await self._load_query()
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(_describe(exc)) from exc
+
+    def _pool_or_raise(self) -> asyncpg.Pool:
+        if self._pool is None:
+            msg = "the Postgres pool is not open (used before open() or after close())"
+            raise StoreUnavailable(msg)
+        return self._pool
+
+    async def _load_query(self) -> Query:
+        async with self._query_lock:
+            if self._query is None:
+                m, pool = self._mapping, self._pool_or_raise()
+                session_cols = [r[0] for r in await pool.fetch(COLUMNS_SQL, m.db_schema, m.session.bare)]
+                user_cols = [r[0] for r in await pool.fetch(COLUMNS_SQL, m.db_schema, m.user.bare)]
+                try:
+                    self._query = build_query(m, session_cols, user_cols)
+                except LookupError as exc:
+                    raise StoreUnavailable(str(exc)) from exc
+                log.info("session lookup: %s", self._query.sql)
+            return self._query
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "Postgres did not answer in time"
+    return f"Postgres: {type(exc).__name__}: {exc}"
+
+
+def to_session(query: Query, row: asyncpg.Record) -> Session:
+    """Turn a row of ``query`` into a ``Session`` with Better Auth's field names and JSON values."""
+    values = [json_value(v) for v in row]
+    n = len(query.session_fields)
+    session = dict(zip(query.session_fields, values[:n], strict=True))
+    user = dict(zip(query.user_fields, values[n:], strict=True))
+    return Session(
+        expires_at=epoch(row[query.session_fields.index("expiresAt")]),
+        banned_until=_banned_until(user, row[n + query.user_fields.index("banExpires")] if "banExpires" in user else None),
+        session=session,
+        user=user,
+    )
+
+
+def _banned_until(user: JSONObject, ban_expires: Any) -> float:
+    if user.get("banned") is not True:
+        return 0.0
+    return math.inf if ban_expires is None else epoch(ban_expires)
+
+
+def epoch(value: Any) -> float:
+    """Seconds since the epoch of a timestamp column (naive values are UTC, as Better Auth writes them)."""
+    if isinstance(value, dt.datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=_UTC)).timestamp()
+    if isinstance(value, int | float):  # a bigint of milliseconds (custom schemas)
+        return value / 1000
+    msg = f"not a timestamp: {value!r}"
+    raise TypeError(msg)
+
+
+def json_value(value: Any) -> Any:
+    """Render a column value as Better Auth's JSON does (dates as JavaScript ``toISOString()``)."""
+    if isinstance(value, dt.datetime):
+        value = value.astimezone(_UTC) if value.tzinfo else value
+        # toISOString(): milliseconds, truncated (JavaScript Dates have no finer resolution).
+        return (
+            f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:"
+            f"{value.second:02d}.{value.microsecond // 1000:03d}Z"
+        )
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if value is None or isinstance(value, str | bool | int | float | dict | list):
+        return value
+    return str(value)  # uuid, numeric, inet: their text form

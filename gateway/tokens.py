@@ -1,0 +1,174 @@
+"""Credentials: find them in a request, check them exactly as Better Auth does. No I/O.
+
+Better Auth's rules (``reference/better-auth.md`` §2 and §4, better-call ``parseCookies`` and
+``getSignedCookie``, the bearer plugin):
+
+- cookie ``[__Secure-]<prefix>.session_token``: the first occurrence of a name wins, the value is
+  trimmed, a leading ``"`` strips one character from each end, and it is percent-decoded only if
+  it contains ``%`` (kept raw if that fails). It must be ``<token>.<base64 HMAC-SHA256>`` with a
+  44-character padded signature, made with the *current* secret;
+- ``Authorization: Bearer <x>`` (scheme case-insensitive, value trimmed): with a ``.`` it is a
+  signed value as above (percent-decoded first); without one it is a raw token, accepted unless
+  signatures are required. Another scheme is not a Better Auth credential and is ignored.
+
+The gateway adds ``X-Session-Token`` (and the JSON body's ``token``) with the bearer rules, for
+internal callers. Unlike Better Auth, a credential that is present but invalid is refused: the
+gateway never falls through to the next one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import hmac
+import re
+from typing import NamedTuple
+from urllib.parse import unquote
+
+from gateway.sessions import Reason
+
+# JavaScript's String.prototype.trim() whitespace, which better-call's parser uses.
+_JS_WHITESPACE = " \t\n\r\x0b\x0c\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_LEGACY_TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,255}")
+_TOKEN_LENGTH = 32  # generateId(32): always the length of a Better Auth >= 1.0 session token
+_SIGNATURE_LENGTH = 44  # standard base64 of 32 bytes, with its one '=' of padding
+_BEARER = "bearer "
+
+
+class Kind(enum.IntEnum):
+    """Where a credential came from; it decides which parsing rules apply."""
+
+    bearer = 1
+    header = 2  # X-Session-Token or a JSON body's "token": bearer rules
+    cookie = 3
+
+
+class Credential(NamedTuple):
+    """A credential as presented, before any check.
+
+    ``key`` determines the outcome of the check by itself (it embeds the kind), so the
+    in-process cache can be keyed on it and a hit needs no HMAC: only values that passed the
+    check are ever stored under their key. The key spaces of the kinds cannot overlap: a
+    bearer key starts with ``Bearer `` and a header key with ``x:``, which no valid cookie
+    value can.
+    """
+
+    key: str
+    kind: Kind
+    value: str
+
+
+def find_credential(
+    authorization: str | None,
+    session_header: str | None,
+    cookie: str | None,
+    cookie_names: tuple[str, ...],
+) -> Credential | None:
+    """Return the credential a request carries, in Better Auth's order, or ``None``."""
+    if authorization is not None and authorization[:7].lower() == _BEARER:
+        value = authorization[7:].strip(_JS_WHITESPACE)
+        if value:
+            return Credential(authorization, Kind.bearer, value)
+    if session_header:
+        return header_credential(session_header)
+    if cookie is not None:
+        value = cookie_value(cookie, cookie_names)
+        if value:
+            return Credential(value, Kind.cookie, value)
+    return None
+
+
+def header_credential(value: str) -> Credential:
+    """Wrap a token given as a plain value (``X-Session-Token``, a JSON body's ``token``)."""
+    return Credential("x:" + value, Kind.header, value.strip(_JS_WHITESPACE))
+
+
+def cookie_value(header: str, names: tuple[str, ...]) -> str | None:
+    """Return the (undecoded) value of the first of ``names`` present in a Cookie header.
+
+    A port of better-call's ``parseCookies``, stopping early: the first occurrence of a name
+    wins, and ``names`` are in order of preference.
+    """
+    if names[-1] not in header:  # the plain name is a substring of the __Secure- one
+        return None
+    found: dict[str, str] = {}
+    index, length = 0, len(header)
+    while index < length:
+        eq = header.find("=", index)
+        if eq == -1:
+            break
+        end = header.find(";", index)
+        if end == -1:
+            end = length
+        elif end < eq:
+            index = header.rfind(";", 0, eq) + 1
+            continue
+        name = header[index:eq].strip(_JS_WHITESPACE)
+        if name in names and name not in found:
+            value = header[eq + 1 : end].strip(_JS_WHITESPACE)
+            found[name] = value[1:-1] if value[:1] == '"' else value
+            if name == names[0]:
+                break
+        index = end + 1
+    return next((found[n] for n in names if n in found), None)
+
+
+def decode_uri_component(value: str) -> str:
+    """Percent-decode like JavaScript's ``decodeURIComponent``; on failure return ``value``."""
+    if _BAD_ESCAPE.search(value):
+        return value
+    try:
+        return unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        return value
+
+
+class Verifier:
+    """Turns a credential into the session token it proves, or the reason it proves nothing."""
+
+    __slots__ = ("_accept_unsigned", "_key", "_legacy_ids")
+
+    def __init__(self, secret: str, *, accept_unsigned: bool, legacy_ids: bool = False) -> None:
+        self._key = secret.encode()
+        self._accept_unsigned = accept_unsigned
+        self._legacy_ids = legacy_ids
+
+    def token(self, credential: Credential) -> str | Reason:
+        """Return the token ``credential`` proves, or the ``Reason`` it is refused."""
+        value = credential.value
+        if credential.kind is Kind.cookie:
+            return self.verify_signed(decode_uri_component(value) if "%" in value else value)
+        if "." in value:
+            return self.verify_signed(decode_uri_component(value) if "%" in value else value)
+        if not self._accept_unsigned:
+            return Reason.unsigned_token
+        return value if self.plausible(value) else Reason.malformed
+
+    def verify_signed(self, value: str) -> str | Reason:
+        """Check ``<token>.<signature>`` with the current secret; return the token."""
+        dot = value.rfind(".")
+        if dot < 1:
+            return Reason.malformed
+        token, signature = value[:dot], value[dot + 1 :]
+        if len(signature) != _SIGNATURE_LENGTH or signature[-1] != "=" or not self.plausible(token):
+            return Reason.malformed
+        try:
+            given = base64.b64decode(signature, validate=True)
+        except binascii.Error:
+            return Reason.malformed
+        expected = hmac.digest(self._key, token.encode(), "sha256")
+        return token if hmac.compare_digest(given, expected) else Reason.bad_signature
+
+    def plausible(self, token: str) -> bool:
+        """Whether ``token`` could be a session token at all (checked before any I/O)."""
+        if self._legacy_ids:  # Better Auth < 1.0 used session.id, whose shape varies
+            return _LEGACY_TOKEN.fullmatch(token) is not None
+        return len(token) == _TOKEN_LENGTH and token.isascii() and token.isalnum()
+
+
+def sign(token: str, secret: str) -> str:
+    """Return ``<token>.<signature>`` as Better Auth signs it (before percent-encoding)."""
+    mac = hmac.digest(secret.encode(), token.encode(), "sha256")
+    return f"{token}.{base64.b64encode(mac).decode()}"
