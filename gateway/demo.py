@@ -11,6 +11,7 @@ import contextlib
 import os
 import secrets
 import sys
+import warnings
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -66,6 +67,8 @@ def run_demo(host: str | None, port: int | None, workers: int | None) -> int:
     os.environ.setdefault("BETTER_AUTH_SECRET", _demo_secret(folder))
     with contextlib.ExitStack() as stack:
         if not os.environ.get("DATABASE_URL"):
+            # pgserver asks for a runtime folder, which containers lack; its fallback is fine.
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
             import pgserver  # noqa: PLC0415  (only the demo needs the embedded server)
 
             server = pgserver.get_server(folder / "pgdata", cleanup_mode="stop")

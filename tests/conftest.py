@@ -1,0 +1,158 @@
+"""Real services for the tests: a Postgres (the one named by ``GATEWAY_TEST_DATABASE_URL``, else an
+embedded one the tests start), a fresh database per test, and real ``gateway serve`` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+
+from gateway import seed
+
+SECRET = "test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A DSN with the right to create databases: the configured server, or an embedded one."""
+    configured = os.environ.get("GATEWAY_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    import pgserver  # noqa: PLC0415
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pgdata"), cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+def with_database(dsn: str, name: str) -> str:
+    """``dsn`` pointing at database ``name`` instead."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture
+async def database(postgres_admin_dsn: str) -> AsyncIterator[str]:
+    """A new, empty database for one test, dropped afterwards; yields its DSN."""
+    name = "gw_test_" + secrets.token_hex(6)
+    admin = await asyncpg.connect(postgres_admin_dsn)
+    try:
+        await admin.execute(f'create database "{name}"')
+        yield with_database(postgres_admin_dsn, name)
+    finally:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.close()
+
+
+@pytest.fixture
+async def db(database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test database, with Better Auth's schema (plugins included)."""
+    conn = await asyncpg.connect(database)
+    await seed.create_schema(conn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A real ``gateway serve`` process on a free port."""
+
+    def __init__(self, env: dict[str, str], workers: int = 1) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "BETTER_AUTH", "DATABASE_URL"))}
+        full_env |= {"GATEWAY_PORT": str(self.port), "GATEWAY_WORKERS": str(workers), "BETTER_AUTH_SECRET": SECRET}
+        full_env |= env
+        self.log = ROOT / ".pytest_cache" / f"gateway-{self.port}.log"
+        self.log.parent.mkdir(exist_ok=True)
+        self._log_file = self.log.open("wb")
+        self.proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "gateway", "serve"], env=full_env, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.output()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway did not come up:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._log_file.close()
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Any]:
+    """Start real gateway processes; every one started is stopped at the end of the test."""
+    started: list[Server] = []
+
+    def start(env: dict[str, str], workers: int = 1, *, ready: bool = True) -> Server:
+        server = Server(env, workers)
+        started.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client with short timeouts (a hang is a failure, not a wait)."""
+    async with httpx.AsyncClient(timeout=10) as c:
+        yield c
+
+
+async def eventually(check: Any, timeout: float = 5.0, interval: float = 0.02) -> Any:
+    """Poll ``check()`` (sync or async) until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(interval)

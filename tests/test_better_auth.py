@@ -1,0 +1,169 @@
+"""The gateway against the real Better Auth 1.7 (npm ``better-auth`` with ``pg``) on one database."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import SECRET, Server, eventually, free_port
+
+PEER = Path(__file__).parent / "better_auth"
+PASSWORD = "correct-horse-battery-staple"
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """The pinned Better Auth install (``npm ci`` on first use)."""
+    if shutil.which("node") is None:
+        if os.environ.get("GATEWAY_TEST_REQUIRE_NODE"):
+            pytest.fail("node is required (GATEWAY_TEST_REQUIRE_NODE is set) but not installed")
+        pytest.skip("Node.js is not installed: the real Better Auth cannot run here")
+    if not (PEER / "node_modules" / "better-auth").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEER, check=True, timeout=600)  # noqa: S607
+    return PEER / "node_modules"
+
+
+class BetterAuth:
+    """A real Better Auth server process on a free port."""
+
+    def __init__(self, database: str, base_url_scheme: str = "http") -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.origin = f"{base_url_scheme}://127.0.0.1:{self.port}"
+        env = os.environ | {
+            "DATABASE_URL": database,
+            "BETTER_AUTH_SECRET": SECRET,
+            "PORT": str(self.port),
+            "BASE_URL": self.origin,
+            "PLUGINS": "bearer,admin",
+        }
+        self.proc = subprocess.Popen(  # noqa: S603
+            ["node", "server.mjs"], cwd=PEER, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True  # noqa: S607
+        )
+        line = self.proc.stdout.readline() if self.proc.stdout else ""
+        if line.strip() != "ready":
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"Better Auth did not start: {line}{self.proc.stdout.read() if self.proc.stdout else ''}")
+
+    async def sign_up(self, client: httpx.AsyncClient, email: str) -> httpx.Response:
+        r = await client.post(
+            self.url + "/api/auth/sign-up/email",
+            json={"email": email, "password": PASSWORD, "name": email.split("@")[0]},
+            headers={"origin": self.origin},
+        )
+        r.raise_for_status()
+        return r
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def better_auth(node_modules: Path, database: str) -> Iterator[BetterAuth]:
+    peer = BetterAuth(database)
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+async def ba_client() -> AsyncIterator[httpx.AsyncClient]:
+    """A client that keeps no cookies: every test states the credential it sends."""
+    async with httpx.AsyncClient(timeout=10, cookies=None) as c:
+        yield c
+
+
+def set_cookie_pair(response: httpx.Response) -> tuple[str, str]:
+    """The session cookie's name and wire value from a Set-Cookie header."""
+    for header in response.headers.get_list("set-cookie"):
+        pair = header.split(";", 1)[0]
+        name, _, value = pair.partition("=")
+        if name.endswith("session_token"):
+            return name, value
+    raise AssertionError("no session cookie was set")
+
+
+async def validate(client: httpx.AsyncClient, gw: Server, headers: dict[str, str]) -> httpx.Response:
+    client.cookies.clear()
+    return await client.get(gw.url + "/validate", headers=headers)
+
+
+async def test_real_better_auth_sessions_validate(better_auth: BetterAuth, database: str, start_gateway: Any, ba_client: httpx.AsyncClient) -> None:
+    """Every credential form Better Auth hands out validates; forgeries don't; sign-out is honoured."""
+    gw = start_gateway({"DATABASE_URL": database, "GATEWAY_L1_TTL_S": "1"})
+    signup = await better_auth.sign_up(ba_client, "ada@example.com")
+    user_id, token = signup.json()["user"]["id"], signup.json()["token"]
+    name, wire = set_cookie_pair(signup)
+    assert name == "better-auth.session_token"
+    signed = signup.headers["set-auth-token"]
+    accepted = {
+        "cookie": {"cookie": f"{name}={wire}"},
+        "__Secure- cookie": {"cookie": f"__Secure-{name}={wire}"},
+        "set-auth-token": {"authorization": f"Bearer {signed}"},
+        "raw token": {"authorization": f"Bearer {token}"},
+    }
+    for form, headers in accepted.items():
+        r = await validate(ba_client, gw, headers)
+        assert r.status_code == 200, form
+        assert r.headers["x-auth-request-user"] == user_id, form
+        assert r.headers["x-auth-request-email"] == "ada@example.com", form
+    tampered = wire[:-6] + ("A" if wire[-6] != "A" else "B") + wire[-5:]
+    refused = {
+        "tampered signature": {"cookie": f"{name}={tampered}"},
+        "wrong token": {"authorization": "Bearer " + "x" * 32},
+        "no credential": {},
+    }
+    for form, headers in refused.items():
+        assert (await validate(ba_client, gw, headers)).status_code == 401, form
+
+    out = await ba_client.post(
+        better_auth.url + "/api/auth/sign-out", headers={"cookie": f"{name}={wire}", "origin": better_auth.origin}
+    )
+    assert out.status_code == 200
+
+    async def refused_now() -> bool:
+        return (await validate(ba_client, gw, accepted["cookie"])).status_code == 401
+
+    await eventually(refused_now, timeout=3)  # the L1 TTL (1 s) bounds it until invalidation lands
+    for _ in range(5):
+        assert await refused_now()
+        await asyncio.sleep(0.05)
+
+
+async def test_get_session_equals_better_auths(better_auth: BetterAuth, database: str, start_gateway: Any, ba_client: httpx.AsyncClient) -> None:
+    """The gateway's get-session answer equals Better Auth's own for the same cookie, and for none."""
+    gw = start_gateway({"DATABASE_URL": database})
+    signup = await better_auth.sign_up(ba_client, "grace@example.com")
+    name, wire = set_cookie_pair(signup)
+    for headers in ({"cookie": f"{name}={wire}"}, {"authorization": f"Bearer {signup.headers['set-auth-token']}"}, {}):
+        ours = await ba_client.get(gw.url + "/api/auth/get-session", headers=headers)
+        theirs = await ba_client.get(better_auth.url + "/api/auth/get-session", headers=headers)
+        assert ours.status_code == theirs.status_code == 200
+        assert ours.json() == theirs.json(), headers
+        assert ours.headers["cache-control"] == theirs.headers["cache-control"] == "no-store"
+
+
+async def test_secure_cookies_from_an_https_better_auth(node_modules: Path, database: str, start_gateway: Any, ba_client: httpx.AsyncClient) -> None:
+    """With an https base URL Better Auth sets __Secure- cookies, and the gateway reads them."""
+    peer = BetterAuth(database, base_url_scheme="https")
+    try:
+        gw = start_gateway({"DATABASE_URL": database})
+        signup = await peer.sign_up(ba_client, "secure@example.com")
+        name, wire = set_cookie_pair(signup)
+        assert name == "__Secure-better-auth.session_token"
+        r = await validate(ba_client, gw, {"cookie": f"{name}={wire}"})
+        assert r.status_code == 200
+        assert r.headers["x-auth-request-email"] == "secure@example.com"
+    finally:
+        peer.stop()

@@ -1,0 +1,94 @@
+"""Settings: Better Auth's variable names, typed GATEWAY_* settings, every problem at once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gateway.config import ConfigError, Secret, describe, load_settings
+
+BASE = {"DATABASE_URL": "postgresql://gw:hunter2@db/app", "BETTER_AUTH_SECRET": "x" * 32}
+
+
+def test_defaults_need_only_better_auths_variables() -> None:
+    """DATABASE_URL and BETTER_AUTH_SECRET are enough; everything else has a default."""
+    s = load_settings(BASE)
+    assert s.secret.reveal() == "x" * 32
+    assert s.cookie_names == ("__Secure-better-auth.session_token", "better-auth.session_token")
+    assert s.accept_unsigned_bearer is True
+
+
+def test_versioned_secrets_current_first() -> None:
+    """BETTER_AUTH_SECRETS wins over BETTER_AUTH_SECRET; its first entry is the current secret."""
+    s = load_settings(BASE | {"BETTER_AUTH_SECRETS": "2:new-secret, 1:old-secret"})
+    assert [x.reveal() for x in s.secrets] == ["new-secret", "old-secret"]
+
+
+def test_auth_secret_is_the_fallback() -> None:
+    """AUTH_SECRET is read when BETTER_AUTH_SECRET is absent, as Better Auth does."""
+    s = load_settings({"DATABASE_URL": BASE["DATABASE_URL"], "AUTH_SECRET": "fallback"})
+    assert s.secret.reveal() == "fallback"
+
+
+def test_every_problem_reported_at_once() -> None:
+    """Missing, unknown and invalid settings are all listed together, each naming its variable."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"GATEWAY_PORT": "eighty", "GATEWAY_COOKIE_PREFX": "x", "GATEWAY_SESSION_TABLE": 'a"; drop'})
+    text = str(info.value)
+    for name in ("GATEWAY_PORT", "GATEWAY_COOKIE_PREFX", "GATEWAY_SESSION_TABLE", "DATABASE_URL", "BETTER_AUTH_SECRET"):
+        assert name in text
+    assert len(info.value.problems) == 5
+
+
+def test_typed_values_and_mappings() -> None:
+    """Booleans, numbers and field=column mappings are converted from their text."""
+    s = load_settings(
+        BASE
+        | {
+            "GATEWAY_ACCEPT_UNSIGNED_BEARER": "false",
+            "GATEWAY_L1_TTL_S": "2.5",
+            "GATEWAY_SESSION_FIELDS": "userId=user_id, expiresAt=expires_at",
+            "GATEWAY_SCHEMA_PRESET": "drizzle",
+        }
+    )
+    assert s.accept_unsigned_bearer is False
+    assert s.l1_ttl_s == 2.5
+    assert s.session_fields == {"userId": "user_id", "expiresAt": "expires_at"}
+
+
+def test_secrets_never_shown() -> None:
+    """Secrets and DSN passwords are masked in repr and in the described configuration."""
+    s = load_settings(BASE)
+    assert "hunter2" not in repr(s)
+    assert "x" * 32 not in repr(s)
+    assert "hunter2" not in str(describe(s))
+    assert repr(Secret("abc")) == "Secret('**********')"
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "gateway", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_check_config_command() -> None:
+    """check-config prints every problem and exits non-zero, or prints the masked settings and exits 0."""
+    bad = run_cli("check-config", env={"GATEWAY_PORT": "x", "PATH": ""})
+    assert bad.returncode == 2
+    assert "GATEWAY_PORT" in bad.stderr
+    assert "DATABASE_URL" in bad.stderr
+    good = run_cli("check-config", env=BASE)
+    assert good.returncode == 0
+    assert "hunter2" not in good.stdout
+    assert "configuration OK" in good.stdout
+
+
+def test_serve_with_bad_config_exits_2_without_traceback() -> None:
+    """serve refuses an invalid configuration with exit code 2 and a clear message, no traceback."""
+    result = run_cli("serve", env={"DATABASE_URL": "mysql://nope"})
+    assert result.returncode == 2
+    assert "DATABASE_URL" in result.stderr
+    assert "BETTER_AUTH_SECRET" in result.stderr
+    assert "Traceback" not in result.stderr

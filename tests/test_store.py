@@ -1,0 +1,226 @@
+"""Lookups and decisions against a real Postgres, for every schema layout the gateway maps."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway import seed
+from gateway.config import load_settings
+from gateway.errors import StoreUnavailable
+from gateway.resources import Resources, open_resources
+from gateway.sessions import Reason
+from gateway.tokens import header_credential, sign
+from tests.conftest import SECRET, free_port
+
+Open = Callable[..., AbstractAsyncContextManager[Resources]]
+
+
+@pytest.fixture
+def gateway(database: str) -> Open:
+    """Open the gateway's resources on the test database with setting overrides."""
+
+    def open_(**overrides: Any) -> AbstractAsyncContextManager[Resources]:
+        env = {"DATABASE_URL": overrides.pop("dsn", database), "BETTER_AUTH_SECRET": SECRET}
+        return open_resources(load_settings(env, **overrides))
+
+    return open_
+
+
+def cred(token: str) -> Any:
+    return header_credential(sign(token, SECRET))
+
+
+async def test_valid_session_has_better_auths_fields(db: asyncpg.Connection, gateway: Open) -> None:
+    """A live session yields Better Auth's field names and ISO dates, and no token anywhere."""
+    uid = await seed.create_user(db, email="ada@example.com", name="Ada", role="admin", banned=False)
+    token = await seed.create_session(db, uid)
+    async with gateway() as res:
+        verdict = await res.decider.decide(cred(token))
+    assert verdict.reason is Reason.ok
+    s = verdict.session
+    assert s is not None
+    assert s.user_id == uid
+    assert s.user["email"] == "ada@example.com"
+    assert s.user["role"] == "admin"
+    assert s.user["emailVerified"] is False
+    assert s.session["userId"] == uid
+    assert s.session["expiresAt"].endswith("Z")
+    assert len(s.session["expiresAt"]) == 24  # YYYY-MM-DDTHH:MM:SS.sssZ
+    assert token not in repr(s)
+    assert "token" not in s.session
+
+
+async def test_refusals(db: asyncpg.Connection, gateway: Open) -> None:
+    """Unknown, expired and banned sessions are refused with their reason; an expired ban is no ban."""
+    now = seed.now()
+    ok_uid = await seed.create_user(db, email="ok@example.com")
+    banned = await seed.create_user(db, email="banned@example.com", banned=True)
+    ban_later = await seed.create_user(db, email="later@example.com", banned=True, banExpires=now + dt.timedelta(days=1))
+    ban_over = await seed.create_user(db, email="over@example.com", banned=True, banExpires=now - dt.timedelta(days=1))
+    expired = await seed.create_session(db, ok_uid, expires_in=dt.timedelta(seconds=-1))
+    cases = {
+        seed.generate_id(): Reason.unknown_session,
+        expired: Reason.expired,
+        await seed.create_session(db, banned): Reason.banned,
+        await seed.create_session(db, ban_later): Reason.banned,
+        await seed.create_session(db, ban_over): Reason.ok,
+    }
+    async with gateway() as res:
+        for token, reason in cases.items():
+            assert (await res.decider.decide(cred(token))).reason is reason
+
+
+async def test_deleted_user_and_deleted_session(db: asyncpg.Connection, gateway: Open) -> None:
+    """A session whose row or user is gone is unknown (with the L1 off, at once)."""
+    uid = await seed.create_user(db, email="gone@example.com")
+    token = await seed.create_session(db, uid)
+    other = await seed.create_session(db, await seed.create_user(db, email="other@example.com"))
+    async with gateway(l1_max_entries=0) as res:
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        await db.execute('delete from "user" where id = $1', uid)
+        assert (await res.decider.decide(cred(token))).reason is Reason.unknown_session
+        await db.execute('delete from "session" where token = $1', other)
+        assert (await res.decider.decide(cred(other))).reason is Reason.unknown_session
+
+
+async def test_core_schema_without_plugins(database: str, gateway: Open) -> None:
+    """Better Auth's exact default DDL (no plugin columns) works; role is simply absent."""
+    conn = await asyncpg.connect(database)
+    await seed.create_schema(conn, plugins=False)
+    token = await seed.create_session(conn, await seed.create_user(conn, email="core@example.com"))
+    await conn.close()
+    async with gateway() as res:
+        verdict = await res.decider.decide(cred(token))
+    assert verdict.reason is Reason.ok
+    assert verdict.session is not None
+    assert "role" not in verdict.session.user
+    assert verdict.session.banned_until == 0
+
+
+async def test_drizzle_snake_case_naive_timestamps_are_utc(database: str, gateway: Open) -> None:
+    """Drizzle's snake_case columns map back to camelCase fields; naive timestamps are UTC."""
+    conn = await asyncpg.connect(database)
+    await seed.create_schema(conn, "drizzle")
+    await conn.execute("set timezone = 'America/New_York'")  # must not shift naive values
+    uid = await seed.create_user(conn, email="snake@example.com", layout="drizzle", role="user")
+    token = await seed.create_session(conn, uid, layout="drizzle", expires_in=dt.timedelta(hours=1))
+    short = await seed.create_session(conn, uid, layout="drizzle", expires_in=dt.timedelta(seconds=-5))
+    await conn.close()
+    async with gateway(schema_preset="drizzle") as res:
+        verdict = await res.decider.decide(cred(token))
+        assert (await res.decider.decide(cred(short))).reason is Reason.expired
+    assert verdict.reason is Reason.ok
+    s = verdict.session
+    assert s is not None
+    assert set(s.session) >= {"id", "expiresAt", "userId", "ipAddress", "activeOrganizationId"}
+    assert s.user["emailVerified"] is False
+    assert abs(s.expires_at - (time.time() + 3600)) < 60
+
+
+async def test_plural_tables_custom_columns_and_schema(database: str, gateway: Open) -> None:
+    """usePlural, per-field overrides and a non-default Postgres schema all map."""
+    conn = await asyncpg.connect(database)
+    await conn.execute("""
+        create schema auth;
+        create table auth.users (id text primary key, name text, email text, "emailVerified" boolean,
+          "createdAt" timestamptz, "updatedAt" timestamptz);
+        create table auth.sessions (id text primary key, session_token text unique, owner text references auth.users,
+          valid_until timestamptz, "createdAt" timestamptz, "updatedAt" timestamptz);
+        insert into auth.users values ('u1', 'Plural', 'p@example.com', true, now(), now());
+    """)
+    token = seed.generate_id()
+    await conn.execute(
+        "insert into auth.sessions values ('s1', $1, 'u1', now() + interval '1 hour', now(), now())", token
+    )
+    await conn.close()
+    overrides = {"token": "session_token", "userId": "owner", "expiresAt": "valid_until"}
+    async with gateway(use_plural=True, db_schema="auth", session_fields=overrides) as res:
+        verdict = await res.decider.decide(cred(token))
+    assert verdict.reason is Reason.ok
+    assert verdict.session is not None
+    assert verdict.session.session["userId"] == "u1"
+    assert verdict.session.session["expiresAt"].endswith("Z")
+
+
+async def test_legacy_schema_session_id_is_the_token(database: str, gateway: Open) -> None:
+    """The original guide's schema (session.id is the token, no FK) works with token_field=id."""
+    conn = await asyncpg.connect(database)
+    await conn.execute("""
+        create table "user" (id text primary key, name text, email text);
+        create table "session" (id text primary key, "userId" text, "expiresAt" timestamptz);
+        insert into "user" values ('legacy-user', 'Old', 'old@example.com');
+        insert into "session" values ('0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0', 'legacy-user', now() + interval '1 day');
+        insert into "session" values ('orphan-session-id', 'no-such-user', now() + interval '1 day');
+    """)
+    await conn.close()
+    async with gateway(token_field="id") as res:
+        verdict = await res.decider.decide(header_credential("0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"))
+        orphan = await res.decider.decide(header_credential("orphan-session-id"))
+    assert verdict.reason is Reason.ok
+    assert verdict.session is not None
+    assert verdict.session.user["email"] == "old@example.com"
+    assert orphan.reason is Reason.unknown_session  # the user is gone: no join, no session
+
+
+async def test_missing_table_names_the_setting(database: str, gateway: Open) -> None:
+    """A database without Better Auth's tables fails closed with a message naming the setting."""
+    async with gateway() as res:
+        with pytest.raises(StoreUnavailable, match="GATEWAY_"):
+            await res.store.ping()
+        assert (await res.decider.decide(cred(seed.generate_id()))).reason is Reason.backend_unavailable
+
+
+async def test_unreachable_postgres_is_unavailable_within_budget(gateway: Open) -> None:
+    """With nothing listening, a lookup fails as backend_unavailable within the configured budget."""
+    dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    async with gateway(dsn=dsn, db_timeout_s=0.5) as res:
+        started = time.monotonic()
+        verdict = await res.decider.decide(cred(seed.generate_id()))
+        assert time.monotonic() - started < 3
+    assert verdict.reason is Reason.backend_unavailable
+
+
+async def test_concurrent_misses_share_one_query(db: asyncpg.Connection, gateway: Open) -> None:
+    """300 concurrent requests for one cold session cost one query; 300 forged ones cost none."""
+    token = await seed.create_session(db, await seed.create_user(db, email="crowd@example.com"))
+    async with gateway() as res:
+        verdicts = await asyncio.gather(*(res.decider.decide(cred(token)) for _ in range(300)))
+        assert {v.reason for v in verdicts} == {Reason.ok}
+        assert res.store.queries == 1
+        forged = sign(token, "not-the-secret-not-the-secret-000")
+        verdicts = await asyncio.gather(*(res.decider.decide(header_credential(forged)) for _ in range(300)))
+        assert {v.reason for v in verdicts} == {Reason.bad_signature}
+        assert res.store.queries == 1
+
+
+async def test_cache_hit_needs_no_query_and_respects_expiry(db: asyncpg.Connection, gateway: Open) -> None:
+    """A second decision is served from the LRU; an entry never outlives the session's expiresAt."""
+    uid = await seed.create_user(db, email="cache@example.com")
+    token = await seed.create_session(db, uid, expires_in=dt.timedelta(seconds=1))
+    async with gateway(l1_ttl_s=3600) as res:
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        assert res.store.queries == 1
+        res.tiers.l1.clock = lambda: time.time() + 2  # past expiresAt, well within the TTL
+        assert (await res.decider.decide(cred(token))).reason is Reason.expired
+        assert res.store.queries == 2
+
+
+async def test_ban_without_expiry_is_forever(db: asyncpg.Connection, gateway: Open) -> None:
+    """banned with no banExpires is a permanent ban."""
+    uid = await seed.create_user(db, email="forever@example.com", banned=True)
+    token = await seed.create_session(db, uid)
+    async with gateway() as res:
+        session = await res.store.fetch(token)
+    assert session is not None
+    assert math.isinf(session.banned_until)
+
