@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
@@ -17,9 +16,11 @@ from gateway.sessions import Reason
 from gateway.tokens import Credential, find_credential, header_credential
 
 if TYPE_CHECKING:
+    import asyncio
     from collections.abc import Awaitable, Callable
 
-    from granian.rsgi import HTTPProtocol, Scope
+    from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+    from granian.rsgi import Scope
 
     from gateway.config import Settings
 
@@ -114,7 +115,7 @@ class App:
     async def _api_validate(self, scope: Scope, proto: HTTPProtocol) -> None:
         body = await self._read_body(scope, proto)
         if body is None:
-            return
+            return None
         try:
             token = _BODY.decode(body).token if body.strip() else None
         except msgspec.DecodeError as exc:

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway.config import ConfigError, Settings, describe, load_settings
+from gateway.config import Settings, describe, load_settings
+from gateway.errors import ConfigError
 from gateway.logs import configure_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 EXIT_CONFIG = 2
 
@@ -43,10 +48,10 @@ def _cli_overrides(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k in ("host", "port", "workers") if (v := getattr(args, k)) is not None}
 
 
-def settings_or_none(overrides: dict[str, object] | None = None) -> Settings | None:
+def settings_or_none(overrides: Mapping[str, object] | None = None) -> Settings | None:
     """Load the settings, or print every problem to stderr and return ``None``."""
     try:
-        return load_settings(**(overrides or {}))
+        return load_settings(overrides=overrides)
     except ConfigError as exc:
         print("gateway: invalid configuration:", file=sys.stderr)  # noqa: T201
         for problem in exc.problems:
@@ -67,8 +72,8 @@ def check_config() -> int:
 
 def serve(settings: Settings) -> int:
     """Serve the app with granian (RSGI, uvloop, HTTP/1.1) until interrupted."""
-    from granian.constants import HTTPModes, Interfaces, Loops  # noqa: PLC0415
     from granian import Granian  # noqa: PLC0415
+    from granian.constants import HTTPModes, Interfaces, Loops  # noqa: PLC0415
 
     # Workers rebuild the settings from the environment: pass the command-line values on.
     os.environ["GATEWAY_HOST"], os.environ["GATEWAY_PORT"] = settings.host, str(settings.port)

@@ -9,11 +9,14 @@ names, so a typo is an error instead of a silently ignored setting.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _ENV_PREFIX = "GATEWAY_"
@@ -58,7 +61,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_table: str = ""
     user_fields: dict[str, str] = {}
     session_fields: dict[str, str] = {}
-    token_field: Literal["token", "id"] = "token"  # "id": the legacy schema (Better Auth < 1.0)
+    token_field: Literal["token", "id"] = "token"  # noqa: S105  (a column name) — "id": the legacy schema (Better Auth < 1.0)
 
     # In-process cache.
     l1_max_entries: int = 100_000
@@ -88,11 +91,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return (f"__Secure-{name}", name)
 
 
-def load_settings(environ: dict[str, str] | None = None, **overrides: object) -> Settings:
+def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, object] | None = None) -> Settings:
     """Build ``Settings`` from ``environ`` (``os.environ`` if omitted) and keyword overrides.
 
     Raises:
         ConfigError: listing every missing, unknown or invalid setting, each naming its variable.
+
     """
     import os  # noqa: PLC0415  (only the edge reads the process environment)
 
@@ -111,10 +115,11 @@ def load_settings(environ: dict[str, str] | None = None, **overrides: object) ->
         value = _convert(name, raw, fields[field].type, problems)
         if value is not _INVALID:
             values[field] = value
-    values.update(overrides)
+    values.update(overrides or {})
     # Invalid values were left at their defaults, so the cross-field checks still run and
     # every problem is reported in one go.
-    settings = Settings(**values)  # type: ignore[arg-type]  (each value was converted above)
+    # Each value was converted to its field's type above.
+    settings = Settings(**values)  # type: ignore[arg-type]
     problems.extend(validate(settings))
     if problems:
         raise ConfigError(problems)

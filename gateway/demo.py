@@ -69,9 +69,9 @@ def run_demo(host: str | None, port: int | None, workers: int | None) -> int:
         if not os.environ.get("DATABASE_URL"):
             # pgserver asks for a runtime folder, which containers lack; its fallback is fine.
             warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-            import pgserver  # noqa: PLC0415  (only the demo needs the embedded server)
+            from pgserver import get_server  # type: ignore[attr-defined]  # noqa: PLC0415  (only the demo needs the embedded server)
 
-            server = pgserver.get_server(folder / "pgdata", cleanup_mode="stop")
+            server = get_server(folder / "pgdata", cleanup_mode="stop")
             stack.callback(server.cleanup)
             os.environ["DATABASE_URL"] = server.get_uri()
             print(f"embedded PostgreSQL: data in {folder / 'pgdata'}", file=sys.stderr)  # noqa: T201

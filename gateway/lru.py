@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 V = TypeVar("V")
 
@@ -21,6 +23,7 @@ class LRU(Generic[V]):
     Args:
         max_entries: the bound; 0 turns the cache off (every ``put`` is dropped).
         clock: seconds since the epoch; injected so tests never sleep.
+
     """
 
     __slots__ = ("_data", "_max", "clock")

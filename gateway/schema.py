@@ -15,9 +15,10 @@ reserved word) and camelCase columns work, and nothing from configuration is spl
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-from gateway.config import Settings
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 # The fields the gateway needs; everything else in the tables is passed through as-is.
 SESSION_REQUIRED = ("id", "userId", "expiresAt")
@@ -108,6 +109,7 @@ def build_query(m: Mapping, session_columns: list[str], user_columns: list[str])
 
     Raises:
         LookupError: a required column is missing, named with the setting that maps it.
+
     """
     s, u = m.session, m.user
     _require(s, session_columns, (*SESSION_REQUIRED, m.token_field), "GATEWAY_SESSION_FIELDS")
@@ -116,9 +118,7 @@ def build_query(m: Mapping, session_columns: list[str], user_columns: list[str])
     # The token never enters a cached value: it is left out of the session's fields.
     s_cols = [c for c in session_columns if c != token_col]
     select = ", ".join([f"s.{quote(c)}" for c in s_cols] + [f"u.{quote(c)}" for c in user_columns])
-    join = (
-        f"FROM {s.name} AS s JOIN {u.name} AS u ON u.{quote(u.column('id'))} = s.{quote(s.column('userId'))}"
-    )
+    join = f"FROM {s.name} AS s JOIN {u.name} AS u ON u.{quote(u.column('id'))} = s.{quote(s.column('userId'))}"
     return Query(
         sql=f"SELECT {select} {join} WHERE s.{quote(token_col)} = $1",
         batch_sql=f"SELECT s.{quote(token_col)}, {select} {join} WHERE s.{quote(token_col)} = ANY($1::text[])",

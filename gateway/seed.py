@@ -1,6 +1,6 @@
-"""Better Auth's schema and sessions made the way Better Auth makes them: for the demo, the tests
-and the load tests.
+"""Better Auth's schema, and users and sessions made the way Better Auth makes them.
 
+Used by the demo, the tests and the load tests.
 The DDL is Better Auth 1.7's own (``getMigrations(...).compileMigrations()``, quoted camelCase,
 ``timestamptz``), optionally with the admin and organization plugins' columns; ``drizzle`` is the
 snake_case layout its Drizzle generator emits (timestamps without time zone, read as UTC).
@@ -105,7 +105,11 @@ async def create_user(
     params = ", ".join(f"${i}" for i in range(5, 5 + len(extra)))
     await conn.execute(
         f'insert into "user" ({cols}) values ($1, $2, $3, false, $4, $4{", " if extra else ""}{params})',  # noqa: S608  (identifiers are quoted constants)
-        user_id, name, email, t, *extra.values(),
+        user_id,
+        name,
+        email,
+        t,
+        *extra.values(),
     )
     return user_id
 
@@ -121,7 +125,11 @@ async def create_session(
     token, t = generate_id(), now()
     cols = _columns(layout, "id", "expiresAt", "token", "createdAt", "updatedAt", "ipAddress", "userAgent", "userId")
     await conn.execute(
-        f'insert into "session" ({cols}) values ($1, $2, $3, $4, $4, \'\', \'\', $5)',  # noqa: S608  (constant identifiers)
-        generate_id(), _stamp(t + expires_in, layout), token, _stamp(t, layout), user_id,
+        f"insert into \"session\" ({cols}) values ($1, $2, $3, $4, $4, '', '', $5)",  # noqa: S608  (constant identifiers)
+        generate_id(),
+        _stamp(t + expires_in, layout),
+        token,
+        _stamp(t, layout),
+        user_id,
     )
     return token

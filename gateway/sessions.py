@@ -17,7 +17,7 @@ class Reason(enum.StrEnum):
     no_credentials = "no_credentials"
     malformed = "malformed"  # cannot be a Better Auth token: length, alphabet, encoding
     bad_signature = "bad_signature"
-    unsigned_token = "unsigned_token"  # a raw bearer token while signatures are required
+    unsigned_token = "unsigned_token"  # noqa: S105 — a raw bearer token while signatures are required
     unknown_session = "unknown_session"  # no such session, or its user is gone
     expired = "expired"
     banned = "banned"

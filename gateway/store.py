@@ -36,7 +36,9 @@ async def _no_reset(_: asyncpg.Connection) -> None:
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=msgspec.json.encode, decoder=msgspec.json.decode, schema="pg_catalog", format="text")
+        await conn.set_type_codec(
+            typ, encoder=msgspec.json.encode, decoder=msgspec.json.decode, schema="pg_catalog", format="text"
+        )
 
 
 class Store:
@@ -87,6 +89,7 @@ class Store:
 
         Raises:
             StoreUnavailable: Postgres did not answer within the configured budget.
+
         """
         try:
             async with asyncio.timeout(self._settings.db_timeout_s):
@@ -142,7 +145,9 @@ def to_session(query: Query, row: asyncpg.Record) -> Session:
     user = dict(zip(query.user_fields, values[n:], strict=True))
     return Session(
         expires_at=epoch(row[query.session_fields.index("expiresAt")]),
-        banned_until=_banned_until(user, row[n + query.user_fields.index("banExpires")] if "banExpires" in user else None),
+        banned_until=_banned_until(
+            user, row[n + query.user_fields.index("banExpires")] if "banExpires" in user else None
+        ),
         session=session,
         user=user,
     )

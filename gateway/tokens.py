@@ -29,7 +29,10 @@ from urllib.parse import unquote
 from gateway.sessions import Reason
 
 # JavaScript's String.prototype.trim() whitespace, which better-call's parser uses.
-_JS_WHITESPACE = " \t\n\r\x0b\x0c\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000\ufeff"
+_JS_WHITESPACE = (
+    " \t\n\r\x0b\x0c\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _LEGACY_TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,255}")
 _TOKEN_LENGTH = 32  # generateId(32): always the length of a Better Auth >= 1.0 session token
@@ -74,9 +77,9 @@ def find_credential(
     if session_header:
         return header_credential(session_header)
     if cookie is not None:
-        value = cookie_value(cookie, cookie_names)
-        if value:
-            return Credential(value, Kind.cookie, value)
+        found = cookie_value(cookie, cookie_names)
+        if found:
+            return Credential(found, Kind.cookie, found)
     return None
 
 

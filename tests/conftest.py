@@ -11,9 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -21,6 +20,9 @@ import httpx
 import pytest
 
 from gateway import seed
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 SECRET = "test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,13 +87,15 @@ class Server:
     def __init__(self, env: dict[str, str], workers: int = 1) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "BETTER_AUTH", "DATABASE_URL"))}
+        full_env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "BETTER_AUTH", "DATABASE_URL"))
+        }
         full_env |= {"GATEWAY_PORT": str(self.port), "GATEWAY_WORKERS": str(workers), "BETTER_AUTH_SECRET": SECRET}
         full_env |= env
         self.log = ROOT / ".pytest_cache" / f"gateway-{self.port}.log"
         self.log.parent.mkdir(exist_ok=True)
         self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(  # noqa: S603
+        self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve"], env=full_env, stdout=self._log_file, stderr=subprocess.STDOUT
         )
 
@@ -144,9 +148,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def eventually(check: Any, timeout: float = 5.0, interval: float = 0.02) -> Any:
-    """Poll ``check()`` (sync or async) until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
+async def eventually(check: Any, within: float = 5.0, interval: float = 0.02) -> Any:
+    """Poll ``check()`` (sync or async) until it returns something truthy; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while True:
         result = check()
         if asyncio.iscoroutine(result):

@@ -6,8 +6,7 @@ import asyncio
 import datetime as dt
 import secrets
 import socket
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import asyncpg
@@ -17,6 +16,9 @@ import pytest
 from gateway import seed
 from gateway.tokens import sign
 from tests.conftest import SECRET, Server, free_port, with_database
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 IDENTITY = ("x-auth-request-user", "x-auth-request-email", "x-auth-request-name", "x-auth-request-session-id")
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
@@ -64,7 +66,9 @@ def cookie(token: str, name: str = "better-auth.session_token", secret: str = SE
     return {"cookie": f"theme=dark; {name}={quote(sign(token, secret), safe='')}; other=1"}
 
 
-async def test_valid_cookie_gets_identity_headers(server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient) -> None:
+async def test_valid_cookie_gets_identity_headers(
+    server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient
+) -> None:
     """A valid cookie gets 200, an empty body and every identity header, and nothing that defeats proxy caches."""
     uid, token = await new_session(conn, email="ada@example.com", name="Ada", role="admin")
     r = await client.get(server.url + "/validate", headers=cookie(token))
@@ -80,7 +84,9 @@ async def test_valid_cookie_gets_identity_headers(server: Server, conn: asyncpg.
 
 
 @pytest.mark.parametrize("method", METHODS)
-async def test_any_method_and_subpath(server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient, method: str) -> None:
+async def test_any_method_and_subpath(
+    server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient, method: str
+) -> None:
     """/validate and /validate/<anything> answer every method (Envoy keeps the original one)."""
     _, token = await new_session(conn)
     for path in ("/validate", "/validate/api/v1/items?x=1"):
@@ -108,7 +114,9 @@ async def test_every_credential_form(server: Server, conn: asyncpg.Connection, c
         assert r.headers["x-auth-request-user"] == uid
 
 
-async def test_refusals_are_401_with_no_store(server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient) -> None:
+async def test_refusals_are_401_with_no_store(
+    server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient
+) -> None:
     """Forged, unknown, expired, banned and absent credentials get 401, WWW-Authenticate and no-store."""
     _, token = await new_session(conn)
     _, banned = await new_session(conn, banned=True)
@@ -131,7 +139,9 @@ async def test_refusals_are_401_with_no_store(server: Server, conn: asyncpg.Conn
         assert not any(h in r.headers for h in IDENTITY)
 
 
-async def test_invalid_credential_does_not_fall_through(server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient) -> None:
+async def test_invalid_credential_does_not_fall_through(
+    server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient
+) -> None:
     """A bad bearer next to a good cookie is refused: present-but-invalid never falls through."""
     _, token = await new_session(conn)
     headers = cookie(token) | {"authorization": "Bearer " + sign(token, "wrong-secret-wrong-secret-wrong-secret")}
@@ -139,7 +149,9 @@ async def test_invalid_credential_does_not_fall_through(server: Server, conn: as
     assert r.status_code == 401
 
 
-async def test_identity_headers_always_present_and_safe(server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient) -> None:
+async def test_identity_headers_always_present_and_safe(
+    server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient
+) -> None:
     """Unknown identity fields are sent empty; hostile names can't split or corrupt the response."""
     _, token = await new_session(conn, name="Evil\r\nX-Auth-Request-User: admin", role=None)
     r = await client.get(server.url + "/validate", headers=cookie(token))
@@ -229,13 +241,15 @@ def raw_request(port: int, data: bytes) -> bytes:
         b"Cookie: better-auth.session_token=\xff\xfe\xfd.\xc3\x28",  # not UTF-8
         b"Authorization: Bearer \x00\x01\x02",
         b"Cookie: " + b"; ".join(b"c%d=v" % i for i in range(2000)),
-        b"X-Session-Token: ' OR 1=1; DROP TABLE \"session\"; --",
+        b'X-Session-Token: \' OR 1=1; DROP TABLE "session"; --',
         b"Cookie: better-auth.session_token=%E0%A4%A.%ZZ",
     ],
 )
 def test_hostile_headers_get_4xx(server: Server, header: bytes) -> None:
     """Non-UTF-8, control characters, thousands of cookies and injection attempts get a 4xx."""
-    reply = raw_request(server.port, b"GET /validate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n")
+    reply = raw_request(
+        server.port, b"GET /validate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + header + b"\r\n\r\n"
+    )
     status = int(reply.split(b" ", 2)[1])
     assert 400 <= status < 500, reply[:200]
 
@@ -243,7 +257,9 @@ def test_hostile_headers_get_4xx(server: Server, header: bytes) -> None:
 def test_huge_header_is_refused_and_server_survives(server: Server) -> None:
     """A 1 MB header is refused (4xx or closed), and the server keeps answering."""
     try:
-        reply = raw_request(server.port, b"GET /validate HTTP/1.1\r\nHost: x\r\nCookie: " + b"a" * 1_000_000 + b"\r\n\r\n")
+        reply = raw_request(
+            server.port, b"GET /validate HTTP/1.1\r\nHost: x\r\nCookie: " + b"a" * 1_000_000 + b"\r\n\r\n"
+        )
     except (ConnectionResetError, BrokenPipeError):
         reply = b""
     if reply:
@@ -269,7 +285,9 @@ async def test_postgres_unreachable_is_503_never_401(start_gateway: Any, client:
     assert (await client.get(srv.url + "/healthz")).status_code == 200
 
 
-async def test_cached_sessions_validate_concurrently(server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient) -> None:
+async def test_cached_sessions_validate_concurrently(
+    server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient
+) -> None:
     """Many concurrent requests over one server all get the same right answer."""
     sessions = [await new_session(conn) for _ in range(20)]
     requests = [client.get(server.url + "/validate", headers=cookie(t)) for _, t in sessions for _ in range(10)]

@@ -6,14 +6,16 @@ import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from tests.conftest import SECRET, Server, eventually, free_port
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 PEER = Path(__file__).parent / "better_auth"
 PASSWORD = "correct-horse-battery-staple"
@@ -27,7 +29,7 @@ def node_modules() -> Path:
             pytest.fail("node is required (GATEWAY_TEST_REQUIRE_NODE is set) but not installed")
         pytest.skip("Node.js is not installed: the real Better Auth cannot run here")
     if not (PEER / "node_modules" / "better-auth").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEER, check=True, timeout=600)  # noqa: S607
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=PEER, check=True, timeout=600)
     return PEER / "node_modules"
 
 
@@ -45,19 +47,26 @@ class BetterAuth:
             "BASE_URL": self.origin,
             "PLUGINS": "bearer,admin",
         }
-        self.proc = subprocess.Popen(  # noqa: S603
-            ["node", "server.mjs"], cwd=PEER, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True  # noqa: S607
+        self.proc = subprocess.Popen(
+            ["node", "server.mjs"],
+            cwd=PEER,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         line = self.proc.stdout.readline() if self.proc.stdout else ""
         if line.strip() != "ready":
             self.proc.kill()
             self.proc.wait()
-            raise RuntimeError(f"Better Auth did not start: {line}{self.proc.stdout.read() if self.proc.stdout else ''}")
+            raise RuntimeError(
+                f"Better Auth did not start: {line}{self.proc.stdout.read() if self.proc.stdout else ''}"
+            )
 
     async def sign_up(self, client: httpx.AsyncClient, email: str) -> httpx.Response:
         r = await client.post(
             self.url + "/api/auth/sign-up/email",
-            json={"email": email, "password": PASSWORD, "name": email.split("@")[0]},
+            json={"email": email, "password": PASSWORD, "name": email.split("@", maxsplit=1)[0]},
             headers={"origin": self.origin},
         )
         r.raise_for_status()
@@ -99,7 +108,9 @@ async def validate(client: httpx.AsyncClient, gw: Server, headers: dict[str, str
     return await client.get(gw.url + "/validate", headers=headers)
 
 
-async def test_real_better_auth_sessions_validate(better_auth: BetterAuth, database: str, start_gateway: Any, ba_client: httpx.AsyncClient) -> None:
+async def test_real_better_auth_sessions_validate(
+    better_auth: BetterAuth, database: str, start_gateway: Any, ba_client: httpx.AsyncClient
+) -> None:
     """Every credential form Better Auth hands out validates; forgeries don't; sign-out is honoured."""
     gw = start_gateway({"DATABASE_URL": database, "GATEWAY_L1_TTL_S": "1"})
     signup = await better_auth.sign_up(ba_client, "ada@example.com")
@@ -135,13 +146,15 @@ async def test_real_better_auth_sessions_validate(better_auth: BetterAuth, datab
     async def refused_now() -> bool:
         return (await validate(ba_client, gw, accepted["cookie"])).status_code == 401
 
-    await eventually(refused_now, timeout=3)  # the L1 TTL (1 s) bounds it until invalidation lands
+    await eventually(refused_now, within=3)  # the L1 TTL (1 s) bounds it until invalidation lands
     for _ in range(5):
         assert await refused_now()
         await asyncio.sleep(0.05)
 
 
-async def test_get_session_equals_better_auths(better_auth: BetterAuth, database: str, start_gateway: Any, ba_client: httpx.AsyncClient) -> None:
+async def test_get_session_equals_better_auths(
+    better_auth: BetterAuth, database: str, start_gateway: Any, ba_client: httpx.AsyncClient
+) -> None:
     """The gateway's get-session answer equals Better Auth's own for the same cookie, and for none."""
     gw = start_gateway({"DATABASE_URL": database})
     signup = await better_auth.sign_up(ba_client, "grace@example.com")
@@ -154,7 +167,9 @@ async def test_get_session_equals_better_auths(better_auth: BetterAuth, database
         assert ours.headers["cache-control"] == theirs.headers["cache-control"] == "no-store"
 
 
-async def test_secure_cookies_from_an_https_better_auth(node_modules: Path, database: str, start_gateway: Any, ba_client: httpx.AsyncClient) -> None:
+async def test_secure_cookies_from_an_https_better_auth(
+    node_modules: Path, database: str, start_gateway: Any, ba_client: httpx.AsyncClient
+) -> None:
     """With an https base URL Better Auth sets __Secure- cookies, and the gateway reads them."""
     peer = BetterAuth(database, base_url_scheme="https")
     try:

@@ -8,12 +8,15 @@ import shlex
 import signal
 import subprocess
 import sys
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psutil
 
 from tests.conftest import free_port
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def test_demo_curl_works_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
@@ -23,7 +26,10 @@ def test_demo_curl_works_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     env["XDG_DATA_HOME"] = str(tmp_path)  # the per-user data folder, kept out of the real one
     proc = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "gateway", "demo", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -37,7 +43,9 @@ def test_demo_curl_works_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         assert ok.headers["x-auth-request-email"] == "demo@example.com"
         forged = re.sub(r"\.[^.]+$", ".AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D", cookie)
         assert httpx.get(url, headers={"cookie": forged}).status_code == 401
-        postgres = [p for p in psutil.process_iter(["name", "cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+        postgres = [
+            p for p in psutil.process_iter(["name", "cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])
+        ]
         assert postgres, "the embedded Postgres should be running"
     finally:
         proc.send_signal(signal.SIGINT)

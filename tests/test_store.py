@@ -30,7 +30,7 @@ def gateway(database: str) -> Open:
 
     def open_(**overrides: Any) -> AbstractAsyncContextManager[Resources]:
         env = {"DATABASE_URL": overrides.pop("dsn", database), "BETTER_AUTH_SECRET": SECRET}
-        return open_resources(load_settings(env, **overrides))
+        return open_resources(load_settings(env, overrides))
 
     return open_
 
@@ -64,7 +64,9 @@ async def test_refusals(db: asyncpg.Connection, gateway: Open) -> None:
     now = seed.now()
     ok_uid = await seed.create_user(db, email="ok@example.com")
     banned = await seed.create_user(db, email="banned@example.com", banned=True)
-    ban_later = await seed.create_user(db, email="later@example.com", banned=True, banExpires=now + dt.timedelta(days=1))
+    ban_later = await seed.create_user(
+        db, email="later@example.com", banned=True, banExpires=now + dt.timedelta(days=1)
+    )
     ban_over = await seed.create_user(db, email="over@example.com", banned=True, banExpires=now - dt.timedelta(days=1))
     expired = await seed.create_session(db, ok_uid, expires_in=dt.timedelta(seconds=-1))
     cases = {
@@ -223,4 +225,3 @@ async def test_ban_without_expiry_is_forever(db: asyncpg.Connection, gateway: Op
         session = await res.store.fetch(token)
     assert session is not None
     assert math.isinf(session.banned_until)
-
