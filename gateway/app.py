@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -164,9 +164,9 @@ class App:
         proto.response_bytes(200, _JSON, b'{"status":"ok"}')
 
     async def _readyz(self, _: Scope, proto: HTTPProtocol) -> None:
-        ok, failing = await self.resources.pings()
-        body: dict[str, Any] = {"ok": ok, "failing": failing}
-        proto.response_bytes(503 if failing else 200, [*_JSON, responses.NO_STORE], responses.JSON.encode(body))
+        ready = await self.resources.pings()
+        status = 503 if ready.failing else 200
+        proto.response_bytes(status, [*_JSON, responses.NO_STORE], responses.JSON.encode(ready._asdict()))
 
 
 def create_app() -> App:

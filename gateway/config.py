@@ -22,6 +22,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 _ENV_PREFIX = "GATEWAY_"
 _MIN_DB_TIMEOUT_S = 0.01
 _INVALID = object()
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel")
 
 
 class Secret(str):
@@ -44,8 +45,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     """Every setting of the gateway; field ``x`` is read from ``GATEWAY_X`` unless noted."""
 
     # Better Auth's names: DATABASE_URL; BETTER_AUTH_SECRETS (current first), else
-    # BETTER_AUTH_SECRET, else AUTH_SECRET.
+    # BETTER_AUTH_SECRET, else AUTH_SECRET; REDIS_URL (optional: turns the shared tier on).
     database_url: Secret | None = None
+    redis_url: Secret | None = None
     secrets: tuple[Secret, ...] = ()
 
     # Credentials.
@@ -63,14 +65,24 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_fields: dict[str, str] = {}
     token_field: Literal["token", "id"] = "token"  # noqa: S105  (a column name) — "id": the legacy schema (Better Auth < 1.0)
 
-    # In-process cache.
+    # In-process cache; negative entries remember unknown tokens briefly.
     l1_max_entries: int = 100_000
     l1_ttl_s: float = 30.0
+    negative_max_entries: int = 10_000
+    negative_ttl_s: float = 2.0  # capped at l1_ttl_s: never refuse longer than we would serve
+
+    # Redis, shared by every worker and instance.
+    redis_prefix: str = "bagw"
+    l2_ttl_s: float = 300.0
+    redis_timeout_s: float = 0.25
+    redis_backoff_s: float = 1.0
+    redis_pool_max_size: int = 8
 
     # Postgres.
     pool_max_size: int = 10
     db_timeout_s: float = 2.0
     retry_after_s: int = 5
+    batch_max_size: int = 256  # most tokens in one MGET or one `= ANY($1)` query
 
     # HTTP server.
     host: str = "127.0.0.1"
@@ -96,7 +108,6 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
 
     Raises:
         ConfigError: listing every missing, unknown or invalid setting, each naming its variable.
-
     """
     import os  # noqa: PLC0415  (only the edge reads the process environment)
 
@@ -109,7 +120,7 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
         if not name.startswith(_ENV_PREFIX) or name.startswith("GATEWAY_TEST_"):
             continue
         field = name[len(_ENV_PREFIX) :].lower()
-        if field not in fields or field in ("database_url", "secrets"):
+        if field not in fields or field in ("database_url", "redis_url", "secrets"):
             problems.append(f"{name}: unknown setting")
             continue
         value = _convert(name, raw, fields[field].type, problems)
@@ -127,10 +138,11 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
 
 
 def _read_better_auth_names(env: dict[str, str], values: dict[str, object], problems: list[str]) -> None:
-    url = env.get("DATABASE_URL") or env.get("GATEWAY_DATABASE_URL")
-    env.pop("GATEWAY_DATABASE_URL", None)
-    if url:
-        values["database_url"] = Secret(url)
+    for name in ("database_url", "redis_url"):
+        alias = env.pop(f"GATEWAY_{name.upper()}", None)
+        url = env.get(name.upper()) or alias
+        if url:
+            values[name] = Secret(url)
     if env.get("BETTER_AUTH_SECRETS"):
         values["secrets"] = _parse_versioned_secrets(env["BETTER_AUTH_SECRETS"], problems)
     elif env.get("BETTER_AUTH_SECRET") or env.get("AUTH_SECRET"):
@@ -183,6 +195,10 @@ def validate(s: Settings) -> list[str]:
         problems.append("DATABASE_URL: not set (the Postgres database Better Auth writes its sessions to)")
     elif not s.database_url.reveal().startswith(("postgres://", "postgresql://")):
         problems.append("DATABASE_URL: expected a postgres:// or postgresql:// URL")
+    if s.redis_url is not None and not s.redis_url.reveal().startswith(REDIS_SCHEMES):
+        problems.append(f"REDIS_URL: expected one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-:]{1,64}", s.redis_prefix):
+        problems.append("GATEWAY_REDIS_PREFIX: letters, digits, '.', '-', '_' and ':' only")
     names = {
         "GATEWAY_DB_SCHEMA": s.db_schema,
         "GATEWAY_USER_TABLE": s.user_table,
@@ -207,6 +223,14 @@ def _check_numbers(s: Settings) -> list[str]:
     checks = [
         ("GATEWAY_L1_MAX_ENTRIES", s.l1_max_entries >= 0, "must be >= 0 (0 turns the cache off)"),
         ("GATEWAY_L1_TTL_S", s.l1_ttl_s >= 0, "must be >= 0"),
+        ("GATEWAY_NEGATIVE_MAX_ENTRIES", s.negative_max_entries >= 0, "must be >= 0 (0 turns negative entries off)"),
+        # A negative entry outliving a positive one would refuse a session longer than we'd serve one.
+        ("GATEWAY_NEGATIVE_TTL_S", s.negative_ttl_s >= 0, "must be >= 0"),
+        ("GATEWAY_L2_TTL_S", s.l2_ttl_s > 0, "must be > 0"),
+        ("GATEWAY_REDIS_TIMEOUT_S", s.redis_timeout_s >= _MIN_DB_TIMEOUT_S, "must be >= 0.01"),
+        ("GATEWAY_REDIS_BACKOFF_S", s.redis_backoff_s > 0, "must be > 0"),
+        ("GATEWAY_REDIS_POOL_MAX_SIZE", s.redis_pool_max_size >= 1, "must be >= 1"),
+        ("GATEWAY_BATCH_MAX_SIZE", s.batch_max_size >= 1, "must be >= 1"),
         ("GATEWAY_POOL_MAX_SIZE", s.pool_max_size >= 1, "must be >= 1"),
         ("GATEWAY_DB_TIMEOUT_S", s.db_timeout_s >= _MIN_DB_TIMEOUT_S, "must be >= 0.01"),
         ("GATEWAY_RETRY_AFTER_S", s.retry_after_s >= 1, "must be >= 1"),
@@ -221,6 +245,7 @@ def describe(s: Settings) -> dict[str, object]:
     """Return the effective settings with every secret masked, for logs and ``check-config``."""
     out = msgspec.structs.asdict(s)
     out["database_url"] = _mask_dsn(s.database_url.reveal()) if s.database_url else None
+    out["redis_url"] = _mask_dsn(s.redis_url.reveal()) if s.redis_url else None
     out["secrets"] = [f"<{len(x)} chars>" for x in s.secrets]
     return out
 

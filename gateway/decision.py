@@ -41,16 +41,22 @@ class Decider:
         entry = self.tiers.cached(credential.key)
         if entry is not None:
             return Verdict(Reason.ok, entry.session)
+        if self.tiers.known_absent(credential.key):
+            return Verdict(Reason.unknown_session)
         token = self.verifier.token(credential)
         if isinstance(token, Reason):
             return Verdict(token)
+        return await self._look_up(credential.key, token)
+
+    async def _look_up(self, key: str, token: str) -> Verdict:
         try:
             session = await self.tiers.load(token)
         except BackendUnavailable:
             return Verdict(Reason.backend_unavailable)
         reason = judge(session, self.tiers.l1.clock())
-        if reason is not Reason.ok:
-            return Verdict(reason)
-        assert session is not None  # noqa: S101  (judge says ok only for a session)
-        self.tiers.remember(credential.key, session)
-        return Verdict(Reason.ok, session)
+        if session is not None and reason is Reason.ok:
+            self.tiers.remember(key, session)
+            return Verdict(Reason.ok, session)
+        if reason is Reason.unknown_session:
+            self.tiers.remember_absent(key)
+        return Verdict(reason)

@@ -23,7 +23,6 @@ class LRU(Generic[V]):
     Args:
         max_entries: the bound; 0 turns the cache off (every ``put`` is dropped).
         clock: seconds since the epoch; injected so tests never sleep.
-
     """
 
     __slots__ = ("_data", "_max", "clock")

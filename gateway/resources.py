@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, NamedTuple
 from gateway.decision import Decider
 from gateway.errors import BackendUnavailable
 from gateway.lru import LRU
+from gateway.redis_tier import FAILURES as REDIS_FAILURES
+from gateway.redis_tier import RedisTier, connect
 from gateway.schema import mapping_from
 from gateway.store import Store
 from gateway.tiers import Entry, Tiers
@@ -22,36 +24,69 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway")
 
 
+class Readiness(NamedTuple):
+    """What ``/readyz`` reports: parts that answer, parts degraded (still serving), parts failing."""
+
+    ok: list[str]
+    degraded: dict[str, str]
+    failing: dict[str, str]
+
+
 class Resources(NamedTuple):
     """The wired-up parts one worker serves from."""
 
     store: Store
+    redis: RedisTier | None
     tiers: Tiers
     decider: Decider
 
-    async def pings(self) -> tuple[list[str], dict[str, str]]:
-        """Ping every dependency: the names that answered, and the failing ones with why."""
+    async def pings(self) -> Readiness:
+        """Ping every dependency. Postgres down fails readiness; Redis down only degrades it."""
+        ready = Readiness([], {}, {})
         try:
             await self.store.ping()
+            ready.ok.append("postgres")
         except BackendUnavailable as exc:
-            return [], {"postgres": str(exc)}
-        return ["postgres"], {}
+            ready.failing["postgres"] = str(exc)
+        if self.redis is not None:
+            try:
+                await self.redis.ping()
+            except REDIS_FAILURES as exc:
+                ready.degraded["redis"] = f"{type(exc).__name__}: {exc}"
+            else:
+                if self.redis.degraded is None:
+                    ready.ok.append("redis")
+                else:
+                    ready.degraded["redis"] = f"recovering from: {self.redis.degraded}"
+        return ready
 
 
 @contextlib.asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Open the pool and build the tiers; close them in reverse order on exit."""
-    store = Store(settings, mapping_from(settings))
-    await store.open()
-    try:
+    """Open the Postgres pool, then Redis, and build the tiers; close in reverse order on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        store = Store(settings, mapping_from(settings))
+        await store.open()
+        stack.push_async_callback(store.close)
         with contextlib.suppress(BackendUnavailable):
             await store.ping()  # read the catalogue now if Postgres is there; else on first use
+        l1 = LRU[Entry](settings.l1_max_entries)
+        redis = None
+        if settings.redis_url is not None:
+            redis = RedisTier(connect(settings.redis_url.reveal(), settings), settings, l1.clock)
+            stack.push_async_callback(redis.close)
+        tiers = Tiers(
+            l1,
+            LRU[bool](settings.negative_max_entries),
+            store,
+            redis,
+            ttl_s=settings.l1_ttl_s,
+            negative_ttl_s=settings.negative_ttl_s,
+            batch_max_size=settings.batch_max_size,
+        )
         verifier = Verifier(
             settings.secret.reveal(),
             accept_unsigned=settings.accept_unsigned_bearer,
             legacy_ids=settings.token_field == "id",  # noqa: S105  (a column name)
         )
-        tiers = Tiers(LRU[Entry](settings.l1_max_entries), store, settings.l1_ttl_s)
-        yield Resources(store, tiers, Decider(verifier, tiers))
-    finally:
-        await store.close()
+        yield Resources(store, redis, tiers, Decider(verifier, tiers))

@@ -109,7 +109,6 @@ def build_query(m: Mapping, session_columns: list[str], user_columns: list[str])
 
     Raises:
         LookupError: a required column is missing, named with the setting that maps it.
-
     """
     s, u = m.session, m.user
     _require(s, session_columns, (*SESSION_REQUIRED, m.token_field), "GATEWAY_SESSION_FIELDS")

@@ -21,6 +21,8 @@ from gateway.schema import COLUMNS_SQL, Mapping, Query, build_query
 from gateway.sessions import JSONObject, Session
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from gateway.config import Settings
 
 log = logging.getLogger("gateway.store")
@@ -89,17 +91,27 @@ class Store:
 
         Raises:
             StoreUnavailable: Postgres did not answer within the configured budget.
-
         """
+        return (await self.fetch_many([token])).get(token)
+
+    async def fetch_many(self, tokens: Sequence[str]) -> dict[str, Session]:
+        """Look many tokens up in one query; tokens with no session are absent from the result.
+
+        Raises:
+            StoreUnavailable: Postgres did not answer within the configured budget.
+        """
+        self.queries += 1
         try:
             async with asyncio.timeout(self._settings.db_timeout_s):
                 query = self._query or await self._load_query()
-                row = await self._pool_or_raise().fetchrow(query.sql, token)
+                pool = self._pool_or_raise()
+                if len(tokens) == 1:
+                    row = await pool.fetchrow(query.sql, tokens[0])
+                    return {} if row is None else {tokens[0]: to_session(query, row)}
+                rows = await pool.fetch(query.batch_sql, list(tokens))
         except UNAVAILABLE as exc:
             raise StoreUnavailable(_describe(exc)) from exc
-        finally:
-            self.queries += 1
-        return None if row is None else to_session(query, row)
+        return {row[0]: to_session(query, row, offset=1) for row in rows}
 
     async def ping(self) -> None:
         """Run ``SELECT 1`` and check the mapped tables; raise ``StoreUnavailable`` if either fails."""
@@ -137,17 +149,20 @@ def _describe(exc: BaseException) -> str:
     return f"Postgres: {type(exc).__name__}: {exc}"
 
 
-def to_session(query: Query, row: asyncpg.Record) -> Session:
-    """Turn a row of ``query`` into a ``Session`` with Better Auth's field names and JSON values."""
-    values = [json_value(v) for v in row]
+def to_session(query: Query, row: asyncpg.Record, offset: int = 0) -> Session:
+    """Turn a row of ``query`` into a ``Session`` with Better Auth's field names and JSON values.
+
+    ``offset`` skips leading columns (the batched query selects the token first).
+    """
+    raw = list(row)[offset:]
     n = len(query.session_fields)
+    values = [json_value(v) for v in raw]
     session = dict(zip(query.session_fields, values[:n], strict=True))
     user = dict(zip(query.user_fields, values[n:], strict=True))
+    ban_expires = raw[n + query.user_fields.index("banExpires")] if "banExpires" in user else None
     return Session(
-        expires_at=epoch(row[query.session_fields.index("expiresAt")]),
-        banned_until=_banned_until(
-            user, row[n + query.user_fields.index("banExpires")] if "banExpires" in user else None
-        ),
+        expires_at=epoch(raw[query.session_fields.index("expiresAt")]),
+        banned_until=_banned_until(user, ban_expires),
         session=session,
         user=user,
     )

@@ -103,17 +103,22 @@ class Server:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.output()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
                     return
             time.sleep(0.05)
+        self.stop()
         raise RuntimeError(f"gateway did not come up:\n{self.output()}")
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
     def stop(self) -> int:
+        if self.proc.poll() is not None:
+            self._log_file.close()
+            return self.proc.returncode
         self.proc.terminate()
         try:
             return self.proc.wait(15)

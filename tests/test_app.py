@@ -205,7 +205,7 @@ async def test_routing(server: Server, client: httpx.AsyncClient) -> None:
     assert (await client.get(server.url + "/healthz")).json() == {"status": "ok"}
     r = await client.get(server.url + "/readyz")
     assert r.status_code == 200
-    assert r.json() == {"ok": ["postgres"], "failing": {}}
+    assert r.json() == {"ok": ["postgres"], "degraded": {}, "failing": {}}
 
 
 async def test_get_session_shape(server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient) -> None:
