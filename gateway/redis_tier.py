@@ -77,7 +77,7 @@ def connect(url: str, settings: Settings) -> Redis | RedisCluster:
     pool = BlockingConnectionPool.from_url(
         url, max_connections=settings.redis_pool_max_size, timeout=settings.redis_timeout_s, **common
     )
-    return Redis(connection_pool=pool)
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
 
 
 def _host_port(node: str) -> tuple[str, int]:
@@ -142,6 +142,10 @@ class RedisTier:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         await self._client.aclose()
+        # A Sentinel-made client leaves the connections to the Sentinels themselves open.
+        manager = getattr(getattr(self._client, "connection_pool", None), "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
 
     def _mac(self, key: str, payload: bytes) -> bytes:
         return hmac.digest(self._mac_key, key.encode() + b"\0" + payload, "sha256")[:_MAC_BYTES]
