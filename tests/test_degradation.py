@@ -15,6 +15,7 @@ from tests.tcp_proxy import Proxy
 
 if TYPE_CHECKING:
     import httpx
+
     from tests.conftest import RedisServer, Server
 
 

@@ -19,8 +19,8 @@ from gateway.tokens import header_credential, sign
 from tests.conftest import SECRET, eventually
 
 if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
     from collections.abc import Callable
+    from contextlib import AbstractAsyncContextManager
 
     import asyncpg
 
