@@ -236,7 +236,7 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def redis_url(request: pytest.FixtureRequest) -> str:
     """A Redis to share: ``GATEWAY_TEST_REDIS_URL``, else one the tests start."""
     configured = os.environ.get("GATEWAY_TEST_REDIS_URL")
