@@ -50,12 +50,13 @@ class Decider:
 
     async def _look_up(self, key: str, token: str) -> Verdict:
         try:
-            session = await self.tiers.load(token)
+            loaded = await self.tiers.load(token)
         except BackendUnavailable:
             return Verdict(Reason.backend_unavailable)
+        session = loaded.session
         reason = judge(session, self.tiers.l1.clock())
         if session is not None and reason is Reason.ok:
-            self.tiers.remember(key, session)
+            self.tiers.remember(key, loaded)
             return Verdict(Reason.ok, session)
         if reason is Reason.unknown_session:
             self.tiers.remember_absent(key)

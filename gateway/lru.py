@@ -23,13 +23,21 @@ class LRU(Generic[V]):
     Args:
         max_entries: the bound; 0 turns the cache off (every ``put`` is dropped).
         clock: seconds since the epoch; injected so tests never sleep.
+        on_evict: called with ``(key, value)`` whenever an entry leaves (expired, pushed out,
+            replaced or popped), but not on ``clear``; lets an owner keep indexes in step.
     """
 
-    __slots__ = ("_data", "_max", "clock")
+    __slots__ = ("_data", "_max", "_on_evict", "clock")
 
-    def __init__(self, max_entries: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        max_entries: int,
+        clock: Callable[[], float] = time.time,
+        on_evict: Callable[[str, V], None] | None = None,
+    ) -> None:
         self._data: OrderedDict[str, tuple[float, V]] = OrderedDict()
         self._max = max_entries
+        self._on_evict = on_evict
         self.clock = clock
 
     def get(self, key: str) -> V | None:
@@ -38,7 +46,7 @@ class LRU(Generic[V]):
         if item is None:
             return None
         if item[0] < self.clock():
-            del self._data[key]
+            self.pop(key)
             return None
         self._data.move_to_end(key)
         return item[1]
@@ -48,19 +56,31 @@ class LRU(Generic[V]):
         if self._max <= 0 or deadline < self.clock():
             return
         data = self._data
+        old = data.get(key)
         data[key] = (deadline, value)
         data.move_to_end(key)
+        if old is not None and self._on_evict is not None:
+            self._on_evict(key, old[1])
         if len(data) > self._max:
-            data.popitem(last=False)
+            evicted, (_, gone) = data.popitem(last=False)
+            if self._on_evict is not None:
+                self._on_evict(evicted, gone)
 
     def pop(self, key: str) -> V | None:
         """Remove ``key``; return its value if it was present (live or not)."""
         item = self._data.pop(key, None)
-        return None if item is None else item[1]
+        if item is None:
+            return None
+        if self._on_evict is not None:
+            self._on_evict(key, item[1])
+        return item[1]
 
     def clear(self) -> None:
-        """Drop every entry."""
+        """Drop every entry (``on_evict`` is not called: the owner resets its indexes itself)."""
         self._data.clear()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
 
     def __len__(self) -> int:
         return len(self._data)

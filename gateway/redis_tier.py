@@ -1,8 +1,15 @@
 """The shared tier: sessions in Redis, for every worker and every instance.
 
 - Keys are ``<prefix>:v1:s:<sha256(token)>``: a dump of Redis reveals no usable token.
-- Values are ``MAC || msgpack(Session)``, the MAC an HMAC-SHA256 (keyed from the secret) over key
-  and value: whoever can write to Redis still cannot mint a session. A bad MAC is a miss.
+- Values are ``MAC || generation || msgpack(Session)``, the MAC an HMAC-SHA256 (keyed from the
+  secret) over key and value: whoever can write to Redis still cannot mint a session. A bad MAC
+  is a miss.
+- Revocation: a revoked session's key gets a short-lived tombstone, and writes never replace a
+  tombstone, so a lookup that read Postgres just before the revocation cannot put the session
+  back. ``<prefix>:v1:u:<sha256(user id)>`` lists a user's cached sessions, for user events.
+- ``<prefix>:v1:gen`` is a generation number, read with every ``MGET``: a value from another
+  generation is a miss. It is bumped whenever revocations may have been missed (a listener
+  reconnected, Redis came back), which makes everything cached before unusable at once.
 - Reads made in the same loop tick go out as one ``MGET``, writes as one pipeline: the redis-py
   client, not Redis, is the cost of a round trip.
 - Redis failing never fails a request: the tier turns into misses, stops trying for a back-off
@@ -15,7 +22,8 @@ import asyncio
 import hashlib
 import hmac
 import logging
-from typing import TYPE_CHECKING, Any
+import struct
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -29,13 +37,21 @@ from gateway.batching import Batcher
 from gateway.sessions import Session
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from gateway.config import Settings
 
 log = logging.getLogger("gateway.redis")
 
 _MAC_BYTES = 16  # 128-bit tag
+_GEN = struct.Struct(">Q")
+TOMBSTONE = b"revoked"
+# Write a session unless the key holds a tombstone (a revocation raced the lookup that read it).
+_SET_UNLESS_REVOKED = """
+if redis.call('GET', KEYS[1]) == ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 _ENCODE = msgspec.msgpack.Encoder()
 _DECODE = msgspec.msgpack.Decoder(Session)
 FAILURES = (RedisError, OSError, TimeoutError)
@@ -92,44 +108,99 @@ def _credentials(netloc: str) -> dict[str, Any]:
     return {k: v for k, v in (("username", user), ("password", password)) if v}
 
 
+class Lookup(NamedTuple):
+    """What a read found: the session (if any usable one) and the generation it was read under."""
+
+    session: Session | None
+    generation: int
+
+
 class RedisTier:
     """Signed, batched session values in Redis; every failure is a miss, never an error."""
 
     def __init__(self, client: Redis | RedisCluster, settings: Settings, clock: Callable[[], float]) -> None:
         self._client = client
-        self._prefix = f"{settings.redis_prefix}:v1:s:"
+        prefix = f"{settings.redis_prefix}:v1:"
+        self._session_prefix, self._user_prefix, self._gen_key = prefix + "s:", prefix + "u:", prefix + "gen"
         self._mac_key = hmac.digest(settings.secret.reveal().encode(), b"better-auth-gateway/redis-value/v1", "sha256")
         self._ttl_s = settings.l2_ttl_s
         self._timeout_s = settings.redis_timeout_s
         self._backoff_s = settings.redis_backoff_s
+        # Longer than any lookup can take between reading Postgres and writing here.
+        self._tombstone_ms = int(max(10.0, 2 * (settings.db_timeout_s + settings.redis_timeout_s)) * 1000)
         self._clock = clock
         self._mget = client.mget_nonatomic if isinstance(client, RedisCluster) else client.mget
-        self._reads: Batcher[str, Session] = Batcher(self._read_many, settings.batch_max_size)
-        self._writes: list[tuple[str, bytes, int]] = []
-        self._background: set[asyncio.Task[None]] = set()
+        self._reads: Batcher[str, Lookup] = Batcher(self._read_many, settings.batch_max_size)
+        self._writes: list[tuple[str, bytes, int, str]] = []
+        self._background: set[asyncio.Task[Any]] = set()
         self.degraded: str | None = None  # why Redis is being skipped, while it is
         self._probe: asyncio.Task[None] | None = None
 
     def key(self, token_digest: str) -> str:
         """The Redis key of a session, from its token's hash."""
-        return self._prefix + token_digest
+        return self._session_prefix + token_digest
 
-    async def get(self, token_digest: str) -> Session | None:
-        """The session cached under a token hash, or ``None`` (a miss, a bad MAC, or Redis down)."""
+    def _user_key(self, user_id: str) -> str:
+        return self._user_prefix + hashlib.sha256(user_id.encode()).hexdigest()
+
+    async def get(self, token_digest: str) -> Lookup | None:
+        """The session cached under a token hash, with the generation read; ``None`` if Redis is down."""
         if self.degraded is not None:
             return None
         return await self._reads.get(self.key(token_digest))
 
-    def put(self, token_digest: str, session: Session) -> None:
-        """Cache ``session`` (in the background) until the L2 TTL or its ``expiresAt``, whichever is first."""
+    def put(self, token_digest: str, session: Session, generation: int) -> None:
+        """Cache ``session`` (in the background) until the L2 TTL or its ``expiresAt``, whichever is first.
+
+        ``generation`` is the one read before the session was looked up in Postgres, so a bump in
+        between leaves the value unusable.
+        """
         ttl_ms = int(min(self._ttl_s, session.expires_at - self._clock()) * 1000)
         if self.degraded is not None or ttl_ms <= 0:
             return
         key = self.key(token_digest)
-        payload = _ENCODE.encode(session)
-        if not self._writes:
+        payload = _GEN.pack(generation) + _ENCODE.encode(session)
+        self._later(self._writes, (key, self._mac(key, payload) + payload, ttl_ms, session.user_id))
+
+    def _later(self, queue: list[Any], item: Any) -> None:
+        if not queue:
             asyncio.get_running_loop().call_soon(self._flush_writes)
-        self._writes.append((key, self._mac(key, payload) + payload, ttl_ms))
+        queue.append(item)
+
+    async def revoke(self, token_digests: Sequence[str]) -> None:
+        """Replace the sessions of these token hashes with tombstones (a best effort: never raises)."""
+        await self._guarded(self._tombstone(list(token_digests)))
+
+    async def revoke_user(self, user_id: str) -> None:
+        """Tombstone every cached session of a user (a best effort: never raises)."""
+
+        async def run() -> None:
+            user_key = self._user_key(user_id)
+            members = await self._client.smembers(user_key)
+            await self._tombstone([m.decode() if isinstance(m, bytes) else m for m in members])
+            await self._client.delete(user_key)
+
+        await self._guarded(run())
+
+    async def bump_generation(self) -> bool:
+        """Make every value cached so far unusable; ``False`` if Redis could not be told."""
+        return await self._guarded(self._client.incr(self._gen_key))
+
+    async def _tombstone(self, digests: list[str]) -> None:
+        if digests:
+            pipe = self._client.pipeline(transaction=False)
+            for digest in digests:
+                pipe.set(self.key(digest), TOMBSTONE, px=self._tombstone_ms)
+            await pipe.execute()
+
+    async def _guarded(self, work: Awaitable[Any]) -> bool:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await work
+        except FAILURES as exc:
+            self._degrade(exc)
+            return False
+        return True
 
     async def ping(self) -> None:
         """Raise if Redis does not answer ``PING`` within the budget."""
@@ -150,43 +221,46 @@ class RedisTier:
     def _mac(self, key: str, payload: bytes) -> bytes:
         return hmac.digest(self._mac_key, key.encode() + b"\0" + payload, "sha256")[:_MAC_BYTES]
 
-    def _open(self, key: str, raw: object) -> Session | None:
-        if not isinstance(raw, bytes) or len(raw) <= _MAC_BYTES:
-            return None
+    def _open(self, key: str, raw: object, generation: int) -> Session | None:
+        if not isinstance(raw, bytes) or len(raw) <= _MAC_BYTES + _GEN.size:
+            return None  # a miss, or a tombstone
         mac, payload = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
         if not hmac.compare_digest(mac, self._mac(key, payload)):
-            log.warning("ignored a Redis value with a bad MAC (key %s…)", key[-64:-48])
+            log.warning("ignored a Redis value with a bad MAC (key …%s)", key[-8:])
+            return None
+        if _GEN.unpack_from(payload)[0] != generation:
             return None
         try:
-            return _DECODE.decode(payload)
+            return _DECODE.decode(payload[_GEN.size :])
         except msgspec.DecodeError:
             return None
 
-    async def _read_many(self, keys: Sequence[str]) -> Mapping[str, Session]:
+    async def _read_many(self, keys: Sequence[str]) -> Mapping[str, Lookup]:
         try:
             async with asyncio.timeout(self._timeout_s):
-                values = await self._mget(list(keys))
+                gen_raw, *values = await self._mget([self._gen_key, *keys])
         except FAILURES as exc:
             self._degrade(exc)
             return {}
-        found = {key: self._open(key, raw) for key, raw in zip(keys, values, strict=True)}
-        return {key: s for key, s in found.items() if s is not None}
+        generation = int(gen_raw or 0)
+        return {
+            key: Lookup(self._open(key, raw, generation), generation) for key, raw in zip(keys, values, strict=True)
+        }
 
     def _flush_writes(self) -> None:
         writes, self._writes = self._writes, []
-        task = asyncio.ensure_future(self._write(writes))
+        task = asyncio.ensure_future(self._guarded(self._write(writes)))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _write(self, writes: list[tuple[str, bytes, int]]) -> None:
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                pipe = self._client.pipeline(transaction=False)
-                for key, value, ttl_ms in writes:
-                    pipe.set(key, value, px=ttl_ms)
-                await pipe.execute()
-        except FAILURES as exc:
-            self._degrade(exc)
+    async def _write(self, writes: list[tuple[str, bytes, int, str]]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for key, value, ttl_ms, user_id in writes:
+            pipe.eval(_SET_UNLESS_REVOKED, 1, key, value, ttl_ms, TOMBSTONE)
+            user_key = self._user_key(user_id)
+            pipe.sadd(user_key, key[len(self._session_prefix) :])
+            pipe.pexpire(user_key, int(self._ttl_s * 1000))
+        await pipe.execute()
 
     def _degrade(self, exc: BaseException) -> None:
         """Stop using Redis and start probing it in the background until it answers again."""
@@ -202,6 +276,9 @@ class RedisTier:
             await asyncio.sleep(delay)
             try:
                 await self.ping()
+                # Revocations made while Redis was unreachable never reached it.
+                async with asyncio.timeout(self._timeout_s):
+                    await self._client.incr(self._gen_key)
             except FAILURES:
                 delay = min(delay * 2, _MAX_BACKOFF_S)
                 continue

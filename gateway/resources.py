@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.decision import Decider
 from gateway.errors import BackendUnavailable
-from gateway.lru import LRU
 from gateway.redis_tier import FAILURES as REDIS_FAILURES
 from gateway.redis_tier import RedisTier, connect
 from gateway.schema import mapping_from
 from gateway.store import Store
-from gateway.tiers import Entry, Tiers
+from gateway.tiers import Tiers
 from gateway.tokens import Verifier
 
 if TYPE_CHECKING:
@@ -70,17 +70,16 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(store.close)
         with contextlib.suppress(BackendUnavailable):
             await store.ping()  # read the catalogue now if Postgres is there; else on first use
-        l1 = LRU[Entry](settings.l1_max_entries)
         redis = None
         if settings.redis_url is not None:
-            redis = RedisTier(connect(settings.redis_url.reveal(), settings), settings, l1.clock)
+            redis = RedisTier(connect(settings.redis_url.reveal(), settings), settings, time.time)
             stack.push_async_callback(redis.close)
         tiers = Tiers(
-            l1,
-            LRU[bool](settings.negative_max_entries),
             store,
             redis,
+            max_entries=settings.l1_max_entries,
             ttl_s=settings.l1_ttl_s,
+            negative_max_entries=settings.negative_max_entries,
             negative_ttl_s=settings.negative_ttl_s,
             batch_max_size=settings.batch_max_size,
         )

@@ -6,20 +6,25 @@
   loop tick share one ``MGET`` and one ``= ANY($1)`` query (``batching``).
 - An unknown token is remembered as absent for a short, separate TTL in a bounded LRU, so a
   repeated unknown (or raw, unsignable) token does not cost a query each time.
+- Invalidation evicts by token hash or by user (both indexed) and bumps ``epoch``: a lookup that
+  started before an invalidation never fills a cache after it, so a session read from Postgres
+  just before its revocation cannot be cached past it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol
+import time
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from gateway.batching import Batcher
+from gateway.lru import LRU
 from gateway.redis_tier import token_hash
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from gateway.lru import LRU
+    from gateway.redis_tier import Lookup
     from gateway.sessions import Session
 
 
@@ -34,47 +39,72 @@ class SessionSource(Protocol):
 class SharedCache(Protocol):
     """A cache shared between processes (``redis_tier.RedisTier``), keyed by token hash."""
 
-    def get(self, token_digest: str) -> Awaitable[Session | None]:
-        """The cached session, or ``None``; never raises."""
+    def get(self, token_digest: str) -> Awaitable[Lookup | None]:
+        """The cached session and the generation read, or ``None`` when unavailable; never raises."""
         ...
 
-    def put(self, token_digest: str, session: Session) -> None:
-        """Cache ``session`` (it may be written in the background); never raises."""
+    def put(self, token_digest: str, session: Session, generation: int) -> None:
+        """Cache ``session`` (maybe in the background); never raises."""
+        ...
+
+    def revoke(self, token_digests: Sequence[str]) -> Awaitable[object]:
+        """Make these sessions unservable from the shared cache; never raises."""
+        ...
+
+    def revoke_user(self, user_id: str) -> Awaitable[object]:
+        """Make every session of a user unservable from the shared cache; never raises."""
+        ...
+
+    def bump_generation(self) -> Awaitable[bool]:
+        """Make everything cached so far unusable; never raises."""
         ...
 
 
 class Entry:
     """A cached valid session; ``rendered`` is a memo for the HTTP adapter's response headers."""
 
-    __slots__ = ("rendered", "session")
+    __slots__ = ("digest", "rendered", "session")
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, digest: str) -> None:
         self.session = session
+        self.digest = digest
         self.rendered: list[tuple[str, str]] | None = None
+
+
+class Loaded(NamedTuple):
+    """A lookup's result, with what filling the caches afterwards needs."""
+
+    session: Session | None
+    digest: str  # sha256 of the token
+    epoch: int  # the invalidation epoch the lookup started in
 
 
 class Tiers:
     """Looks sessions up tier by tier, filling the faster tiers on the way back."""
 
-    def __init__(  # noqa: PLR0913  (each tier and its TTL, explicitly)
+    def __init__(  # noqa: PLR0913  (each tier and its bounds, explicitly)
         self,
-        l1: LRU[Entry],
-        negative: LRU[bool],
         source: SessionSource,
         shared: SharedCache | None,
         *,
+        max_entries: int,
         ttl_s: float,
+        negative_max_entries: int,
         negative_ttl_s: float,
         batch_max_size: int = 256,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.l1 = l1
-        self.negative = negative
+        self.l1: LRU[Entry] = LRU(max_entries, clock, on_evict=self.forget)
+        self.negative: LRU[bool] = LRU(negative_max_entries, clock)
         self.shared = shared
         self._ttl_s = ttl_s
         # A negative entry must not outlive a positive one (a session created meanwhile).
         self._negative_ttl_s = min(negative_ttl_s, ttl_s)
         self._source: Batcher[str, Session] = Batcher(source.fetch_many, batch_max_size)
-        self._inflight: dict[str, asyncio.Task[Session | None]] = {}
+        self._inflight: dict[str, tuple[int, asyncio.Task[Session | None]]] = {}
+        self._by_digest: dict[str, set[str]] = {}
+        self._by_user: dict[str, set[str]] = {}
+        self.epoch = 0
 
     def cached(self, key: str) -> Entry | None:
         """The hit path: the live LRU entry for a credential key, with no I/O."""
@@ -84,41 +114,86 @@ class Tiers:
         """Whether a credential key was recently looked up and found to be no session."""
         return self.negative.get(key) is not None
 
-    async def load(self, token: str) -> Session | None:
+    async def load(self, token: str) -> Loaded:
         """Fetch ``token`` from Redis, then Postgres, sharing one fetch among concurrent callers.
 
         Raises:
             BackendUnavailable: Postgres could not answer and no shared tier had the session.
         """
-        task = self._inflight.get(token)
-        if task is None:
+        epoch = self.epoch
+        flight = self._inflight.get(token)
+        if flight is None or flight[0] != epoch:  # never join a lookup begun before an invalidation
             task = asyncio.ensure_future(self._load(token))
-            self._inflight[token] = task
+            self._inflight[token] = flight = (epoch, task)
             task.add_done_callback(lambda t: self._settle(token, t))
-        return await asyncio.shield(task)
+        session = await asyncio.shield(flight[1])
+        return Loaded(session, token_hash(token), flight[0])
 
     async def _load(self, token: str) -> Session | None:
-        digest = token_hash(token) if self.shared is not None else ""
-        if self.shared is not None:
-            session = await self.shared.get(digest)
-            if session is not None:
-                return session
+        if self.shared is None:
+            return await self._source.get(token)
+        digest = token_hash(token)
+        found = await self.shared.get(digest)
+        if found is not None and found.session is not None:
+            return found.session
         session = await self._source.get(token)
-        if session is not None and self.shared is not None:
-            self.shared.put(digest, session)
+        if session is not None and found is not None:
+            self.shared.put(digest, session, found.generation)
         return session
 
     def _settle(self, token: str, task: asyncio.Task[Session | None]) -> None:
-        if self._inflight.get(token) is task:
+        flight = self._inflight.get(token)
+        if flight is not None and flight[1] is task:
             del self._inflight[token]
         if not task.cancelled():
             task.exception()  # retrieved here too, in case every waiter went away
 
-    def remember(self, key: str, session: Session) -> None:
-        """Cache a valid session under a credential key, never past its ``expiresAt``."""
+    def remember(self, key: str, loaded: Loaded) -> None:
+        """Cache a valid session under a credential key, never past its ``expiresAt``.
+
+        Skipped if an invalidation happened since the lookup began: what it read may be revoked.
+        """
+        session = loaded.session
+        if session is None or loaded.epoch != self.epoch:
+            return
         deadline = min(self.l1.clock() + self._ttl_s, session.expires_at)
-        self.l1.put(key, Entry(session), deadline)
+        self.l1.put(key, Entry(session, loaded.digest), deadline)
+        if key in self.l1:
+            self._by_digest.setdefault(loaded.digest, set()).add(key)
+            self._by_user.setdefault(session.user_id, set()).add(key)
 
     def remember_absent(self, key: str) -> None:
         """Remember that a credential key named no session, for the short negative TTL."""
         self.negative.put(key, True, self.l1.clock() + self._negative_ttl_s)  # noqa: FBT003
+
+    def forget(self, key: str, entry: Entry) -> None:
+        """Drop an entry leaving the LRU from the indexes (the LRU's ``on_evict``)."""
+        for index, name in ((self._by_digest, entry.digest), (self._by_user, entry.session.user_id)):
+            keys = index.get(name)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del index[name]
+
+    def invalidate_token(self, digest: str) -> Awaitable[object] | None:
+        """Evict a revoked session everywhere; return the shared tier's work, to await or not."""
+        self.epoch += 1
+        for key in list(self._by_digest.get(digest, ())):
+            self.l1.pop(key)
+        return None if self.shared is None else self.shared.revoke([digest])
+
+    def invalidate_user(self, user_id: str) -> Awaitable[object] | None:
+        """Evict every session of a user everywhere (banned, deleted, changed)."""
+        self.epoch += 1
+        for key in list(self._by_user.get(user_id, ())):
+            self.l1.pop(key)
+        return None if self.shared is None else self.shared.revoke_user(user_id)
+
+    async def flush(self) -> None:
+        """Forget everything cached: notifications may have been missed."""
+        self.epoch += 1
+        self.l1.clear()
+        self._by_digest.clear()
+        self._by_user.clear()
+        if self.shared is not None:
+            await self.shared.bump_generation()

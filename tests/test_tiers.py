@@ -96,14 +96,17 @@ async def test_keys_are_hashed_and_values_hold_no_token(
             assert (await res.decider.decide(cred(token))).reason is Reason.ok
         await asyncio.sleep(0.1)
     client = aioredis.Redis.from_url(redis_url)
-    keys = [k async for k in client.scan_iter(match=f"{redis_prefix}:*")]
+    keys = [k async for k in client.scan_iter(match=f"{redis_prefix}:v1:s:*")]
     assert sorted(k.decode() for k in keys) == sorted(f"{redis_prefix}:v1:s:{token_hash(t)}" for t in tokens)
     everything = [k async for k in client.scan_iter()]
     for key in everything:
-        value = await client.get(key) if await client.type(key) == b"string" else b""
+        kind = await client.type(key)
+        value = await client.get(key) if kind == b"string" else b""
+        members = await client.smembers(key) if kind == b"set" else set()  # the per-user index
         for token in tokens:
             assert token.encode() not in key
             assert token.encode() not in (value or b"")
+            assert not any(token.encode() in m for m in members)
     ttl = await client.pttl(keys[0])
     assert 0 < ttl <= 300_000
     await client.aclose()
