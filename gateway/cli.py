@@ -1,16 +1,19 @@
-"""The ``gateway`` command: ``serve``, ``check-config`` and ``demo``."""
+"""The ``gateway`` command: ``serve``, ``check-config``, ``install-triggers`` and ``demo``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.config import Settings, describe, load_settings
+from gateway.dbadmin import budget_warning, run_sql, trigger_sql
 from gateway.errors import ConfigError
 from gateway.logs import configure_logging
+from gateway.store import UNAVAILABLE
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -32,10 +35,15 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
         cmd.add_argument("--workers", type=int, help="worker processes (GATEWAY_WORKERS)")
     commands.add_parser("check-config", help="validate the configuration, print every problem, exit non-zero if any")
+    triggers = commands.add_parser("install-triggers", help="install the invalidation triggers (idempotent)")
+    triggers.add_argument("--print", action="store_true", help="print the SQL instead of running it")
+    triggers.add_argument("--uninstall", action="store_true", help="remove the triggers and their functions")
     args = parser.parse_args(argv)
     configure_logging()
     if args.command == "check-config":
         return check_config()
+    if args.command == "install-triggers":
+        return install_triggers(print_only=args.print, uninstall=args.uninstall)
     if args.command == "demo":
         from gateway.demo import run_demo  # noqa: PLC0415  (pgserver is only needed here)
 
@@ -48,10 +56,12 @@ def _cli_overrides(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k in ("host", "port", "workers") if (v := getattr(args, k)) is not None}
 
 
-def settings_or_none(overrides: Mapping[str, object] | None = None) -> Settings | None:
+def settings_or_none(
+    overrides: Mapping[str, object] | None = None, need: frozenset[str] = frozenset({"secret", "database"})
+) -> Settings | None:
     """Load the settings, or print every problem to stderr and return ``None``."""
     try:
-        return load_settings(overrides=overrides)
+        return load_settings(overrides=overrides, need=need)
     except ConfigError as exc:
         print("gateway: invalid configuration:", file=sys.stderr)  # noqa: T201
         for problem in exc.problems:
@@ -66,7 +76,28 @@ def check_config() -> int:
         return EXIT_CONFIG
     for key, value in describe(settings).items():
         print(f"{key} = {value}")  # noqa: T201
+    warning = budget_warning(settings)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)  # noqa: T201
     print("configuration OK")  # noqa: T201
+    return 0
+
+
+def install_triggers(*, print_only: bool, uninstall: bool) -> int:
+    """Print or run the trigger SQL (``--print`` needs no database)."""
+    settings = settings_or_none(need=frozenset() if print_only else frozenset({"database"}))
+    if settings is None:
+        return EXIT_CONFIG
+    sql = trigger_sql(settings, uninstall=uninstall)
+    if print_only:
+        print(sql, end="")  # noqa: T201
+        return 0
+    try:
+        asyncio.run(run_sql(settings, sql))
+    except (*UNAVAILABLE, OSError) as exc:
+        print(f"gateway: install-triggers failed: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    print("invalidation triggers " + ("removed" if uninstall else "installed"))  # noqa: T201
     return 0
 
 

@@ -78,6 +78,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_backoff_s: float = 1.0
     redis_pool_max_size: int = 8
 
+    # Invalidation: LISTEN for the triggers' NOTIFY (see gateway.triggers).
+    listen: bool = True
+    channel: str = "better_auth_gateway"
+    listener_check_s: float = 1.0
+
     # Postgres.
     pool_max_size: int = 10
     db_timeout_s: float = 2.0
@@ -103,8 +108,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return (f"__Secure-{name}", name)
 
 
-def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[str, object] | None = None) -> Settings:
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    need: frozenset[str] = frozenset({"secret", "database"}),
+) -> Settings:
     """Build ``Settings`` from ``environ`` (``os.environ`` if omitted) and keyword overrides.
+
+    ``need`` names what the caller cannot work without (``"secret"``, ``"database"``): serving
+    needs both; printing the trigger SQL needs neither.
 
     Raises:
         ConfigError: listing every missing, unknown or invalid setting, each naming its variable.
@@ -131,7 +144,7 @@ def load_settings(environ: Mapping[str, str] | None = None, overrides: Mapping[s
     # every problem is reported in one go.
     # Each value was converted to its field's type above.
     settings = Settings(**values)  # type: ignore[arg-type]
-    problems.extend(validate(settings))
+    problems.extend(validate(settings, need))
     if problems:
         raise ConfigError(problems)
     return settings
@@ -183,20 +196,22 @@ def _parse_mapping(name: str, raw: str, problems: list[str]) -> dict[str, str]:
     return out
 
 
-def validate(s: Settings) -> list[str]:
+def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"})) -> list[str]:
     """Return every cross-field problem of ``s`` (empty when it is usable)."""
     problems: list[str] = []
-    if not s.secrets:
+    if not s.secrets and "secret" in need:
         problems.append(
             "BETTER_AUTH_SECRET: not set (also read: BETTER_AUTH_SECRETS, AUTH_SECRET); "
             "use the secret your Better Auth server signs cookies with"
         )
-    if s.database_url is None:
+    if s.database_url is None and "database" in need:
         problems.append("DATABASE_URL: not set (the Postgres database Better Auth writes its sessions to)")
-    elif not s.database_url.reveal().startswith(("postgres://", "postgresql://")):
+    elif s.database_url is not None and not s.database_url.reveal().startswith(("postgres://", "postgresql://")):
         problems.append("DATABASE_URL: expected a postgres:// or postgresql:// URL")
     if s.redis_url is not None and not s.redis_url.reveal().startswith(REDIS_SCHEMES):
         problems.append(f"REDIS_URL: expected one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+    if not _IDENTIFIER.match(s.channel):
+        problems.append("GATEWAY_CHANNEL: letters, digits and _ only, at most 63")
     if not re.fullmatch(r"[A-Za-z0-9_.\-:]{1,64}", s.redis_prefix):
         problems.append("GATEWAY_REDIS_PREFIX: letters, digits, '.', '-', '_' and ':' only")
     names = {
@@ -231,6 +246,7 @@ def _check_numbers(s: Settings) -> list[str]:
         ("GATEWAY_REDIS_BACKOFF_S", s.redis_backoff_s > 0, "must be > 0"),
         ("GATEWAY_REDIS_POOL_MAX_SIZE", s.redis_pool_max_size >= 1, "must be >= 1"),
         ("GATEWAY_BATCH_MAX_SIZE", s.batch_max_size >= 1, "must be >= 1"),
+        ("GATEWAY_LISTENER_CHECK_S", s.listener_check_s > 0, "must be > 0"),
         ("GATEWAY_POOL_MAX_SIZE", s.pool_max_size >= 1, "must be >= 1"),
         ("GATEWAY_DB_TIMEOUT_S", s.db_timeout_s >= _MIN_DB_TIMEOUT_S, "must be >= 0.01"),
         ("GATEWAY_RETRY_AFTER_S", s.retry_after_s >= 1, "must be >= 1"),

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.decision import Decider
 from gateway.errors import BackendUnavailable
+from gateway.invalidation import Listener
 from gateway.redis_tier import FAILURES as REDIS_FAILURES
 from gateway.redis_tier import RedisTier, connect
 from gateway.schema import mapping_from
@@ -39,6 +40,7 @@ class Resources(NamedTuple):
     redis: RedisTier | None
     tiers: Tiers
     decider: Decider
+    listener: Listener | None
 
     async def pings(self) -> Readiness:
         """Ping every dependency. Postgres down fails readiness; Redis down only degrades it."""
@@ -58,6 +60,13 @@ class Resources(NamedTuple):
                     ready.ok.append("redis")
                 else:
                     ready.degraded["redis"] = f"recovering from: {self.redis.degraded}"
+        if self.listener is not None:
+            if not self.listener.connected:
+                ready.degraded["listener"] = "not connected: revocations wait for the cache TTL"
+            elif not self.listener.triggers_installed:
+                ready.degraded["listener"] = "no triggers installed (gateway install-triggers)"
+            else:
+                ready.ok.append("listener")
         return ready
 
 
@@ -88,4 +97,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             accept_unsigned=settings.accept_unsigned_bearer,
             legacy_ids=settings.token_field == "id",  # noqa: S105  (a column name)
         )
-        yield Resources(store, redis, tiers, Decider(verifier, tiers))
+        listener = None
+        if settings.listen:
+            listener = Listener(settings, tiers)
+            listener.start()
+            stack.push_async_callback(listener.close)
+        yield Resources(store, redis, tiers, Decider(verifier, tiers), listener)

@@ -8,7 +8,9 @@
   repeated unknown (or raw, unsignable) token does not cost a query each time.
 - Invalidation evicts by token hash or by user (both indexed) and bumps ``epoch``: a lookup that
   started before an invalidation never fills a cache after it, so a session read from Postgres
-  just before its revocation cannot be cached past it.
+  just before its revocation cannot be cached past it. Revoked token hashes and users are also
+  remembered for a while, and a Redis value naming one is not trusted (the tombstone replacing it
+  in Redis may still be on its way).
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ if TYPE_CHECKING:
 
     from gateway.redis_tier import Lookup
     from gateway.sessions import Session
+
+
+# How long a revoked token or user makes Redis values naming it untrusted: longer than the shared
+# tier needs to write its tombstones.
+_REVOKED_FOR_S = 10.0
+_REVOKED_MAX = 100_000
 
 
 class SessionSource(Protocol):
@@ -104,6 +112,7 @@ class Tiers:
         self._inflight: dict[str, tuple[int, asyncio.Task[Session | None]]] = {}
         self._by_digest: dict[str, set[str]] = {}
         self._by_user: dict[str, set[str]] = {}
+        self._revoked: LRU[bool] = LRU(_REVOKED_MAX, clock)  # "s:<digest>" and "u:<user id>"
         self.epoch = 0
 
     def cached(self, key: str) -> Entry | None:
@@ -134,7 +143,7 @@ class Tiers:
             return await self._source.get(token)
         digest = token_hash(token)
         found = await self.shared.get(digest)
-        if found is not None and found.session is not None:
+        if found is not None and found.session is not None and not self._revoked_lately(digest, found.session):
             return found.session
         session = await self._source.get(token)
         if session is not None and found is not None:
@@ -147,6 +156,12 @@ class Tiers:
             del self._inflight[token]
         if not task.cancelled():
             task.exception()  # retrieved here too, in case every waiter went away
+
+    def _revoked_lately(self, digest: str, session: Session) -> bool:
+        return self._revoked.get("s:" + digest) is not None or self._revoked.get("u:" + session.user_id) is not None
+
+    def _note_revoked(self, name: str) -> None:
+        self._revoked.put(name, True, self.l1.clock() + _REVOKED_FOR_S)  # noqa: FBT003
 
     def remember(self, key: str, loaded: Loaded) -> None:
         """Cache a valid session under a credential key, never past its ``expiresAt``.
@@ -178,6 +193,7 @@ class Tiers:
     def invalidate_token(self, digest: str) -> Awaitable[object] | None:
         """Evict a revoked session everywhere; return the shared tier's work, to await or not."""
         self.epoch += 1
+        self._note_revoked("s:" + digest)
         for key in list(self._by_digest.get(digest, ())):
             self.l1.pop(key)
         return None if self.shared is None else self.shared.revoke([digest])
@@ -185,15 +201,20 @@ class Tiers:
     def invalidate_user(self, user_id: str) -> Awaitable[object] | None:
         """Evict every session of a user everywhere (banned, deleted, changed)."""
         self.epoch += 1
+        self._note_revoked("u:" + user_id)
         for key in list(self._by_user.get(user_id, ())):
             self.l1.pop(key)
         return None if self.shared is None else self.shared.revoke_user(user_id)
 
     async def flush(self) -> None:
         """Forget everything cached: notifications may have been missed."""
+        self._clear()
+        if self.shared is not None:
+            await self.shared.bump_generation()
+            self._clear()  # what was read from Redis while the bump was on its way
+
+    def _clear(self) -> None:
         self.epoch += 1
         self.l1.clear()
         self._by_digest.clear()
         self._by_user.clear()
-        if self.shared is not None:
-            await self.shared.bump_generation()

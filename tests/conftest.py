@@ -250,3 +250,43 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 def redis_prefix() -> str:
     """A key prefix of the test's own, so tests sharing a Redis never see each other's keys."""
     return "gwt" + secrets.token_hex(4)
+
+
+async def install_triggers(dsn: str, **overrides: object) -> None:
+    """Install the invalidation triggers as ``gateway install-triggers`` does."""
+    from gateway.config import load_settings  # noqa: PLC0415
+    from gateway.dbadmin import run_sql, trigger_sql  # noqa: PLC0415
+
+    settings = load_settings({"DATABASE_URL": dsn}, overrides, need=frozenset({"database"}))
+    await run_sql(settings, trigger_sql(settings))
+
+
+async def wait_listening(client: httpx.AsyncClient, *servers: Server) -> None:
+    """Wait until each server's listener is connected (its first connect flushes the caches)."""
+
+    async def listening(server: Server) -> bool:
+        body = (await client.get(server.url + "/readyz")).json()
+        return "listener" in body["ok"] or "triggers" in body["degraded"].get("listener", "")
+
+    for server in servers:
+        await eventually(lambda s=server: listening(s), within=10)
+
+
+async def statuses(url: str, headers: dict[str, str], n: int = 24) -> set[int]:
+    """Status codes of ``n`` requests, each on a connection of its own (so they spread over workers)."""
+
+    async def one() -> int:
+        async with httpx.AsyncClient(timeout=5) as c:
+            return (await c.get(url + "/validate", headers=headers)).status_code
+
+    return set(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def every_worker_listening(url: str, probes: int = 16) -> bool:
+    """Whether /readyz, asked on fresh connections (spread over the workers), always lists the listener."""
+
+    async def one() -> bool:
+        async with httpx.AsyncClient(timeout=5) as c:
+            return "listener" in (await c.get(url + "/readyz")).json()["ok"]
+
+    return all(await asyncio.gather(*(one() for _ in range(probes))))

@@ -15,7 +15,7 @@ import pytest
 
 from gateway import seed
 from gateway.tokens import sign
-from tests.conftest import SECRET, Server, free_port, with_database
+from tests.conftest import SECRET, Server, eventually, free_port, install_triggers, with_database
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -34,6 +34,7 @@ async def app_db(postgres_admin_dsn: str) -> AsyncIterator[str]:
     conn = await asyncpg.connect(dsn)
     await seed.create_schema(conn)
     await conn.close()
+    await install_triggers(dsn)
     yield dsn
     await admin.execute(f'drop database if exists "{name}" with (force)')
     await admin.close()
@@ -203,9 +204,14 @@ async def test_routing(server: Server, client: httpx.AsyncClient) -> None:
     assert r.headers["allow"] == "POST"
     assert (await client.post(server.url + "/api/auth/get-session")).status_code == 405
     assert (await client.get(server.url + "/healthz")).json() == {"status": "ok"}
-    r = await client.get(server.url + "/readyz")
+
+    async def ready() -> httpx.Response | None:
+        r = await client.get(server.url + "/readyz")
+        return r if r.json()["ok"] == ["postgres", "listener"] else None
+
+    r = await eventually(ready)
     assert r.status_code == 200
-    assert r.json() == {"ok": ["postgres"], "degraded": {}, "failing": {}}
+    assert r.json() == {"ok": ["postgres", "listener"], "degraded": {}, "failing": {}}
 
 
 async def test_get_session_shape(server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient) -> None:

@@ -10,7 +10,7 @@ import asyncpg
 
 from gateway import seed
 from gateway.tokens import sign
-from tests.conftest import SECRET, eventually, free_port
+from tests.conftest import SECRET, eventually, free_port, wait_listening
 from tests.tcp_proxy import Proxy
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ async def test_two_processes_share_redis(
     first = start_gateway({"DATABASE_URL": database} | shared)
     no_postgres = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     second = start_gateway({"DATABASE_URL": no_postgres, "GATEWAY_DB_TIMEOUT_S": "0.5"} | shared)
+    await wait_listening(client, first)
     assert (await client.get(first.url + "/validate", headers=cookie(token))).status_code == 200
     r = await eventually(lambda: _status_is(client, second, cookie(token), 200), within=3)
     assert r.headers["x-auth-request-user"]
@@ -116,6 +117,7 @@ async def test_postgres_cut_off(
         env = {"DATABASE_URL": proxy.dsn(), "REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": redis_prefix}
         gw = start_gateway(env | {"GATEWAY_DB_TIMEOUT_S": "0.5"})
         other = start_gateway(env | {"GATEWAY_DB_TIMEOUT_S": "0.5"})
+        await wait_listening(client, gw, other)
         for token in (warm, warm_in_redis_only):
             assert (await client.get(gw.url + "/validate", headers=cookie(token))).status_code == 200
         assert (await client.get(other.url + "/validate", headers=cookie(warm))).status_code == 200

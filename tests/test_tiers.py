@@ -36,13 +36,17 @@ TIERS = {
 
 @pytest.fixture
 def gateway(database: str, redis_url: str, redis_prefix: str) -> Open:
-    """Open the gateway's resources; ``redis=True`` adds the shared tier (a prefix of the test's own)."""
+    """Open the gateway's resources; ``redis=True`` adds the shared tier (a prefix of the test's own).
+
+    The listener is off: these tests are about the tiers (its start would flush them at a moment
+    of its choosing); test_invalidation covers it.
+    """
 
     def open_(**overrides: Any) -> AbstractAsyncContextManager[Resources]:
         env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET}
         if overrides.pop("redis", False):
             env["REDIS_URL"] = overrides.pop("redis_url", redis_url)
-        return open_resources(load_settings(env, {"redis_prefix": redis_prefix} | overrides))
+        return open_resources(load_settings(env, {"redis_prefix": redis_prefix, "listen": False} | overrides))
 
     return open_
 
