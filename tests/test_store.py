@@ -30,7 +30,7 @@ def gateway(database: str) -> Open:
 
     def open_(**overrides: Any) -> AbstractAsyncContextManager[Resources]:
         env = {"DATABASE_URL": overrides.pop("dsn", database), "BETTER_AUTH_SECRET": SECRET}
-        return open_resources(load_settings(env, overrides))
+        return open_resources(load_settings(env, {"listen": False} | overrides))  # test_invalidation has it
 
     return open_
 
