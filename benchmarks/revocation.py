@@ -105,6 +105,12 @@ async def measure(rounds: int, workers: int) -> list[float]:
         await admin.close()
 
 
+def git_commit() -> str:
+    """The checkout's commit, for the record."""
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=4)
@@ -121,9 +127,7 @@ def main() -> None:
         "max_ms": round(latencies[-1] * 1000, 2),
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
         "python": sys.version.split()[0],
-        "commit": subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip(),
+        "commit": git_commit(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(json.dumps(result, indent=2))
