@@ -10,6 +10,7 @@ import msgspec
 
 from gateway import responses
 from gateway.config import load_settings
+from gateway.forward_auth import ForwardAuth
 from gateway.logs import configure_logging
 from gateway.resources import Resources, open_resources
 from gateway.sessions import Reason
@@ -46,6 +47,7 @@ class App:
         self.settings = settings
         self._names = settings.cookie_names
         self._deny = responses.Denials(settings.retry_after_s)
+        self._forward_auth = ForwardAuth(settings, lambda: self.resources)
         self._stack = contextlib.AsyncExitStack()
         self._res: Resources | None = None
         self._routes: dict[str, tuple[frozenset[str] | None, Handler]] = {
@@ -96,21 +98,7 @@ class App:
         return find_credential(h.get("authorization"), h.get("x-session-token"), h.get("cookie"), self._names)
 
     async def _validate(self, scope: Scope, proto: HTTPProtocol) -> None:
-        credential = self._credential(scope)
-        res = self.resources
-        if credential is not None:  # the hit path: no HMAC, no I/O, headers already built
-            entry = res.tiers.cached(credential.key)
-            if entry is not None:
-                headers = entry.rendered
-                if headers is None:
-                    headers = entry.rendered = responses.allow_headers(entry.session)
-                return proto.response_empty(200, headers)
-        verdict = await res.decider.decide(credential)
-        if verdict.session is not None:
-            return proto.response_empty(200, responses.allow_headers(verdict.session))
-        if verdict.reason is Reason.backend_unavailable:
-            return proto.response_empty(503, self._deny.unavailable)
-        return proto.response_empty(401, self._deny.unauthenticated[verdict.reason])
+        await self._forward_auth(scope, proto, self._credential(scope))
 
     async def _api_validate(self, scope: Scope, proto: HTTPProtocol) -> None:
         body = await self._read_body(scope, proto)

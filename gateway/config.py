@@ -55,6 +55,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_cookie_name: str = ""  # advanced.cookies.session_token.name: used verbatim
     accept_unsigned_bearer: bool = True  # bearer({requireSignature}) is off by default
 
+    # Forward auth (see gateway.forwarding and gateway.policy).
+    trusted_proxies: str = "127.0.0.0/8,::1/128"  # whose X-Forwarded-*/X-Original-* count
+    login_url: str = ""  # where redirect mode sends browsers; also the Location of a 401
+    redirect_param: str = "rd"
+    redirect_hosts: str = ""  # hosts a return URL may name (".example.com": subdomains); default: the login URL's
+    identity_headers: dict[str, str] = {}  # rename: user, email, name, session_id, role, groups
+    remote_headers: bool = False  # also send Remote-User, Remote-Email, Remote-Name, Remote-Groups
+    strip_credentials: bool = False  # answer Cookie (without Better Auth's) and an empty Authorization
+    rules_file: str = ""
+
     # Schema mapping (see gateway.schema).
     schema_preset: Literal["default", "prisma", "drizzle"] = "default"
     use_plural: bool = False
@@ -210,6 +220,7 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
         problems.append("DATABASE_URL: expected a postgres:// or postgresql:// URL")
     if s.redis_url is not None and not s.redis_url.reveal().startswith(REDIS_SCHEMES):
         problems.append(f"REDIS_URL: expected one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+    problems.extend(_check_forward_auth(s))
     if not _IDENTIFIER.match(s.channel):
         problems.append("GATEWAY_CHANNEL: letters, digits and _ only, at most 63")
     if not re.fullmatch(r"[A-Za-z0-9_.\-:]{1,64}", s.redis_prefix):
@@ -231,6 +242,36 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
     if s.session_cookie_name and not re.fullmatch(r"[!#$%&'*+\-.^_`|~A-Za-z0-9]{1,128}", s.session_cookie_name):
         problems.append("GATEWAY_SESSION_COOKIE_NAME: not a valid cookie name")
     problems.extend(_check_numbers(s))
+    return problems
+
+
+IDENTITY_FIELDS = ("user", "email", "name", "session_id", "role", "groups")
+
+
+def _check_forward_auth(s: Settings) -> list[str]:
+    from gateway.forwarding import parse_networks  # noqa: PLC0415
+    from gateway.policy import load_rules  # noqa: PLC0415
+
+    problems = []
+    try:
+        parse_networks(s.trusted_proxies)
+    except ValueError as exc:
+        problems.append(f"GATEWAY_TRUSTED_PROXIES: {exc}")
+    if s.login_url and not re.match(r"^https?://[^/?#]+", s.login_url):
+        problems.append("GATEWAY_LOGIN_URL: expected an absolute http(s) URL")
+    unknown = set(s.identity_headers) - set(IDENTITY_FIELDS)
+    if unknown:
+        problems.append(f"GATEWAY_IDENTITY_HEADERS: unknown field(s) {sorted(unknown)}; known: {list(IDENTITY_FIELDS)}")
+    problems.extend(
+        f"GATEWAY_IDENTITY_HEADERS: {name!r} is not a valid header name"
+        for name in s.identity_headers.values()
+        if not re.fullmatch(r"[A-Za-z0-9\-_]{1,64}", name)
+    )
+    if s.rules_file:
+        try:
+            load_rules(s.rules_file)
+        except ValueError as exc:
+            problems.append(f"GATEWAY_RULES_FILE: {exc}")
     return problems
 
 

@@ -11,17 +11,15 @@ from typing import Any
 
 import msgspec
 
+from gateway.config import IDENTITY_FIELDS
 from gateway.sessions import Reason, Session
 
 JSON = msgspec.json.Encoder()
 
-IDENTITY_HEADERS = (
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-name",
-    "x-auth-request-session-id",
-    "x-auth-request-role",
-)
+# Field -> header; every one is always sent on a 200 (empty when unknown) so that a proxy which
+# only overrides headers present in the auth response still clobbers a client's forged value.
+DEFAULT_IDENTITY = {field: "x-auth-request-" + field.replace("_", "-") for field in IDENTITY_FIELDS}
+REMOTE_ALIASES = {"user": "remote-user", "email": "remote-email", "name": "remote-name", "groups": "remote-groups"}
 JSON_TYPE = ("content-type", "application/json")
 NO_STORE = ("cache-control", "no-store")
 # A header value may not carry control characters (CR/LF would split the response), and
@@ -39,11 +37,29 @@ def header_value(value: Any) -> str:
     return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), text)
 
 
-def allow_headers(session: Session) -> list[tuple[str, str]]:
-    """The 200 headers of ``/validate``: every identity header, empty when unknown."""
-    user = session.user
-    values = (user.get("id"), user.get("email"), user.get("name"), session.session.get("id"), user.get("role"))
-    return [(name, header_value(v)) for name, v in zip(IDENTITY_HEADERS, values, strict=True)]
+class Identity:
+    """Renders a session as the identity headers of a 200 (names configurable, aliases optional)."""
+
+    def __init__(self, renamed: dict[str, str] | None = None, *, remote: bool = False) -> None:
+        names = DEFAULT_IDENTITY | {k: v.lower() for k, v in (renamed or {}).items()}
+        pairs = list(names.items())
+        if remote:
+            pairs += list(REMOTE_ALIASES.items())
+        self.names: tuple[tuple[str, str], ...] = tuple(pairs)
+        self.anonymous = [(header, "") for _, header in self.names]
+
+    def headers(self, session: Session) -> list[tuple[str, str]]:
+        """Every identity header for ``session``."""
+        user = session.user
+        fields = {
+            "user": user.get("id"),
+            "email": user.get("email"),
+            "name": user.get("name"),
+            "session_id": session.session.get("id"),
+            "role": user.get("role"),
+            "groups": user.get("role"),  # Better Auth's admin plugin keeps roles comma-separated
+        }
+        return [(header, header_value(fields[field])) for field, header in self.names]
 
 
 class Denials:
@@ -60,6 +76,7 @@ class Denials:
             ]
             for reason in Reason
         }
+        self.forbidden = [NO_STORE, ("x-auth-reason", "forbidden")]
         self.json_unavailable = [JSON_TYPE, *self.unavailable]
         self.json_unauthenticated = {r: [JSON_TYPE, *h] for r, h in self.unauthenticated.items()}
 

@@ -1,0 +1,135 @@
+"""``/validate``: the decision endpoint every reverse proxy calls (``reference/forward-auth.md`` §6).
+
+The hit path (no policy, no query, a cached session) sends a header list that already exists.
+Everything else — policy, redirect mode, credential stripping — works from the original request
+as ``forwarding`` reconstructs it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, quote, urlsplit
+
+from gateway import policy, responses
+from gateway.forwarding import Original, original_request, parse_networks
+from gateway.sessions import Reason
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+    from granian.rsgi import Scope
+
+    from gateway.config import Settings
+    from gateway.resources import Resources
+    from gateway.sessions import Session, Verdict
+    from gateway.tokens import Credential
+
+_BAD_POLICY = [("x-auth-reason", "bad_policy"), responses.NO_STORE]
+
+
+class ForwardAuth:
+    """Turns a verdict into 200, 401, 302/303, 403 or 503 for a proxy."""
+
+    def __init__(self, settings: Settings, resources: Callable[[], Resources]) -> None:
+        self._resources = resources
+        self._names = settings.cookie_names
+        self._networks = parse_networks(settings.trusted_proxies)
+        self._identity = responses.Identity(settings.identity_headers, remote=settings.remote_headers)
+        self._deny = responses.Denials(settings.retry_after_s)
+        self._rules = policy.load_rules(settings.rules_file) if settings.rules_file else None
+        self._strip = settings.strip_credentials
+        self._login = settings.login_url
+        self._param = settings.redirect_param
+        hosts = settings.redirect_hosts or urlsplit(settings.login_url).hostname or ""
+        self._redirect_hosts = tuple(h.strip().lower() for h in hosts.split(",") if h.strip())
+        self._cookie_prefixes = tuple(f"{p}{settings.cookie_prefix}." for p in ("", "__Secure-"))
+        self._simple = self._rules is None and not self._strip
+
+    async def __call__(self, scope: Scope, proto: HTTPProtocol, credential: Credential | None) -> None:
+        """Answer one forward-auth request."""
+        res = self._resources()
+        if self._simple and not scope.query_string and credential is not None:
+            entry = res.tiers.cached(credential.key)  # the hit path: no HMAC, no I/O, headers built
+            if entry is not None:
+                headers = entry.rendered
+                if headers is None:
+                    headers = entry.rendered = self._identity.headers(entry.session)
+                return proto.response_empty(200, headers)
+        verdict = await res.decider.decide(credential)
+        if verdict.reason is Reason.backend_unavailable:
+            return proto.response_empty(503, self._deny.unavailable)
+        envoy = scope.path.startswith("/validate/")  # its query belongs to the original request
+        query = "" if envoy else scope.query_string
+        original = self._original(scope)
+        try:
+            rule = policy.from_query(query) or (self._rules.for_request(original) if self._rules else policy.DEFAULT)
+        except ValueError:
+            return proto.response_empty(400, _BAD_POLICY)
+        if verdict.session is not None:
+            return self._allow(scope, proto, verdict.session, rule)
+        if rule.allow_anonymous:
+            return proto.response_empty(200, self._identity.anonymous)
+        return self._deny_request(scope, proto, verdict, original, redirect=_wants_redirect(scope, query))
+
+    def _original(self, scope: Scope) -> Original:
+        headers = scope.headers
+        return original_request(
+            method=scope.method,
+            scheme=scope.scheme,
+            path=scope.path,
+            query=scope.query_string,
+            peer=scope.client,
+            header=headers.get,
+            networks=self._networks,
+        )
+
+    def _allow(self, scope: Scope, proto: HTTPProtocol, session: Session, rule: policy.Policy) -> None:
+        if not rule.allows(session):
+            return proto.response_empty(403, self._deny.forbidden)
+        headers = self._identity.headers(session)
+        if self._strip:
+            headers += [("cookie", self._without_better_auth(scope.headers.get("cookie") or "")), ("authorization", "")]
+        return proto.response_empty(200, headers)
+
+    def _without_better_auth(self, cookie: str) -> str:
+        """The Cookie header minus Better Auth's cookies, for upstreams that must not see them."""
+        parts = (p.strip() for p in cookie.split(";"))
+        return "; ".join(p for p in parts if p and not p.split("=", 1)[0].strip().startswith(self._cookie_prefixes))
+
+    def _deny_request(
+        self, scope: Scope, proto: HTTPProtocol, verdict: Verdict, original: Original, *, redirect: bool
+    ) -> None:
+        headers = self._deny.unauthenticated[verdict.reason]
+        if not self._login:
+            return proto.response_empty(401, headers)
+        location = self._login_location(original)
+        if redirect and _browser_navigation(scope):
+            status = 302 if original.method in ("GET", "HEAD") else 303
+            return proto.response_empty(status, [("location", location), responses.NO_STORE])
+        # nginx turns any 3xx from an auth endpoint into a 500: by default a 401 says where to go.
+        return proto.response_empty(401, [*headers, ("location", location)])
+
+    def _login_location(self, original: Original) -> str:
+        """The login URL, with the original URL to return to when its host is allowed (no open redirect)."""
+        host = (urlsplit(original.url).hostname or "").lower()
+        if not any(host == h or (h.startswith(".") and host.endswith(h)) for h in self._redirect_hosts):
+            return self._login
+        separator = "&" if "?" in self._login else "?"
+        return f"{self._login}{separator}{self._param}={quote(original.url, safe='')}"
+
+
+def _wants_redirect(scope: Scope, query: str) -> bool:
+    if (scope.headers.get("x-auth-redirect") or "").strip() in ("1", "true"):
+        return True
+    return bool(query) and parse_qs(query).get("redirect", ["0"])[-1] in ("1", "true")
+
+
+def _browser_navigation(scope: Scope) -> bool:
+    """A page load (not an XHR or a fetch), which a redirect to the login page helps."""
+    h = scope.headers
+    return (
+        "text/html" in (h.get("accept") or "")
+        and (h.get("x-requested-with") or "").lower() != "xmlhttprequest"
+        and (h.get("sec-fetch-mode") or "navigate") == "navigate"
+    )

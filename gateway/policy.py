@@ -1,0 +1,141 @@
+"""Per-route policy: who, among the signed-in, may pass. No I/O.
+
+A policy comes from the auth URL's query (``/validate?allowed_roles=admin``, as oauth2-proxy's
+``/oauth2/auth`` takes them), or else from the first rule of ``GATEWAY_RULES_FILE`` matching the
+original host, path and method (for proxies that can't vary the auth URL per route, like Envoy).
+Signed in but not allowed is a 403, never a redirect.
+
+Rules file (TOML, or JSON with the same shape)::
+
+    [[rules]]
+    host = "admin.example.com"      # optional; ".example.com" matches every subdomain
+    path_prefix = "/admin"          # optional
+    methods = ["POST", "DELETE"]    # optional
+    allowed_roles = ["admin"]
+    # also: allowed_emails, allowed_email_domains, require_verified_email, allow_anonymous, satisfy
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import parse_qs
+
+import msgspec
+
+if TYPE_CHECKING:
+    from gateway.forwarding import Original
+    from gateway.sessions import Session
+
+_QUERY_KEYS = frozenset(
+    {"allowed_roles", "allowed_emails", "allowed_email_domains", "require_verified_email", "allow_anonymous", "satisfy"}
+)
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a signed-in user must satisfy; empty constraints are not checked."""
+
+    allowed_roles: frozenset[str] = frozenset()
+    allowed_emails: frozenset[str] = frozenset()
+    allowed_email_domains: frozenset[str] = frozenset()
+    require_verified_email: bool = False
+    allow_anonymous: bool = False
+    satisfy: Literal["all", "any"] = "all"
+
+    def allows(self, session: Session) -> bool:
+        """Whether the session's user passes (``satisfy``: every given constraint, or any one)."""
+        user = session.user
+        email = str(user.get("email") or "").lower()
+        checks = []
+        if self.allowed_roles:
+            roles = {r.strip() for r in str(user.get("role") or "").split(",")}  # Better Auth: "admin,user"
+            checks.append(bool(roles & self.allowed_roles))
+        if self.allowed_emails:
+            checks.append(email in self.allowed_emails)
+        if self.allowed_email_domains:
+            domain = email.rpartition("@")[2]
+            checks.append(any(_domain_matches(domain, d) for d in self.allowed_email_domains))
+        if self.require_verified_email:
+            checks.append(user.get("emailVerified") is True)
+        if not checks:
+            return True
+        return any(checks) if self.satisfy == "any" else all(checks)
+
+
+DEFAULT = Policy()
+
+
+def _domain_matches(domain: str, allowed: str) -> bool:
+    return domain == allowed or (allowed.startswith(".") and domain.endswith(allowed))
+
+
+def from_query(query: str) -> Policy | None:
+    """The policy in an auth URL's query string, or ``None`` if it names none.
+
+    Raises:
+        ValueError: a policy parameter has an invalid value.
+    """
+    if not query:
+        return None
+    params = {k: v for k, v in parse_qs(query).items() if k in _QUERY_KEYS}
+    if not params:
+        return None
+
+    def items(key: str) -> frozenset[str]:
+        return frozenset(x.strip().lower() for v in params.get(key, []) for x in v.split(",") if x.strip())
+
+    satisfy = params.get("satisfy", ["all"])[-1]
+    if satisfy not in ("all", "any"):
+        raise ValueError("satisfy must be 'all' or 'any'")
+    return Policy(
+        allowed_roles=frozenset(x.strip() for v in params.get("allowed_roles", []) for x in v.split(",") if x.strip()),
+        allowed_emails=items("allowed_emails"),
+        allowed_email_domains=items("allowed_email_domains"),
+        require_verified_email=params.get("require_verified_email", ["0"])[-1].lower() in _TRUE,
+        allow_anonymous=params.get("allow_anonymous", ["0"])[-1].lower() in _TRUE,
+        satisfy=satisfy,  # type: ignore[arg-type]
+    )
+
+
+class Rule(Policy, frozen=True, forbid_unknown_fields=True):
+    """A policy for the requests matching ``host``, ``path_prefix`` and ``methods``."""
+
+    host: str = ""
+    path_prefix: str = ""
+    methods: frozenset[str] = frozenset()
+
+    def matches(self, original: Original) -> bool:
+        """Whether the original request falls under this rule."""
+        host = original.host.rsplit(":", 1)[0].lower() if original.host else ""
+        return (
+            (not self.host or _domain_matches(host, self.host.lower()))
+            and original.path.startswith(self.path_prefix)
+            and (not self.methods or original.method.upper() in self.methods)
+        )
+
+
+class Rules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The rules file: the first matching rule wins; no match means the default policy."""
+
+    rules: tuple[Rule, ...] = ()
+
+    def for_request(self, original: Original) -> Policy:
+        """The policy for a request."""
+        return next((rule for rule in self.rules if rule.matches(original)), DEFAULT)
+
+
+def load_rules(path: str) -> Rules:
+    """Read a rules file (``.toml`` or ``.json``).
+
+    Raises:
+        ValueError: the file can't be read or doesn't have the shape above (the message says where).
+    """
+    try:
+        raw = Path(path).read_bytes()
+        if path.endswith(".json"):
+            return msgspec.json.decode(raw, type=Rules)
+        return msgspec.toml.decode(raw, type=Rules)
+    except (OSError, msgspec.DecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: {exc}") from exc
