@@ -7,6 +7,7 @@ as ``forwarding`` reconstructs it.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from gateway.sessions import Session, Verdict
     from gateway.tokens import Credential
 
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _BAD_POLICY = [("x-auth-reason", "bad_policy"), responses.NO_STORE]
 
 
@@ -104,16 +106,24 @@ class ForwardAuth:
         if not self._login:
             return proto.response_empty(401, headers)
         location = self._login_location(original)
-        if redirect and _browser_navigation(scope):
+        browser = _browser_navigation(scope)
+        if redirect and browser:
             status = 302 if original.method in ("GET", "HEAD") else 303
             return proto.response_empty(status, [("location", location), responses.NO_STORE])
-        # nginx turns any 3xx from an auth endpoint into a 500: by default a 401 says where to go.
-        return proto.response_empty(401, [*headers, ("location", location)])
+        # nginx turns any 3xx from an auth endpoint into a 500: by default a 401 says where to go,
+        # and X-Auth-Browser-Redirect says it only for page loads, for nginx's error_page to act on.
+        extra = [("location", location), ("x-auth-browser-redirect", location)] if browser else [("location", location)]
+        return proto.response_empty(401, [*headers, *extra])
 
     def _login_location(self, original: Original) -> str:
         """The login URL, with the original URL to return to when its host is allowed (no open redirect)."""
-        host = (urlsplit(original.url).hostname or "").lower()
-        if not any(host == h or (h.startswith(".") and host.endswith(h)) for h in self._redirect_hosts):
+        url = original.url
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        # Browsers read "\\" as "/" and honour userinfo differently from Python: refuse anything
+        # whose host two parsers could disagree on.
+        ambiguous = "\\" in url or "@" in parts.netloc or _CONTROL.search(url) or parts.scheme not in ("http", "https")
+        if ambiguous or not any(host == h or (h.startswith(".") and host.endswith(h)) for h in self._redirect_hosts):
             return self._login
         separator = "&" if "?" in self._login else "?"
         return f"{self._login}{separator}{self._param}={quote(original.url, safe='')}"

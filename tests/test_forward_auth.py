@@ -1,0 +1,134 @@
+"""The forward-auth contract over HTTP: trusted proxies, redirects, policy, headers (a real server)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import pytest
+
+from gateway import seed
+from gateway.tokens import sign
+from tests.conftest import SECRET
+
+if TYPE_CHECKING:
+    import asyncpg
+    import httpx
+
+LOGIN = "https://app.example.com/login"
+PAGE = {"accept": "text/html,application/xhtml+xml", "sec-fetch-mode": "navigate"}
+
+
+def cookie(token: str) -> dict[str, str]:
+    return {"cookie": f"theme=dark; better-auth.session_token={quote(sign(token, SECRET), safe='')}; other=1"}
+
+
+@pytest.fixture
+async def user(db: asyncpg.Connection) -> tuple[str, str]:
+    uid = await seed.create_user(db, email="ada@example.com", name="Ada", role="user")
+    return uid, await seed.create_session(db, uid)
+
+
+async def test_redirect_mode(
+    database: str, db: asyncpg.Connection, start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """?redirect=1: page loads go to the login URL (302, 303 for POST) with the URL to return to; XHR gets 401."""
+    gw = start_gateway({"DATABASE_URL": database, "GATEWAY_LOGIN_URL": LOGIN})
+    original = {"x-original-url": "https://app.example.com/dash?x=1"}
+    r = await client.get(gw.url + "/validate?redirect=1", headers=PAGE | original)
+    assert r.status_code == 302
+    assert r.headers["location"] == f"{LOGIN}?rd={quote('https://app.example.com/dash?x=1', safe='')}"
+    r = await client.get(gw.url + "/validate?redirect=1", headers=PAGE | original | {"x-original-method": "POST"})
+    assert r.status_code == 303
+    xhr = PAGE | original | {"x-requested-with": "XMLHttpRequest"}
+    assert (await client.get(gw.url + "/validate?redirect=1", headers=xhr)).status_code == 401
+    fetch = PAGE | original | {"sec-fetch-mode": "cors"}
+    assert (await client.get(gw.url + "/validate?redirect=1", headers=fetch)).status_code == 401
+    # Default mode: 401, with Location (and the page-load hint nginx's error_page uses).
+    r = await client.get(gw.url + "/validate", headers=PAGE | original)
+    assert r.status_code == 401
+    assert r.headers["location"].startswith(LOGIN + "?rd=")
+    assert r.headers["x-auth-browser-redirect"] == r.headers["location"]
+    # Envoy: the header instead of the query.
+    r = await client.get(gw.url + "/validate/dash", headers=PAGE | {"x-auth-redirect": "1", "host": "app.example.com"})
+    assert r.status_code == 302
+
+
+async def test_no_open_redirect(database: str, start_gateway: Any, client: httpx.AsyncClient) -> None:
+    """A return URL on a host outside the allow-list is dropped: the login URL alone."""
+    gw = start_gateway({"DATABASE_URL": database, "GATEWAY_LOGIN_URL": LOGIN})
+    for evil in (
+        "https://evil.example.net/phish",
+        "https://app.example.com.evil.net/",
+        "https://evil.net\\@app.example.com/",
+    ):
+        r = await client.get(gw.url + "/validate?redirect=1", headers=PAGE | {"x-original-url": evil})
+        assert r.status_code == 302
+        assert r.headers["location"] == LOGIN, evil
+    gw2 = start_gateway(
+        {"DATABASE_URL": database, "GATEWAY_LOGIN_URL": LOGIN, "GATEWAY_REDIRECT_HOSTS": ".example.com"}
+    )
+    r = await client.get(
+        gw2.url + "/validate?redirect=1", headers=PAGE | {"x-original-url": "https://eu.example.com/x"}
+    )
+    assert r.headers["location"] == f"{LOGIN}?rd={quote('https://eu.example.com/x', safe='')}"
+
+
+async def test_untrusted_peer_forwarded_headers_ignored(
+    database: str, start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """From a peer outside GATEWAY_TRUSTED_PROXIES, X-Original-URL / X-Forwarded-* don't steer anything."""
+    gw = start_gateway({"DATABASE_URL": database, "GATEWAY_LOGIN_URL": LOGIN, "GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8"})
+    spoofed = {
+        "x-original-url": "https://app.example.com/secret",
+        "x-forwarded-host": "app.example.com",
+        "host": "gw.local",
+    }
+    r = await client.get(gw.url + "/validate?redirect=1", headers=PAGE | spoofed)
+    assert r.status_code == 302
+    assert r.headers["location"] == LOGIN  # the return URL came from Host (gw.local), not from the headers
+
+
+async def test_query_policy_and_403(
+    database: str, db: asyncpg.Connection, user: tuple[str, str], start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """allowed_roles / allowed_email_domains: 403 (never a redirect) if not matched, 200 if matched; bad values 400."""
+    _, token = user
+    gw = start_gateway({"DATABASE_URL": database, "GATEWAY_LOGIN_URL": LOGIN})
+    assert (
+        await client.get(gw.url + "/validate?allowed_roles=admin&redirect=1", headers=cookie(token) | PAGE)
+    ).status_code == 403
+    assert (await client.get(gw.url + "/validate?allowed_roles=user", headers=cookie(token))).status_code == 200
+    assert (
+        await client.get(gw.url + "/validate?allowed_email_domains=example.org", headers=cookie(token))
+    ).status_code == 403
+    assert (
+        await client.get(gw.url + "/validate?allowed_email_domains=example.com", headers=cookie(token))
+    ).status_code == 200
+    assert (await client.get(gw.url + "/validate?require_verified_email=1", headers=cookie(token))).status_code == 403
+    assert (
+        await client.get(gw.url + "/validate?allowed_roles=x&satisfy=most", headers=cookie(token))
+    ).status_code == 400
+
+
+async def test_header_names_aliases_and_credential_stripping(
+    database: str, user: tuple[str, str], start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """Renamed identity headers, Remote-* aliases, and the Cookie/Authorization an upstream may get instead."""
+    uid, token = user
+    env = {
+        "DATABASE_URL": database,
+        "GATEWAY_IDENTITY_HEADERS": "user=X-User-Id",
+        "GATEWAY_REMOTE_HEADERS": "true",
+        "GATEWAY_STRIP_CREDENTIALS": "true",
+    }
+    gw = start_gateway(env)
+    r = await client.get(gw.url + "/validate", headers=cookie(token))
+    assert r.status_code == 200
+    assert r.headers["x-user-id"] == uid
+    assert "x-auth-request-user" not in r.headers
+    assert r.headers["remote-user"] == uid
+    assert r.headers["remote-email"] == "ada@example.com"
+    assert r.headers["x-auth-request-groups"] == "user"
+    assert r.headers["cookie"] == "theme=dark; other=1"
+    assert r.headers["authorization"] == ""
