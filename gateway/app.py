@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -11,7 +12,8 @@ import msgspec
 from gateway import responses
 from gateway.config import load_settings
 from gateway.forward_auth import ForwardAuth
-from gateway.logs import configure_logging
+from gateway.logs import DecisionLog, configure_logging
+from gateway.metrics import CONTENT_TYPE
 from gateway.resources import Resources, open_resources
 from gateway.sessions import Reason
 from gateway.tokens import Credential, find_credential, header_credential
@@ -47,7 +49,8 @@ class App:
         self.settings = settings
         self._names = settings.cookie_names
         self._deny = responses.Denials(settings.retry_after_s)
-        self._forward_auth = ForwardAuth(settings, lambda: self.resources)
+        self._log = DecisionLog(settings.log_decisions_sample)
+        self._forward_auth = ForwardAuth(settings, lambda: self.resources, self._log)
         self._stack = contextlib.AsyncExitStack()
         self._res: Resources | None = None
         self._routes: dict[str, tuple[frozenset[str] | None, Handler]] = {
@@ -56,6 +59,7 @@ class App:
             "/api/auth/get-session": (frozenset({"GET", "HEAD"}), self._get_session),
             "/healthz": (frozenset({"GET", "HEAD"}), self._healthz),
             "/readyz": (frozenset({"GET", "HEAD"}), self._readyz),
+            "/metrics": (frozenset({"GET", "HEAD"}), self._metrics),
         }
 
     async def open(self) -> None:
@@ -109,7 +113,9 @@ class App:
         except msgspec.DecodeError as exc:
             return proto.response_bytes(400, _JSON, responses.error("bad_request", str(exc)))
         credential = header_credential(token) if token else self._credential(scope)
+        started = time.perf_counter()
         verdict = await self.resources.decider.decide(credential)
+        self._count(verdict.reason, credential, started)
         if verdict.session is not None:
             return proto.response_bytes(200, _JSON, responses.identity(verdict.session))
         reason = verdict.reason
@@ -139,7 +145,9 @@ class App:
         """Better Auth's get-session, read-only: the same JSON, or ``null`` with status 200."""
         credential = self._credential(scope)
         res = self.resources
+        started = time.perf_counter()
         verdict = await res.decider.decide(credential)
+        self._count(verdict.reason, credential, started)
         if verdict.reason is Reason.backend_unavailable:
             body = responses.error("unavailable", verdict.reason)
             return proto.response_bytes(503, self._deny.json_unavailable, body)
@@ -147,6 +155,13 @@ class App:
         if verdict.session is None or not isinstance(token, str):
             return proto.response_bytes(200, _NULL_SESSION, b"null")
         return proto.response_bytes(200, _NULL_SESSION, responses.better_auth_session(verdict.session, token))
+
+    def _count(self, reason: Reason, credential: Credential | None, started: float) -> None:
+        self.resources.metrics.decision(reason)
+        self._log.record(reason, credential, started)
+
+    async def _metrics(self, _: Scope, proto: HTTPProtocol) -> None:
+        proto.response_bytes(200, [("content-type", CONTENT_TYPE)], self.resources.metrics.exposition())
 
     async def _healthz(self, _: Scope, proto: HTTPProtocol) -> None:
         proto.response_bytes(200, _JSON, b'{"status":"ok"}')
@@ -160,5 +175,5 @@ class App:
 def create_app() -> App:
     """Build the app from the environment: granian's factory, called once in each worker."""
     settings = load_settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return App(settings)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import __version__
@@ -19,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 EXIT_CONFIG = 2
+log = logging.getLogger("gateway")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     triggers.add_argument("--print", action="store_true", help="print the SQL instead of running it")
     triggers.add_argument("--uninstall", action="store_true", help="remove the triggers and their functions")
     args = parser.parse_args(argv)
-    configure_logging()
+    configure_logging(fmt="text")
     if args.command == "check-config":
         return check_config()
     if args.command == "install-triggers":
@@ -101,6 +105,24 @@ def install_triggers(*, print_only: bool, uninstall: bool) -> int:
     return 0
 
 
+def _prepare_metrics(settings: Settings) -> None:
+    """Set up prometheus-client's multiprocess mode before the workers start.
+
+    A fresh folder for the workers' numbers, and the separate metrics port, served by this
+    (main) process.
+    """
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="gateway-metrics-")
+    for stale in Path(folder).glob("*.db"):  # a previous run's numbers would be added in
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    if settings.metrics_port:
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server  # noqa: PLC0415
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+
+
 def serve(settings: Settings) -> int:
     """Serve the app with granian (RSGI, uvloop, HTTP/1.1) until interrupted."""
     from granian import Granian  # noqa: PLC0415
@@ -109,7 +131,9 @@ def serve(settings: Settings) -> int:
     # Workers rebuild the settings from the environment: pass the command-line values on.
     os.environ["GATEWAY_HOST"], os.environ["GATEWAY_PORT"] = settings.host, str(settings.port)
     os.environ["GATEWAY_WORKERS"] = str(settings.workers)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    log.info("effective configuration", extra={"config": describe(settings)})
+    _prepare_metrics(settings)
     Granian(
         "gateway.app:create_app",
         factory=True,
@@ -124,5 +148,7 @@ def serve(settings: Settings) -> int:
         # backpressure counts connections, not requests: keep it above the proxies' keep-alive pools.
         backpressure=max(1024, settings.pool_max_size * 64),
         log_access=False,
+        # SIGTERM: stop accepting, let in-flight requests finish, kill what is left after the grace.
+        workers_kill_timeout=max(1, round(settings.shutdown_grace_s)),
     ).serve()
     return 0

@@ -105,6 +105,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     workers: int = 1
     max_body_bytes: int = 8192
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON lines
+    log_decisions_sample: float = 0.0  # at info, the share of decisions logged (at debug: all)
+
+    # Operations.
+    metrics_port: int = 0  # 0: /metrics on the main port only; else also served on this port
+    metrics_flush_s: float = 1.0
+    startup_wait_s: float = 30.0  # how long startup waits for Postgres before serving 503s
+    shutdown_grace_s: float = 10.0  # in-flight requests get this long after SIGTERM
 
     @property
     def secret(self) -> Secret:
@@ -288,6 +296,11 @@ def _check_numbers(s: Settings) -> list[str]:
         ("GATEWAY_REDIS_POOL_MAX_SIZE", s.redis_pool_max_size >= 1, "must be >= 1"),
         ("GATEWAY_BATCH_MAX_SIZE", s.batch_max_size >= 1, "must be >= 1"),
         ("GATEWAY_LISTENER_CHECK_S", s.listener_check_s > 0, "must be > 0"),
+        ("GATEWAY_LOG_DECISIONS_SAMPLE", 0 <= s.log_decisions_sample <= 1, "must be between 0 and 1"),
+        ("GATEWAY_METRICS_PORT", 0 <= s.metrics_port <= 65535, "must be 0 or a TCP port"),  # noqa: PLR2004
+        ("GATEWAY_METRICS_FLUSH_S", s.metrics_flush_s > 0, "must be > 0"),
+        ("GATEWAY_STARTUP_WAIT_S", s.startup_wait_s >= 0, "must be >= 0"),
+        ("GATEWAY_SHUTDOWN_GRACE_S", s.shutdown_grace_s >= 0, "must be >= 0"),
         ("GATEWAY_POOL_MAX_SIZE", s.pool_max_size >= 1, "must be >= 1"),
         ("GATEWAY_DB_TIMEOUT_S", s.db_timeout_s >= _MIN_DB_TIMEOUT_S, "must be >= 0.01"),
         ("GATEWAY_RETRY_AFTER_S", s.retry_after_s >= 1, "must be >= 1"),

@@ -7,6 +7,7 @@ Expected outcomes (a forged, unknown or expired token) are values, not exception
     ├── ConfigError(GatewayError, ValueError)   the settings are missing or invalid
     └── BackendUnavailable                      a backend could not answer in time
         └── StoreUnavailable                    Postgres (the source of truth) could not answer
+            └── SchemaMismatch                  Postgres answers, but Better Auth's tables aren't as mapped
 """
 
 from __future__ import annotations
@@ -30,3 +31,7 @@ class BackendUnavailable(GatewayError):
 
 class StoreUnavailable(BackendUnavailable):
     """Postgres could not answer: without a cached answer the verdict is 503, never 401."""
+
+
+class SchemaMismatch(StoreUnavailable):
+    """The mapped tables or columns are not there: a configuration problem, not an outage."""

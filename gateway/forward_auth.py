@@ -8,6 +8,7 @@ as ``forwarding`` reconstructs it.
 from __future__ import annotations
 
 import re
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -22,10 +23,12 @@ if TYPE_CHECKING:
     from granian.rsgi import Scope
 
     from gateway.config import Settings
+    from gateway.logs import DecisionLog
     from gateway.resources import Resources
     from gateway.sessions import Session, Verdict
     from gateway.tokens import Credential
 
+Answer = tuple[int, list[tuple[str, str]], str]  # status, headers, the label counted and logged
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _BAD_POLICY = [("x-auth-reason", "bad_policy"), responses.NO_STORE]
 
@@ -33,8 +36,9 @@ _BAD_POLICY = [("x-auth-reason", "bad_policy"), responses.NO_STORE]
 class ForwardAuth:
     """Turns a verdict into 200, 401, 302/303, 403 or 503 for a proxy."""
 
-    def __init__(self, settings: Settings, resources: Callable[[], Resources]) -> None:
+    def __init__(self, settings: Settings, resources: Callable[[], Resources], log: DecisionLog) -> None:
         self._resources = resources
+        self._log = log
         self._names = settings.cookie_names
         self._networks = parse_networks(settings.trusted_proxies)
         self._identity = responses.Identity(settings.identity_headers, remote=settings.remote_headers)
@@ -51,28 +55,36 @@ class ForwardAuth:
     async def __call__(self, scope: Scope, proto: HTTPProtocol, credential: Credential | None) -> None:
         """Answer one forward-auth request."""
         res = self._resources()
-        if self._simple and not scope.query_string and credential is not None:
+        if self._simple and not scope.query_string and credential is not None and not self._log.enabled:
             entry = res.tiers.cached(credential.key)  # the hit path: no HMAC, no I/O, headers built
             if entry is not None:
                 headers = entry.rendered
                 if headers is None:
                     headers = entry.rendered = self._identity.headers(entry.session)
+                res.metrics.decision("ok")
                 return proto.response_empty(200, headers)
+        started = time.perf_counter()
+        status, headers, label = await self._answer(scope, res, credential)
+        res.metrics.decision(label)
+        self._log.record(label, credential, started)
+        return proto.response_empty(status, headers)
+
+    async def _answer(self, scope: Scope, res: Resources, credential: Credential | None) -> Answer:
         verdict = await res.decider.decide(credential)
         if verdict.reason is Reason.backend_unavailable:
-            return proto.response_empty(503, self._deny.unavailable)
+            return 503, self._deny.unavailable, verdict.reason
         envoy = scope.path.startswith("/validate/")  # its query belongs to the original request
         query = "" if envoy else scope.query_string
         original = self._original(scope)
         try:
             rule = policy.from_query(query) or (self._rules.for_request(original) if self._rules else policy.DEFAULT)
         except ValueError:
-            return proto.response_empty(400, _BAD_POLICY)
+            return 400, _BAD_POLICY, "bad_policy"
         if verdict.session is not None:
-            return self._allow(scope, proto, verdict.session, rule)
+            return self._allow(scope, verdict.session, rule)
         if rule.allow_anonymous:
-            return proto.response_empty(200, self._identity.anonymous)
-        return self._deny_request(scope, proto, verdict, original, redirect=_wants_redirect(scope, query))
+            return 200, self._identity.anonymous, "anonymous"
+        return self._refuse(scope, verdict, original, redirect=_wants_redirect(scope, query))
 
     def _original(self, scope: Scope) -> Original:
         headers = scope.headers
@@ -86,34 +98,32 @@ class ForwardAuth:
             networks=self._networks,
         )
 
-    def _allow(self, scope: Scope, proto: HTTPProtocol, session: Session, rule: policy.Policy) -> None:
+    def _allow(self, scope: Scope, session: Session, rule: policy.Policy) -> Answer:
         if not rule.allows(session):
-            return proto.response_empty(403, self._deny.forbidden)
+            return 403, self._deny.forbidden, "forbidden"
         headers = self._identity.headers(session)
         if self._strip:
             headers += [("cookie", self._without_better_auth(scope.headers.get("cookie") or "")), ("authorization", "")]
-        return proto.response_empty(200, headers)
+        return 200, headers, Reason.ok
 
     def _without_better_auth(self, cookie: str) -> str:
         """The Cookie header minus Better Auth's cookies, for upstreams that must not see them."""
         parts = (p.strip() for p in cookie.split(";"))
         return "; ".join(p for p in parts if p and not p.split("=", 1)[0].strip().startswith(self._cookie_prefixes))
 
-    def _deny_request(
-        self, scope: Scope, proto: HTTPProtocol, verdict: Verdict, original: Original, *, redirect: bool
-    ) -> None:
+    def _refuse(self, scope: Scope, verdict: Verdict, original: Original, *, redirect: bool) -> Answer:
         headers = self._deny.unauthenticated[verdict.reason]
         if not self._login:
-            return proto.response_empty(401, headers)
+            return 401, headers, verdict.reason
         location = self._login_location(original)
         browser = _browser_navigation(scope)
         if redirect and browser:
             status = 302 if original.method in ("GET", "HEAD") else 303
-            return proto.response_empty(status, [("location", location), responses.NO_STORE])
+            return status, [("location", location), responses.NO_STORE], verdict.reason
         # nginx turns any 3xx from an auth endpoint into a 500: by default a 401 says where to go,
         # and X-Auth-Browser-Redirect says it only for page loads, for nginx's error_page to act on.
         extra = [("location", location), ("x-auth-browser-redirect", location)] if browser else [("location", location)]
-        return proto.response_empty(401, [*headers, *extra])
+        return 401, [*headers, *extra], verdict.reason
 
     def _login_location(self, original: Original) -> str:
         """The login URL, with the original URL to return to when its host is allowed (no open redirect)."""

@@ -93,6 +93,7 @@ class Listener:
         await self._check_triggers(conn)
         self.connected = True
         self.connections += 1
+        self._tiers.metrics.event("listener_connect")
         log.info("listening on %r (connection %d)", self._channel, self.connections)
         while not dead.is_set():
             try:

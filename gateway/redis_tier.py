@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import logging
 import struct
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
@@ -118,8 +119,15 @@ class Lookup(NamedTuple):
 class RedisTier:
     """Signed, batched session values in Redis; every failure is a miss, never an error."""
 
-    def __init__(self, client: Redis | RedisCluster, settings: Settings, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        settings: Settings,
+        clock: Callable[[], float],
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
         self._client = client
+        self._observe = observe or (lambda _: None)  # the time of each MGET, for the metrics
         prefix = f"{settings.redis_prefix}:v1:"
         self._session_prefix, self._user_prefix, self._gen_key = prefix + "s:", prefix + "u:", prefix + "gen"
         self._mac_key = hmac.digest(settings.secret.reveal().encode(), b"better-auth-gateway/redis-value/v1", "sha256")
@@ -236,12 +244,15 @@ class RedisTier:
             return None
 
     async def _read_many(self, keys: Sequence[str]) -> Mapping[str, Lookup]:
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(self._timeout_s):
                 gen_raw, *values = await self._mget([self._gen_key, *keys])
         except FAILURES as exc:
             self._degrade(exc)
             return {}
+        finally:
+            self._observe(time.perf_counter() - started)
         generation = int(gen_raw or 0)
         return {
             key: Lookup(self._open(key, raw, generation), generation) for key, raw in zip(keys, values, strict=True)

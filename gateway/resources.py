@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.decision import Decider
-from gateway.errors import BackendUnavailable
+from gateway.errors import BackendUnavailable, SchemaMismatch
 from gateway.invalidation import Listener
+from gateway.metrics import Metrics
 from gateway.redis_tier import FAILURES as REDIS_FAILURES
 from gateway.redis_tier import RedisTier, connect
 from gateway.schema import mapping_from
@@ -18,7 +20,7 @@ from gateway.tiers import Tiers
 from gateway.tokens import Verifier
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from gateway.config import Settings
 
@@ -41,6 +43,7 @@ class Resources(NamedTuple):
     tiers: Tiers
     decider: Decider
     listener: Listener | None
+    metrics: Metrics
 
     async def pings(self) -> Readiness:
         """Ping every dependency. Postgres down fails readiness; Redis down only degrades it."""
@@ -72,16 +75,21 @@ class Resources(NamedTuple):
 
 @contextlib.asynccontextmanager
 async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Open the Postgres pool, then Redis, and build the tiers; close in reverse order on exit."""
+    """Open the metrics, the Postgres pool, Redis and the listener, in that order; close in reverse.
+
+    Startup waits for Postgres (with back-off, at most ``startup_wait_s``) rather than crash in a
+    loop; if it is still away, the gateway serves anyway: 503s, and ``/readyz`` says why.
+    """
     async with contextlib.AsyncExitStack() as stack:
+        metrics = Metrics()
         store = Store(settings, mapping_from(settings))
         await store.open()
         stack.push_async_callback(store.close)
-        with contextlib.suppress(BackendUnavailable):
-            await store.ping()  # read the catalogue now if Postgres is there; else on first use
+        await _wait_for_postgres(store, settings.startup_wait_s)
         redis = None
         if settings.redis_url is not None:
-            redis = RedisTier(connect(settings.redis_url.reveal(), settings), settings, time.time)
+            observe = metrics.backend_seconds.labels("redis").observe
+            redis = RedisTier(connect(settings.redis_url.reveal(), settings), settings, time.time, observe)
             stack.push_async_callback(redis.close)
         tiers = Tiers(
             store,
@@ -91,6 +99,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             negative_max_entries=settings.negative_max_entries,
             negative_ttl_s=settings.negative_ttl_s,
             batch_max_size=settings.batch_max_size,
+            metrics=metrics,
         )
         verifier = Verifier(
             settings.secret.reveal(),
@@ -102,4 +111,53 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             listener = Listener(settings, tiers)
             listener.start()
             stack.push_async_callback(listener.close)
-        yield Resources(store, redis, tiers, Decider(verifier, tiers), listener)
+        metrics.samplers.append(lambda: _gauges(store, redis, listener))
+        stack.push_async_callback(_flush_every(metrics, settings.metrics_flush_s))
+        yield Resources(store, redis, tiers, Decider(verifier, tiers), listener, metrics)
+
+
+async def _wait_for_postgres(store: Store, budget_s: float) -> None:
+    deadline, delay = time.monotonic() + budget_s, 0.1
+    while True:
+        try:
+            await store.ping()  # also reads the catalogue, so the first request needn't
+        except SchemaMismatch as exc:  # waiting won't fix a configuration
+            log.error("Better Auth's tables are not as configured (503 until they are): %s", exc)  # noqa: TRY400
+            return
+        except BackendUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                log.warning("Postgres is not ready; serving anyway (503 until it is): %s", exc)
+                return
+            log.info("waiting for Postgres (retrying in %.1fs): %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        else:
+            return
+
+
+def _gauges(store: Store, redis: RedisTier | None, listener: Listener | None) -> dict[str, float]:
+    size, idle = store.pool_sizes()
+    return {
+        "pool_connections": size,
+        "pool_connections_idle": idle,
+        "listener_connected": float(listener is not None and listener.connected),
+        "redis_degraded": float(redis is not None and redis.degraded is not None),
+    }
+
+
+def _flush_every(metrics: Metrics, interval_s: float) -> Callable[[], Awaitable[None]]:
+    """Start flushing the metrics every ``interval_s``; return the closer (which flushes once more)."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            metrics.flush()
+
+    task = asyncio.ensure_future(loop())
+
+    async def close() -> None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        metrics.flush()
+
+    return close

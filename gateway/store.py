@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import msgspec
 
-from gateway.errors import StoreUnavailable
+from gateway.errors import SchemaMismatch, StoreUnavailable
 from gateway.schema import COLUMNS_SQL, Mapping, Query, build_query
 from gateway.sessions import JSONObject, Session
 
@@ -123,6 +123,11 @@ class Store:
         except UNAVAILABLE as exc:
             raise StoreUnavailable(_describe(exc)) from exc
 
+    def pool_sizes(self) -> tuple[int, int]:
+        """Connections open in the pool, and how many of them are idle."""
+        pool = self._pool
+        return (0, 0) if pool is None else (pool.get_size(), pool.get_idle_size())
+
     def _pool_or_raise(self) -> asyncpg.Pool:
         if self._pool is None:
             msg = "the Postgres pool is not open (used before open() or after close())"
@@ -138,7 +143,7 @@ class Store:
                 try:
                     self._query = build_query(m, session_cols, user_cols)
                 except LookupError as exc:
-                    raise StoreUnavailable(str(exc)) from exc
+                    raise SchemaMismatch(str(exc)) from exc
                 log.info("session lookup: %s", self._query.sql)
             return self._query
 

@@ -20,7 +20,9 @@ import time
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from gateway.batching import Batcher
+from gateway.errors import BackendUnavailable
 from gateway.lru import LRU
+from gateway.metrics import Metrics
 from gateway.redis_tier import token_hash
 
 if TYPE_CHECKING:
@@ -101,14 +103,16 @@ class Tiers:
         negative_ttl_s: float,
         batch_max_size: int = 256,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.l1: LRU[Entry] = LRU(max_entries, clock, on_evict=self.forget)
         self.negative: LRU[bool] = LRU(negative_max_entries, clock)
         self.shared = shared
         self._ttl_s = ttl_s
         # A negative entry must not outlive a positive one (a session created meanwhile).
         self._negative_ttl_s = min(negative_ttl_s, ttl_s)
-        self._source: Batcher[str, Session] = Batcher(source.fetch_many, batch_max_size)
+        self._source: Batcher[str, Session] = Batcher(self._timed(source.fetch_many), batch_max_size)
         self._inflight: dict[str, tuple[int, asyncio.Task[Session | None]]] = {}
         self._by_digest: dict[str, set[str]] = {}
         self._by_user: dict[str, set[str]] = {}
@@ -117,11 +121,30 @@ class Tiers:
 
     def cached(self, key: str) -> Entry | None:
         """The hit path: the live LRU entry for a credential key, with no I/O."""
-        return self.l1.get(key)
+        entry = self.l1.get(key)
+        self.metrics.lookup("l1", "miss" if entry is None else "hit")
+        return entry
 
     def known_absent(self, key: str) -> bool:
         """Whether a credential key was recently looked up and found to be no session."""
-        return self.negative.get(key) is not None
+        if self.negative.get(key) is None:
+            return False
+        self.metrics.lookup("l1", "negative")
+        return True
+
+    def _timed(
+        self, bulk: Callable[[Sequence[str]], Awaitable[Mapping[str, Session]]]
+    ) -> Callable[[Sequence[str]], Awaitable[Mapping[str, Session]]]:
+        histogram = self.metrics.backend_seconds.labels("postgres")
+
+        async def timed(tokens: Sequence[str]) -> Mapping[str, Session]:
+            started = time.perf_counter()
+            try:
+                return await bulk(tokens)
+            finally:
+                histogram.observe(time.perf_counter() - started)
+
+        return timed
 
     async def load(self, token: str) -> Loaded:
         """Fetch ``token`` from Redis, then Postgres, sharing one fetch among concurrent callers.
@@ -135,19 +158,35 @@ class Tiers:
             task = asyncio.ensure_future(self._load(token))
             self._inflight[token] = flight = (epoch, task)
             task.add_done_callback(lambda t: self._settle(token, t))
+        else:
+            self.metrics.event("singleflight_join")
         session = await asyncio.shield(flight[1])
         return Loaded(session, token_hash(token), flight[0])
 
     async def _load(self, token: str) -> Session | None:
         if self.shared is None:
-            return await self._source.get(token)
+            return await self._from_source(token)
         digest = token_hash(token)
         found = await self.shared.get(digest)
-        if found is not None and found.session is not None and not self._revoked_lately(digest, found.session):
+        if found is None:
+            self.metrics.lookup("redis", "error")
+        elif found.session is not None and not self._revoked_lately(digest, found.session):
+            self.metrics.lookup("redis", "hit")
             return found.session
-        session = await self._source.get(token)
+        else:
+            self.metrics.lookup("redis", "miss")
+        session = await self._from_source(token)
         if session is not None and found is not None:
             self.shared.put(digest, session, found.generation)
+        return session
+
+    async def _from_source(self, token: str) -> Session | None:
+        try:
+            session = await self._source.get(token)
+        except BackendUnavailable:
+            self.metrics.lookup("postgres", "error")
+            raise
+        self.metrics.lookup("postgres", "miss" if session is None else "hit")
         return session
 
     def _settle(self, token: str, task: asyncio.Task[Session | None]) -> None:
@@ -194,20 +233,25 @@ class Tiers:
         """Evict a revoked session everywhere; return the shared tier's work, to await or not."""
         self.epoch += 1
         self._note_revoked("s:" + digest)
+        self.metrics.event("invalidation_session")
         for key in list(self._by_digest.get(digest, ())):
             self.l1.pop(key)
+            self.metrics.event("eviction")
         return None if self.shared is None else self.shared.revoke([digest])
 
     def invalidate_user(self, user_id: str) -> Awaitable[object] | None:
         """Evict every session of a user everywhere (banned, deleted, changed)."""
         self.epoch += 1
         self._note_revoked("u:" + user_id)
+        self.metrics.event("invalidation_user")
         for key in list(self._by_user.get(user_id, ())):
             self.l1.pop(key)
+            self.metrics.event("eviction")
         return None if self.shared is None else self.shared.revoke_user(user_id)
 
     async def flush(self) -> None:
         """Forget everything cached: notifications may have been missed."""
+        self.metrics.event("invalidation_flush")
         self._clear()
         if self.shared is not None:
             await self.shared.bump_generation()

@@ -276,7 +276,7 @@ def test_huge_header_is_refused_and_server_survives(server: Server) -> None:
 async def test_postgres_unreachable_is_503_never_401(start_gateway: Any, client: httpx.AsyncClient) -> None:
     """With Postgres down, a well-signed credential gets 503 + Retry-After; garbage still gets 401."""
     dead = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
-    srv = start_gateway({"DATABASE_URL": dead, "GATEWAY_DB_TIMEOUT_S": "0.5"})
+    srv = start_gateway({"DATABASE_URL": dead, "GATEWAY_DB_TIMEOUT_S": "0.5", "GATEWAY_STARTUP_WAIT_S": "0"})
     r = await client.get(srv.url + "/validate", headers=cookie(seed.generate_id()))
     assert r.status_code == 503
     assert r.headers["retry-after"] == "5"

@@ -40,7 +40,9 @@ async def test_two_processes_share_redis(
     shared = {"REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": redis_prefix}
     first = start_gateway({"DATABASE_URL": database} | shared)
     no_postgres = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
-    second = start_gateway({"DATABASE_URL": no_postgres, "GATEWAY_DB_TIMEOUT_S": "0.5"} | shared)
+    second = start_gateway(
+        {"DATABASE_URL": no_postgres, "GATEWAY_DB_TIMEOUT_S": "0.5", "GATEWAY_STARTUP_WAIT_S": "0"} | shared
+    )
     await wait_listening(client, first)
     assert (await client.get(first.url + "/validate", headers=cookie(token))).status_code == 200
     r = await eventually(lambda: _status_is(client, second, cookie(token), 200), within=3)
@@ -115,8 +117,10 @@ async def test_postgres_cut_off(
     try:
         warm, warm_in_redis_only, cold = await sessions(database, 3)
         env = {"DATABASE_URL": proxy.dsn(), "REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": redis_prefix}
-        gw = start_gateway(env | {"GATEWAY_DB_TIMEOUT_S": "0.5"})
-        other = start_gateway(env | {"GATEWAY_DB_TIMEOUT_S": "0.5"})
+        # The proxy runs on this test's loop, which start_gateway blocks: no waiting for Postgres.
+        env |= {"GATEWAY_DB_TIMEOUT_S": "0.5", "GATEWAY_STARTUP_WAIT_S": "0"}
+        gw = start_gateway(env)
+        other = start_gateway(env)
         await wait_listening(client, gw, other)
         for token in (warm, warm_in_redis_only):
             assert (await client.get(gw.url + "/validate", headers=cookie(token))).status_code == 200
