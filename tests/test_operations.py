@@ -151,3 +151,24 @@ def test_dockerfile_lints_clean_and_runs_as_non_root() -> None:
     assert "/healthz" in text
     assert re.search(r'^ENTRYPOINT \["gateway"\]', text, re.MULTILINE)
     assert (ROOT / ".dockerignore").exists()
+
+
+async def test_grafana_dashboard_uses_exported_metrics(
+    db: asyncpg.Connection, database: str, start_gateway: Any
+) -> None:
+    """Every metric the example dashboard queries is one the gateway exports."""
+    import json  # noqa: PLC0415
+
+    dashboard = json.loads((ROOT / "examples" / "grafana-dashboard.json").read_text())
+    queried = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"gateway_[a-z_]+", t["expr"])}
+    token = await seed.create_session(db, await seed.create_user(db, email="g@example.com"))
+    gw: Server = start_gateway({"DATABASE_URL": database, "GATEWAY_METRICS_FLUSH_S": "0.2"})
+    async with httpx.AsyncClient(timeout=5) as c:
+        await c.get(gw.url + "/validate", headers=cookie(token))  # labelled series appear once used
+
+    async def exported() -> set[str]:
+        names = {name for name, _ in await scrape(gw.url)}
+        return names if queried <= names else set()
+
+    assert queried
+    await eventually(exported, within=5)
