@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from typing import TYPE_CHECKING
 
@@ -12,8 +13,10 @@ import msgspec
 from gateway import responses
 from gateway.config import load_settings
 from gateway.forward_auth import ForwardAuth
+from gateway.forwarding import parse_networks, request_client
 from gateway.logs import DecisionLog, configure_logging
 from gateway.metrics import CONTENT_TYPE
+from gateway.ratelimit import FailureLimiter
 from gateway.resources import Resources, open_resources
 from gateway.sessions import Reason
 from gateway.tokens import Credential, find_credential, header_credential
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from granian.rsgi import Scope
 
     from gateway.config import Settings
+    from gateway.sessions import Verdict
 
     Handler = Callable[[Scope, HTTPProtocol], Awaitable[None]]
 
@@ -50,7 +54,11 @@ class App:
         self._names = settings.cookie_names
         self._deny = responses.Denials(settings.retry_after_s)
         self._log = DecisionLog(settings.log_decisions_sample)
-        self._forward_auth = ForwardAuth(settings, lambda: self.resources, self._log)
+        self._networks = parse_networks(settings.trusted_proxies)
+        self._limiter = FailureLimiter(
+            settings.rate_limit_per_minute, settings.rate_limit_burst, parse_networks(settings.rate_limit_exempt)
+        )
+        self._forward_auth = ForwardAuth(settings, lambda: self.resources, self._log, self._limiter)
         self._stack = contextlib.AsyncExitStack()
         self._res: Resources | None = None
         self._routes: dict[str, tuple[frozenset[str] | None, Handler]] = {
@@ -114,7 +122,9 @@ class App:
             return proto.response_bytes(400, _JSON, responses.error("bad_request", str(exc)))
         credential = header_credential(token) if token else self._credential(scope)
         started = time.perf_counter()
-        verdict = await self.resources.decider.decide(credential)
+        verdict = await self._decide(scope, credential)
+        if verdict is None:
+            return self._rate_limited(scope, proto)
         self._count(verdict.reason, credential, started)
         if verdict.session is not None:
             return proto.response_bytes(200, _JSON, responses.identity(verdict.session))
@@ -146,7 +156,9 @@ class App:
         credential = self._credential(scope)
         res = self.resources
         started = time.perf_counter()
-        verdict = await res.decider.decide(credential)
+        verdict = await self._decide(scope, credential)
+        if verdict is None:
+            return self._rate_limited(scope, proto)
         self._count(verdict.reason, credential, started)
         if verdict.reason is Reason.backend_unavailable:
             body = responses.error("unavailable", verdict.reason)
@@ -155,6 +167,24 @@ class App:
         if verdict.session is None or not isinstance(token, str):
             return proto.response_bytes(200, _NULL_SESSION, b"null")
         return proto.response_bytes(200, _NULL_SESSION, responses.better_auth_session(verdict.session, token))
+
+    def _client(self, scope: Scope) -> str:
+        return request_client(scope.client, scope.headers.get, self._networks)
+
+    async def _decide(self, scope: Scope, credential: Credential | None) -> Verdict | None:
+        """The verdict, counted against the client's failure budget; ``None`` if it has none left."""
+        client = self._client(scope)
+        if self._limiter.retry_after(client):
+            return None
+        verdict = await self.resources.decider.decide(credential)
+        self._limiter.record(client, verdict.reason)
+        return verdict
+
+    def _rate_limited(self, scope: Scope, proto: HTTPProtocol) -> None:
+        self.resources.metrics.decision("rate_limited")
+        wait = math.ceil(self._limiter.retry_after(self._client(scope)))
+        headers = [*_JSON, responses.NO_STORE, ("retry-after", str(max(1, wait)))]
+        proto.response_bytes(429, headers, responses.error("rate_limited", "too many failed validations"))
 
     def _count(self, reason: Reason, credential: Credential | None, started: float) -> None:
         self.resources.metrics.decision(reason)

@@ -127,6 +127,7 @@ def serve(settings: Settings) -> int:
     """Serve the app with granian (RSGI, uvloop, HTTP/1.1) until interrupted."""
     from granian import Granian  # noqa: PLC0415
     from granian.constants import HTTPModes, Interfaces, Loops  # noqa: PLC0415
+    from granian.http import HTTP1Settings  # noqa: PLC0415
 
     # Workers rebuild the settings from the environment: pass the command-line values on.
     os.environ["GATEWAY_HOST"], os.environ["GATEWAY_PORT"] = settings.host, str(settings.port)
@@ -144,6 +145,10 @@ def serve(settings: Settings) -> int:
         loop=Loops.uvloop,
         http=HTTPModes.http1,
         websockets=False,
+        http1_settings=HTTP1Settings(
+            max_buffer_size=settings.max_header_bytes,
+            header_read_timeout=round(settings.header_read_timeout_s * 1000),
+        ),
         runtime_threads=1,
         # backpressure counts connections, not requests: keep it above the proxies' keep-alive pools.
         backpressure=max(1024, settings.pool_max_size * 64),

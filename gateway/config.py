@@ -51,6 +51,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     secrets: tuple[Secret, ...] = ()
 
     # Credentials.
+    allow_weak_secret: bool = False  # development only: a short or Better Auth's public default secret
     cookie_prefix: str = "better-auth"
     session_cookie_name: str = ""  # advanced.cookies.session_token.name: used verbatim
     accept_unsigned_bearer: bool = True  # bearer({requireSignature}) is off by default
@@ -64,6 +65,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     remote_headers: bool = False  # also send Remote-User, Remote-Email, Remote-Name, Remote-Groups
     strip_credentials: bool = False  # answer Cookie (without Better Auth's) and an empty Authorization
     rules_file: str = ""
+
+    # Floods: failed validations per client IP (see gateway.ratelimit); 0 turns the limit off.
+    rate_limit_per_minute: float = 60.0
+    rate_limit_burst: int = 30
+    rate_limit_exempt: str = ""  # CIDRs of trusted internal callers
 
     # Schema mapping (see gateway.schema).
     schema_preset: Literal["default", "prisma", "drizzle"] = "default"
@@ -104,6 +110,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     port: int = 8080
     workers: int = 1
     max_body_bytes: int = 8192
+    max_header_bytes: int = 65536  # the whole request head; Better Auth's chunked cookies fit
+    header_read_timeout_s: float = 10.0  # a client trickling its headers (slowloris) is cut off
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON lines
     log_decisions_sample: float = 0.0  # at info, the share of decisions logged (at debug: all)
@@ -217,6 +225,8 @@ def _parse_mapping(name: str, raw: str, problems: list[str]) -> dict[str, str]:
 def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"})) -> list[str]:
     """Return every cross-field problem of ``s`` (empty when it is usable)."""
     problems: list[str] = []
+    if "secret" in need and not s.allow_weak_secret:
+        problems.extend(_weak_secrets(s.secrets))
     if not s.secrets and "secret" in need:
         problems.append(
             "BETTER_AUTH_SECRET: not set (also read: BETTER_AUTH_SECRETS, AUTH_SECRET); "
@@ -253,6 +263,26 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
     return problems
 
 
+# Better Auth's fallback when no secret is set (packages/better-auth/src/utils/constants.ts): public.
+BETTER_AUTH_DEFAULT_SECRET = "better-auth-secret-12345678901234567890"  # noqa: S105
+MIN_SECRET_LENGTH = 32
+
+
+def _weak_secrets(secrets: tuple[Secret, ...]) -> list[str]:
+    problems = []
+    for i, secret in enumerate(secrets):
+        name = "BETTER_AUTH_SECRET" if len(secrets) == 1 else f"BETTER_AUTH_SECRETS[{i}]"
+        if secret.reveal() == BETTER_AUTH_DEFAULT_SECRET:
+            problems.append(
+                f"{name}: Better Auth's public default secret (GATEWAY_ALLOW_WEAK_SECRET=true for development)"
+            )
+        elif len(secret) < MIN_SECRET_LENGTH:
+            problems.append(
+                f"{name}: shorter than {MIN_SECRET_LENGTH} characters (GATEWAY_ALLOW_WEAK_SECRET=true for development)"
+            )
+    return problems
+
+
 IDENTITY_FIELDS = ("user", "email", "name", "session_id", "role", "groups")
 
 
@@ -261,10 +291,14 @@ def _check_forward_auth(s: Settings) -> list[str]:
     from gateway.policy import load_rules  # noqa: PLC0415
 
     problems = []
-    try:
-        parse_networks(s.trusted_proxies)
-    except ValueError as exc:
-        problems.append(f"GATEWAY_TRUSTED_PROXIES: {exc}")
+    for name, value in (
+        ("GATEWAY_TRUSTED_PROXIES", s.trusted_proxies),
+        ("GATEWAY_RATE_LIMIT_EXEMPT", s.rate_limit_exempt),
+    ):
+        try:
+            parse_networks(value)
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
     if s.login_url and not re.match(r"^https?://[^/?#]+", s.login_url):
         problems.append("GATEWAY_LOGIN_URL: expected an absolute http(s) URL")
     unknown = set(s.identity_headers) - set(IDENTITY_FIELDS)
@@ -307,6 +341,10 @@ def _check_numbers(s: Settings) -> list[str]:
         ("GATEWAY_PORT", 0 <= s.port <= 65535, "must be a TCP port"),  # noqa: PLR2004
         ("GATEWAY_WORKERS", s.workers >= 1, "must be >= 1"),
         ("GATEWAY_MAX_BODY_BYTES", s.max_body_bytes >= 64, "must be >= 64"),  # noqa: PLR2004
+        ("GATEWAY_MAX_HEADER_BYTES", s.max_header_bytes >= 4096, "must be >= 4096"),  # noqa: PLR2004
+        ("GATEWAY_HEADER_READ_TIMEOUT_S", s.header_read_timeout_s > 0, "must be > 0"),
+        ("GATEWAY_RATE_LIMIT_PER_MINUTE", s.rate_limit_per_minute >= 0, "must be >= 0 (0 turns it off)"),
+        ("GATEWAY_RATE_LIMIT_BURST", s.rate_limit_burst >= 1, "must be >= 1"),
     ]
     return [f"{name}: {why}" for name, ok, why in checks if not ok]
 

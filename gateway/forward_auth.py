@@ -7,6 +7,7 @@ as ``forwarding`` reconstructs it.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import TYPE_CHECKING
@@ -24,21 +25,26 @@ if TYPE_CHECKING:
 
     from gateway.config import Settings
     from gateway.logs import DecisionLog
+    from gateway.ratelimit import FailureLimiter
     from gateway.resources import Resources
     from gateway.sessions import Session, Verdict
     from gateway.tokens import Credential
 
 Answer = tuple[int, list[tuple[str, str]], str]  # status, headers, the label counted and logged
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_RATE_LIMITED = [("x-auth-error-status", "429"), ("x-auth-reason", "rate_limited"), responses.NO_STORE]
 _BAD_POLICY = [("x-auth-reason", "bad_policy"), responses.NO_STORE]
 
 
 class ForwardAuth:
     """Turns a verdict into 200, 401, 302/303, 403 or 503 for a proxy."""
 
-    def __init__(self, settings: Settings, resources: Callable[[], Resources], log: DecisionLog) -> None:
+    def __init__(
+        self, settings: Settings, resources: Callable[[], Resources], log: DecisionLog, limiter: FailureLimiter
+    ) -> None:
         self._resources = resources
         self._log = log
+        self._limiter = limiter
         self._names = settings.cookie_names
         self._networks = parse_networks(settings.trusted_proxies)
         self._identity = responses.Identity(settings.identity_headers, remote=settings.remote_headers)
@@ -64,18 +70,24 @@ class ForwardAuth:
                 res.metrics.decision("ok")
                 return proto.response_empty(200, headers)
         started = time.perf_counter()
-        status, headers, label = await self._answer(scope, res, credential)
+        original = self._original(scope)
+        wait = self._limiter.retry_after(original.client_ip)
+        if wait:
+            # nginx relays only 401 and 403 from an auth endpoint: the 429 travels in a header.
+            status, headers, label = 403, [*_RATE_LIMITED, ("retry-after", str(math.ceil(wait)))], "rate_limited"
+        else:
+            status, headers, label = await self._answer(scope, res, credential, original)
+            self._limiter.record(original.client_ip, label)
         res.metrics.decision(label)
         self._log.record(label, credential, started)
         return proto.response_empty(status, headers)
 
-    async def _answer(self, scope: Scope, res: Resources, credential: Credential | None) -> Answer:
+    async def _answer(self, scope: Scope, res: Resources, credential: Credential | None, original: Original) -> Answer:
         verdict = await res.decider.decide(credential)
         if verdict.reason is Reason.backend_unavailable:
             return 503, self._deny.unavailable, verdict.reason
         envoy = scope.path.startswith("/validate/")  # its query belongs to the original request
         query = "" if envoy else scope.query_string
-        original = self._original(scope)
         try:
             rule = policy.from_query(query) or (self._rules.for_request(original) if self._rules else policy.DEFAULT)
         except ValueError:

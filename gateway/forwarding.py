@@ -104,6 +104,12 @@ def original_request(  # noqa: PLR0913  (the request's parts, each named)
     return Original(method, scheme, host, path + (f"?{query}" if query else ""), client)
 
 
+def request_client(peer: str, header: Callable[[str], str | None], networks: Sequence[Network]) -> str:
+    """The client of a request: from the forwarding headers if the peer is a trusted proxy."""
+    address = parse_ip(peer)
+    return client_ip(address, header, networks) if trusted(address, networks) else str(address or peer)
+
+
 def client_ip(peer: Address | None, header: Callable[[str], str | None], networks: Sequence[Network]) -> str:
     """The right-most untrusted hop of ``X-Forwarded-For``, else ``X-Real-IP``, else the peer."""
     hops = [parse_ip(h) for h in (header("x-forwarded-for") or "").split(",") if h.strip()]

@@ -20,6 +20,7 @@ class Proxy:
         self._links: set[asyncio.StreamWriter] = set()
         self.port = 0
         self.open = True
+        self.stalled = False  # True: connections stay up but carry nothing (a black hole)
 
     async def start(self) -> Proxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -67,6 +68,8 @@ class Proxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
+                while self.stalled:  # noqa: ASYNC110  (a test double polling a flag is clearest)
+                    await asyncio.sleep(0.01)
                 writer.write(data)
                 await writer.drain()
         writer.transport.abort()

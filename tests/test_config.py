@@ -22,14 +22,15 @@ def test_defaults_need_only_better_auths_variables() -> None:
 
 def test_versioned_secrets_current_first() -> None:
     """BETTER_AUTH_SECRETS wins over BETTER_AUTH_SECRET; its first entry is the current secret."""
-    s = load_settings(BASE | {"BETTER_AUTH_SECRETS": "2:new-secret, 1:old-secret"})
-    assert [x.reveal() for x in s.secrets] == ["new-secret", "old-secret"]
+    new, old = "n" * 32, "o" * 32
+    s = load_settings(BASE | {"BETTER_AUTH_SECRETS": f"2:{new}, 1:{old}"})
+    assert [x.reveal() for x in s.secrets] == [new, old]
 
 
 def test_auth_secret_is_the_fallback() -> None:
     """AUTH_SECRET is read when BETTER_AUTH_SECRET is absent, as Better Auth does."""
-    s = load_settings({"DATABASE_URL": BASE["DATABASE_URL"], "AUTH_SECRET": "fallback"})
-    assert s.secret.reveal() == "fallback"
+    s = load_settings({"DATABASE_URL": BASE["DATABASE_URL"], "AUTH_SECRET": "f" * 40})
+    assert s.secret.reveal() == "f" * 40
 
 
 def test_every_problem_reported_at_once() -> None:
@@ -92,3 +93,14 @@ def test_serve_with_bad_config_exits_2_without_traceback() -> None:
     assert "DATABASE_URL" in result.stderr
     assert "BETTER_AUTH_SECRET" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("secret", ["short-secret", "better-auth-secret-12345678901234567890"])
+def test_weak_secrets_refused_unless_allowed(secret: str) -> None:
+    """A secret under 32 characters, or Better Auth's public default, is refused unless allowed for development."""
+    with pytest.raises(ConfigError, match="BETTER_AUTH_SECRET"):
+        load_settings(BASE | {"BETTER_AUTH_SECRET": secret})
+    with pytest.raises(ConfigError, match=r"BETTER_AUTH_SECRETS\[1\]"):
+        load_settings(BASE | {"BETTER_AUTH_SECRETS": f"2:{'n' * 32},1:{secret}"})
+    allowed = load_settings(BASE | {"BETTER_AUTH_SECRET": secret, "GATEWAY_ALLOW_WEAK_SECRET": "true"})
+    assert allowed.secret.reveal() == secret

@@ -1,0 +1,280 @@
+"""Hostile input and floods: property-based parsers, an HTTP fuzz run, the failure rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import random
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway import seed
+from gateway.forwarding import original_request, parse_networks
+from gateway.ratelimit import FailureLimiter
+from gateway.sessions import Reason
+from gateway.tokens import Credential, Kind, Verifier, cookie_value, decode_uri_component, find_credential, sign
+from tests.conftest import SECRET
+
+if TYPE_CHECKING:
+    import asyncpg
+    import httpx
+
+    from tests.conftest import Server
+
+NAMES = ("__Secure-better-auth.session_token", "better-auth.session_token")
+VERIFIER = Verifier(SECRET, accept_unsigned=True)
+JS_WS = (  # JavaScript's String.prototype.trim()
+    " \t\n\r\x0b\x0c\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+SLOW = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def reference_parse(header: str) -> dict[str, str]:
+    """better-call's parseCookies, line for line (no early exit), without the decoding step."""
+    cookies: dict[str, str] = {}
+    index = 0
+    while index < len(header):
+        eq = header.find("=", index)
+        if eq == -1:
+            break
+        end = header.find(";", index)
+        if end == -1:
+            end = len(header)
+        elif end < eq:
+            index = header.rfind(";", 0, eq) + 1
+            continue
+        key = header[index:eq].strip(JS_WS)
+        if key not in cookies:
+            value = header[eq + 1 : end].strip(JS_WS)
+            cookies[key] = value[1:-1] if value[:1] == '"' else value
+        index = end + 1
+    return cookies
+
+
+cookie_text = st.lists(st.sampled_from([*'ab=; "%.\t\xa0', "better-auth.session_token", "__Secure-"]), max_size=30).map(
+    "".join
+)
+
+
+@SLOW
+@given(cookie_text)
+def test_cookie_lookup_matches_better_call(header: str) -> None:
+    """For any Cookie header, the gateway finds exactly the value better-call would (first wins, __Secure- first)."""
+    parsed = reference_parse(header)
+    expected = next((parsed[n] for n in NAMES if n in parsed), None)
+    assert cookie_value(header, NAMES) == (expected or None) or (expected == "" and cookie_value(header, NAMES) == "")
+
+
+@SLOW
+@given(st.text(max_size=120), st.sampled_from(list(Kind)))
+def test_verifier_never_raises_and_only_accepts_a_real_signature(value: str, kind: Kind) -> None:
+    """Any string, as any kind of credential: no exception, and a token only with the right HMAC."""
+    result = VERIFIER.token(Credential(value, kind, value))
+    assert isinstance(result, str)  # a token, or a Reason (a StrEnum)
+    if not isinstance(result, Reason) and (kind is Kind.cookie or "." in value):
+        decoded = decode_uri_component(value) if "%" in value else value
+        token, _, signature = decoded.rpartition(".")
+        want = base64.b64encode(hmac.new(SECRET.encode(), token.encode(), hashlib.sha256).digest()).decode()
+        assert result == token
+        assert signature == want
+
+
+@SLOW
+@given(st.text(alphabet="abcABC0123456789", min_size=32, max_size=32))
+def test_signed_tokens_verify_and_any_flip_fails(token: str) -> None:
+    """A value Better Auth signs verifies; flipping any one character of it never does."""
+    value = sign(token, SECRET)
+    assert VERIFIER.token(Credential(value, Kind.cookie, value)) == token
+    i = random.randrange(len(value))  # noqa: S311
+    flipped = value[:i] + ("A" if value[i] != "A" else "B") + value[i + 1 :]
+    assert VERIFIER.token(Credential(flipped, Kind.cookie, flipped)) != token
+
+
+header_values = st.one_of(st.none(), st.text(max_size=80))
+
+
+@SLOW
+@given(header_values, header_values, header_values, header_values, st.text(max_size=40), st.text(max_size=30))
+def test_forwarded_parsing_never_raises(url: Any, fwd_for: Any, fwd_uri: Any, host: Any, path: str, peer: str) -> None:
+    """Any forwarded headers and peer strings give an Original, never an exception."""
+    headers = {"x-original-url": url, "x-forwarded-for": fwd_for, "x-forwarded-uri": fwd_uri, "host": host}
+    original = original_request(
+        method="GET",
+        scheme="http",
+        path="/validate" + path,
+        query="",
+        peer=peer,
+        header=headers.get,
+        networks=parse_networks("0.0.0.0/0,::/0"),
+    )
+    assert isinstance(original.url, str)
+    assert find_credential(url, fwd_for, host, NAMES) is None or True  # the finder takes any strings too
+
+
+def test_limiter_bounded_and_refilling() -> None:
+    """Buckets refill with time, exempt clients have none, and a flood of addresses can't grow memory."""
+    now = [0.0]
+    limiter = FailureLimiter(
+        per_minute=60, burst=3, exempt=parse_networks("10.0.0.0/8"), max_clients=1000, clock=lambda: now[0]
+    )
+    for _ in range(3):
+        assert limiter.retry_after("1.2.3.4") == 0
+        limiter.record("1.2.3.4", Reason.bad_signature)
+    assert 0 < limiter.retry_after("1.2.3.4") <= 1
+    limiter.record("1.2.3.4", Reason.no_credentials)  # not a failure
+    now[0] += 1.0
+    assert limiter.retry_after("1.2.3.4") == 0
+    for _ in range(10):
+        limiter.record("10.1.1.1", Reason.bad_signature)
+    assert limiter.retry_after("10.1.1.1") == 0
+    for i in range(5000):
+        limiter.record(f"192.0.2.{i % 250}.{i}", Reason.unknown_session)
+    assert len(limiter) <= 1000
+
+
+def raw(port: int, data: bytes) -> bytes:
+    chunks = []
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        try:  # the server may answer and close before it has read everything: fine
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except OSError:
+            pass
+    return b"".join(chunks)
+
+
+def fuzz_requests(rng: random.Random, n: int) -> list[bytes]:
+    junk = [b"\x00", b"\xff\xfe", b"\r", b"%", b"%00", b"\xc3\x28", b'"', b";", b"=", b"..", b"A" * 5000, "é".encode()]
+    paths = [
+        b"/validate",
+        b"/validate/x",
+        b"/v1/validate",
+        b"/api/auth/get-session",
+        b"/readyz",
+        b"/%ff",
+        b"/" + b"a" * 3000,
+    ]
+    names = [
+        b"Cookie",
+        b"Authorization",
+        b"X-Session-Token",
+        b"X-Original-URL",
+        b"X-Forwarded-For",
+        b"Content-Length",
+        b"Host",
+    ]
+    out = []
+    for _ in range(n):
+        method = rng.choice([b"GET", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"])
+        head = [method + b" " + rng.choice(paths) + b" HTTP/1.1", b"Host: gw", b"Connection: close"]
+        for _ in range(rng.randrange(1, 6)):
+            value = b"".join(rng.choice(junk) for _ in range(rng.randrange(1, 8)))
+            name = rng.choice(names)
+            if name == b"Content-Length":
+                value = rng.choice([b"-1", b"abc", b"99999999999", b"10"])
+            head.append(name + b": " + value.replace(b"\r", b"").replace(b"\n", b""))
+        body = rng.choice([b"", b"{", b'{"token": 1}', b'{"token": "' + b"\xff" * 10 + b'"}', b"x" * 20000])
+        out.append(b"\r\n".join(head) + b"\r\n\r\n" + body)
+    return out
+
+
+async def test_http_fuzz_gets_4xx_and_server_survives(
+    db: asyncpg.Connection, database: str, start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """Hundreds of malformed requests: each answer is a 4xx (or the connection is refused), never 5xx or a hang."""
+    token = await seed.create_session(db, await seed.create_user(db, email="fuzz@example.com"))
+    gw: Server = start_gateway({"DATABASE_URL": database, "GATEWAY_MAX_HEADER_BYTES": "16384"})
+    rng = random.Random(20261127)  # noqa: S311  (a fuzz seed, reproducible)
+    statuses = []
+    for request in fuzz_requests(rng, 400):
+        reply = await asyncio.to_thread(raw, gw.port, request)
+        if reply:
+            # get-session answers 200 null to a bad credential, as Better Auth does; /readyz is fine.
+            lenient = request.split(b" ", 2)[1] in (b"/api/auth/get-session", b"/readyz")
+            statuses.append((int(reply.split(b" ", 2)[1]), lenient))
+    assert len(statuses) > 300
+    assert all(400 <= s < 500 for s, lenient in statuses if not lenient), sorted(set(statuses))
+    assert all(s < 500 for s, _ in statuses)
+    ok = await client.get(
+        gw.url + "/validate", headers={"cookie": f"better-auth.session_token={quote(sign(token, SECRET), safe='')}"}
+    )
+    assert ok.status_code == 200
+    assert gw.proc.poll() is None
+
+
+async def postgres_queries(client: httpx.AsyncClient, gw: Server) -> float:
+    text = (await client.get(gw.url + "/metrics")).text
+    line = next(
+        (ln for ln in text.splitlines() if ln.startswith('gateway_backend_seconds_count{backend="postgres"}')), None
+    )
+    return float(line.split()[-1]) if line else 0.0
+
+
+async def test_flood_of_forged_tokens_costs_nothing_and_is_limited(
+    database: str, db: asyncpg.Connection, start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """10,000 distinct forged tokens from one client: zero Postgres queries, and refused with 429 semantics."""
+    env = {
+        "DATABASE_URL": database,
+        "GATEWAY_RATE_LIMIT_PER_MINUTE": "60",
+        "GATEWAY_RATE_LIMIT_BURST": "30",
+        "GATEWAY_METRICS_FLUSH_S": "0.1",
+    }
+    gw: Server = start_gateway(env)
+    before = await postgres_queries(client, gw)
+    forged = [f"better-auth.session_token={quote(sign(seed.generate_id(), 'f' * 40), safe='')}" for _ in range(10_000)]
+    statuses = []
+    started = time.monotonic()
+    for i in range(0, len(forged), 200):
+        batch = await asyncio.gather(
+            *(client.get(gw.url + "/validate", headers={"cookie": c}) for c in forged[i : i + 200])
+        )
+        statuses += [(r.status_code, r.headers.get("x-auth-error-status")) for r in batch]
+    refilled = time.monotonic() - started  # the bucket refills at 60 a minute (one a second) meanwhile
+    refused = statuses.count((401, None))
+    assert 30 <= refused <= 30 + refilled + 1  # the burst, and the refill
+    assert statuses.count((403, "429")) == 10_000 - refused
+    r = await client.post(gw.url + "/v1/validate", json={"token": sign(seed.generate_id(), "f" * 40)})
+    assert r.status_code == 429
+    assert int(r.headers["retry-after"]) >= 1
+    await asyncio.sleep(0.3)
+    assert await postgres_queries(client, gw) == before
+
+
+async def test_flood_of_unknown_raw_tokens_costs_one_query_each_at_most(
+    database: str, db: asyncpg.Connection, start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """Unknown raw tokens: at most one query each, then the client is limited (exempt callers are not)."""
+    env = {
+        "DATABASE_URL": database,
+        "GATEWAY_RATE_LIMIT_PER_MINUTE": "60",
+        "GATEWAY_RATE_LIMIT_BURST": "50",
+        "GATEWAY_METRICS_FLUSH_S": "0.1",
+    }
+    gw: Server = start_gateway(env)
+    before = await postgres_queries(client, gw)
+    tokens = [seed.generate_id() for _ in range(500)]
+    started = time.monotonic()
+    replies = [await client.get(gw.url + "/validate", headers={"authorization": f"Bearer {t}"}) for t in tokens]
+    refilled = time.monotonic() - started  # one a second
+    assert [r.status_code for r in replies[:50]] == [401] * 50
+    looked_up = sum(r.status_code == 401 for r in replies)
+    assert looked_up <= 50 + refilled + 1
+    assert sum(r.status_code == 403 for r in replies) == 500 - looked_up
+    await asyncio.sleep(0.3)
+    assert await postgres_queries(client, gw) - before <= looked_up  # at most one query per unknown token
+    exempt = start_gateway(env | {"GATEWAY_RATE_LIMIT_EXEMPT": "127.0.0.0/8"})
+    replies = [
+        await client.get(exempt.url + "/validate", headers={"authorization": f"Bearer {t}"}) for t in tokens[:120]
+    ]
+    assert {r.status_code for r in replies} == {401}
