@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -21,7 +21,7 @@ from gateway.schema import COLUMNS_SQL, Mapping, Query, build_query
 from gateway.sessions import JSONObject, Session
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from gateway.config import Settings
 
@@ -30,6 +30,7 @@ log = logging.getLogger("gateway.store")
 # Failures that mean "Postgres could not answer", as opposed to a bug in the gateway.
 UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 _UTC = dt.UTC
+T = TypeVar("T")
 
 
 async def _no_reset(_: asyncpg.Connection) -> None:
@@ -101,26 +102,49 @@ class Store:
             StoreUnavailable: Postgres did not answer within the configured budget.
         """
         self.queries += 1
-        try:
-            async with asyncio.timeout(self._settings.db_timeout_s):
-                query = self._query or await self._load_query()
-                pool = self._pool_or_raise()
-                if len(tokens) == 1:
-                    row = await pool.fetchrow(query.sql, tokens[0])
-                    return {} if row is None else {tokens[0]: to_session(query, row)}
-                rows = await pool.fetch(query.batch_sql, list(tokens))
-        except UNAVAILABLE as exc:
-            raise StoreUnavailable(_describe(exc)) from exc
-        return {row[0]: to_session(query, row, offset=1) for row in rows}
+
+        async def lookup(conn: asyncpg.Connection) -> dict[str, Session]:
+            query = self._query or await self._load_query(conn)
+            if len(tokens) == 1:
+                row = await conn.fetchrow(query.sql, tokens[0])
+                return {} if row is None else {tokens[0]: to_session(query, row)}
+            rows = await conn.fetch(query.batch_sql, list(tokens))
+            return {row[0]: to_session(query, row, offset=1) for row in rows}
+
+        return await self._bounded(lookup)
 
     async def ping(self) -> None:
         """Run ``SELECT 1`` and check the mapped tables; raise ``StoreUnavailable`` if either fails."""
+
+        async def check(conn: asyncpg.Connection) -> None:
+            await conn.fetchval("SELECT 1")
+            if self._query is None:
+                await self._load_query(conn)
+
+        await self._bounded(check)
+
+    async def _bounded(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``work`` on a pooled connection, giving up after the budget whatever the link does.
+
+        A cancelled asyncpg query waits for the server to confirm the cancel, which a dead link
+        never does: instead, past the budget the connection is terminated (its socket closed) and
+        the caller gets ``StoreUnavailable`` at once.
+        """
+        held: list[asyncpg.Connection] = []
+
+        async def run() -> T:
+            async with self._pool_or_raise().acquire() as conn:
+                held.append(conn)
+                return await work(conn)
+
+        task = asyncio.ensure_future(run())
         try:
-            async with asyncio.timeout(self._settings.db_timeout_s):
-                await self._pool_or_raise().fetchval("SELECT 1")
-                if self._query is None:
-                    await self._load_query()
+            return await asyncio.wait_for(asyncio.shield(task), self._settings.db_timeout_s)
         except UNAVAILABLE as exc:
+            if not task.done():
+                for conn in held:
+                    conn.terminate()
+                task.add_done_callback(_retrieve)
             raise StoreUnavailable(_describe(exc)) from exc
 
     def pool_sizes(self) -> tuple[int, int]:
@@ -134,18 +158,24 @@ class Store:
             raise StoreUnavailable(msg)
         return self._pool
 
-    async def _load_query(self) -> Query:
+    async def _load_query(self, conn: asyncpg.Connection) -> Query:
+        """Read the two tables' columns from the catalogue (once) and build the lookup."""
         async with self._query_lock:
             if self._query is None:
-                m, pool = self._mapping, self._pool_or_raise()
-                session_cols = [r[0] for r in await pool.fetch(COLUMNS_SQL, m.db_schema, m.session.bare)]
-                user_cols = [r[0] for r in await pool.fetch(COLUMNS_SQL, m.db_schema, m.user.bare)]
+                m = self._mapping
+                session_cols = [r[0] for r in await conn.fetch(COLUMNS_SQL, m.db_schema, m.session.bare)]
+                user_cols = [r[0] for r in await conn.fetch(COLUMNS_SQL, m.db_schema, m.user.bare)]
                 try:
                     self._query = build_query(m, session_cols, user_cols)
                 except LookupError as exc:
                     raise SchemaMismatch(str(exc)) from exc
                 log.info("session lookup: %s", self._query.sql)
             return self._query
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # an abandoned lookup's error is expected: don't report it as lost
 
 
 def _describe(exc: BaseException) -> str:
