@@ -127,7 +127,7 @@ def configs(port: int, dsn: str, redis_url: str) -> list[Config]:
 def start(config: Config, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DATABASE_URL", "REDIS_URL"))}
     env |= config.env | {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(["taskset", "-c", "0", *config.command], env=env, cwd=ROOT)  # noqa: S603, S607
+    proc = subprocess.Popen(["taskset", "-c", "0", *config.command], env=env, cwd=ROOT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -141,7 +141,7 @@ def start(config: Config, port: int) -> subprocess.Popen[bytes]:
 
 
 def wrk(port: int, script: Path, duration: float, connections: int) -> Result:
-    out = subprocess.run(  # noqa: S603
+    out = subprocess.run(
         [
             "taskset",
             "-c",
@@ -154,7 +154,7 @@ def wrk(port: int, script: Path, duration: float, connections: int) -> Result:
             "-s",
             str(script),
             f"http://127.0.0.1:{port}",
-        ],  # noqa: S607
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -264,8 +264,8 @@ def table(all_configs: list[Config], results: dict[str, list[Result]]) -> str:
         )
     l1 = median(all_configs[1].name)
     lines.append("")
-    lines.append(f"- L1 hit vs the FastAPI reference: **{l1.rps / fastapi.rps:.1f}×** (target ≥ 5×)")
-    lines.append(f"- p99 on an L1 hit vs the floor's p99: **{l1.p99_ms / floor.p99_ms:.2f}×** (target ≤ 2×)")
+    lines.append(f"- L1 hit vs the FastAPI reference: **{l1.rps / fastapi.rps:.1f}x** (target ≥ 5x)")
+    lines.append(f"- p99 on an L1 hit vs the floor's p99: **{l1.p99_ms / floor.p99_ms:.2f}x** (target ≤ 2x)")
     return "\n".join(lines)
 
 

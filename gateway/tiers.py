@@ -26,7 +26,7 @@ from gateway.metrics import Metrics
 from gateway.redis_tier import token_hash
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
     from gateway.redis_tier import Lookup
     from gateway.sessions import Session
@@ -231,23 +231,21 @@ class Tiers:
 
     def invalidate_token(self, digest: str) -> Awaitable[object] | None:
         """Evict a revoked session everywhere; return the shared tier's work, to await or not."""
-        self.epoch += 1
-        self._note_revoked("s:" + digest)
-        self.metrics.event("invalidation_session")
-        for key in list(self._by_digest.get(digest, ())):
-            self.l1.pop(key)
-            self.metrics.event("eviction")
+        self._evict("s:" + digest, self._by_digest.get(digest, ()), "invalidation_session")
         return None if self.shared is None else self.shared.revoke([digest])
 
     def invalidate_user(self, user_id: str) -> Awaitable[object] | None:
         """Evict every session of a user everywhere (banned, deleted, changed)."""
+        self._evict("u:" + user_id, self._by_user.get(user_id, ()), "invalidation_user")
+        return None if self.shared is None else self.shared.revoke_user(user_id)
+
+    def _evict(self, revoked: str, keys: Iterable[str], event: str) -> None:
         self.epoch += 1
-        self._note_revoked("u:" + user_id)
-        self.metrics.event("invalidation_user")
-        for key in list(self._by_user.get(user_id, ())):
+        self._note_revoked(revoked)
+        self.metrics.event(event)
+        for key in list(keys):
             self.l1.pop(key)
             self.metrics.event("eviction")
-        return None if self.shared is None else self.shared.revoke_user(user_id)
 
     async def flush(self) -> None:
         """Forget everything cached: notifications may have been missed."""

@@ -292,3 +292,23 @@ async def every_worker_listening(url: str, probes: int = 16) -> bool:
             return "listener" in (await c.get(url + "/readyz")).json()["ok"]
 
     return all(await asyncio.gather(*(one() for _ in range(probes))))
+
+
+def cookie(token: str, secret: str = SECRET) -> dict[str, str]:
+    """The Cookie header a browser sends after Better Auth's sign-in (signed with ``secret``)."""
+    from urllib.parse import quote  # noqa: PLC0415
+
+    from gateway.tokens import sign  # noqa: PLC0415
+
+    return {"cookie": f"better-auth.session_token={quote(sign(token, secret), safe='')}"}
+
+
+async def seed_sessions(dsn: str, n: int) -> list[str]:
+    """Better Auth's schema in ``dsn`` (if missing), one user, ``n`` live sessions; their tokens."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await seed.create_schema(conn)
+        uid = await seed.create_user(conn, email=f"{seed.generate_id(6)}@example.com")
+        return [await seed.create_session(conn, uid) for _ in range(n)]
+    finally:
+        await conn.close()

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
-
-import asyncpg
 
 from gateway import seed
-from gateway.tokens import sign
-from tests.conftest import SECRET, eventually, free_port, wait_listening
+from tests.conftest import cookie, eventually, free_port, seed_sessions, wait_listening
 from tests.tcp_proxy import Proxy
 
 if TYPE_CHECKING:
@@ -19,24 +15,11 @@ if TYPE_CHECKING:
     from tests.conftest import RedisServer, Server
 
 
-def cookie(token: str, secret: str = SECRET) -> dict[str, str]:
-    return {"cookie": f"better-auth.session_token={quote(sign(token, secret), safe='')}"}
-
-
-async def sessions(database: str, n: int) -> list[str]:
-    conn = await asyncpg.connect(database)
-    await seed.create_schema(conn)
-    uid = await seed.create_user(conn, email=f"{seed.generate_id(6)}@example.com")
-    tokens = [await seed.create_session(conn, uid) for _ in range(n)]
-    await conn.close()
-    return tokens
-
-
 async def test_two_processes_share_redis(
     database: str, redis_url: str, redis_prefix: str, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
     """A session looked up by one process is served by another from Redis: the second has no Postgres at all."""
-    (token,) = await sessions(database, 1)
+    (token,) = await seed_sessions(database, 1)
     shared = {"REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": redis_prefix}
     first = start_gateway({"DATABASE_URL": database} | shared)
     no_postgres = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
@@ -60,7 +43,7 @@ async def _status_is(
 
 async def test_redis_down_from_the_start(database: str, start_gateway: Any, client: httpx.AsyncClient) -> None:
     """With REDIS_URL pointing at nothing, every verdict is right, no 5xx, and /readyz says degraded."""
-    good, *_ = await sessions(database, 1)
+    good, *_ = await seed_sessions(database, 1)
     dead = f"redis://127.0.0.1:{free_port()}/0"
     gw = start_gateway({"DATABASE_URL": database, "REDIS_URL": dead, "GATEWAY_L1_MAX_ENTRIES": "0"})
     for _ in range(20):
@@ -75,7 +58,7 @@ async def test_redis_killed_mid_run(
     database: str, own_redis: RedisServer, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
     """Redis killed under concurrent load, then restarted: every verdict right, no 5xx, recovery by itself."""
-    tokens = await sessions(database, 30)
+    tokens = await seed_sessions(database, 30)
     env = {
         "DATABASE_URL": database,
         "REDIS_URL": own_redis.url,
@@ -115,7 +98,7 @@ async def test_postgres_cut_off(
     """Postgres cut: cached sessions (L1 or Redis) validate, uncached get 503, garbage 401; then recovery."""
     proxy = await Proxy(database).start()
     try:
-        warm, warm_in_redis_only, cold = await sessions(database, 3)
+        warm, warm_in_redis_only, cold = await seed_sessions(database, 3)
         env = {"DATABASE_URL": proxy.dsn(), "REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": redis_prefix}
         # The proxy runs on this test's loop, which start_gateway blocks: no waiting for Postgres.
         env |= {"GATEWAY_DB_TIMEOUT_S": "0.5", "GATEWAY_STARTUP_WAIT_S": "0"}

@@ -10,14 +10,11 @@ import asyncio
 import time
 import warnings
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import asyncpg
 import pytest
 
-from gateway import seed
-from gateway.tokens import sign
-from tests.conftest import SECRET, eventually, install_triggers
+from tests.conftest import cookie, eventually, install_triggers, seed_sessions
 from tests.tcp_proxy import Proxy
 
 if TYPE_CHECKING:
@@ -29,21 +26,8 @@ if TYPE_CHECKING:
     from tests.conftest import Server
 
 
-def cookie(token: str) -> dict[str, str]:
-    return {"cookie": f"better-auth.session_token={quote(sign(token, SECRET), safe='')}"}
-
-
 async def status(client: httpx.AsyncClient, gw: Server, token: str) -> int:
     return (await client.get(gw.url + "/validate", headers=cookie(token))).status_code
-
-
-async def seeded(dsn: str, n: int) -> list[str]:
-    conn = await asyncpg.connect(dsn)
-    await seed.create_schema(conn)
-    uid = await seed.create_user(conn, email=f"{seed.generate_id(6)}@example.com")
-    tokens = [await seed.create_session(conn, uid) for _ in range(n)]
-    await conn.close()
-    return tokens
 
 
 @pytest.fixture
@@ -74,7 +58,7 @@ async def test_postgres_restarted(own_postgres: Any, start_gateway: Any, client:
     """Postgres restarts: cached sessions keep working, uncached get 503, then the pool and the listener
     recover, and the L1 is flushed, so a session deleted before the listener was back is refused."""
     dsn = own_postgres.dsn
-    warm, deleted_meanwhile, cold = await seeded(dsn, 3)
+    warm, deleted_meanwhile, cold = await seed_sessions(dsn, 3)
     await install_triggers(dsn)
     env = {"DATABASE_URL": dsn, "GATEWAY_DB_TIMEOUT_S": "0.5", "GATEWAY_LISTENER_CHECK_S": "0.3"}
     gw: Server = start_gateway(env)
@@ -108,7 +92,7 @@ async def _is(client: httpx.AsyncClient, gw: Server, token: str, expected: int) 
 
 async def test_link_cut_mid_query(database: str, start_gateway: Any, client: httpx.AsyncClient) -> None:
     """The link to Postgres goes silent mid-query (a black hole): a bounded wait, then 503; recovery after."""
-    tokens = await seeded(database, 2)
+    tokens = await seed_sessions(database, 2)
     proxy = await Proxy(database).start()
     try:
         env = {"DATABASE_URL": proxy.dsn(), "GATEWAY_DB_TIMEOUT_S": "0.5", "GATEWAY_STARTUP_WAIT_S": "0"}
@@ -132,7 +116,7 @@ async def test_slow_postgres_answers_within_budget(
     database: str, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
     """A lock holds lookups up: shorter than the budget, the answer is right; longer, 503 within it."""
-    tokens = await seeded(database, 3)
+    tokens = await seed_sessions(database, 3)
     gw: Server = start_gateway({"DATABASE_URL": database, "GATEWAY_DB_TIMEOUT_S": "1.0"})
     lock = await asyncpg.connect(database)
     for hold, expected in ((0.3, 200), (3.0, 503)):
@@ -153,7 +137,7 @@ async def test_slow_postgres_answers_within_budget(
 
 async def test_pool_exhausted(database: str, start_gateway: Any, client: httpx.AsyncClient) -> None:
     """Every pooled connection stuck: further lookups get 503 within the budget, not a queue; then recovery."""
-    tokens = await seeded(database, 12)
+    tokens = await seed_sessions(database, 12)
     env = {"DATABASE_URL": database, "GATEWAY_DB_TIMEOUT_S": "0.8", "GATEWAY_POOL_MAX_SIZE": "1"}
     gw: Server = start_gateway(env)
     lock = await asyncpg.connect(database)

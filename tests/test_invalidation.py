@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import asyncpg
 import pytest
@@ -16,7 +15,7 @@ from gateway.redis_tier import token_hash
 from gateway.resources import Resources, open_resources
 from gateway.sessions import Reason
 from gateway.tokens import header_credential, sign
-from tests.conftest import SECRET, eventually, every_worker_listening, install_triggers, statuses
+from tests.conftest import SECRET, cookie, eventually, every_worker_listening, install_triggers, statuses
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -247,10 +246,6 @@ async def test_a_lookup_racing_a_revocation_is_not_cached(db: asyncpg.Connection
         await eventually(lambda: res.tiers.epoch > loaded.epoch, within=1)
         res.tiers.remember(header_credential(token).key, loaded)  # ...filled after it: dropped
         assert (await res.decider.decide(header_credential(token))).reason is Reason.unknown_session
-
-
-def cookie(token: str) -> dict[str, str]:
-    return {"cookie": f"better-auth.session_token={quote(sign(token, SECRET), safe='')}"}
 
 
 async def test_every_worker_refuses_after_revocation(

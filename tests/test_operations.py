@@ -21,14 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway import seed
 from gateway.tokens import sign
-from tests.conftest import ROOT, SECRET, eventually, install_triggers
+from tests.conftest import ROOT, SECRET, cookie, eventually, install_triggers
 
 if TYPE_CHECKING:
     from tests.conftest import Server
-
-
-def cookie(token: str, secret: str = SECRET) -> dict[str, str]:
-    return {"cookie": f"better-auth.session_token={quote(sign(token, secret), safe='')}"}
 
 
 async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
