@@ -50,12 +50,14 @@ def seeded(loop: asyncio.AbstractEventLoop, postgres_admin_dsn: str, redis_url: 
         tokens = [await seed.create_session(conn, uid) for _ in range(N)]
         await conn.close()
         env = {"DATABASE_URL": dsn, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": redis_url}
-        settings = load_settings(env, {"redis_prefix": "gwbench", "redis_pool_max_size": 64, "pool_max_size": 10})
+        settings = load_settings(
+            env, {"redis_prefix": "gwbench" + seed.generate_id(6), "redis_pool_max_size": 64, "pool_max_size": 10}
+        )
         store = Store(settings, mapping_from(settings))
         await store.open()
         tier = RedisTier(connect(redis_url, settings), settings, lambda: 0.0)
         for token, session in (await store.fetch_many(tokens)).items():
-            tier.put(token_hash(token), session)
+            tier.put(token_hash(token), session, 0)  # generation 0: none bumped yet
         await asyncio.sleep(0.2)
         return {"tokens": tokens, "store": store, "tier": tier, "settings": settings, "dsn": dsn, "name": name}
 
@@ -93,7 +95,7 @@ def test_redis_batched_mget(benchmark: Any, loop: asyncio.AbstractEventLoop, see
     benchmark.pedantic(run, args=(loop, lookups), rounds=30, warmup_rounds=2)
 
     async def every_value_verified() -> bool:
-        return all(await asyncio.gather(*lookups()))
+        return all(found is not None and found.session is not None for found in await asyncio.gather(*lookups()))
 
     assert loop.run_until_complete(every_value_verified())
 
