@@ -35,7 +35,7 @@ import httpx
 
 from benchmarks.revocation import git_commit
 from gateway import seed
-from tests.conftest import SECRET, free_port, install_triggers, with_database
+from tests.conftest import SECRET, create_database, drop_database, free_port, install_triggers
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).parent.parent
@@ -181,12 +181,9 @@ async def warm(port: int, tokens: list[str]) -> None:
 
 
 async def setup_database() -> tuple[str, str, list[str]]:
+    """A fresh database with the schema, the triggers and SESSIONS live sessions: (admin DSN, DSN, tokens)."""
     admin_dsn = os.environ.get("GATEWAY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = "gw_http_bench_" + seed.generate_id(6).lower()
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'create database "{name}"')
-    await admin.close()
-    dsn = with_database(admin_dsn, name)
+    dsn = await create_database(admin_dsn, "gw_http_bench_")
     conn = await asyncpg.connect(dsn)
     await seed.create_schema(conn)
     uid = await seed.create_user(conn, email="bench@example.com", role="user")
@@ -200,24 +197,18 @@ async def setup_database() -> tuple[str, str, list[str]]:
     )
     await conn.close()
     await install_triggers(dsn)
-    return admin_dsn, name, tokens
-
-
-async def drop_database(admin_dsn: str, name: str) -> None:
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'drop database if exists "{name}" with (force)')
-    await admin.close()
+    return admin_dsn, dsn, tokens
 
 
 def measure(args: argparse.Namespace) -> tuple[list[Config], dict[str, list[Result]]]:
-    admin_dsn, name, tokens = asyncio.run(setup_database())
+    admin_dsn, dsn, tokens = asyncio.run(setup_database())
     redis_url = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     (folder / "tokens").write_text("\n".join(tokens) + "\n")
     (folder / "unknown").write_text("\n".join(seed.generate_id() for _ in range(2000)) + "\n")
     results: dict[str, list[Result]] = {}
-    all_configs = configs(port, with_database(admin_dsn, name), redis_url)
+    all_configs = configs(port, dsn, redis_url)
     try:
         for run in range(args.runs):
             order = all_configs if run % 2 == 0 else list(reversed(all_configs))
@@ -238,7 +229,7 @@ def measure(args: argparse.Namespace) -> tuple[list[Config], dict[str, list[Resu
                     proc.wait(15)
                 print(f"run {run + 1}: {config.name}: {results[config.name][-1].rps:,.0f} req/s", file=sys.stderr)
     finally:
-        asyncio.run(drop_database(admin_dsn, name))
+        asyncio.run(drop_database(admin_dsn, dsn))
         shutil.rmtree(folder, ignore_errors=True)
     return all_configs, results
 

@@ -29,7 +29,7 @@ import psutil
 
 from gateway import seed
 from gateway.tokens import sign
-from tests.conftest import SECRET, Server, install_triggers, with_database
+from tests.conftest import SECRET, Server, create_database, drop_database, install_triggers
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -69,10 +69,7 @@ async def connections_per_worker(port: int, workers: list[psutil.Process]) -> di
 async def measure(rounds: int, workers: int) -> list[float]:
     admin_dsn = os.environ.get("GATEWAY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis_url = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    name = "gw_bench_revocation_" + seed.generate_id(6).lower()
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f'create database "{name}"')
-    dsn = with_database(admin_dsn, name)
+    dsn = await create_database(admin_dsn, "gw_bench_revocation_")
     db = await asyncpg.connect(dsn)
     await seed.create_schema(db)
     await install_triggers(dsn)
@@ -101,8 +98,7 @@ async def measure(rounds: int, workers: int) -> list[float]:
     finally:
         server.stop()
         await db.close()
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
+        await drop_database(admin_dsn, dsn)
 
 
 def git_commit() -> str:

@@ -18,7 +18,7 @@ from gateway.config import load_settings
 from gateway.redis_tier import RedisTier, connect, token_hash
 from gateway.schema import mapping_from
 from gateway.store import Store
-from tests.conftest import SECRET
+from tests.conftest import SECRET, create_database, drop_database
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -36,14 +36,9 @@ def run(loop: asyncio.AbstractEventLoop, make: Callable[[], list[Awaitable[Any]]
 @pytest.fixture(scope="module")
 def seeded(loop: asyncio.AbstractEventLoop, postgres_admin_dsn: str, redis_url: str) -> Iterator[dict[str, Any]]:
     """N sessions in a fresh database, cached in Redis under the gateway's keys."""
-    from tests.conftest import with_database  # noqa: PLC0415
 
     async def setup() -> dict[str, Any]:
-        name = "gw_bench_" + seed.generate_id(8).lower()
-        admin = await asyncpg.connect(postgres_admin_dsn)
-        await admin.execute(f'create database "{name}"')
-        await admin.close()
-        dsn = with_database(postgres_admin_dsn, name)
+        dsn = await create_database(postgres_admin_dsn, "gw_bench_")
         conn = await asyncpg.connect(dsn)
         await seed.create_schema(conn)
         uid = await seed.create_user(conn, email="bench@example.com")
@@ -59,14 +54,12 @@ def seeded(loop: asyncio.AbstractEventLoop, postgres_admin_dsn: str, redis_url: 
         for token, session in (await store.fetch_many(tokens)).items():
             tier.put(token_hash(token), session, 0)  # generation 0: none bumped yet
         await asyncio.sleep(0.2)
-        return {"tokens": tokens, "store": store, "tier": tier, "settings": settings, "dsn": dsn, "name": name}
+        return {"tokens": tokens, "store": store, "tier": tier, "settings": settings, "dsn": dsn}
 
     async def teardown(res: dict[str, Any]) -> None:
         await res["tier"].close()
         await res["store"].close()
-        admin = await asyncpg.connect(postgres_admin_dsn)
-        await admin.execute(f'drop database if exists "{res["name"]}" with (force)')
-        await admin.close()
+        await drop_database(postgres_admin_dsn, res["dsn"])
 
     resources = loop.run_until_complete(setup())
     yield resources

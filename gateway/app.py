@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway")
 _JSON = [responses.JSON_TYPE]
 _NULL_SESSION = [responses.JSON_TYPE, responses.NO_STORE, ("pragma", "no-cache")]
-_EMPTY: list[tuple[str, str]] = []
 
 
 class _Body(msgspec.Struct):

@@ -51,17 +51,35 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+async def create_database(admin_dsn: str, prefix: str = "gw_test_") -> str:
+    """Create a new, empty database on ``admin_dsn``'s server; return its DSN."""
+    name = prefix + secrets.token_hex(6)
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'create database "{name}"')
+    finally:
+        await admin.close()
+    return with_database(admin_dsn, name)
+
+
+async def drop_database(admin_dsn: str, dsn: str) -> None:
+    """Drop the database ``dsn`` names (made by ``create_database``), whoever is still connected."""
+    name = urlsplit(dsn).path.lstrip("/")
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
 async def database(postgres_admin_dsn: str) -> AsyncIterator[str]:
     """A new, empty database for one test, dropped afterwards; yields its DSN."""
-    name = "gw_test_" + secrets.token_hex(6)
-    admin = await asyncpg.connect(postgres_admin_dsn)
+    dsn = await create_database(postgres_admin_dsn)
     try:
-        await admin.execute(f'create database "{name}"')
-        yield with_database(postgres_admin_dsn, name)
+        yield dsn
     finally:
-        await admin.execute(f'drop database if exists "{name}" with (force)')
-        await admin.close()
+        await drop_database(postgres_admin_dsn, dsn)
 
 
 @pytest.fixture

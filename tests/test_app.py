@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import secrets
 import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -15,7 +14,7 @@ import pytest
 
 from gateway import seed
 from gateway.tokens import sign
-from tests.conftest import SECRET, Server, eventually, free_port, install_triggers, with_database
+from tests.conftest import SECRET, Server, create_database, drop_database, eventually, free_port, install_triggers
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -27,17 +26,13 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 @pytest.fixture(scope="module")
 async def app_db(postgres_admin_dsn: str) -> AsyncIterator[str]:
     """One database with Better Auth's schema for this module's server."""
-    name = "gw_app_" + secrets.token_hex(6)
-    admin = await asyncpg.connect(postgres_admin_dsn)
-    await admin.execute(f'create database "{name}"')
-    dsn = with_database(postgres_admin_dsn, name)
+    dsn = await create_database(postgres_admin_dsn, "gw_app_")
     conn = await asyncpg.connect(dsn)
     await seed.create_schema(conn)
     await conn.close()
     await install_triggers(dsn)
     yield dsn
-    await admin.execute(f'drop database if exists "{name}" with (force)')
-    await admin.close()
+    await drop_database(postgres_admin_dsn, dsn)
 
 
 @pytest.fixture(scope="module")

@@ -212,6 +212,16 @@ async def test_http_fuzz_gets_4xx_and_server_survives(
     assert gw.proc.poll() is None
 
 
+def limited(database: str, burst: int) -> dict[str, str]:
+    """A gateway's settings with the failure limit on: 60 a minute, ``burst`` at once."""
+    return {
+        "DATABASE_URL": database,
+        "GATEWAY_RATE_LIMIT_PER_MINUTE": "60",
+        "GATEWAY_RATE_LIMIT_BURST": str(burst),
+        "GATEWAY_METRICS_FLUSH_S": "0.1",
+    }
+
+
 async def postgres_queries(client: httpx.AsyncClient, gw: Server) -> float:
     text = (await client.get(gw.url + "/metrics")).text
     line = next(
@@ -224,13 +234,7 @@ async def test_flood_of_forged_tokens_costs_nothing_and_is_limited(
     database: str, db: asyncpg.Connection, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
     """10,000 distinct forged tokens from one client: zero Postgres queries, and refused with 429 semantics."""
-    env = {
-        "DATABASE_URL": database,
-        "GATEWAY_RATE_LIMIT_PER_MINUTE": "60",
-        "GATEWAY_RATE_LIMIT_BURST": "30",
-        "GATEWAY_METRICS_FLUSH_S": "0.1",
-    }
-    gw: Server = start_gateway(env)
+    gw: Server = start_gateway(limited(database, burst=30))
     before = await postgres_queries(client, gw)
     forged = [f"better-auth.session_token={quote(sign(seed.generate_id(), 'f' * 40), safe='')}" for _ in range(10_000)]
     statuses = []
@@ -255,12 +259,7 @@ async def test_flood_of_unknown_raw_tokens_costs_one_query_each_at_most(
     database: str, db: asyncpg.Connection, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
     """Unknown raw tokens: at most one query each, then the client is limited (exempt callers are not)."""
-    env = {
-        "DATABASE_URL": database,
-        "GATEWAY_RATE_LIMIT_PER_MINUTE": "60",
-        "GATEWAY_RATE_LIMIT_BURST": "50",
-        "GATEWAY_METRICS_FLUSH_S": "0.1",
-    }
+    env = limited(database, burst=50)
     gw: Server = start_gateway(env)
     before = await postgres_queries(client, gw)
     tokens = [seed.generate_id() for _ in range(500)]
