@@ -93,6 +93,10 @@ class App:
 
     async def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> None:
         path = scope.path
+        if path == "/validate":
+            headers = self._forward_auth.hit(scope)
+            if headers is not None:
+                return proto.response_empty(200, headers)
         route = self._routes.get(path)
         if route is None:
             if path.startswith("/validate/"):  # Envoy's path_prefix form

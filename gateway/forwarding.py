@@ -15,6 +15,7 @@ loopback by default); from anyone else they are ignored. The client IP is the ri
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import urlsplit
@@ -51,8 +52,13 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_ip(text: str) -> Address | None:
-    """An address from an ``X-Forwarded-For`` entry or a peer string (``ip:port``, ``[v6]:port``)."""
+    """An address from an ``X-Forwarded-For`` entry or a peer string (``ip:port``, ``[v6]:port``).
+
+    Memoised: the same few peers and hops come back on every request, and ``ipaddress`` parsing
+    costs several microseconds (bounded, so forged headers cannot grow it).
+    """
     text = text.strip()
     if text.startswith("["):
         text = text[1:].split("]", 1)[0]
