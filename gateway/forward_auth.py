@@ -69,11 +69,18 @@ class ForwardAuth:
         if not self._simple or scope.query_string:
             return None
         h = scope.headers
-        credential = find_credential(h.get("authorization"), h.get("x-session-token"), h.get("cookie"), self._names)
-        if credential is None:
+        authorization = h.get("authorization")
+        if authorization is not None and authorization[:7].lower() == "bearer ":
+            # A bearer credential's key is the header itself, and only keys of checked
+            # credentials are ever cached: a hit is the answer find_credential would lead to.
+            key: str | None = authorization
+        else:
+            credential = find_credential(authorization, h.get("x-session-token"), h.get("cookie"), self._names)
+            key = credential.key if credential is not None else None
+        if key is None:
             return None
         res = self._resources()
-        entry = res.tiers.l1.get(credential.key)
+        entry = res.tiers.l1.get(key)
         if entry is None:
             return None
         headers = entry.rendered

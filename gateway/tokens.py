@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import hmac
 import re
 from typing import NamedTuple
@@ -77,7 +78,11 @@ def find_credential(
     if session_header:
         return header_credential(session_header)
     if cookie is not None:
-        found = cookie_value(cookie, cookie_names)
+        found = (
+            _remembered_cookie_value(cookie, cookie_names)
+            if len(cookie) <= _MEMO_MAX
+            else cookie_value(cookie, cookie_names)
+        )
         if found:
             return Credential(found, Kind.cookie, found)
     return None
@@ -116,6 +121,13 @@ def cookie_value(header: str, names: tuple[str, ...]) -> str | None:
                 break
         index = end + 1
     return next((found[n] for n in names if n in found), None)
+
+
+# A browser sends the same Cookie header with every request until one of its cookies changes:
+# parsing it costs 1-2 µs, remembering the answer about 0.2. Bounded in entries and in the
+# length of what is remembered, so forged headers cannot grow it.
+_MEMO_MAX = 2048
+_remembered_cookie_value = functools.lru_cache(maxsize=4096)(cookie_value)
 
 
 def decode_uri_component(value: str) -> str:

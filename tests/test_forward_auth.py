@@ -132,3 +132,27 @@ async def test_header_names_aliases_and_credential_stripping(
     assert r.headers["x-auth-request-groups"] == "user"
     assert r.headers["cookie"] == "theme=dark; other=1"
     assert r.headers["authorization"] == ""
+
+
+async def test_hit_path_keeps_better_auths_credential_rules(
+    database: str, user: tuple[str, str], start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """A cached session is served from the hit path only for the credential that proved it.
+
+    The signed cookie value, sent as an ``Authorization`` header without the Bearer scheme, is no
+    Better Auth credential (it is ignored there), even once that session is cached.
+    """
+    uid, token = user
+    gw = start_gateway({"DATABASE_URL": database})
+    value = quote(sign(token, SECRET), safe="")
+    for _ in range(2):  # the second answer comes from the LRU
+        r = await client.get(gw.url + "/validate", headers=cookie(token))
+        assert r.status_code == 200
+        assert r.headers["x-auth-request-user"] == uid
+    r = await client.get(gw.url + "/validate", headers={"authorization": value})
+    assert r.status_code == 401
+    assert r.headers["x-auth-reason"] == "no_credentials"
+    r = await client.get(gw.url + "/validate", headers={"authorization": "Basic " + value} | cookie(token))
+    assert r.status_code == 200  # another scheme is not Better Auth's: the cookie counts
+    r = await client.get(gw.url + "/validate", headers={"authorization": "bEaReR " + sign(token, SECRET)})
+    assert r.status_code == 200
