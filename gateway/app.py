@@ -12,6 +12,7 @@ import msgspec
 
 from gateway import responses
 from gateway.config import load_settings
+from gateway.cookie_cache import data_cookie
 from gateway.forward_auth import ForwardAuth
 from gateway.forwarding import parse_networks, request_client
 from gateway.logs import DecisionLog, configure_logging
@@ -19,7 +20,7 @@ from gateway.metrics import CONTENT_TYPE
 from gateway.ratelimit import FailureLimiter
 from gateway.resources import Resources, open_resources
 from gateway.sessions import Reason
-from gateway.tokens import Credential, find_credential, header_credential
+from gateway.tokens import Credential, Kind, find_credential, header_credential
 
 if TYPE_CHECKING:
     import asyncio
@@ -51,6 +52,7 @@ class App:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._names = settings.cookie_names
+        self._data_names = settings.data_cookie_names if settings.cookie_cache != "off" else ()
         self._deny = responses.Denials(settings.retry_after_s)
         self._log = DecisionLog(settings.log_decisions_sample)
         self._networks = parse_networks(settings.trusted_proxies)
@@ -110,7 +112,11 @@ class App:
 
     def _credential(self, scope: Scope) -> Credential | None:
         h = scope.headers
-        return find_credential(h.get("authorization"), h.get("x-session-token"), h.get("cookie"), self._names)
+        cookie = h.get("cookie")
+        credential = find_credential(h.get("authorization"), h.get("x-session-token"), cookie, self._names)
+        if self._data_names and credential is not None and credential.kind is Kind.cookie and cookie is not None:
+            return credential._replace(cached=data_cookie(cookie, self._data_names))
+        return credential
 
     async def _validate(self, scope: Scope, proto: HTTPProtocol) -> None:
         await self._forward_auth(scope, proto, self._credential(scope))

@@ -55,6 +55,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     cookie_prefix: str = "better-auth"
     session_cookie_name: str = ""  # advanced.cookies.session_token.name: used verbatim
     accept_unsigned_bearer: bool = True  # bearer({requireSignature}) is off by default
+    # session.cookieCache: trust a valid session_data cookie without a lookup (see gateway.cookie_cache)
+    cookie_cache: Literal["off", "compact", "jwt", "jwe"] = "off"
+    cookie_cache_version: str = "1"  # cookieCache.version
+    cookie_cache_max_age_s: float = 300.0  # cookieCache.maxAge: how long a revocation must be remembered
 
     # Forward auth (see gateway.forwarding and gateway.policy).
     trusted_proxies: str = "127.0.0.0/8,::1/128"  # whose X-Forwarded-*/X-Original-* count
@@ -126,6 +130,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def secret(self) -> Secret:
         """The current secret: Better Auth signs cookies with this one only."""
         return self.secrets[0]
+
+    @property
+    def data_cookie_names(self) -> tuple[str, ...]:
+        """The cookie cache's names (``session_data``), the ``__Secure-`` form first."""
+        name = f"{self.cookie_prefix}.session_data"
+        return (f"__Secure-{name}", name)
 
     @property
     def cookie_names(self) -> tuple[str, ...]:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.errors import BackendUnavailable
+from gateway.redis_tier import token_hash
 from gateway.sessions import Reason, Session, Verdict
 
 if TYPE_CHECKING:
+    from gateway.cookie_cache import CookieCache
     from gateway.tiers import Tiers
     from gateway.tokens import Credential, Verifier
 
@@ -30,9 +32,10 @@ def judge(session: Session | None, now: float) -> Reason:
 class Decider:
     """Checks a credential locally, then looks its session up through the tiers."""
 
-    def __init__(self, verifier: Verifier, tiers: Tiers) -> None:
+    def __init__(self, verifier: Verifier, tiers: Tiers, cookie_cache: CookieCache | None = None) -> None:
         self.verifier = verifier
         self.tiers = tiers
+        self.cookie_cache = cookie_cache
 
     async def decide(self, credential: Credential | None) -> Verdict:
         """Return the verdict for ``credential`` (``None``: the request carried none)."""
@@ -46,7 +49,23 @@ class Decider:
         token = self.verifier.token(credential)
         if isinstance(token, Reason):
             return Verdict(token)
+        if credential.cached is not None and self.cookie_cache is not None:
+            verdict = self._from_cookie_cache(credential.cached, token)
+            if verdict is not None:
+                return verdict
         return await self._look_up(credential.key, token)
+
+    def _from_cookie_cache(self, cached: str, token: str) -> Verdict | None:
+        """Better Auth's cookie cache, trusted as Better Auth trusts it, unless heard revoked since."""
+        assert self.cookie_cache is not None  # noqa: S101  (checked by the caller)
+        session = self.cookie_cache.open(cached, token)
+        metrics = self.tiers.metrics
+        if session is None or self.tiers.revoked_lately(token_hash(token), session.user_id):
+            metrics.lookup("cookie_cache", "miss")
+            return None
+        metrics.lookup("cookie_cache", "hit")
+        reason = judge(session, self.tiers.l1.clock())
+        return Verdict(reason, session if reason is Reason.ok else None)
 
     async def _look_up(self, key: str, token: str) -> Verdict:
         try:

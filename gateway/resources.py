@@ -8,6 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, NamedTuple
 
+from gateway.cookie_cache import CookieCache
 from gateway.decision import Decider
 from gateway.errors import BackendUnavailable, SchemaMismatch
 from gateway.invalidation import Listener
@@ -99,6 +100,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             negative_max_entries=settings.negative_max_entries,
             negative_ttl_s=settings.negative_ttl_s,
             batch_max_size=settings.batch_max_size,
+            revoked_for_s=settings.cookie_cache_max_age_s if settings.cookie_cache != "off" else 0.0,
             metrics=metrics,
         )
         verifier = Verifier(
@@ -113,7 +115,11 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             stack.push_async_callback(listener.close)
         metrics.samplers.append(lambda: _gauges(store, redis, listener))
         stack.push_async_callback(_flush_every(metrics, settings.metrics_flush_s))
-        yield Resources(store, redis, tiers, Decider(verifier, tiers), listener, metrics)
+        cookie_cache = None
+        if settings.cookie_cache != "off":
+            secrets = tuple(s.reveal() for s in settings.secrets)
+            cookie_cache = CookieCache(settings.cookie_cache, secrets, version=settings.cookie_cache_version)
+        yield Resources(store, redis, tiers, Decider(verifier, tiers, cookie_cache), listener, metrics)
 
 
 async def _wait_for_postgres(store: Store, budget_s: float) -> None:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 # How long a revoked token or user makes Redis values naming it untrusted: longer than the shared
-# tier needs to write its tombstones.
+# tier needs to write its tombstones. With the cookie cache on, as long as a cookie's window.
 _REVOKED_FOR_S = 10.0
 _REVOKED_MAX = 100_000
 
@@ -102,6 +102,7 @@ class Tiers:
         negative_max_entries: int,
         negative_ttl_s: float,
         batch_max_size: int = 256,
+        revoked_for_s: float = _REVOKED_FOR_S,
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
@@ -117,6 +118,7 @@ class Tiers:
         self._by_digest: dict[str, set[str]] = {}
         self._by_user: dict[str, set[str]] = {}
         self._revoked: LRU[bool] = LRU(_REVOKED_MAX, clock)  # "s:<digest>" and "u:<user id>"
+        self._revoked_for_s = max(_REVOKED_FOR_S, revoked_for_s)
         self.epoch = 0
 
     def cached(self, key: str) -> Entry | None:
@@ -170,7 +172,7 @@ class Tiers:
         found = await self.shared.get(digest)
         if found is None:
             self.metrics.lookup("redis", "error")
-        elif found.session is not None and not self._revoked_lately(digest, found.session):
+        elif found.session is not None and not self.revoked_lately(digest, found.session.user_id):
             self.metrics.lookup("redis", "hit")
             return found.session
         else:
@@ -196,11 +198,12 @@ class Tiers:
         if not task.cancelled():
             task.exception()  # retrieved here too, in case every waiter went away
 
-    def _revoked_lately(self, digest: str, session: Session) -> bool:
-        return self._revoked.get("s:" + digest) is not None or self._revoked.get("u:" + session.user_id) is not None
+    def revoked_lately(self, digest: str, user_id: str) -> bool:
+        """Whether this token hash or user was heard revoked lately (``revoked_for_s``)."""
+        return self._revoked.get("s:" + digest) is not None or self._revoked.get("u:" + user_id) is not None
 
     def _note_revoked(self, name: str) -> None:
-        self._revoked.put(name, True, self.l1.clock() + _REVOKED_FOR_S)  # noqa: FBT003
+        self._revoked.put(name, True, self.l1.clock() + self._revoked_for_s)  # noqa: FBT003
 
     def remember(self, key: str, loaded: Loaded) -> None:
         """Cache a valid session under a credential key, never past its ``expiresAt``.

@@ -24,10 +24,13 @@ import enum
 import functools
 import hmac
 import re
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote
 
 from gateway.sessions import Reason
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # JavaScript's String.prototype.trim() whitespace, which better-call's parser uses.
 _JS_WHITESPACE = (
@@ -62,6 +65,7 @@ class Credential(NamedTuple):
     key: str
     kind: Kind
     value: str
+    cached: str | None = None  # the cookie cache (session_data) sent along a cookie, when read
 
 
 def find_credential(
@@ -93,15 +97,12 @@ def header_credential(value: str) -> Credential:
     return Credential("x:" + value, Kind.header, value.strip(_JS_WHITESPACE))
 
 
-def cookie_value(header: str, names: tuple[str, ...]) -> str | None:
-    """Return the (undecoded) value of the first of ``names`` present in a Cookie header.
+def cookie_pairs(header: str) -> Iterator[tuple[str, str]]:
+    """The ``(name, value)`` pairs of a Cookie header in order, as better-call's ``parseCookies`` reads them.
 
-    A port of better-call's ``parseCookies``, stopping early: the first occurrence of a name
-    wins, and ``names`` are in order of preference.
+    Values are trimmed and unquoted, not yet percent-decoded; a caller keeps the first
+    occurrence of a name, as better-call does.
     """
-    if names[-1] not in header:  # the plain name is a substring of the __Secure- one
-        return None
-    found: dict[str, str] = {}
     index, length = 0, len(header)
     while index < length:
         eq = header.find("=", index)
@@ -113,13 +114,24 @@ def cookie_value(header: str, names: tuple[str, ...]) -> str | None:
         elif end < eq:
             index = header.rfind(";", 0, eq) + 1
             continue
-        name = header[index:eq].strip(_JS_WHITESPACE)
+        value = header[eq + 1 : end].strip(_JS_WHITESPACE)
+        yield header[index:eq].strip(_JS_WHITESPACE), value[1:-1] if value[:1] == '"' else value
+        index = end + 1
+
+
+def cookie_value(header: str, names: tuple[str, ...]) -> str | None:
+    """Return the (undecoded) value of the first of ``names`` present in a Cookie header.
+
+    The first occurrence of a name wins, and ``names`` are in order of preference.
+    """
+    if names[-1] not in header:  # the plain name is a substring of the __Secure- one
+        return None
+    found: dict[str, str] = {}
+    for name, value in cookie_pairs(header):
         if name in names and name not in found:
-            value = header[eq + 1 : end].strip(_JS_WHITESPACE)
-            found[name] = value[1:-1] if value[:1] == '"' else value
+            found[name] = value
             if name == names[0]:
                 break
-        index = end + 1
     return next((found[n] for n in names if n in found), None)
 
 

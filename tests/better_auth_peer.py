@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import http.cookiejar
 import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
 from tests.conftest import SECRET, free_port
 
-if TYPE_CHECKING:
-    import httpx
-
 PEER = Path(__file__).parent / "better_auth"
+
+
+def stateless_client() -> httpx.AsyncClient:
+    """An HTTP client that never keeps a cookie: every request states the credential it sends.
+
+    (httpx's default jar would send Better Auth's Set-Cookie back on the next request.)
+    """
+    return httpx.AsyncClient(timeout=10, cookies=_NoCookies())
+
+
+class _NoCookies(http.cookiejar.CookieJar):
+    def extract_cookies(self, response: object, request: object) -> None:
+        """Keep nothing."""
+
+
 PASSWORD = "correct-horse-battery-staple"
 
 
@@ -34,17 +47,24 @@ def node_modules() -> Path:
 class BetterAuth:
     """A real Better Auth server process on a free port."""
 
-    def __init__(self, database: str, base_url_scheme: str = "http") -> None:
+    def __init__(self, database: str, base_url_scheme: str = "http", env: dict[str, str] | None = None) -> None:
+        """Start it; ``env`` adds to or replaces the defaults (``PLUGINS``, ``OPTIONS``, secrets)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.origin = f"{base_url_scheme}://127.0.0.1:{self.port}"
-        env = os.environ | {
-            "DATABASE_URL": database,
-            "BETTER_AUTH_SECRET": SECRET,
-            "PORT": str(self.port),
-            "BASE_URL": self.origin,
-            "PLUGINS": "bearer,admin",
-        }
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(("BETTER_AUTH", "AUTH_SECRET"))}
+        env = (
+            inherited
+            | {
+                "DATABASE_URL": database,
+                "BETTER_AUTH_SECRET": SECRET,
+                "PORT": str(self.port),
+                "BASE_URL": self.origin,
+                "PLUGINS": "bearer,admin",
+            }
+            | (env or {})
+        )
+        env = {k: v for k, v in env.items() if v}  # an empty value removes a default
         self.proc = subprocess.Popen(
             ["node", "server.mjs"],
             cwd=PEER,

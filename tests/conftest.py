@@ -83,6 +83,16 @@ async def database(postgres_admin_dsn: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
+async def bare_db(database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test database, with nothing created (a real Better Auth migrates it)."""
+    conn = await asyncpg.connect(database)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
 async def db(database: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection to the test database, with Better Auth's schema (plugins included)."""
     conn = await asyncpg.connect(database)

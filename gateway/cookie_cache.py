@@ -1,0 +1,237 @@
+"""Better Auth's cookie cache (``session_data``), checked locally: a valid one needs no lookup.
+
+Opt-in (``GATEWAY_COOKIE_CACHE=compact|jwt|jwe``, the strategy Better Auth is configured with);
+``reference/better-auth.md`` §3 has the formats. Better Auth accepts a cached payload only if
+its signature (or decryption) holds, it names the very session token the request proved,
+its ``version`` is the configured one, its window (``maxAge``) is still open, and the session
+has not expired; the gateway applies the same rules, nothing looser.
+
+The price is Better Auth's own: a session revoked in the database stays valid, from its cookie,
+until the cookie's window closes (``maxAge``, 300 s by default). The gateway narrows that where
+it can: a token or user it has heard revoked (the invalidation triggers) is refused from the
+cookie for ``maxAge`` afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import calendar
+import datetime as dt
+import hashlib
+import hmac
+import json
+import math
+import re
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from gateway.sessions import Session
+from gateway.tokens import cookie_pairs, decode_uri_component
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+Strategy = Literal["compact", "jwt", "jwe"]
+_MAX_CHUNKS = 100  # Better Auth skips the cache rather than write more
+_COMPACT_HEAD = '{"session":'
+_JWE_TOLERANCE_S = 15  # Better Auth's decrypt tolerance (crypto/jwt.ts)
+_JWE_SALT = b"better-auth-session"
+_JWE_INFO = b"BetterAuth.js Generated Encryption Key"
+# Better Auth's JSON reviver turns strings of this shape into Dates (core/utils/json.ts).
+_ISO = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?Z$")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Decode base64url with or without padding (JavaScript's decoders accept either alphabet)."""
+    return base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_") + "=" * (-len(text) % 4))
+
+
+def data_cookie(header: str, names: tuple[str, ...]) -> str | None:
+    """The ``session_data`` value: the first of ``names`` present, else its chunks ``<name>.0 … <name>.N``.
+
+    Chunks are joined in numeric order, as Better Auth's session store reads them.
+    """
+    found: dict[str, str] = {}
+    for name, value in cookie_pairs(header):
+        found.setdefault(name, value)
+    for name in names:
+        if name in found:
+            return decode_uri_component(found[name]) if "%" in found[name] else found[name]
+    for name in names:
+        prefix = name + "."
+        chunks = sorted(
+            (int(key[len(prefix) :]), value)
+            for key, value in found.items()
+            if key.startswith(prefix) and key[len(prefix) :].isdigit()
+        )
+        if chunks and len(chunks) <= _MAX_CHUNKS:
+            return "".join(decode_uri_component(v) if "%" in v else v for _, v in chunks)
+    return None
+
+
+class CookieCache:
+    """Opens ``session_data`` values of one strategy, under Better Auth's acceptance rules."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        secrets: tuple[str, ...],
+        *,
+        version: str = "1",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.strategy = strategy
+        self._current = secrets[0].encode()  # compact and jwt: the current secret only
+        self._version = version
+        self._clock = clock
+        # jwe: every secret's key, by its RFC 7638 thumbprint (the JWE's kid names the one used).
+        self._jwe_keys = {_thumbprint(k): k for k in (_jwe_key(s) for s in secrets)}
+
+    def open(self, value: str, token: str) -> Session | None:  # noqa: PLR0911  (one return per rule of Better Auth's)
+        """The session ``value`` vouches for, if Better Auth would accept it for ``token``; else ``None``."""
+        try:
+            payload = self._payload(value)
+        except (ValueError, KeyError, TypeError, IndexError, binascii.Error, UnicodeDecodeError):
+            return None
+        if not isinstance(payload, dict):
+            return None
+        session, user = payload.get("session"), payload.get("user")
+        if not isinstance(session, dict) or not isinstance(user, dict):
+            return None
+        if not isinstance(session.get("token"), str) or not hmac.compare_digest(session["token"], token):
+            return None
+        if str(payload.get("version") or "1") != self._version:
+            return None
+        try:
+            expires_at = _epoch(session["expiresAt"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        if expires_at < self._clock():
+            return None
+        return Session(
+            expires_at=expires_at,
+            banned_until=_banned_until(user),
+            session={k: v for k, v in session.items() if k != "token"},
+            user=user,
+        )
+
+    def _payload(self, value: str) -> Any:
+        if self.strategy == "compact":
+            return self._compact(value)
+        if self.strategy == "jwt":
+            return self._jwt(value)
+        return self._jwe(value)
+
+    def _compact(self, value: str) -> Any:
+        """``base64url(JSON {session: P, expiresAt, signature})``, signed over P's JSON plus expiresAt."""
+        raw = b64url_decode(value).decode()
+        if not raw.startswith(_COMPACT_HEAD):
+            return None
+        outer = json.loads(raw)
+        # The signed text is P exactly as JavaScript serialised it: take it from the raw JSON.
+        _, end = json.JSONDecoder().raw_decode(raw, len(_COMPACT_HEAD))
+        expires = outer["expiresAt"]
+        if not isinstance(expires, int | float) or isinstance(expires, bool):
+            return None
+        signed = raw[len(_COMPACT_HEAD) : end][:-1] + ',"expiresAt":' + _js_number(expires) + "}"
+        expected = hmac.digest(self._current, signed.encode(), "sha256")
+        if not hmac.compare_digest(b64url_decode(outer["signature"]), expected):
+            return None
+        if expires < self._clock() * 1000 or _rewritten_by_javascript(outer["session"]):
+            return None
+        return outer["session"]
+
+    def _jwt(self, value: str) -> Any:
+        """A JWS, HS256 with the current secret; ``exp`` with no tolerance."""
+        head, body, signature = value.split(".")
+        if json.loads(b64url_decode(head)).get("alg") != "HS256":
+            return None
+        expected = hmac.digest(self._current, f"{head}.{body}".encode(), "sha256")
+        if not hmac.compare_digest(b64url_decode(signature), expected):
+            return None
+        claims = json.loads(b64url_decode(body))
+        return claims if _number(claims.get("exp")) > self._clock() else None
+
+    def _jwe(self, value: str) -> Any:
+        """A compact JWE, ``dir`` + ``A256CBC-HS512`` (RFC 7518 §5.2), keyed from the secrets."""
+        head, encrypted_key, iv, ciphertext, tag = value.split(".")
+        header = json.loads(b64url_decode(head))
+        if header.get("alg") != "dir" or header.get("enc") != "A256CBC-HS512" or encrypted_key:
+            return None
+        keys = [self._jwe_keys[header["kid"]]] if "kid" in header and header["kid"] in self._jwe_keys else []
+        if "kid" not in header:
+            keys = list(self._jwe_keys.values())
+        aad, iv_bytes, cipher_bytes = head.encode(), b64url_decode(iv), b64url_decode(ciphertext)
+        for key in keys:
+            mac_key, enc_key = key[:32], key[32:]
+            mac_input = aad + iv_bytes + cipher_bytes + (len(aad) * 8).to_bytes(8, "big")
+            if not hmac.compare_digest(hmac.digest(mac_key, mac_input, "sha512")[:32], b64url_decode(tag)):
+                continue
+            decryptor = Cipher(algorithms.AES(enc_key), modes.CBC(iv_bytes)).decryptor()
+            unpadder = padding.PKCS7(128).unpadder()
+            padded = decryptor.update(cipher_bytes) + decryptor.finalize()
+            claims = json.loads(unpadder.update(padded) + unpadder.finalize())
+            return claims if _number(claims.get("exp")) > self._clock() - _JWE_TOLERANCE_S else None
+        return None
+
+
+def _jwe_key(secret: str) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=64, salt=_JWE_SALT, info=_JWE_INFO)
+    return hkdf.derive(secret.encode())
+
+
+def _thumbprint(key: bytes) -> str:
+    jwk = '{"k":"' + base64.urlsafe_b64encode(key).rstrip(b"=").decode() + '","kty":"oct"}'
+    return base64.urlsafe_b64encode(hashlib.sha256(jwk.encode()).digest()).rstrip(b"=").decode()
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else -math.inf
+
+
+def _js_number(value: float) -> str:
+    """``String(n)`` for the millisecond timestamps Better Auth writes (integers)."""
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _epoch(value: object) -> float:
+    if not isinstance(value, str):
+        raise TypeError(value)
+    return dt.datetime.fromisoformat(value).timestamp()
+
+
+def _banned_until(user: dict[str, Any]) -> float:
+    if user.get("banned") is not True:
+        return 0.0
+    expires = user.get("banExpires")
+    return math.inf if expires is None else _epoch(expires)
+
+
+def _v8_iso(text: str) -> str | None:
+    """``new Date(text).toISOString()`` for a string of the reviver's shape; ``None`` for an Invalid Date."""
+    m = _ISO.match(text)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    millis = int(((m.group(7) or "") + "000")[:3])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and minute <= 59 and second <= 59):  # noqa: PLR2004
+        return None
+    if hour > 24 or (hour == 24 and (minute or second or millis)):  # noqa: PLR2004
+        return None
+    days = calendar.timegm((year, month, 1, 0, 0, 0)) // 86400 + day - 1  # V8 rolls day overflow on
+    moment = dt.datetime(1970, 1, 1) + dt.timedelta(days=days, hours=hour, minutes=minute, seconds=second)  # noqa: DTZ001
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis:03d}Z"
+
+
+def _rewritten_by_javascript(value: object) -> bool:
+    """Whether Better Auth's parser would change some string (so its signature check would fail)."""
+    if isinstance(value, str):
+        canonical = _v8_iso(value) if _ISO.match(value) else None
+        return canonical is not None and canonical != value
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return any(_rewritten_by_javascript(child) for child in children)

@@ -1,0 +1,145 @@
+"""Better Auth's JWT plugin: its JWTs checked against its own public keys (opt-in).
+
+``GET /api/auth/token`` (and the ``set-auth-jwt`` header) hands out short-lived JWTs signed with
+the key pairs in Better Auth's ``jwks`` table (EdDSA by default; ES256, ES512, RS256, PS256);
+``GET /api/auth/jwks`` publishes the public halves (``reference/better-auth.md`` §5). With
+``GATEWAY_JWT_AUDIENCE`` set, ``Authorization: Bearer <JWT>`` on ``/validate`` and
+``/v1/validate`` is verified here: the key named by ``kid``, the algorithm that key is for,
+``exp`` (no leeway, as jose), ``aud`` and, when configured, ``iss``. The claims carry the whole
+user; there is no session behind a JWT, so a sign-out does not end one before its ``exp``
+(Better Auth's own design: its docs say to keep JWTs short-lived).
+
+Keys come from the ``jwks`` table (or from the ``/jwks`` URL when one is configured), are kept
+in memory, and are fetched again when a token names an unknown ``kid`` (rotation), at most
+once per ``refetch_s`` so that forged ``kid`` values cannot turn into a flood of fetches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import urllib.request
+from typing import TYPE_CHECKING, Any, Protocol
+
+import jwt
+
+from gateway.sessions import Reason, Session
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("gateway.jwts")
+
+ALGORITHMS = ("EdDSA", "ES256", "ES512", "RS256", "PS256")
+_REGISTERED = frozenset({"iat", "exp", "nbf", "iss", "aud", "sub", "jti"})
+
+
+def looks_like_jwt(value: str) -> bool:
+    """Three dot-separated parts with a JSON header: never a Better Auth session token."""
+    return value.startswith("eyJ") and value.count(".") == 2  # noqa: PLR2004
+
+
+class KeySource(Protocol):
+    """Where the public keys come from."""
+
+    def __call__(self) -> Awaitable[list[dict[str, Any]]]:
+        """The public JWKs, each with its ``kid``."""
+        ...
+
+
+def endpoint_keys(url: str, timeout_s: float) -> KeySource:
+    """Keys from Better Auth's ``/api/auth/jwks`` (fetched in a thread: one small GET, rarely)."""
+
+    def fetch() -> list[dict[str, Any]]:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310  (configured URL)
+            keys = json.load(response).get("keys", [])
+        return [k for k in keys if isinstance(k, dict)]
+
+    async def load() -> list[dict[str, Any]]:
+        return await asyncio.to_thread(fetch)
+
+    return load
+
+
+class JwtVerifier:
+    """Verifies Better Auth JWTs; turns their claims into a ``Session`` with no session row."""
+
+    def __init__(
+        self,
+        source: KeySource,
+        *,
+        audience: str,
+        issuer: str = "",
+        refetch_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._audience = audience
+        self._issuer = issuer or None
+        self._refetch_s = refetch_s
+        self._clock = clock
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at = -float("inf")
+        self._fetching: asyncio.Task[None] | None = None
+
+    async def verify(self, token: str) -> Session | Reason:
+        """The identity a JWT carries, or why it is refused."""
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            return Reason.malformed
+        if not isinstance(kid, str):
+            return Reason.bad_signature
+        key = self._keys.get(kid) or await self._key_after_refetch(kid)
+        if key is None:
+            return Reason.bad_signature
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[key.algorithm_name],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "sub", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            return Reason.expired
+        except jwt.InvalidSignatureError:
+            return Reason.bad_signature
+        except jwt.InvalidTokenError:
+            return Reason.invalid_jwt
+        user = {k: v for k, v in claims.items() if k not in _REGISTERED}
+        user.setdefault("id", claims["sub"])
+        if user["id"] != claims["sub"]:
+            return Reason.invalid_jwt
+        return Session(expires_at=float(claims["exp"]), banned_until=0.0, session={}, user=user)
+
+    async def _key_after_refetch(self, kid: str) -> jwt.PyJWK | None:
+        if self._fetching is None and self._clock() - self._fetched_at >= self._refetch_s:
+            self._fetched_at = self._clock()
+            self._fetching = asyncio.ensure_future(self._refetch())
+        if self._fetching is not None:
+            task = self._fetching
+            await asyncio.shield(task)
+            if self._fetching is task:
+                self._fetching = None
+        return self._keys.get(kid)
+
+    async def _refetch(self) -> None:
+        try:
+            found = await self._source()
+        except Exception as exc:  # noqa: BLE001  (keep the keys we have; say why)
+            log.warning("could not fetch the JWT plugin's public keys: %s", exc)
+            return
+        keys = {}
+        for data in found:
+            try:
+                key = jwt.PyJWK(data)
+            except jwt.PyJWKError as exc:
+                log.warning("ignored a public key (kid %s): %s", data.get("kid"), exc)
+                continue
+            if key.algorithm_name in ALGORITHMS and isinstance(data.get("kid"), str):
+                keys[data["kid"]] = key
+        self._keys = keys

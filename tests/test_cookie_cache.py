@@ -1,0 +1,161 @@
+"""The cookie-cache fast path against the real Better Auth, for each of its strategies.
+
+Better Auth (``session.cookieCache``) sets a ``session_data`` cookie next to the session token.
+With ``GATEWAY_COOKIE_CACHE`` set to the same strategy the gateway accepts it without a lookup,
+exactly when Better Auth would: the proof is a session deleted behind both their backs (no
+trigger tells the gateway), which both still accept from a valid cookie and both refuse from a
+tampered, foreign-version or missing one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.better_auth_peer import BetterAuth, node_modules, stateless_client
+from tests.conftest import eventually, install_triggers, wait_listening
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable
+    from pathlib import Path
+
+    import asyncpg
+    import httpx
+
+    from tests.conftest import Server
+
+__all__ = ["node_modules"]  # a fixture, used by name
+
+DATA = "better-auth.session_data"
+
+
+@pytest.fixture
+async def plain_client() -> AsyncIterator[httpx.AsyncClient]:
+    async with stateless_client() as c:
+        yield c
+
+
+def cookies_of(response: httpx.Response) -> dict[str, str]:
+    pairs = (h.split(";", 1)[0].partition("=") for h in response.headers.get_list("set-cookie"))
+    return {name: value for name, _, value in pairs if value}
+
+
+def header(cookies: dict[str, str]) -> dict[str, str]:
+    return {"cookie": "; ".join(f"{k}={v}" for k, v in cookies.items())}
+
+
+def tamper(value: str) -> str:
+    at = len(value) // 2
+    return value[:at] + ("A" if value[at] != "A" else "B") + value[at + 1 :]
+
+
+def lookups(metrics: str, tier: str, result: str = r"\w+") -> float:
+    # Prometheus's multiprocess mode writes the labels in alphabetical order.
+    pattern = rf'^gateway_cache_lookups_total\{{result="{result}",tier="{tier}"\}} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, metrics, re.MULTILINE))
+
+
+async def postgres_lookups(client: httpx.AsyncClient, gw: Server) -> float:
+    return lookups((await client.get(gw.url + "/metrics")).text, "postgres")
+
+
+async def cookie_cache_hits(client: httpx.AsyncClient, gw: Server) -> float:
+    return lookups((await client.get(gw.url + "/metrics")).text, "cookie_cache", "hit")
+
+
+async def _more(count: Awaitable[float], than: float) -> bool:
+    return await count > than
+
+
+def cache_options(strategy: str) -> str:
+    return json.dumps({"session": {"cookieCache": {"enabled": True, "strategy": strategy, "maxAge": 300}}})
+
+
+@pytest.mark.parametrize("strategy", ["compact", "jwt", "jwe"])
+async def test_cookie_cache_strategies(
+    strategy: str,
+    node_modules: Path,
+    database: str,
+    bare_db: asyncpg.Connection,
+    start_gateway: Any,
+    plain_client: httpx.AsyncClient,
+) -> None:
+    options = cache_options(strategy)
+    peer = BetterAuth(database, env={"OPTIONS": options, "PLUGINS": ""})
+    try:
+        env = {"DATABASE_URL": database, "GATEWAY_COOKIE_CACHE": strategy, "GATEWAY_METRICS_FLUSH_S": "0.05"}
+        gw = start_gateway(env)
+        other_version = start_gateway(env | {"GATEWAY_COOKIE_CACHE_VERSION": "2"})
+        # A name long enough to need more than one cookie: Better Auth splits past 4050 bytes.
+        big = await plain_client.post(
+            peer.url + "/api/auth/sign-up/email",
+            json={"email": "long@example.com", "password": "correct-horse-battery-staple", "name": "N" * 6000},
+            headers={"origin": peer.origin},
+        )
+        big.raise_for_status()
+        chunked = cookies_of(big)
+        assert DATA not in chunked
+        assert f"{DATA}.0" in chunked
+        assert f"{DATA}.1" in chunked
+        signup = await peer.sign_up(plain_client, "ada@example.com")
+        cookies = cookies_of(signup)
+        assert DATA in cookies
+
+        for jar in (cookies, chunked):
+            queries, hits = await postgres_lookups(plain_client, gw), await cookie_cache_hits(plain_client, gw)
+            r = await plain_client.get(gw.url + "/validate", headers=header(jar))
+            assert r.status_code == 200
+            assert r.headers["x-auth-request-email"] in ("ada@example.com", "long@example.com")
+            await eventually(lambda h=hits: _more(cookie_cache_hits(plain_client, gw), h))  # counted (and flushed)
+            assert await postgres_lookups(plain_client, gw) == queries  # no query at all
+
+        # Behind everyone's back (no triggers here): the sessions are gone from the database.
+        await bare_db.execute('DELETE FROM "session"')
+        tampered = cookies | {DATA: tamper(cookies[DATA])}
+        without = {k: v for k, v in cookies.items() if k != DATA}
+        cases = {
+            "valid": (cookies, True),
+            "chunked": (chunked, True),
+            "tampered": (tampered, False),
+            "none": (without, False),
+        }
+        for case, (jar, accepted) in cases.items():
+            ours = await plain_client.get(gw.url + "/api/auth/get-session", headers=header(jar))
+            theirs = await plain_client.get(peer.url + "/api/auth/get-session", headers=header(jar))
+            assert (theirs.json() is not None) == accepted, f"{case}: Better Auth said {theirs.text}"
+            assert ours.json() == theirs.json(), case
+            status = (await plain_client.get(gw.url + "/validate", headers=header(jar))).status_code
+            assert status == (200 if accepted else 401), case
+        # A cookie cache of another version is not trusted: the lookup finds nothing.
+        assert (await plain_client.get(other_version.url + "/validate", headers=header(cookies))).status_code == 401
+    finally:
+        peer.stop()
+
+
+async def test_invalidation_shortens_the_cookie_cache_window(
+    node_modules: Path, database: str, start_gateway: Any, plain_client: httpx.AsyncClient
+) -> None:
+    """A sign-out the gateway hears of is honoured at once, though the cookie would still pass."""
+    options = cache_options("compact")
+    peer = BetterAuth(database, env={"OPTIONS": options, "PLUGINS": ""})
+    try:
+        await install_triggers(database)
+        gw = start_gateway({"DATABASE_URL": database, "GATEWAY_COOKIE_CACHE": "compact"})
+        await wait_listening(plain_client, gw)
+        cookies = cookies_of(await peer.sign_up(plain_client, "ada@example.com"))
+        assert (await plain_client.get(gw.url + "/validate", headers=header(cookies))).status_code == 200
+        out = await plain_client.post(
+            peer.url + "/api/auth/sign-out", headers=header(cookies) | {"origin": peer.origin}
+        )
+        assert out.status_code == 200
+
+        async def refused() -> bool:
+            r = await plain_client.get(gw.url + "/validate", headers=header(cookies))
+            return r.status_code == 401
+
+        await eventually(refused, within=1)
+    finally:
+        peer.stop()
