@@ -131,7 +131,7 @@ class App:
             return proto.response_bytes(400, _JSON, responses.error("bad_request", str(exc)))
         credential = header_credential(token) if token else self._credential(scope)
         started = time.perf_counter()
-        verdict = await self._decide(scope, credential)
+        verdict = await self._decide(scope, credential, allow_jwt=True)
         if verdict is None:
             return self._rate_limited(scope, proto)
         self._count(verdict.reason, credential, started)
@@ -180,12 +180,12 @@ class App:
     def _client(self, scope: Scope) -> str:
         return request_client(scope.client, scope.headers.get, self._networks)
 
-    async def _decide(self, scope: Scope, credential: Credential | None) -> Verdict | None:
+    async def _decide(self, scope: Scope, credential: Credential | None, *, allow_jwt: bool = False) -> Verdict | None:
         """The verdict, counted against the client's failure budget; ``None`` if it has none left."""
         client = self._client(scope)
         if self._limiter.retry_after(client):
             return None
-        verdict = await self.resources.decider.decide(credential)
+        verdict = await self.resources.decider.decide(credential, allow_jwt=allow_jwt)
         self._limiter.record(client, verdict.reason)
         return verdict
 

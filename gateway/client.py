@@ -72,10 +72,10 @@ class Session(msgspec.Struct, frozen=True, rename="camel"):
 
 
 class Identity(msgspec.Struct, frozen=True):
-    """Who a valid session belongs to."""
+    """Who a valid session belongs to (``session`` is ``None`` for a JWT of the JWT plugin)."""
 
     user: User
-    session: Session
+    session: Session | None
 
 
 class GatewayUnavailable(Exception):

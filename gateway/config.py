@@ -59,6 +59,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     cookie_cache: Literal["off", "compact", "jwt", "jwe"] = "off"
     cookie_cache_version: str = "1"  # cookieCache.version
     cookie_cache_max_age_s: float = 300.0  # cookieCache.maxAge: how long a revocation must be remembered
+    # The JWT plugin (see gateway.jwts): set the audience to accept its JWTs as bearer tokens.
+    jwt_audience: str = ""  # the plugin's audience: by default Better Auth's base URL origin
+    jwt_issuer: str = ""  # the plugin's issuer (the same origin by default); empty: not checked
+    jwt_jwks_url: str = ""  # Better Auth's /api/auth/jwks; empty: read the jwks table
+    jwt_jwks_table: str = "jwks"
 
     # Forward auth (see gateway.forwarding and gateway.policy).
     trusted_proxies: str = "127.0.0.0/8,::1/128"  # whose X-Forwarded-*/X-Original-* count
@@ -257,6 +262,7 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
         "GATEWAY_DB_SCHEMA": s.db_schema,
         "GATEWAY_USER_TABLE": s.user_table,
         "GATEWAY_SESSION_TABLE": s.session_table,
+        "GATEWAY_JWT_JWKS_TABLE": s.jwt_jwks_table,
     }
     names |= {f"GATEWAY_USER_FIELDS[{k}]": v for k, v in s.user_fields.items()}
     names |= {f"GATEWAY_SESSION_FIELDS[{k}]": v for k, v in s.session_fields.items()}
@@ -265,11 +271,22 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
         for var, value in names.items()
         if value and not _IDENTIFIER.match(value)
     )
+    problems.extend(_check_credentials(s))
+    problems.extend(_check_numbers(s))
+    return problems
+
+
+def _check_credentials(s: Settings) -> list[str]:
+    """Cookie names and the JWT plugin's settings."""
+    problems = []
     if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", s.cookie_prefix):
         problems.append("GATEWAY_COOKIE_PREFIX: letters, digits, '.', '-' and '_' only")
     if s.session_cookie_name and not re.fullmatch(r"[!#$%&'*+\-.^_`|~A-Za-z0-9]{1,128}", s.session_cookie_name):
         problems.append("GATEWAY_SESSION_COOKIE_NAME: not a valid cookie name")
-    problems.extend(_check_numbers(s))
+    if s.jwt_jwks_url and not s.jwt_jwks_url.startswith(("http://", "https://")):
+        problems.append("GATEWAY_JWT_JWKS_URL: expected an http:// or https:// URL (Better Auth's /api/auth/jwks)")
+    if (s.jwt_issuer or s.jwt_jwks_url) and not s.jwt_audience:
+        problems.append("GATEWAY_JWT_AUDIENCE: needed to accept the JWT plugin's tokens (Better Auth's base URL)")
     return problems
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.errors import BackendUnavailable
+from gateway.jwts import looks_like_jwt
 from gateway.redis_tier import token_hash
 from gateway.sessions import Reason, Session, Verdict
+from gateway.tokens import Kind
 
 if TYPE_CHECKING:
     from gateway.cookie_cache import CookieCache
+    from gateway.jwts import JwtVerifier
     from gateway.tiers import Tiers
     from gateway.tokens import Credential, Verifier
 
@@ -32,15 +35,33 @@ def judge(session: Session | None, now: float) -> Reason:
 class Decider:
     """Checks a credential locally, then looks its session up through the tiers."""
 
-    def __init__(self, verifier: Verifier, tiers: Tiers, cookie_cache: CookieCache | None = None) -> None:
+    def __init__(
+        self,
+        verifier: Verifier,
+        tiers: Tiers,
+        cookie_cache: CookieCache | None = None,
+        jwts: JwtVerifier | None = None,
+    ) -> None:
         self.verifier = verifier
         self.tiers = tiers
         self.cookie_cache = cookie_cache
+        self.jwts = jwts
 
-    async def decide(self, credential: Credential | None) -> Verdict:
-        """Return the verdict for ``credential`` (``None``: the request carried none)."""
+    async def decide(self, credential: Credential | None, *, allow_jwt: bool = False) -> Verdict:  # noqa: PLR0911  (one per outcome)
+        """Return the verdict for ``credential`` (``None``: the request carried none).
+
+        ``allow_jwt``: a bearer JWT of the JWT plugin counts too (not on Better Auth's own
+        get-session, which knows no such credential).
+        """
         if credential is None:
             return Verdict(Reason.no_credentials)
+        if (
+            allow_jwt
+            and self.jwts is not None
+            and credential.kind is not Kind.cookie
+            and looks_like_jwt(credential.value)
+        ):
+            return await self._from_jwt(credential.value)
         entry = self.tiers.cached(credential.key)
         if entry is not None:
             return Verdict(Reason.ok, entry.session)
@@ -54,6 +75,17 @@ class Decider:
             if verdict is not None:
                 return verdict
         return await self._look_up(credential.key, token)
+
+    def _jwt(self, credential: Credential) -> bool:
+        return self.jwts is not None and credential.kind is not Kind.cookie and looks_like_jwt(credential.value)
+
+    async def _from_jwt(self, token: str) -> Verdict:
+        assert self.jwts is not None  # noqa: S101  (checked by the caller)
+        result = await self.jwts.verify(token)
+        self.tiers.metrics.lookup("jwt", "miss" if isinstance(result, Reason) else "hit")
+        if isinstance(result, Reason):
+            return Verdict(result)
+        return Verdict(Reason.ok, result)
 
     def _from_cookie_cache(self, cached: str, token: str) -> Verdict | None:
         """Better Auth's cookie cache, trusted as Better Auth trusts it, unless heard revoked since."""

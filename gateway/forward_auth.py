@@ -108,7 +108,7 @@ class ForwardAuth:
         return proto.response_empty(status, headers)
 
     async def _answer(self, scope: Scope, res: Resources, credential: Credential | None) -> Answer:
-        verdict = await res.decider.decide(credential)
+        verdict = await res.decider.decide(credential, allow_jwt=True)
         if verdict.reason is Reason.backend_unavailable:
             return 503, self._deny.unavailable, verdict.reason
         envoy = scope.path.startswith("/validate/")  # its query belongs to the original request

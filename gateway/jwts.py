@@ -90,13 +90,21 @@ class JwtVerifier:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.InvalidTokenError:
             return Reason.malformed
-        if not isinstance(kid, str):
-            return Reason.bad_signature
-        key = self._keys.get(kid) or await self._key_after_refetch(kid)
+        key = (self._keys.get(kid) or await self._key_after_refetch(kid)) if isinstance(kid, str) else None
         if key is None:
             return Reason.bad_signature
+        claims = self._claims(token, key)
+        if isinstance(claims, Reason):
+            return claims
+        user = {k: v for k, v in claims.items() if k not in _REGISTERED}
+        user.setdefault("id", claims["sub"])
+        if user["id"] != claims["sub"]:
+            return Reason.invalid_jwt
+        return Session(expires_at=float(claims["exp"]), banned_until=0.0, session={}, user=user)
+
+    def _claims(self, token: str, key: jwt.PyJWK) -> dict[str, Any] | Reason:
         try:
-            claims = jwt.decode(
+            return jwt.decode(
                 token,
                 key,
                 algorithms=[key.algorithm_name],
@@ -110,11 +118,6 @@ class JwtVerifier:
             return Reason.bad_signature
         except jwt.InvalidTokenError:
             return Reason.invalid_jwt
-        user = {k: v for k, v in claims.items() if k not in _REGISTERED}
-        user.setdefault("id", claims["sub"])
-        if user["id"] != claims["sub"]:
-            return Reason.invalid_jwt
-        return Session(expires_at=float(claims["exp"]), banned_until=0.0, session={}, user=user)
 
     async def _key_after_refetch(self, kid: str) -> jwt.PyJWK | None:
         if self._fetching is None and self._clock() - self._fetched_at >= self._refetch_s:

@@ -47,7 +47,10 @@ class Metrics:
             "gateway_decisions", "Decisions by outcome and reason.", ["outcome", "reason"], registry=r
         )
         self._lookups = Counter(
-            "gateway_cache_lookups", "Lookups by tier (l1, cookie_cache, redis, postgres) and result.", ["tier", "result"], registry=r
+            "gateway_cache_lookups",
+            "Lookups by tier (l1, cookie_cache, redis, postgres) and result.",
+            ["tier", "result"],
+            registry=r,
         )
         self._events = Counter(
             "gateway_events",

@@ -32,6 +32,7 @@ FAILURES = frozenset(
         Reason.unknown_session,
         Reason.expired,
         Reason.banned,
+        Reason.invalid_jwt,
     }
 )
 

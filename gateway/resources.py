@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.cookie_cache import CookieCache
 from gateway.decision import Decider
 from gateway.errors import BackendUnavailable, SchemaMismatch
 from gateway.invalidation import Listener
+from gateway.jwts import JwtVerifier, endpoint_keys
 from gateway.metrics import Metrics
 from gateway.redis_tier import FAILURES as REDIS_FAILURES
 from gateway.redis_tier import RedisTier, connect
@@ -119,7 +121,13 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         if settings.cookie_cache != "off":
             secrets = tuple(s.reveal() for s in settings.secrets)
             cookie_cache = CookieCache(settings.cookie_cache, secrets, version=settings.cookie_cache_version)
-        yield Resources(store, redis, tiers, Decider(verifier, tiers, cookie_cache), listener, metrics)
+        jwts = None
+        if settings.jwt_audience:
+            url, timeout = settings.jwt_jwks_url, settings.db_timeout_s
+            source = endpoint_keys(url, timeout) if url else partial(store.public_keys, settings.jwt_jwks_table)
+            jwts = JwtVerifier(source, audience=settings.jwt_audience, issuer=settings.jwt_issuer)
+        decider = Decider(verifier, tiers, cookie_cache, jwts)
+        yield Resources(store, redis, tiers, decider, listener, metrics)
 
 
 async def _wait_for_postgres(store: Store, budget_s: float) -> None:

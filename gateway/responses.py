@@ -82,8 +82,11 @@ class Denials:
 
 
 def identity(session: Session) -> bytes:
-    """The body of ``POST /v1/validate`` on success: user and session, without the token."""
-    return JSON.encode({"user": session.user, "session": session.session})
+    """The body of ``POST /v1/validate`` on success: user and session, without the token.
+
+    A JWT of the JWT plugin has no session behind it: ``"session": null``.
+    """
+    return JSON.encode({"user": session.user, "session": session.session or None})
 
 
 def better_auth_session(session: Session, token: str) -> bytes:

@@ -21,6 +21,7 @@ class Reason(enum.StrEnum):
     unknown_session = "unknown_session"  # no such session, or its user is gone
     expired = "expired"
     banned = "banned"
+    invalid_jwt = "invalid_jwt"  # a JWT of the JWT plugin with the wrong audience, issuer or claims
     backend_unavailable = "backend_unavailable"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import math
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,7 +18,7 @@ import asyncpg
 import msgspec
 
 from gateway.errors import SchemaMismatch, StoreUnavailable
-from gateway.schema import COLUMNS_SQL, Mapping, Query, build_query
+from gateway.schema import COLUMNS_SQL, Mapping, Query, build_query, quote
 from gateway.sessions import JSONObject, Session
 
 if TYPE_CHECKING:
@@ -112,6 +113,27 @@ class Store:
             return {row[0]: to_session(query, row, offset=1) for row in rows}
 
         return await self._bounded(lookup)
+
+    async def public_keys(self, table: str) -> list[dict[str, Any]]:
+        """The JWT plugin's public keys from its table, as its ``/jwks`` endpoint lists them.
+
+        Each is the stored public JWK with ``kid`` (the row's id) and, where the row has them,
+        ``alg`` and ``crv``. The private key column is never read.
+        """
+        schema = self._settings.db_schema
+        name = (quote(schema) + "." if schema else "") + quote(table)
+        # to_jsonb: whichever of the optional columns (alg, crv) this version's table has.
+        sql = f"SELECT to_jsonb(k) - 'privateKey' AS row FROM {name} AS k"  # noqa: S608  (validated, quoted identifiers)
+
+        async def read(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+            keys = []
+            for record in await conn.fetch(sql):
+                row = record["row"]  # jsonb: decoded by the pool's codec
+                extra = {k: row[k] for k in ("alg", "crv") if row.get(k)}
+                keys.append(extra | json.loads(row["publicKey"]) | {"kid": row["id"]})
+            return keys
+
+        return await self._bounded(read)
 
     async def ping(self) -> None:
         """Run ``SELECT 1`` and check the mapped tables; raise ``StoreUnavailable`` if either fails."""

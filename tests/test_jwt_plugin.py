@@ -1,0 +1,138 @@
+"""JWTs of Better Auth's JWT plugin, from the real Better Auth, verified by the gateway.
+
+For each key algorithm the plugin offers, a JWT from ``/api/auth/token`` validates (identity from
+its claims); one signed by another key, an expired one, one for another audience and one naming
+an unknown key do not. The keys come from the ``jwks`` table, or from ``/api/auth/jwks``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from gateway.jwts import JwtVerifier
+from gateway.sessions import Reason
+from tests.better_auth_peer import BetterAuth, node_modules, stateless_client
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    import asyncpg
+    import httpx
+
+__all__ = ["node_modules"]  # a fixture, used by name
+
+
+@pytest.fixture
+async def plain_client() -> AsyncIterator[httpx.AsyncClient]:
+    async with stateless_client() as c:
+        yield c
+
+
+def other_key(alg: str) -> Any:
+    if alg == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    if alg == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.mark.parametrize(
+    ("alg", "source"), [("EdDSA", "table"), ("EdDSA", "url"), ("ES256", "table"), ("RS256", "table"), ("PS256", "url")]
+)
+async def test_jwt_plugin_tokens(
+    alg: str,
+    source: str,
+    node_modules: Path,
+    database: str,
+    bare_db: asyncpg.Connection,
+    start_gateway: Any,
+    plain_client: httpx.AsyncClient,
+) -> None:
+    plugins = {"bearer": {}, "jwt": {"jwks": {"keyPairConfig": {"alg": alg}, "disablePrivateKeyEncryption": True}}}
+    peer = BetterAuth(database, env={"PLUGINS": json.dumps(plugins)})
+    try:
+        env = {"DATABASE_URL": database, "GATEWAY_JWT_AUDIENCE": peer.origin, "GATEWAY_JWT_ISSUER": peer.origin}
+        if source == "url":
+            env["GATEWAY_JWT_JWKS_URL"] = peer.url + "/api/auth/jwks"
+        gw = start_gateway(env)
+        signup = await peer.sign_up(plain_client, "ada@example.com")
+        user = signup.json()["user"]
+        cookie = {"cookie": signup.headers["set-cookie"].split(";", 1)[0]}
+        issued = await plain_client.get(peer.url + "/api/auth/token", headers=cookie)
+        assert issued.status_code == 200
+        token = issued.json()["token"]
+        assert jwt.get_unverified_header(token)["alg"] == alg
+
+        # Valid: the identity comes from the claims (the gateway knew no key before: a refetch).
+        r = await plain_client.get(gw.url + "/validate", headers={"authorization": f"Bearer {token}"})
+        assert r.status_code == 200
+        assert r.headers["x-auth-request-user"] == user["id"]
+        assert r.headers["x-auth-request-email"] == "ada@example.com"
+        body = (await plain_client.post(gw.url + "/v1/validate", json={"token": token})).json()
+        assert body["user"]["id"] == user["id"]
+        assert body["user"]["email"] == "ada@example.com"
+        assert body["session"] is None
+        # Better Auth's get-session takes no JWT: neither does the gateway's.
+        for url in (gw.url, peer.url):
+            got = await plain_client.get(url + "/api/auth/get-session", headers={"authorization": f"Bearer {token}"})
+            assert got.json() is None
+
+        # Forgeries, made with the plugin's own private key (stored unencrypted here) or another.
+        kid, private = await bare_db.fetchrow('SELECT "id", "privateKey" FROM "jwks"')
+        real = jwt.PyJWK(json.loads(private), algorithm=alg).key
+        claims = jwt.decode(token, options={"verify_signature": False})
+        now = int(time.time())
+
+        def signed(changes: dict[str, Any], key: Any = real, key_id: str = kid) -> str:
+            return jwt.encode(claims | changes, key, algorithm=alg, headers={"kid": key_id})
+
+        forged = {
+            "another key": signed({}, other_key(alg)),
+            "expired": signed({"iat": now - 3600, "exp": now - 60}),
+            "another audience": signed({"aud": "https://other.example"}),
+            "another issuer": signed({"iss": "https://other.example"}),
+            "unknown kid": signed({}, key_id="not-a-key"),
+            "tampered claims": token.split(".")[0] + "." + _swap_sub(token) + "." + token.split(".")[2],
+        }
+        r = await plain_client.get(gw.url + "/validate", headers={"authorization": f"Bearer {signed({})}"})
+        assert r.status_code == 200  # the forger's tools are sound: the real key and claims pass
+        reasons = {"expired": "expired", "another audience": "invalid_jwt", "another issuer": "invalid_jwt"}
+        for case, value in forged.items():
+            r = await plain_client.get(gw.url + "/validate", headers={"authorization": f"Bearer {value}"})
+            assert r.status_code == 401, case
+            assert r.headers["x-auth-reason"] == reasons.get(case, "bad_signature"), case
+    finally:
+        peer.stop()
+
+
+def _swap_sub(token: str) -> str:
+    import base64  # noqa: PLC0415
+
+    claims = jwt.decode(token, options={"verify_signature": False}) | {"sub": "someone-else", "id": "someone-else"}
+    return base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+
+
+async def test_unknown_kids_cannot_force_a_fetch_each() -> None:
+    """Forged kids trigger at most one key fetch per interval, however many arrive."""
+    fetches = 0
+
+    async def source() -> list[dict[str, Any]]:
+        nonlocal fetches
+        fetches += 1
+        return []
+
+    verifier = JwtVerifier(source, audience="https://app.example", refetch_s=30.0)
+    key = ed25519.Ed25519PrivateKey.generate()
+    for i in range(50):
+        forged = jwt.encode(
+            {"sub": "x", "aud": "https://app.example", "exp": time.time() + 60}, key, "EdDSA", {"kid": f"k{i}"}
+        )
+        assert await verifier.verify(forged) is Reason.bad_signature
+    assert fetches == 1
