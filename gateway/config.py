@@ -48,6 +48,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # BETTER_AUTH_SECRET, else AUTH_SECRET; REDIS_URL (optional: turns the shared tier on).
     database_url: Secret | None = None
     redis_url: Secret | None = None
+    # Better Auth's secondaryStorage in Redis as the session store, instead of Postgres
+    # (GATEWAY_SECONDARY_STORAGE_URL; see gateway.secondary_storage).
+    secondary_storage_url: Secret | None = None
     secrets: tuple[Secret, ...] = ()
 
     # Credentials.
@@ -64,6 +67,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     jwt_issuer: str = ""  # the plugin's issuer (the same origin by default); empty: not checked
     jwt_jwks_url: str = ""  # Better Auth's /api/auth/jwks; empty: read the jwks table
     jwt_jwks_table: str = "jwks"
+    secondary_storage_prefix: str = "better-auth:"  # @better-auth/redis-storage's keyPrefix ("" for none)
 
     # Forward auth (see gateway.forwarding and gateway.policy).
     trusted_proxies: str = "127.0.0.0/8,::1/128"  # whose X-Forwarded-*/X-Original-* count
@@ -174,7 +178,7 @@ def load_settings(
         if not name.startswith(_ENV_PREFIX) or name.startswith("GATEWAY_TEST_"):
             continue
         field = name[len(_ENV_PREFIX) :].lower()
-        if field not in fields or field in ("database_url", "redis_url", "secrets"):
+        if field not in fields or field in ("database_url", "redis_url", "secondary_storage_url", "secrets"):
             problems.append(f"{name}: unknown setting")
             continue
         value = _convert(name, raw, fields[field].type, problems)
@@ -197,6 +201,8 @@ def _read_better_auth_names(env: dict[str, str], values: dict[str, object], prob
         url = env.get(name.upper()) or alias
         if url:
             values[name] = Secret(url)
+    if secondary := env.pop("GATEWAY_SECONDARY_STORAGE_URL", None):
+        values["secondary_storage_url"] = Secret(secondary)
     if env.get("BETTER_AUTH_SECRETS"):
         values["secrets"] = _parse_versioned_secrets(env["BETTER_AUTH_SECRETS"], problems)
     elif env.get("BETTER_AUTH_SECRET") or env.get("AUTH_SECRET"):
@@ -247,12 +253,7 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
             "BETTER_AUTH_SECRET: not set (also read: BETTER_AUTH_SECRETS, AUTH_SECRET); "
             "use the secret your Better Auth server signs cookies with"
         )
-    if s.database_url is None and "database" in need:
-        problems.append("DATABASE_URL: not set (the Postgres database Better Auth writes its sessions to)")
-    elif s.database_url is not None and not s.database_url.reveal().startswith(("postgres://", "postgresql://")):
-        problems.append("DATABASE_URL: expected a postgres:// or postgresql:// URL")
-    if s.redis_url is not None and not s.redis_url.reveal().startswith(REDIS_SCHEMES):
-        problems.append(f"REDIS_URL: expected one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+    problems.extend(_check_stores(s, need))
     problems.extend(_check_forward_auth(s))
     if not _IDENTIFIER.match(s.channel):
         problems.append("GATEWAY_CHANNEL: letters, digits and _ only, at most 63")
@@ -273,6 +274,24 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
     )
     problems.extend(_check_credentials(s))
     problems.extend(_check_numbers(s))
+    return problems
+
+
+def _check_stores(s: Settings, need: frozenset[str]) -> list[str]:
+    """Where sessions are read from: Postgres, or Better Auth's Redis secondary storage; the shared tier."""
+    problems = []
+    secondary = s.secondary_storage_url.reveal() if s.secondary_storage_url is not None else None
+    if s.database_url is None and "database" in need and secondary is None:
+        problems.append("DATABASE_URL: not set (the Postgres database Better Auth writes its sessions to)")
+    elif s.database_url is not None and not s.database_url.reveal().startswith(("postgres://", "postgresql://")):
+        problems.append("DATABASE_URL: expected a postgres:// or postgresql:// URL")
+    for var, url in (("REDIS_URL", s.redis_url), ("GATEWAY_SECONDARY_STORAGE_URL", secondary)):
+        if url is not None and not url.startswith(REDIS_SCHEMES):
+            problems.append(f"{var}: expected one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
+    if secondary is not None and "+cluster://" in secondary:
+        problems.append("GATEWAY_SECONDARY_STORAGE_URL: Redis Cluster is not supported (one server, or Sentinel)")
+    if secondary is not None and s.redis_url is not None:
+        problems.append("REDIS_URL: not used with GATEWAY_SECONDARY_STORAGE_URL (Better Auth's Redis is the store)")
     return problems
 
 
@@ -381,6 +400,8 @@ def describe(s: Settings) -> dict[str, object]:
     out = msgspec.structs.asdict(s)
     out["database_url"] = _mask_dsn(s.database_url.reveal()) if s.database_url else None
     out["redis_url"] = _mask_dsn(s.redis_url.reveal()) if s.redis_url else None
+    secondary = s.secondary_storage_url
+    out["secondary_storage_url"] = _mask_dsn(secondary.reveal()) if secondary else None
     out["secrets"] = [f"<{len(x)} chars>" for x in s.secrets]
     return out
 

@@ -108,17 +108,10 @@ class CookieCache:
         if str(payload.get("version") or "1") != self._version:
             return None
         try:
-            expires_at = _epoch(session["expiresAt"])
-        except (KeyError, TypeError, ValueError):
+            found = Session.from_better_auth(session, user)
+        except ValueError:
             return None
-        if expires_at < self._clock():
-            return None
-        return Session(
-            expires_at=expires_at,
-            banned_until=_banned_until(user),
-            session={k: v for k, v in session.items() if k != "token"},
-            user=user,
-        )
+        return found if found.expires_at >= self._clock() else None
 
     def _payload(self, value: str) -> Any:
         if self.strategy == "compact":
@@ -197,19 +190,6 @@ def _number(value: object) -> float:
 def _js_number(value: float) -> str:
     """``String(n)`` for the millisecond timestamps Better Auth writes (integers)."""
     return str(int(value)) if float(value).is_integer() else repr(value)
-
-
-def _epoch(value: object) -> float:
-    if not isinstance(value, str):
-        raise TypeError(value)
-    return dt.datetime.fromisoformat(value).timestamp()
-
-
-def _banned_until(user: dict[str, Any]) -> float:
-    if user.get("banned") is not True:
-        return 0.0
-    expires = user.get("banExpires")
-    return math.inf if expires is None else _epoch(expires)
 
 
 def _v8_iso(text: str) -> str | None:

@@ -9,6 +9,8 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
+from redis.asyncio.cluster import RedisCluster
+
 from gateway.cookie_cache import CookieCache
 from gateway.decision import Decider
 from gateway.errors import BackendUnavailable, SchemaMismatch
@@ -18,6 +20,7 @@ from gateway.metrics import Metrics
 from gateway.redis_tier import FAILURES as REDIS_FAILURES
 from gateway.redis_tier import RedisTier, connect
 from gateway.schema import mapping_from
+from gateway.secondary_storage import KeyspaceListener, SecondaryStorage
 from gateway.store import Store
 from gateway.tiers import Tiers
 from gateway.tokens import Verifier
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from gateway.config import Settings
+    from gateway.tiers import SessionSource
 
 log = logging.getLogger("gateway")
 
@@ -41,21 +45,24 @@ class Readiness(NamedTuple):
 class Resources(NamedTuple):
     """The wired-up parts one worker serves from."""
 
-    store: Store
+    store: Store | None  # Postgres, the source of truth; or, in secondary-storage mode,
+    secondary: SecondaryStorage | None  # Better Auth's Redis
     redis: RedisTier | None
     tiers: Tiers
     decider: Decider
-    listener: Listener | None
+    listener: Listener | KeyspaceListener | None
     metrics: Metrics
 
     async def pings(self) -> Readiness:
-        """Ping every dependency. Postgres down fails readiness; Redis down only degrades it."""
+        """Ping every dependency. The session store down fails readiness; Redis down only degrades it."""
         ready = Readiness([], {}, {})
+        source, name = (self.store, "postgres") if self.store is not None else (self.secondary, "secondary_storage")
         try:
-            await self.store.ping()
-            ready.ok.append("postgres")
+            if source is not None:
+                await source.ping()
+            ready.ok.append(name)
         except BackendUnavailable as exc:
-            ready.failing["postgres"] = str(exc)
+            ready.failing[name] = str(exc)
         if self.redis is not None:
             try:
                 await self.redis.ping()
@@ -69,7 +76,7 @@ class Resources(NamedTuple):
         if self.listener is not None:
             if not self.listener.connected:
                 ready.degraded["listener"] = "not connected: revocations wait for the cache TTL"
-            elif not self.listener.triggers_installed:
+            elif isinstance(self.listener, Listener) and not self.listener.triggers_installed:
                 ready.degraded["listener"] = "no triggers installed (gateway install-triggers)"
             else:
                 ready.ok.append("listener")
@@ -85,20 +92,29 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     """
     async with contextlib.AsyncExitStack() as stack:
         metrics = Metrics()
-        store = Store(settings, mapping_from(settings))
-        await store.open()
-        stack.push_async_callback(store.close)
-        await _wait_for_postgres(store, settings.startup_wait_s)
+        store, secondary, ttl_s = None, None, settings.l1_ttl_s
+        if settings.secondary_storage_url is not None:
+            secondary = await _open_secondary(settings, stack)
+            if not await secondary.notifications_on():
+                log.warning("Redis keyspace notifications are off: revocations reach the LRU within 1 s, not at once")
+                ttl_s = min(ttl_s, 1.0)
+        else:
+            store = Store(settings, mapping_from(settings))
+            await store.open()
+            stack.push_async_callback(store.close)
+            await _wait_for_postgres(store, settings.startup_wait_s)
         redis = None
         if settings.redis_url is not None:
             observe = metrics.backend_seconds.labels("redis").observe
             redis = RedisTier(connect(settings.redis_url.reveal(), settings), settings, time.time, observe)
             stack.push_async_callback(redis.close)
+        source: SessionSource | None = store if store is not None else secondary
+        assert source is not None  # noqa: S101  (one of the two was opened above)
         tiers = Tiers(
-            store,
+            source,
             redis,
             max_entries=settings.l1_max_entries,
-            ttl_s=settings.l1_ttl_s,
+            ttl_s=ttl_s,
             negative_max_entries=settings.negative_max_entries,
             negative_ttl_s=settings.negative_ttl_s,
             batch_max_size=settings.batch_max_size,
@@ -110,9 +126,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             accept_unsigned=settings.accept_unsigned_bearer,
             legacy_ids=settings.token_field == "id",  # noqa: S105  (a column name)
         )
-        listener = None
-        if settings.listen:
+        listener: Listener | KeyspaceListener | None = None
+        if secondary is not None and ttl_s == settings.l1_ttl_s:
+            listener = KeyspaceListener(secondary, tiers, settings.redis_backoff_s)
+        elif store is not None and settings.listen:
             listener = Listener(settings, tiers)
+        if listener is not None:
             listener.start()
             stack.push_async_callback(listener.close)
         metrics.samplers.append(lambda: _gauges(store, redis, listener))
@@ -124,10 +143,22 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         jwts = None
         if settings.jwt_audience:
             url, timeout = settings.jwt_jwks_url, settings.db_timeout_s
-            source = endpoint_keys(url, timeout) if url else partial(store.public_keys, settings.jwt_jwks_table)
-            jwts = JwtVerifier(source, audience=settings.jwt_audience, issuer=settings.jwt_issuer)
+            if url or store is None:
+                keys = endpoint_keys(url, timeout)
+            else:
+                keys = partial(store.public_keys, settings.jwt_jwks_table)
+            jwts = JwtVerifier(keys, audience=settings.jwt_audience, issuer=settings.jwt_issuer)
         decider = Decider(verifier, tiers, cookie_cache, jwts)
-        yield Resources(store, redis, tiers, decider, listener, metrics)
+        yield Resources(store, secondary, redis, tiers, decider, listener, metrics)
+
+
+async def _open_secondary(settings: Settings, stack: contextlib.AsyncExitStack) -> SecondaryStorage:
+    assert settings.secondary_storage_url is not None  # noqa: S101  (checked by the caller)
+    client = connect(settings.secondary_storage_url.reveal(), settings)
+    assert not isinstance(client, RedisCluster)  # noqa: S101  (refused by the settings' checks)
+    storage = SecondaryStorage(client, settings.secondary_storage_prefix, settings.redis_timeout_s)
+    stack.push_async_callback(storage.close)
+    return storage
 
 
 async def _wait_for_postgres(store: Store, budget_s: float) -> None:
@@ -149,12 +180,12 @@ async def _wait_for_postgres(store: Store, budget_s: float) -> None:
             return
 
 
-def _gauges(store: Store, redis: RedisTier | None, listener: Listener | None) -> dict[str, float]:
-    size, idle = store.pool_sizes()
+def _gauges(store: Store | None, redis: RedisTier | None, listener: object) -> dict[str, float]:
+    size, idle = store.pool_sizes() if store is not None else (0, 0)
     return {
         "pool_connections": size,
         "pool_connections_idle": idle,
-        "listener_connected": float(listener is not None and listener.connected),
+        "listener_connected": float(getattr(listener, "connected", False)),
         "redis_degraded": float(redis is not None and redis.degraded is not None),
     }
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
+import math
 from typing import Any, NamedTuple
 
 import msgspec
@@ -39,6 +41,24 @@ class Session(msgspec.Struct, frozen=True, gc=False):
     session: JSONObject
     user: JSONObject
 
+    @classmethod
+    def from_better_auth(cls, session: JSONObject, user: JSONObject) -> Session:
+        """A session from Better Auth's JSON shape (its cookie cache, its secondary storage).
+
+        Raises:
+            ValueError: ``expiresAt`` (or a ban's ``banExpires``) is not an ISO date.
+        """
+        banned_until = 0.0
+        if user.get("banned") is True:
+            ban_expires = user.get("banExpires")
+            banned_until = math.inf if ban_expires is None else _iso_epoch(ban_expires)
+        return cls(
+            expires_at=_iso_epoch(session.get("expiresAt")),
+            banned_until=banned_until,
+            session={k: v for k, v in session.items() if k != "token"},
+            user=user,
+        )
+
     @property
     def user_id(self) -> str:
         """The Better Auth user id."""
@@ -48,6 +68,13 @@ class Session(msgspec.Struct, frozen=True, gc=False):
     def session_id(self) -> str:
         """The session's primary key (never its token)."""
         return str(self.session["id"])
+
+
+def _iso_epoch(value: object) -> float:
+    if not isinstance(value, str):
+        msg = f"not an ISO date: {value!r}"
+        raise ValueError(msg)  # noqa: TRY004  (bad data, reported as such)
+    return dt.datetime.fromisoformat(value).timestamp()
 
 
 class Verdict(NamedTuple):

@@ -2,14 +2,16 @@
 // Configured from the environment: DATABASE_URL, BETTER_AUTH_SECRET (or Better Auth's own
 // BETTER_AUTH_SECRETS), PORT, BASE_URL; PLUGINS: comma-separated names, or a JSON object of
 // name -> options; OPTIONS: JSON merged into the options (advanced, session, user, ...);
-// SECONDARY_STORAGE=memory: an in-process secondaryStorage. It migrates its own schema, then
-// prints "ready".
+// SECONDARY_STORAGE (see secondaryStorage below). It migrates its own schema, then prints
+// "ready".
 import http from "node:http";
 import pg from "pg";
 import { betterAuth } from "better-auth";
 import { getMigrations } from "better-auth/db/migration";
 import { toNodeHandler } from "better-auth/node";
 import { bearer, admin, organization, jwt } from "better-auth/plugins";
+import { redisStorage } from "@better-auth/redis-storage";
+import { Redis } from "ioredis";
 
 const factories = { bearer, admin, organization, jwt };
 function plugin(name, pluginOptions) {
@@ -36,6 +38,17 @@ function memoryStorage() {
   };
 }
 
+// SECONDARY_STORAGE: "memory", or a redis:// URL (@better-auth/redis-storage, with the JSON
+// string SECONDARY_STORAGE_PREFIX as its keyPrefix when set, else its default "better-auth:").
+function secondaryStorage(spec) {
+  if (!spec) return {};
+  if (spec === "memory") return { secondaryStorage: memoryStorage() };
+  const prefix = process.env.SECONDARY_STORAGE_PREFIX;
+  const client = new Redis(spec);
+  const config = prefix === undefined ? { client } : { client, keyPrefix: JSON.parse(prefix) };
+  return { secondaryStorage: redisStorage(config) };
+}
+
 const options = {
   database: new pg.Pool({ connectionString: process.env.DATABASE_URL }),
   secret: process.env.BETTER_AUTH_SECRET || undefined, // else Better Auth reads BETTER_AUTH_SECRETS
@@ -43,7 +56,7 @@ const options = {
   emailAndPassword: { enabled: true },
   plugins,
   logger: { level: "error" },
-  ...(process.env.SECONDARY_STORAGE === "memory" ? { secondaryStorage: memoryStorage() } : {}),
+  ...secondaryStorage(process.env.SECONDARY_STORAGE || ""),
   ...JSON.parse(process.env.OPTIONS || "{}"),
 };
 const auth = betterAuth(options);
