@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import psycopg  # cooperates with gevent (psycopg >= 3.1.14), which locust runs on
@@ -36,6 +36,9 @@ from locust import FastHttpUser, between, constant, events, task
 from gateway.config import load_settings
 from gateway.seed import generate_id
 from gateway.tokens import sign
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 GRACE_S = 0.1
 REVOKE_EVERY_S = float(os.environ.get("LOADTEST_REVOKE_EVERY_S", "0.5"))
@@ -73,6 +76,16 @@ class Ledger:
             self.live = [t for t in self.live if t not in gone]
             for token in tokens:
                 self.revoked[token] = at
+
+    def check(self, response: Any, token: str, started: float, identity: Callable[[], object]) -> None:
+        """Mark ``response`` failed or not: the right status for ``token``, and for a 200 its user's identity."""
+        problem = self.verdict(token, started, response.status_code)
+        if problem is None and response.status_code == 200 and identity() != self.owner[token]:
+            problem = f"identity {identity()!r} is not the session's user"
+        if problem:
+            response.failure(problem)
+        else:
+            response.success()
 
     def verdict(self, token: str, started: float, status: int) -> str | None:
         """``None`` if ``status`` is right for ``token`` at ``started``, else what is wrong.
@@ -153,15 +166,7 @@ class Browser(FastHttpUser):
             "accept": "text/html,application/xhtml+xml",
         }
         with self.client.get("/validate", headers=headers, name="browser /validate", catch_response=True) as r:
-            problem = ledger().verdict(token, started, r.status_code)
-            if problem is None and r.status_code == 200:
-                user = r.headers.get("x-auth-request-user")
-                if user != ledger().owner[token]:
-                    problem = f"identity {user!r} is not the session's user"
-            if problem:
-                r.failure(problem)
-            else:
-                r.success()
+            ledger().check(r, token, started, lambda: r.headers.get("x-auth-request-user"))
         if r.status_code == 401:  # signed out: sign in again
             ledger().drop(token)
             self.token = ledger().take()
@@ -181,15 +186,7 @@ class InternalService(FastHttpUser):
         token, started = random.choice(ledger().live), time.time()
         headers = {"authorization": f"Bearer {sign(token, SECRET)}", "x-forwarded-for": self.ip}
         with self.client.post("/v1/validate", headers=headers, name="service /v1/validate", catch_response=True) as r:
-            problem = ledger().verdict(token, started, r.status_code)
-            if problem is None and r.status_code == 200:
-                user = (r.json().get("user") or {}).get("id")
-                if user != ledger().owner[token]:
-                    problem = f"identity {user!r} is not the session's user"
-            if problem:
-                r.failure(problem)
-            else:
-                r.success()
+            ledger().check(r, token, started, lambda: (r.json().get("user") or {}).get("id"))
 
 
 class Attacker(FastHttpUser):
@@ -270,8 +267,4 @@ class Admin(FastHttpUser):
         headers = {"cookie": signed_cookie(token, SECRET), "x-forwarded-for": client_address(4)}
         with self.client.get("/validate", headers=headers, name="admin probes revoked", catch_response=True) as r:
             ledger().counts["probes"] += 1
-            problem = ledger().verdict(token, started, r.status_code)
-            if problem:
-                r.failure(problem)
-            else:
-                r.success()
+            ledger().check(r, token, started, lambda: ledger().owner[token])

@@ -7,13 +7,24 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from tests.conftest import SECRET, free_port
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
 PEER = Path(__file__).parent / "better_auth"
+
+
+@pytest.fixture
+async def ba_client() -> AsyncIterator[httpx.AsyncClient]:
+    """A client that keeps no cookies (see ``stateless_client``)."""
+    async with stateless_client() as c:
+        yield c
 
 
 def stateless_client() -> httpx.AsyncClient:

@@ -18,11 +18,10 @@ from urllib.parse import quote
 import pytest
 
 from gateway.tokens import sign
-from tests.better_auth_peer import BetterAuth, node_modules, stateless_client
+from tests.better_auth_peer import BetterAuth, ba_client, node_modules
 from tests.conftest import SECRET, eventually, install_triggers, wait_listening
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     import asyncpg
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 
     from tests.conftest import Server
 
-__all__ = ["node_modules"]  # a fixture, used by name
+__all__ = ["ba_client", "node_modules"]  # fixtures, used by name
 
 OLD_SECRET = "an-older-secret-that-was-rotated-out-0123456789"
 # Drizzle's generator: snake_case columns; usePlural: plural tables. Given to Better Auth as
@@ -178,13 +177,6 @@ def tampered(headers: dict[str, str], name: str) -> dict[str, str]:
         return m.group(1) + value[:at] + ("A" if value[at] != "A" else "B") + value[at + 1 :]
 
     return {"cookie": re.sub(rf"(^|; )({re.escape(name)}=[^;]+)", flip, headers["cookie"], count=1)}
-
-
-@pytest.fixture
-async def ba_client() -> AsyncIterator[httpx.AsyncClient]:
-    """A client that keeps no cookies: every request states the credential it sends."""
-    async with stateless_client() as c:
-        yield c
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.better_auth_peer import BetterAuth, node_modules, stateless_client
+from tests.better_auth_peer import BetterAuth, ba_client, node_modules
 from tests.conftest import eventually, install_triggers, wait_listening
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable
+    from collections.abc import Awaitable
     from pathlib import Path
 
     import asyncpg
@@ -27,15 +27,9 @@ if TYPE_CHECKING:
 
     from tests.conftest import Server
 
-__all__ = ["node_modules"]  # a fixture, used by name
+__all__ = ["ba_client", "node_modules"]  # fixtures, used by name
 
 DATA = "better-auth.session_data"
-
-
-@pytest.fixture
-async def plain_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with stateless_client() as c:
-        yield c
 
 
 def cookies_of(response: httpx.Response) -> dict[str, str]:
@@ -81,7 +75,7 @@ async def test_cookie_cache_strategies(
     database: str,
     bare_db: asyncpg.Connection,
     start_gateway: Any,
-    plain_client: httpx.AsyncClient,
+    ba_client: httpx.AsyncClient,
 ) -> None:
     options = cache_options(strategy)
     peer = BetterAuth(database, env={"OPTIONS": options, "PLUGINS": ""})
@@ -90,7 +84,7 @@ async def test_cookie_cache_strategies(
         gw = start_gateway(env)
         other_version = start_gateway(env | {"GATEWAY_COOKIE_CACHE_VERSION": "2"})
         # A name long enough to need more than one cookie: Better Auth splits past 4050 bytes.
-        big = await plain_client.post(
+        big = await ba_client.post(
             peer.url + "/api/auth/sign-up/email",
             json={"email": "long@example.com", "password": "correct-horse-battery-staple", "name": "N" * 6000},
             headers={"origin": peer.origin},
@@ -100,17 +94,17 @@ async def test_cookie_cache_strategies(
         assert DATA not in chunked
         assert f"{DATA}.0" in chunked
         assert f"{DATA}.1" in chunked
-        signup = await peer.sign_up(plain_client, "ada@example.com")
+        signup = await peer.sign_up(ba_client, "ada@example.com")
         cookies = cookies_of(signup)
         assert DATA in cookies
 
         for jar in (cookies, chunked):
-            queries, hits = await postgres_lookups(plain_client, gw), await cookie_cache_hits(plain_client, gw)
-            r = await plain_client.get(gw.url + "/validate", headers=header(jar))
+            queries, hits = await postgres_lookups(ba_client, gw), await cookie_cache_hits(ba_client, gw)
+            r = await ba_client.get(gw.url + "/validate", headers=header(jar))
             assert r.status_code == 200
             assert r.headers["x-auth-request-email"] in ("ada@example.com", "long@example.com")
-            await eventually(lambda h=hits: _more(cookie_cache_hits(plain_client, gw), h))  # counted (and flushed)
-            assert await postgres_lookups(plain_client, gw) == queries  # no query at all
+            await eventually(lambda h=hits: _more(cookie_cache_hits(ba_client, gw), h))  # counted (and flushed)
+            assert await postgres_lookups(ba_client, gw) == queries  # no query at all
 
         # Behind everyone's back (no triggers here): the sessions are gone from the database.
         await bare_db.execute('DELETE FROM "session"')
@@ -123,20 +117,20 @@ async def test_cookie_cache_strategies(
             "none": (without, False),
         }
         for case, (jar, accepted) in cases.items():
-            ours = await plain_client.get(gw.url + "/api/auth/get-session", headers=header(jar))
-            theirs = await plain_client.get(peer.url + "/api/auth/get-session", headers=header(jar))
+            ours = await ba_client.get(gw.url + "/api/auth/get-session", headers=header(jar))
+            theirs = await ba_client.get(peer.url + "/api/auth/get-session", headers=header(jar))
             assert (theirs.json() is not None) == accepted, f"{case}: Better Auth said {theirs.text}"
             assert ours.json() == theirs.json(), case
-            status = (await plain_client.get(gw.url + "/validate", headers=header(jar))).status_code
+            status = (await ba_client.get(gw.url + "/validate", headers=header(jar))).status_code
             assert status == (200 if accepted else 401), case
         # A cookie cache of another version is not trusted: the lookup finds nothing.
-        assert (await plain_client.get(other_version.url + "/validate", headers=header(cookies))).status_code == 401
+        assert (await ba_client.get(other_version.url + "/validate", headers=header(cookies))).status_code == 401
     finally:
         peer.stop()
 
 
 async def test_invalidation_shortens_the_cookie_cache_window(
-    node_modules: Path, database: str, start_gateway: Any, plain_client: httpx.AsyncClient
+    node_modules: Path, database: str, start_gateway: Any, ba_client: httpx.AsyncClient
 ) -> None:
     """A sign-out the gateway hears of is honoured at once, though the cookie would still pass."""
     options = cache_options("compact")
@@ -144,16 +138,14 @@ async def test_invalidation_shortens_the_cookie_cache_window(
     try:
         await install_triggers(database)
         gw = start_gateway({"DATABASE_URL": database, "GATEWAY_COOKIE_CACHE": "compact"})
-        await wait_listening(plain_client, gw)
-        cookies = cookies_of(await peer.sign_up(plain_client, "ada@example.com"))
-        assert (await plain_client.get(gw.url + "/validate", headers=header(cookies))).status_code == 200
-        out = await plain_client.post(
-            peer.url + "/api/auth/sign-out", headers=header(cookies) | {"origin": peer.origin}
-        )
+        await wait_listening(ba_client, gw)
+        cookies = cookies_of(await peer.sign_up(ba_client, "ada@example.com"))
+        assert (await ba_client.get(gw.url + "/validate", headers=header(cookies))).status_code == 200
+        out = await ba_client.post(peer.url + "/api/auth/sign-out", headers=header(cookies) | {"origin": peer.origin})
         assert out.status_code == 200
 
         async def refused() -> bool:
-            r = await plain_client.get(gw.url + "/validate", headers=header(cookies))
+            r = await ba_client.get(gw.url + "/validate", headers=header(cookies))
             return r.status_code == 401
 
         await eventually(refused, within=1)

@@ -17,22 +17,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.jwts import JwtVerifier
 from gateway.sessions import Reason
-from tests.better_auth_peer import BetterAuth, node_modules, stateless_client
+from tests.better_auth_peer import BetterAuth, ba_client, node_modules
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     import asyncpg
     import httpx
 
-__all__ = ["node_modules"]  # a fixture, used by name
-
-
-@pytest.fixture
-async def plain_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with stateless_client() as c:
-        yield c
+__all__ = ["ba_client", "node_modules"]  # fixtures, used by name
 
 
 def other_key(alg: str) -> Any:
@@ -53,7 +46,7 @@ async def test_jwt_plugin_tokens(
     database: str,
     bare_db: asyncpg.Connection,
     start_gateway: Any,
-    plain_client: httpx.AsyncClient,
+    ba_client: httpx.AsyncClient,
 ) -> None:
     plugins = {"bearer": {}, "jwt": {"jwks": {"keyPairConfig": {"alg": alg}, "disablePrivateKeyEncryption": True}}}
     peer = BetterAuth(database, env={"PLUGINS": json.dumps(plugins)})
@@ -62,26 +55,26 @@ async def test_jwt_plugin_tokens(
         if source == "url":
             env["GATEWAY_JWT_JWKS_URL"] = peer.url + "/api/auth/jwks"
         gw = start_gateway(env)
-        signup = await peer.sign_up(plain_client, "ada@example.com")
+        signup = await peer.sign_up(ba_client, "ada@example.com")
         user = signup.json()["user"]
         cookie = {"cookie": signup.headers["set-cookie"].split(";", 1)[0]}
-        issued = await plain_client.get(peer.url + "/api/auth/token", headers=cookie)
+        issued = await ba_client.get(peer.url + "/api/auth/token", headers=cookie)
         assert issued.status_code == 200
         token = issued.json()["token"]
         assert jwt.get_unverified_header(token)["alg"] == alg
 
         # Valid: the identity comes from the claims (the gateway knew no key before: a refetch).
-        r = await plain_client.get(gw.url + "/validate", headers={"authorization": f"Bearer {token}"})
+        r = await ba_client.get(gw.url + "/validate", headers={"authorization": f"Bearer {token}"})
         assert r.status_code == 200
         assert r.headers["x-auth-request-user"] == user["id"]
         assert r.headers["x-auth-request-email"] == "ada@example.com"
-        body = (await plain_client.post(gw.url + "/v1/validate", json={"token": token})).json()
+        body = (await ba_client.post(gw.url + "/v1/validate", json={"token": token})).json()
         assert body["user"]["id"] == user["id"]
         assert body["user"]["email"] == "ada@example.com"
         assert body["session"] is None
         # Better Auth's get-session takes no JWT: neither does the gateway's.
         for url in (gw.url, peer.url):
-            got = await plain_client.get(url + "/api/auth/get-session", headers={"authorization": f"Bearer {token}"})
+            got = await ba_client.get(url + "/api/auth/get-session", headers={"authorization": f"Bearer {token}"})
             assert got.json() is None
 
         # Forgeries, made with the plugin's own private key (stored unencrypted here) or another.
@@ -101,11 +94,11 @@ async def test_jwt_plugin_tokens(
             "unknown kid": signed({}, key_id="not-a-key"),
             "tampered claims": token.split(".")[0] + "." + _swap_sub(token) + "." + token.split(".")[2],
         }
-        r = await plain_client.get(gw.url + "/validate", headers={"authorization": f"Bearer {signed({})}"})
+        r = await ba_client.get(gw.url + "/validate", headers={"authorization": f"Bearer {signed({})}"})
         assert r.status_code == 200  # the forger's tools are sound: the real key and claims pass
         reasons = {"expired": "expired", "another audience": "invalid_jwt", "another issuer": "invalid_jwt"}
         for case, value in forged.items():
-            r = await plain_client.get(gw.url + "/validate", headers={"authorization": f"Bearer {value}"})
+            r = await ba_client.get(gw.url + "/validate", headers={"authorization": f"Bearer {value}"})
             assert r.status_code == 401, case
             assert r.headers["x-auth-reason"] == reasons.get(case, "bad_signature"), case
     finally:

@@ -16,22 +16,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio as redis
 
-from tests.better_auth_peer import BetterAuth, node_modules, stateless_client
+from tests.better_auth_peer import BetterAuth, ba_client, node_modules
 from tests.conftest import RedisServer, eventually, statuses
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     import httpx
 
-__all__ = ["node_modules"]  # a fixture, used by name
-
-
-@pytest.fixture
-async def plain_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with stateless_client() as c:
-        yield c
+__all__ = ["ba_client", "node_modules"]  # fixtures, used by name
 
 
 @pytest.mark.parametrize(
@@ -46,7 +39,7 @@ async def test_sessions_in_better_auths_redis(
     database: str,
     tmp_path: Path,
     start_gateway: Any,
-    plain_client: httpx.AsyncClient,
+    ba_client: httpx.AsyncClient,
 ) -> None:
     server = RedisServer(tmp_path, *(["--notify-keyspace-events", "KEA"] if notifications else []))
     peer = None
@@ -61,22 +54,22 @@ async def test_sessions_in_better_auths_redis(
         within = 0.2 if notifications else 1.5  # the LRU keeps a session 1 s at most without them
 
         async def agree(headers: dict[str, str], *, valid: bool) -> None:
-            ours = await plain_client.get(gw.url + "/api/auth/get-session", headers=headers)
-            theirs = await plain_client.get(peer.url + "/api/auth/get-session", headers=headers)
+            ours = await ba_client.get(gw.url + "/api/auth/get-session", headers=headers)
+            theirs = await ba_client.get(peer.url + "/api/auth/get-session", headers=headers)
             assert (theirs.json() is not None) == valid, theirs.text
             assert ours.json() == theirs.json()
 
         async def refused(headers: dict[str, str]) -> bool:
             return await statuses(gw.url, headers, n=8) == {401}
 
-        ada = await peer.sign_up(plain_client, "ada@example.com")
+        ada = await peer.sign_up(ba_client, "ada@example.com")
         ada_cookie = {"cookie": ada.headers["set-cookie"].split(";", 1)[0]}
         token = ada.json()["token"]
         assert await store.get(prefix + token) is not None  # Better Auth wrote it there, as expected
         await agree(ada_cookie, valid=True)
         assert await statuses(gw.url, ada_cookie) == {200}  # and now it is in every worker's LRU
 
-        out = await plain_client.post(peer.url + "/api/auth/sign-out", headers=ada_cookie | {"origin": peer.origin})
+        out = await ba_client.post(peer.url + "/api/auth/sign-out", headers=ada_cookie | {"origin": peer.origin})
         assert out.status_code == 200
         signed_out = time.monotonic()
         await eventually(lambda: refused(ada_cookie), within=within)
@@ -84,14 +77,12 @@ async def test_sessions_in_better_auths_redis(
         await agree(ada_cookie, valid=False)
 
         # Bulk revocation: Better Auth writes revoked-sessions-before-<userId>, then deletes the keys.
-        bob = await peer.sign_up(plain_client, "bob@example.com")
+        bob = await peer.sign_up(ba_client, "bob@example.com")
         bob_cookie = {"cookie": bob.headers["set-cookie"].split(";", 1)[0]}
         bob_key = prefix + bob.json()["token"]
         stale = await store.get(bob_key)
         assert await statuses(gw.url, bob_cookie) == {200}
-        r = await plain_client.post(
-            peer.url + "/api/auth/revoke-sessions", headers=bob_cookie | {"origin": peer.origin}
-        )
+        r = await ba_client.post(peer.url + "/api/auth/revoke-sessions", headers=bob_cookie | {"origin": peer.origin})
         assert r.status_code == 200
         await eventually(lambda: refused(bob_cookie), within=within)
         # A copy of the revoked session written back (a lagging replica, a race) is still refused:
