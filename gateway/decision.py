@@ -55,23 +55,21 @@ class Decider:
         """
         if credential is None:
             return Verdict(Reason.no_credentials)
-        if (
-            allow_jwt
-            and self.jwts is not None
-            and credential.kind is not Kind.cookie
-            and looks_like_jwt(credential.value)
-        ):
+        if allow_jwt and self._jwt(credential):
             return await self._from_jwt(credential.value)
         entry = self.tiers.cached(credential.key)
         if entry is not None:
             return Verdict(Reason.ok, entry.session)
-        if self.tiers.known_absent(credential.key):
+        # Better Auth reads its cookie cache before its store: a session it vouches for counts
+        # even when a lookup found none a moment ago.
+        cached = credential.cached if self.cookie_cache is not None else None
+        if cached is None and self.tiers.known_absent(credential.key):
             return Verdict(Reason.unknown_session)
         token = self.verifier.token(credential)
         if isinstance(token, Reason):
             return Verdict(token)
-        if credential.cached is not None and self.cookie_cache is not None:
-            verdict = self._from_cookie_cache(credential.cached, token)
+        if cached is not None:
+            verdict = self._from_cookie_cache(cached, token)
             if verdict is not None:
                 return verdict
         return await self._look_up(credential.key, token)
