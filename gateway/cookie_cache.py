@@ -96,8 +96,8 @@ class CookieCache:
         """The session ``value`` vouches for, if Better Auth would accept it for ``token``; else ``None``."""
         try:
             payload = self._payload(value)
-        except (ValueError, KeyError, TypeError, IndexError, binascii.Error, UnicodeDecodeError):
-            return None
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError, binascii.Error):
+            return None  # whatever a forged value is made of, it vouches for nothing
         if not isinstance(payload, dict):
             return None
         session, user = payload.get("session"), payload.get("user")

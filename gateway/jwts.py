@@ -88,7 +88,7 @@ class JwtVerifier:
         """The identity a JWT carries, or why it is refused."""
         try:
             kid = jwt.get_unverified_header(token).get("kid")
-        except jwt.InvalidTokenError:
+        except (jwt.InvalidTokenError, ValueError, TypeError, AttributeError):
             return Reason.malformed
         key = (self._keys.get(kid) or await self._key_after_refetch(kid)) if isinstance(kid, str) else None
         if key is None:
@@ -116,7 +116,7 @@ class JwtVerifier:
             return Reason.expired
         except jwt.InvalidSignatureError:
             return Reason.bad_signature
-        except jwt.InvalidTokenError:
+        except (jwt.InvalidTokenError, ValueError, TypeError, KeyError):
             return Reason.invalid_jwt
 
     async def _key_after_refetch(self, kid: str) -> jwt.PyJWK | None:

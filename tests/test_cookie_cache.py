@@ -9,12 +9,16 @@ tampered, foreign-version or missing one.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from gateway.cookie_cache import CookieCache
 from tests.better_auth_peer import BetterAuth, ba_client, node_modules
 from tests.conftest import eventually, install_triggers, wait_listening
 
@@ -25,6 +29,7 @@ if TYPE_CHECKING:
     import asyncpg
     import httpx
 
+    from gateway.cookie_cache import Strategy
     from tests.conftest import Server
 
 __all__ = ["ba_client", "node_modules"]  # fixtures, used by name
@@ -152,3 +157,20 @@ async def test_invalidation_shortens_the_cookie_cache_window(
         await eventually(refused, within=1)
     finally:
         peer.stop()
+
+
+@pytest.mark.parametrize("strategy", ["compact", "jwt", "jwe"])
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(
+        st.text(max_size=300),
+        st.builds(lambda t: base64.urlsafe_b64encode(t.encode()).decode().rstrip("="), st.text(max_size=200)),
+        st.builds(".".join, st.lists(st.text("eyJA-_.=", max_size=40), min_size=1, max_size=6)),
+        st.just(base64.urlsafe_b64encode(b'{"session":' + b"[" * 5000).decode()),
+        st.just(base64.urlsafe_b64encode(b'["not", "an object"]').decode() + ".e30.sig"),
+    )
+)
+def test_cookie_cache_never_raises_on_forged_values(strategy: Strategy, value: str) -> None:
+    """Whatever a cookie holds, opening it answers: a session only for a real one, else ``None``."""
+    cache = CookieCache(strategy, ("a-secret-long-enough-for-the-gateway-0123456789",))
+    assert cache.open(value, "a" * 32) is None
