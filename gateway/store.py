@@ -241,17 +241,31 @@ def epoch(value: Any) -> float:
     raise TypeError(msg)
 
 
+def iso_string(value: dt.datetime) -> str:
+    """JavaScript's ``toISOString()``: UTC, milliseconds (truncated), ``Z``; naive values are UTC.
+
+    msgspec writes RFC 3339 six times faster than ``isoformat``: the seconds, then six digits of
+    fraction when there is one, then ``Z`` for UTC.
+    """
+    if value.tzinfo is not None and value.tzinfo is not _UTC:
+        value = value.astimezone(_UTC)
+    text: str = msgspec.to_builtins(value)
+    return text[:19] + (text[19:23] if value.microsecond else ".000") + "Z"
+
+
+# Column values Better Auth's JSON shows as they are; checked by exact type first (the hot case).
+_AS_IS = frozenset({str, bool, int, float, dict, list, type(None)})
+
+
 def json_value(value: Any) -> Any:
     """Render a column value as Better Auth's JSON does (dates as JavaScript ``toISOString()``)."""
+    kind = type(value)
+    if kind in _AS_IS:
+        return value
     if isinstance(value, dt.datetime):
-        value = value.astimezone(_UTC) if value.tzinfo else value
-        # toISOString(): milliseconds, truncated (JavaScript Dates have no finer resolution).
-        return (
-            f"{value.year:04d}-{value.month:02d}-{value.day:02d}T{value.hour:02d}:{value.minute:02d}:"
-            f"{value.second:02d}.{value.microsecond // 1000:03d}Z"
-        )
+        return iso_string(value)
     if isinstance(value, dt.date):
         return value.isoformat()
-    if value is None or isinstance(value, str | bool | int | float | dict | list):
+    if isinstance(value, str | bool | int | float | dict | list):  # subclasses
         return value
     return str(value)  # uuid, numeric, inet: their text form

@@ -12,12 +12,15 @@ from typing import Any
 
 import asyncpg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import seed
 from gateway.config import load_settings
 from gateway.errors import StoreUnavailable
 from gateway.resources import Resources, open_resources
 from gateway.sessions import Reason
+from gateway.store import iso_string, json_value
 from gateway.tokens import header_credential, sign
 from tests.conftest import SECRET, free_port
 
@@ -225,3 +228,22 @@ async def test_ban_without_expiry_is_forever(db: asyncpg.Connection, gateway: Op
         session = await res.store.fetch(token)
     assert session is not None
     assert math.isinf(session.banned_until)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    moment=st.datetimes(
+        min_value=dt.datetime(1, 1, 2),  # noqa: DTZ001  (hypothesis bounds are naive)
+        max_value=dt.datetime(9999, 12, 30),  # noqa: DTZ001
+        timezones=st.sampled_from([None, dt.UTC, dt.timezone(dt.timedelta(hours=5, minutes=30))]),
+    )
+)
+def test_dates_render_as_javascripts_to_iso_string(moment: dt.datetime) -> None:
+    """Dates render as ``new Date(...).toISOString()``: UTC, milliseconds truncated, ``Z``."""
+    utc = moment.astimezone(dt.UTC) if moment.tzinfo else moment
+    expected = (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
+        f".{utc.microsecond // 1000:03d}Z"
+    )
+    assert iso_string(moment) == expected
+    assert json_value(moment) == expected
