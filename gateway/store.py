@@ -157,7 +157,10 @@ class Store:
         async def run() -> T:
             async with self._pool_or_raise().acquire() as conn:
                 held.append(conn)
-                return await work(conn)
+                try:
+                    return await work(conn)
+                finally:
+                    held.clear()  # the work is over: from here the pool owns the connection again
 
         task = asyncio.ensure_future(run())
         try:
