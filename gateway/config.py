@@ -92,6 +92,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_table: str = ""
     user_fields: dict[str, str] = {}
     session_fields: dict[str, str] = {}
+    # Columns Better Auth does not return (not in its schema, or additionalFields with
+    # returned: false): left out of every answer, as Better Auth leaves them out.
+    user_hidden_fields: str = ""
+    session_hidden_fields: str = ""
     token_field: Literal["token", "id"] = "token"  # noqa: S105  (a column name) — "id": the legacy schema (Better Auth < 1.0)
 
     # In-process cache; negative entries remember unknown tokens briefly.
@@ -273,6 +277,7 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
         if value and not _IDENTIFIER.match(value)
     )
     problems.extend(_check_credentials(s))
+    problems.extend(_check_hidden(s))
     problems.extend(_check_numbers(s))
     return problems
 
@@ -292,6 +297,25 @@ def _check_stores(s: Settings, need: frozenset[str]) -> list[str]:
         problems.append("GATEWAY_SECONDARY_STORAGE_URL: Redis Cluster is not supported (one server, or Sentinel)")
     if secondary is not None and s.redis_url is not None:
         problems.append("REDIS_URL: not used with GATEWAY_SECONDARY_STORAGE_URL (Better Auth's Redis is the store)")
+    return problems
+
+
+# Fields the gateway itself needs: they can't be hidden.
+_NEEDED = {
+    "GATEWAY_SESSION_HIDDEN_FIELDS": {"id", "userId", "expiresAt", "token"},
+    "GATEWAY_USER_HIDDEN_FIELDS": {"id", "banned", "banExpires"},
+}
+
+
+def _check_hidden(s: Settings) -> list[str]:
+    problems = []
+    for var, text in (
+        ("GATEWAY_SESSION_HIDDEN_FIELDS", s.session_hidden_fields),
+        ("GATEWAY_USER_HIDDEN_FIELDS", s.user_hidden_fields),
+    ):
+        needed = sorted(_NEEDED[var] & {f.strip() for f in text.split(",")})
+        if needed:
+            problems.append(f"{var}: the gateway needs {', '.join(needed)}; they can't be hidden")
     return problems
 
 

@@ -48,6 +48,7 @@ class Table(NamedTuple):
     bare: str  # the unquoted table name, for the catalogue
     overrides: dict[str, str]  # field -> column, from settings
     snake_case: bool
+    hidden: frozenset[str] = frozenset()  # fields Better Auth does not return (never read)
 
     def column(self, field: str) -> str:
         """The column holding ``field``."""
@@ -78,16 +79,21 @@ def mapping_from(settings: Settings) -> Mapping:
     suffix = "s" if settings.use_plural else ""
     prefix = quote(settings.db_schema) + "." if settings.db_schema else ""
 
-    def table(override: str, default: str, fields: dict[str, str]) -> Table:
+    def table(override: str, default: str, fields: dict[str, str], hidden: str) -> Table:
         bare = override or default + suffix
-        return Table(prefix + quote(bare), bare, fields, snake_case)
+        return Table(prefix + quote(bare), bare, fields, snake_case, field_names(hidden))
 
     return Mapping(
         settings.db_schema,
-        table(settings.session_table, "session", settings.session_fields),
-        table(settings.user_table, "user", settings.user_fields),
+        table(settings.session_table, "session", settings.session_fields, settings.session_hidden_fields),
+        table(settings.user_table, "user", settings.user_fields, settings.user_hidden_fields),
         settings.token_field,
     )
+
+
+def field_names(text: str) -> frozenset[str]:
+    """A comma-separated list of field names, as a set."""
+    return frozenset(name.strip() for name in text.split(",") if name.strip())
 
 
 class Query(NamedTuple):
@@ -114,15 +120,17 @@ def build_query(m: Mapping, session_columns: list[str], user_columns: list[str])
     _require(s, session_columns, (*SESSION_REQUIRED, m.token_field), "GATEWAY_SESSION_FIELDS")
     _require(u, user_columns, USER_REQUIRED, "GATEWAY_USER_FIELDS")
     token_col = s.column(m.token_field)
-    # The token never enters a cached value: it is left out of the session's fields.
-    s_cols = [c for c in session_columns if c != token_col]
-    select = ", ".join([f"s.{quote(c)}" for c in s_cols] + [f"u.{quote(c)}" for c in user_columns])
+    # The token never enters a cached value: it is left out of the session's fields; so are the
+    # fields configured hidden (columns Better Auth does not return).
+    s_cols = [c for c in session_columns if c != token_col and s.field(c) not in s.hidden]
+    u_cols = [c for c in user_columns if u.field(c) not in u.hidden]
+    select = ", ".join([f"s.{quote(c)}" for c in s_cols] + [f"u.{quote(c)}" for c in u_cols])
     join = f"FROM {s.name} AS s JOIN {u.name} AS u ON u.{quote(u.column('id'))} = s.{quote(s.column('userId'))}"
     return Query(
         sql=f"SELECT {select} {join} WHERE s.{quote(token_col)} = $1",
         batch_sql=f"SELECT s.{quote(token_col)}, {select} {join} WHERE s.{quote(token_col)} = ANY($1::text[])",
         session_fields=tuple(s.field(c) for c in s_cols),
-        user_fields=tuple(u.field(c) for c in user_columns),
+        user_fields=tuple(u.field(c) for c in u_cols),
     )
 
 

@@ -66,6 +66,8 @@ class Config:
     user_table: str = "user"
     expires_column: str = "expiresAt"
     user_id_column: str = "userId"
+    # SQL run once Better Auth has migrated, before the gateway starts.
+    setup_sql: tuple[str, ...] = ()
     # Whether Better Auth reads sessions from the database (not from its secondaryStorage first).
     reads_database: bool = True
     # Setting overrides for installing the triggers on this layout.
@@ -107,6 +109,13 @@ CONFIGS = {
     "BETTER_AUTH_SECRETS rotation": Config(
         better_auth_env={"BETTER_AUTH_SECRET": "", "BETTER_AUTH_SECRETS": f"2:{SECRET},1:{OLD_SECRET}"},
         gateway={"BETTER_AUTH_SECRETS": f"2:{SECRET},1:{OLD_SECRET}"},
+    ),
+    "columns Better Auth does not return": Config(
+        setup_sql=(
+            """ALTER TABLE "user" ADD COLUMN "internalNote" text DEFAULT 'not for clients'""",
+            """ALTER TABLE "session" ADD COLUMN "legacyFlag" boolean DEFAULT true""",
+        ),
+        gateway={"GATEWAY_USER_HIDDEN_FIELDS": "internalNote", "GATEWAY_SESSION_HIDDEN_FIELDS": "legacyFlag"},
     ),
     "storeSessionInDatabase + preserveSessionInDatabase": Config(
         options={"session": {"storeSessionInDatabase": True, "preserveSessionInDatabase": True}},
@@ -193,6 +202,8 @@ async def test_gateway_answers_as_better_auth(
     env = {"OPTIONS": _json(config.options), "PLUGINS": _json(plugins)} | config.better_auth_env
     better_auth = BetterAuth(database, config.scheme, env)
     try:
+        for sql in config.setup_sql:
+            await bare_db.execute(sql)
         await install_triggers(database, **config.triggers)
         gateway = start_gateway({"DATABASE_URL": database} | config.gateway)
         await wait_listening(ba_client, gateway)

@@ -104,3 +104,32 @@ def test_weak_secrets_refused_unless_allowed(secret: str) -> None:
         load_settings(BASE | {"BETTER_AUTH_SECRETS": f"2:{'n' * 32},1:{secret}"})
     allowed = load_settings(BASE | {"BETTER_AUTH_SECRET": secret, "GATEWAY_ALLOW_WEAK_SECRET": "true"})
     assert allowed.secret.reveal() == secret
+
+
+def test_new_modes_are_checked_too() -> None:
+    """Secondary storage, the JWT plugin and hidden fields: each misuse named by its variable."""
+    base = {"BETTER_AUTH_SECRET": "s" * 40}
+    secondary = load_settings(base | {"GATEWAY_SECONDARY_STORAGE_URL": "redis://r:6379/0"})
+    assert secondary.database_url is None  # Better Auth's Redis is the store: no Postgres needed
+    assert "r:6379" in str(describe(secondary)["secondary_storage_url"])
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            base
+            | {
+                "DATABASE_URL": "postgresql://db/app",
+                "REDIS_URL": "redis://r",
+                "GATEWAY_SECONDARY_STORAGE_URL": "redis+cluster://a:1,b:2",
+                "GATEWAY_JWT_ISSUER": "https://app.example",
+                "GATEWAY_USER_HIDDEN_FIELDS": "internalNote,banned",
+                "GATEWAY_SESSION_HIDDEN_FIELDS": "expiresAt",
+            }
+        )
+    text = str(info.value)
+    for name in (
+        "REDIS_URL: not used",
+        "Redis Cluster is not supported",
+        "GATEWAY_JWT_AUDIENCE",
+        "GATEWAY_USER_HIDDEN_FIELDS: the gateway needs banned",
+        "GATEWAY_SESSION_HIDDEN_FIELDS: the gateway needs expiresAt",
+    ):
+        assert name in text
