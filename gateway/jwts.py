@@ -17,6 +17,7 @@ once per ``refetch_s`` so that forged ``kid`` values cannot turn into a flood of
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import logging
 import time
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
 
+from gateway.errors import BackendUnavailable
 from gateway.sessions import Reason, Session
 
 if TYPE_CHECKING:
@@ -54,8 +56,9 @@ def endpoint_keys(url: str, timeout_s: float) -> KeySource:
 
     def fetch() -> list[dict[str, Any]]:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310  (configured URL)
-            keys = json.load(response).get("keys", [])
-        return [k for k in keys if isinstance(k, dict)]
+            body = json.load(response)
+        keys = body.get("keys") if isinstance(body, dict) else None
+        return [k for k in keys if isinstance(k, dict)] if isinstance(keys, list) else []
 
     async def load() -> list[dict[str, Any]]:
         return await asyncio.to_thread(fetch)
@@ -133,14 +136,15 @@ class JwtVerifier:
     async def _refetch(self) -> None:
         try:
             found = await self._source()
-        except Exception as exc:  # noqa: BLE001  (keep the keys we have; say why)
+        except (OSError, ValueError, TypeError, KeyError, http.client.HTTPException, BackendUnavailable) as exc:
+            # The table or the endpoint could not be read: keep the keys we have, and say why.
             log.warning("could not fetch the JWT plugin's public keys: %s", exc)
             return
         keys = {}
         for data in found:
             try:
                 key = jwt.PyJWK(data)
-            except jwt.PyJWKError as exc:
+            except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:  # a key it cannot use
                 log.warning("ignored a public key (kid %s): %s", data.get("kid"), exc)
                 continue
             if key.algorithm_name in ALGORITHMS and isinstance(data.get("kid"), str):

@@ -129,3 +129,26 @@ async def test_unknown_kids_cannot_force_a_fetch_each() -> None:
         )
         assert await verifier.verify(forged) is Reason.bad_signature
     assert fetches == 1
+
+
+async def test_unusable_keys_and_sources_are_skipped_not_fatal() -> None:
+    """A malformed key beside a good one is ignored; a source that fails keeps the keys already known."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    good = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key())) | {"kid": "good", "alg": "EdDSA"}
+    answers: list[Any] = [[{"kty": "OKP", "crv": "Ed25519", "x": "!!", "kid": "bad"}, good], OSError("down")]
+
+    async def source() -> list[dict[str, Any]]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    verifier = JwtVerifier(source, audience="https://app.example", refetch_s=0.0)
+    claims = {"sub": "u1", "aud": "https://app.example", "exp": time.time() + 60}
+    token = jwt.encode(claims, key, "EdDSA", {"kid": "good"})
+    session = await verifier.verify(token)
+    assert not isinstance(session, Reason)
+    assert session.user_id == "u1"
+    # The next unknown kid refetches, the source fails: the good key stays.
+    assert await verifier.verify(jwt.encode(claims, key, "EdDSA", {"kid": "other"})) is Reason.bad_signature
+    assert await verifier.verify(token) is not Reason.bad_signature
