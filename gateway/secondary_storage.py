@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import StoreUnavailable
 from gateway.redis_tier import FAILURES
-from gateway.sessions import Session
+from gateway.sessions import Session, iso_epoch
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -66,7 +65,7 @@ class SecondaryStorage:
         for token, value in found.items():
             session, user = value["session"], value["user"]
             cutoff = before.get(str(user.get("id")))
-            if cutoff is not None and _epoch(session.get("createdAt")) * 1000 < cutoff:
+            if cutoff is not None and _created_ms(session) < cutoff:
                 continue  # revoked in bulk after it was created
             with contextlib.suppress(ValueError):
                 sessions[token] = Session.from_better_auth(session, user)
@@ -164,9 +163,10 @@ def _parse(raw: object) -> dict[str, Any] | None:
     return value if isinstance(value.get("user"), dict) else None
 
 
-def _epoch(value: object) -> float:
+def _created_ms(session: dict[str, Any]) -> float:
+    """``createdAt`` in milliseconds; NaN when unreadable, which no cutoff is after (as in JavaScript)."""
     try:
-        return dt.datetime.fromisoformat(str(value)).timestamp()
+        return iso_epoch(session.get("createdAt")) * 1000
     except ValueError:
         return math.nan
 

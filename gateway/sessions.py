@@ -51,9 +51,9 @@ class Session(msgspec.Struct, frozen=True, gc=False):
         banned_until = 0.0
         if user.get("banned") is True:
             ban_expires = user.get("banExpires")
-            banned_until = math.inf if ban_expires is None else _iso_epoch(ban_expires)
+            banned_until = math.inf if ban_expires is None else iso_epoch(ban_expires)
         return cls(
-            expires_at=_iso_epoch(session.get("expiresAt")),
+            expires_at=iso_epoch(session.get("expiresAt")),
             banned_until=banned_until,
             session={k: v for k, v in session.items() if k != "token"},
             user=user,
@@ -70,7 +70,8 @@ class Session(msgspec.Struct, frozen=True, gc=False):
         return str(self.session["id"])
 
 
-def _iso_epoch(value: object) -> float:
+def iso_epoch(value: object) -> float:
+    """Seconds since the epoch of one of Better Auth's ISO dates; ``ValueError`` if it is none."""
     if not isinstance(value, str):
         msg = f"not an ISO date: {value!r}"
         raise ValueError(msg)  # noqa: TRY004  (bad data, reported as such)
