@@ -15,12 +15,10 @@ cookie for ``maxAge`` afterwards.
 from __future__ import annotations
 
 import base64
-import binascii
 import calendar
 import datetime as dt
 import hashlib
 import hmac
-import json
 import math
 import re
 import time
@@ -30,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway import strict_json
 from gateway.sessions import Session
 from gateway.tokens import cookie_pairs, decode_uri_component
 
@@ -38,7 +37,9 @@ if TYPE_CHECKING:
 
 Strategy = Literal["compact", "jwt", "jwe"]
 _MAX_CHUNKS = 100  # Better Auth skips the cache rather than write more
+_MAX_INDEX_DIGITS = 4
 _COMPACT_HEAD = '{"session":'
+_JSON_WHITESPACE = " \t\n\r"
 _JWE_TOLERANCE_S = 15  # Better Auth's decrypt tolerance (crypto/jwt.ts)
 _JWE_SALT = b"better-auth-session"
 _JWE_INFO = b"BetterAuth.js Generated Encryption Key"
@@ -64,14 +65,20 @@ def data_cookie(header: str, names: tuple[str, ...]) -> str | None:
             return decode_uri_component(found[name]) if "%" in found[name] else found[name]
     for name in names:
         prefix = name + "."
-        chunks = sorted(
-            (int(key[len(prefix) :]), value)
-            for key, value in found.items()
-            if key.startswith(prefix) and key[len(prefix) :].isdigit()
-        )
+        chunks = sorted((int(key[len(prefix) :]), value) for key, value in found.items() if _chunk_index(key, prefix))
         if chunks and len(chunks) <= _MAX_CHUNKS:
             return "".join(decode_uri_component(v) if "%" in v else v for _, v in chunks)
     return None
+
+
+def _chunk_index(name: str, prefix: str) -> bool:
+    """Whether ``name`` is ``<prefix><index>``, with an index ``int`` can read.
+
+    ASCII digits only (``"²".isdigit()`` is true, but ``int("²")`` raises), and few of them
+    (``int`` refuses more than 4300).
+    """
+    index = name[len(prefix) :]
+    return name.startswith(prefix) and 0 < len(index) <= _MAX_INDEX_DIGITS and index.isascii() and index.isdigit()
 
 
 class CookieCache:
@@ -96,8 +103,10 @@ class CookieCache:
         """The session ``value`` vouches for, if Better Auth would accept it for ``token``; else ``None``."""
         try:
             payload = self._payload(value)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError, binascii.Error):
-            return None  # whatever a forged value is made of, it vouches for nothing
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError, OverflowError):
+            # Whatever a forged value is made of, it vouches for nothing (UnicodeError and
+            # binascii.Error are ValueErrors; OverflowError: a number too big for a float).
+            return None
         if not isinstance(payload, dict):
             return None
         session, user = payload.get("session"), payload.get("user")
@@ -109,7 +118,7 @@ class CookieCache:
             return None
         try:
             found = Session.from_better_auth(session, user)
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
         return found if found.expires_at >= self._clock() else None
 
@@ -121,39 +130,47 @@ class CookieCache:
         return self._jwe(value)
 
     def _compact(self, value: str) -> Any:
-        """``base64url(JSON {session: P, expiresAt, signature})``, signed over P's JSON plus expiresAt."""
+        """``base64url(JSON {session: P, expiresAt, signature})``, signed over P's JSON plus expiresAt.
+
+        The signed text is P exactly as JavaScript serialised it, so it is taken from the raw
+        JSON, and the session used is parsed from those very characters: the rest of the object
+        is parsed apart from them, and neither may hold a duplicate key (a second ``"session"``
+        after P would otherwise be the one a later reading uses).
+        """
         raw = b64url_decode(value).decode()
         if not raw.startswith(_COMPACT_HEAD):
             return None
-        outer = json.loads(raw)
-        # The signed text is P exactly as JavaScript serialised it: take it from the raw JSON.
-        _, end = json.JSONDecoder().raw_decode(raw, len(_COMPACT_HEAD))
-        expires = outer["expiresAt"]
-        if not isinstance(expires, int | float) or isinstance(expires, bool):
+        session, end = strict_json.raw_decode(raw, len(_COMPACT_HEAD))
+        tail = raw[end:].lstrip(_JSON_WHITESPACE)
+        if tail[:1] != ",":
+            return None
+        rest = strict_json.loads("{" + tail[1:])  # the other members, parsed once
+        expires = rest["expiresAt"]
+        if "session" in rest or not isinstance(expires, int | float) or isinstance(expires, bool):
             return None
         signed = raw[len(_COMPACT_HEAD) : end][:-1] + ',"expiresAt":' + _js_number(expires) + "}"
         expected = hmac.digest(self._current, signed.encode(), "sha256")
-        if not hmac.compare_digest(b64url_decode(outer["signature"]), expected):
+        if not hmac.compare_digest(b64url_decode(rest["signature"]), expected):
             return None
-        if expires < self._clock() * 1000 or _rewritten_by_javascript(outer["session"]):
+        if expires < self._clock() * 1000 or _rewritten_by_javascript(session):
             return None
-        return outer["session"]
+        return session
 
     def _jwt(self, value: str) -> Any:
         """A JWS, HS256 with the current secret; ``exp`` with no tolerance."""
         head, body, signature = value.split(".")
-        if json.loads(b64url_decode(head)).get("alg") != "HS256":
+        if strict_json.loads(b64url_decode(head)).get("alg") != "HS256":
             return None
         expected = hmac.digest(self._current, f"{head}.{body}".encode(), "sha256")
         if not hmac.compare_digest(b64url_decode(signature), expected):
             return None
-        claims = json.loads(b64url_decode(body))
+        claims = strict_json.loads(b64url_decode(body))
         return claims if _number(claims.get("exp")) > self._clock() else None
 
     def _jwe(self, value: str) -> Any:
         """A compact JWE, ``dir`` + ``A256CBC-HS512`` (RFC 7518 §5.2), keyed from the secrets."""
         head, encrypted_key, iv, ciphertext, tag = value.split(".")
-        header = json.loads(b64url_decode(head))
+        header = strict_json.loads(b64url_decode(head))
         if header.get("alg") != "dir" or header.get("enc") != "A256CBC-HS512" or encrypted_key:
             return None
         keys = [self._jwe_keys[header["kid"]]] if "kid" in header and header["kid"] in self._jwe_keys else []
@@ -168,7 +185,7 @@ class CookieCache:
             decryptor = Cipher(algorithms.AES(enc_key), modes.CBC(iv_bytes)).decryptor()
             unpadder = padding.PKCS7(128).unpadder()
             padded = decryptor.update(cipher_bytes) + decryptor.finalize()
-            claims = json.loads(unpadder.update(padded) + unpadder.finalize())
+            claims = strict_json.loads(unpadder.update(padded) + unpadder.finalize())
             return claims if _number(claims.get("exp")) > self._clock() - _JWE_TOLERANCE_S else None
         return None
 

@@ -25,7 +25,9 @@ import urllib.request
 from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
+import jwt.utils
 
+from gateway import strict_json
 from gateway.errors import BackendUnavailable
 from gateway.sessions import Reason, Session
 
@@ -41,6 +43,28 @@ _REGISTERED = frozenset({"iat", "exp", "nbf", "iss", "aud", "sub", "jti"})
 def looks_like_jwt(value: str) -> bool:
     """Three dot-separated parts with a JSON header: never a Better Auth session token."""
     return value.startswith("eyJ") and value.count(".") == 2  # noqa: PLR2004
+
+
+class _StrictJWT(jwt.PyJWT):
+    """PyJWT, but claims with a duplicate key are refused (``strict_json``), not read as the last."""
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        try:
+            claims = strict_json.loads(decoded["payload"])
+        except (ValueError, RecursionError) as exc:
+            raise jwt.DecodeError(str(exc)) from exc
+        if not isinstance(claims, dict):
+            msg = "the claims are not a JSON object"
+            raise jwt.DecodeError(msg)
+        return claims
+
+
+_JWT = _StrictJWT()
+
+
+def _header(token: str) -> Any:
+    """The JOSE header, refused if ambiguous: PyJWT reads the same bytes again, with no other reading."""
+    return strict_json.loads(jwt.utils.base64url_decode(token.partition(".")[0]))
 
 
 class KeySource(Protocol):
@@ -90,8 +114,8 @@ class JwtVerifier:
     async def verify(self, token: str) -> Session | Reason:
         """The identity a JWT carries, or why it is refused."""
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
-        except (jwt.InvalidTokenError, ValueError, TypeError, AttributeError):
+            kid = _header(token).get("kid")
+        except (jwt.InvalidTokenError, ValueError, TypeError, AttributeError, RecursionError):
             return Reason.malformed
         key = (self._keys.get(kid) or await self._key_after_refetch(kid)) if isinstance(kid, str) else None
         if key is None:
@@ -107,7 +131,7 @@ class JwtVerifier:
 
     def _claims(self, token: str, key: jwt.PyJWK) -> dict[str, Any] | Reason:
         try:
-            return jwt.decode(
+            return _JWT.decode(
                 token,
                 key,
                 algorithms=[key.algorithm_name],

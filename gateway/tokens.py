@@ -19,7 +19,6 @@ gateway never falls through to the next one.
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 import functools
 import hmac
@@ -182,8 +181,10 @@ class Verifier:
         if len(signature) != _SIGNATURE_LENGTH or signature[-1] != "=" or not self.plausible(token):
             return Reason.malformed
         try:
+            # A str with a non-ASCII character makes b64decode raise a plain ValueError (of
+            # which binascii.Error, for a bad alphabet or padding, is a subclass).
             given = base64.b64decode(signature, validate=True)
-        except binascii.Error:
+        except ValueError:
             return Reason.malformed
         expected = hmac.digest(self._key, token.encode(), "sha256")
         return token if hmac.compare_digest(given, expected) else Reason.bad_signature
