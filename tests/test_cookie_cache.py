@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.cookie_cache import CookieCache
+from gateway.cookie_cache import CookieCache, data_cookie
 from tests.better_auth_peer import BetterAuth, ba_client, node_modules
 from tests.conftest import eventually, install_triggers, wait_listening
 
@@ -157,6 +157,27 @@ async def test_invalidation_shortens_the_cookie_cache_window(
         await eventually(refused, within=1)
     finally:
         peer.stop()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "better-auth.session_data.\u00b2=x",  # "²".isdigit(), but int("²") raises
+        "better-auth.session_data.\u0663=x",  # an Arabic-Indic digit
+        "better-auth.session_data." + "1" * 5000 + "=x",  # more digits than int() reads
+    ],
+)
+def test_chunk_names_that_are_no_numbers_are_ignored(header: str) -> None:
+    """A chunk index int() cannot read is no chunk (it was a 500), and Better Auth's own chunks still join."""
+    assert data_cookie(header, (DATA,)) is None
+    assert data_cookie(f"{header}; {DATA}.1=b; {DATA}.0=a", (DATA,)) == "ab"
+
+
+def test_a_compact_cookie_with_a_huge_expiry_vouches_for_nothing() -> None:
+    """An ``expiresAt`` too big for a float (read before the signature is checked) is refused, not a 500."""
+    forged = '{"session":{"session":{},"user":{}},"expiresAt":1' + "0" * 400 + ',"signature":"x"}'
+    cache = CookieCache("compact", ("a-secret-long-enough-for-the-gateway-0123456789",))
+    assert cache.open(b64url(forged.encode()), "a" * 32) is None
 
 
 def b64url(data: bytes) -> str:
