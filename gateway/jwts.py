@@ -127,7 +127,11 @@ class JwtVerifier:
         user.setdefault("id", claims["sub"])
         if user["id"] != claims["sub"]:
             return Reason.invalid_jwt
-        return Session(expires_at=float(claims["exp"]), banned_until=0.0, session={}, user=user)
+        try:
+            expires = float(claims["exp"])
+        except OverflowError:  # an integer no float holds: even signed, no expiry anyone can check
+            return Reason.invalid_jwt
+        return Session(expires_at=expires, banned_until=0.0, session={}, user=user)
 
     def _claims(self, token: str, key: jwt.PyJWK) -> dict[str, Any] | Reason:
         try:

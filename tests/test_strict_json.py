@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from gateway import strict_json
+from gateway import responses, strict_json
 from gateway.cookie_cache import CookieCache, _jwe_key
 from gateway.jwts import JwtVerifier
 from gateway.sessions import Reason
@@ -30,7 +30,7 @@ NOW = time.time()
 
 
 def b64url(data: bytes | str) -> str:
-    raw = data.encode() if isinstance(data, str) else data
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
@@ -44,19 +44,22 @@ HONEST = '{"id":"u1","email":"mallory@example.com","role":"user"}'
 DOUBLED = '{"id":"u1","email":"mallory@example.com","role":"user","role":"admin"}'
 
 
-def compact(p: str) -> str:
+def compact(p: str, secret: str = SECRET) -> str:
+    """A compact ``session_data`` over payload text ``p``, signed as Better Auth signs it."""
     expires = int(NOW * 1000) + 300_000
-    mac = hmac.digest(SECRET.encode(), (p[:-1] + f',"expiresAt":{expires}}}').encode(), "sha256")
+    mac = hmac.digest(secret.encode(), (p[:-1] + f',"expiresAt":{expires}}}').encode(), "sha256")
     return b64url('{"session":' + p + f',"expiresAt":{expires},"signature":"{b64url(mac)}"}}')
 
 
-def jws(claims: str, head: str = '{"alg":"HS256"}') -> str:
+def jws(claims: str, head: str = '{"alg":"HS256"}', secret: str = SECRET) -> str:
+    """A ``jwt`` strategy ``session_data`` over claims text, HS256 with ``secret``."""
     signing = f"{b64url(head)}.{b64url(claims)}"
-    return signing + "." + b64url(hmac.digest(SECRET.encode(), signing.encode(), "sha256"))
+    return signing + "." + b64url(hmac.digest(secret.encode(), signing.encode(), "sha256"))
 
 
-def jwe(claims: str) -> str:
-    key, iv = _jwe_key(SECRET), os.urandom(16)
+def jwe(claims: str, secret: str = SECRET) -> str:
+    """A ``jwe`` strategy ``session_data``: claims text encrypted (dir, A256CBC-HS512) with ``secret``'s key."""
+    key, iv = _jwe_key(secret), os.urandom(16)
     padder = padding.PKCS7(128).padder()
     plain = padder.update(claims.encode()) + padder.finalize()
     encryptor = Cipher(algorithms.AES(key[32:]), modes.CBC(iv)).encryptor()
@@ -128,3 +131,28 @@ async def test_jwt_plugin_tokens_with_a_duplicate_key_are_refused() -> None:
     assert await verifier.verify(doubled_claim) is Reason.invalid_jwt
     doubled_kid = signed_jwt(key, '{"alg":"EdDSA","kid":"other","kid":"good"}', claims % (exp, ""))
     assert await verifier.verify(doubled_kid) is Reason.malformed
+
+
+@pytest.mark.parametrize("exp", ["1" + "0" * 400, "1e999"])
+async def test_a_signed_jwt_with_an_expiry_no_float_holds_is_refused(exp: str) -> None:
+    """An ``exp`` no float holds, even under a real signature: invalid, not a 500 (found by the HTTP fuzz)."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    public = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key())) | {"kid": "good", "alg": "EdDSA"}
+
+    async def source() -> list[dict[str, Any]]:
+        return [public]
+
+    verifier = JwtVerifier(source, audience="https://app.example")
+    claims = f'{{"sub":"u1","aud":"https://app.example","exp":{exp}}}'
+    assert await verifier.verify(signed_jwt(key, '{"alg":"EdDSA","kid":"good"}', claims)) is Reason.invalid_jwt
+
+
+def test_a_lone_surrogate_in_a_signed_answer_is_escaped() -> None:
+    """A lone surrogate (JSON holds one, UTF-8 cannot): escaped in answers as JSON.stringify does; headers encode it."""
+    cache = CookieCache("compact", (SECRET,), clock=lambda: NOW)
+    session = cache.open(compact(payload_text('{"id":"u1","name":"\\ud800x"}')), TOKEN)
+    assert session is not None
+    assert session.user["name"] == "\ud800x"
+    assert json.loads(responses.identity(session))["user"]["name"] == "\ud800x"
+    assert b'"\\ud800x"' in responses.better_auth_session(session, TOKEN)
+    assert responses.header_value(session.user["name"]) == "%ED%A0%80x"
