@@ -386,3 +386,52 @@ async def test_hostile_credentials_in_every_position_never_5xx(
         )
         assert ok.status_code == 200, name
     assert elapsed < 60, elapsed
+
+
+async def test_a_non_ascii_signature_is_refused_everywhere_and_counted(
+    db: asyncpg.Connection, database: str, start_gateway: Any
+) -> None:
+    """One é in a signature, in every position and at every endpoint: malformed (401, or a null session), not a 500.
+
+    Each refusal counts against the client's failure budget exactly as an ASCII malformed one does.
+    """
+    server: Server = start_gateway(
+        {"DATABASE_URL": database, "GATEWAY_RATE_LIMIT_PER_MINUTE": "1", "GATEWAY_RATE_LIMIT_BURST": "8"}
+    )
+    token = seed.generate_id()
+
+    def requests(signature: str) -> list[tuple[bytes, bytes, bytes, bytes]]:
+        """(method, path, header, body) of each form, the signature percent-encoded where Better Auth's would be."""
+        encoded = quote(signature, safe="").encode()
+        cookie = b"Cookie: " + TOKEN_COOKIE.encode() + b"=" + token.encode() + b"." + encoded
+        bearer = b"Authorization: Bearer " + token.encode() + b"." + encoded
+        header = b"X-Session-Token: " + token.encode() + b"." + encoded
+        body = json.dumps({"token": f"{token}.{signature}"}, ensure_ascii=False).encode()
+        return [
+            (b"GET", b"/validate", cookie, b""),
+            (b"GET", b"/validate", bearer, b""),
+            (b"GET", b"/validate", header, b""),
+            (b"POST", b"/v1/validate", b"Content-Type: application/json", body),
+            (b"POST", b"/v1/validate", bearer, b""),
+            (b"GET", b"/api/auth/get-session", cookie, b""),
+            (b"GET", b"/api/auth/get-session", bearer, b""),
+            (b"GET", b"/api/auth/get-session", header, b""),
+        ]
+
+    async def answers(signature: str, client: str) -> list[Answer]:
+        out = []
+        for method, path, header, body in [*requests(signature), requests(signature)[0]]:
+            head = [method + b" " + path + b" HTTP/1.1", b"Host: gw", b"Connection: close", header]
+            head += [b"X-Forwarded-For: " + client.encode(), b"Content-Length: " + str(len(body)).encode()]
+            out.append(parse(await asyncio.to_thread(exchange, server.port, b"\r\n".join(head) + b"\r\n\r\n" + body)))
+        return out
+
+    non_ascii = await answers("\u00e9" + "A" * 42 + "=", "192.0.2.1")
+    ascii_malformed = await answers("!" + "A" * 42 + "=", "192.0.2.2")
+    assert [a.status for a in non_ascii] == [401, 401, 401, 401, 401, 200, 200, 200, 403]
+    for got in non_ascii[:5]:
+        assert got.headers.get("x-auth-reason") == "malformed" or json.loads(got.body)["reason"] == "malformed"
+    assert all(a.body == b"null" for a in non_ascii[5:8])
+    assert non_ascii[8].headers["x-auth-error-status"] == "429"  # the budget: 8 failures, then refused
+    assert [(a.status, a.body) for a in non_ascii] == [(a.status, a.body) for a in ascii_malformed]
+    assert "Traceback" not in server.output()
