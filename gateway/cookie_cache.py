@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 Strategy = Literal["compact", "jwt", "jwe"]
 _MAX_CHUNKS = 100  # Better Auth skips the cache rather than write more
-_MAX_INDEX_DIGITS = 4
+_MAX_INDEX_DIGITS = 4  # its indexes run 0-99: more digits are no chunk of its
 _COMPACT_HEAD = '{"session":'
 _JSON_WHITESPACE = " \t\n\r"
 _JWE_TOLERANCE_S = 15  # Better Auth's decrypt tolerance (crypto/jwt.ts)
