@@ -137,6 +137,9 @@ def serve(settings: Settings) -> int:
     os.environ["GATEWAY_WORKERS"] = str(settings.workers)
     configure_logging(settings.log_level, settings.log_format)
     log.info("effective configuration", extra={"config": describe(settings)})
+    note = cookie_note(settings)
+    if note:
+        log.warning(note)
     _prepare_metrics(settings)
     Granian(
         "gateway.app:create_app",
