@@ -299,8 +299,12 @@ def parse(reply: bytes) -> Answer:
 
 
 def reached_gateway(case: Case, answer: Answer) -> bool:
-    """Whether the gateway answered (granian's own refusals are a bare 400 with no body)."""
-    return answer.status in (200, 401, 413) or (answer.status == 400 and answer.body.startswith(b'{"error"'))
+    """Whether the gateway judged the credential (200 or 401, or a body it refused to parse as JSON).
+
+    Not counted: granian's own refusals (a bare 400) and bodies over the size limit (413).
+    """
+    judged = answer.status in (200, 401)
+    return judged or (case.body != b"" and answer.status == 400 and answer.body.startswith(b'{"error"'))
 
 
 def identity(case: Case, answer: Answer) -> str | None:
