@@ -57,6 +57,10 @@ class Listener:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self.settled()
+
+    async def settled(self) -> None:
+        """Wait until the shared tier's part of every notification heard so far is done."""
         await asyncio.gather(*self._work, return_exceptions=True)
 
     async def _run(self) -> None:
