@@ -230,3 +230,24 @@ async def test_a_user_read_before_a_role_change_is_not_written_after_it(
         verdict = await fresh.decider.decide(cred(token))
         assert verdict.session is not None
         assert verdict.session.user["role"] == "user"
+
+
+async def test_a_lookup_that_heard_an_invalidation_leaves_redis_alone(
+    db: asyncpg.Connection, gateway: Open, redis: aioredis.Redis
+) -> None:
+    """A lookup during which its worker heard an invalidation writes nothing to Redis: what it read may be revoked."""
+    token = await seed.create_session(db, await seed.create_user(db, email="epoch@example.com"))
+    async with gateway(listen=False) as p:
+        assert p.store is not None
+        assert p.redis is not None
+        held = HeldSource(p.store)
+        stalled = Tiers(held, p.redis, max_entries=0, ttl_s=30, negative_max_entries=0, negative_ttl_s=1)
+        lookup = asyncio.ensure_future(stalled.load(token))
+        await held.read.wait()
+        work = stalled.invalidate_token(token_hash(seed.generate_id()))  # another token: no tombstone here
+        assert work is not None
+        await work
+        held.release.set()
+        assert (await lookup).session is not None
+        await p.redis.drain()
+        assert await redis.get(p.redis.key(token_hash(token))) is None
