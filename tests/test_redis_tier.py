@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from gateway import seed
 from gateway.config import load_settings
 from gateway.invalidation import Listener
-from gateway.redis_tier import TOMBSTONE, token_hash
+from gateway.redis_tier import TOMBSTONE, token_hash, tombstone_s
 from gateway.resources import Resources, open_resources
 from gateway.sessions import Reason
 from gateway.tiers import Tiers
@@ -251,3 +251,10 @@ async def test_a_lookup_that_heard_an_invalidation_leaves_redis_alone(
         assert (await lookup).session is not None
         await p.redis.drain()
         assert await redis.get(p.redis.key(token_hash(token))) is None
+
+
+def test_tombstones_outlast_the_slowest_lookup() -> None:
+    """GATEWAY_REDIS_TOMBSTONE_S is raised to 2 x (db + Redis budgets): a lookup can't write past its tombstone."""
+    env = {"DATABASE_URL": "postgresql://x/y", "BETTER_AUTH_SECRET": SECRET}
+    assert tombstone_s(load_settings(env, {"redis_tombstone_s": 0.1})) == 2 * (2.0 + 0.25)
+    assert tombstone_s(load_settings(env, {"redis_tombstone_s": 30})) == 30
