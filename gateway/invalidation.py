@@ -112,7 +112,7 @@ class Listener:
         await conn.add_listener(self._channel, self._on_notification)
         # The tables' files before the flush: a TRUNCATE after this read is proven by a change,
         # one before it is covered by the flush.
-        self._filenodes, self._ignored_logged = None, False
+        self._ignored_logged = False
         self._filenodes = await self._read_filenodes(conn)
         # LISTEN is in place: from here on nothing is missed, so what came before can go.
         await self._tiers.flush()
