@@ -110,6 +110,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_timeout_s: float = 0.25
     redis_backoff_s: float = 1.0
     redis_pool_max_size: int = 8
+    # How long a revoked token or user blocks writes in Redis: raised to 2 x (db + Redis timeouts),
+    # the longest a lookup can take from reading Postgres to writing Redis, when shorter.
+    redis_tombstone_s: float = 10.0
 
     # Invalidation: LISTEN for the triggers' NOTIFY (see gateway.triggers).
     listen: bool = True
@@ -398,6 +401,7 @@ def _check_numbers(s: Settings) -> list[str]:
         ("GATEWAY_REDIS_TIMEOUT_S", s.redis_timeout_s >= _MIN_DB_TIMEOUT_S, "must be >= 0.01"),
         ("GATEWAY_REDIS_BACKOFF_S", s.redis_backoff_s > 0, "must be > 0"),
         ("GATEWAY_REDIS_POOL_MAX_SIZE", s.redis_pool_max_size >= 1, "must be >= 1"),
+        ("GATEWAY_REDIS_TOMBSTONE_S", s.redis_tombstone_s > 0, "must be > 0"),
         ("GATEWAY_BATCH_MAX_SIZE", s.batch_max_size >= 1, "must be >= 1"),
         ("GATEWAY_LISTENER_CHECK_S", s.listener_check_s > 0, "must be > 0"),
         ("GATEWAY_LOG_DECISIONS_SAMPLE", 0 <= s.log_decisions_sample <= 1, "must be between 0 and 1"),

@@ -10,7 +10,8 @@
   started before an invalidation never fills a cache after it, so a session read from Postgres
   just before its revocation cannot be cached past it. Revoked token hashes and users are also
   remembered for a while, and a Redis value naming one is not trusted (the tombstone replacing it
-  in Redis may still be on its way).
+  in Redis may still be on its way; and with Redis on, for as long as a value written before the
+  revocation could be valid, so a copy written back by whoever can write to Redis is refused).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 
 
 # How long a revoked token or user makes Redis values naming it untrusted: longer than the shared
-# tier needs to write its tombstones. With the cookie cache on, as long as a cookie's window.
+# tier needs to write its tombstones. With Redis on, as long as a value's own lifetime (the L2
+# TTL); with the cookie cache on, as long as a cookie's window (``resources`` passes the longest).
 _REVOKED_FOR_S = 10.0
 _REVOKED_MAX = 100_000
 
@@ -118,7 +120,7 @@ class Tiers:
         self._by_digest: dict[str, set[str]] = {}
         self._by_user: dict[str, set[str]] = {}
         self._revoked: LRU[bool] = LRU(_REVOKED_MAX, clock)  # "s:<digest>" and "u:<user id>"
-        self._revoked_for_s = max(_REVOKED_FOR_S, revoked_for_s)
+        self._revoked_for_s = revoked_for_s
         self.epoch = 0
 
     def cached(self, key: str) -> Entry | None:
@@ -157,7 +159,7 @@ class Tiers:
         epoch = self.epoch
         flight = self._inflight.get(token)
         if flight is None or flight[0] != epoch:  # never join a lookup begun before an invalidation
-            task = asyncio.ensure_future(self._load(token))
+            task = asyncio.ensure_future(self._load(token, epoch))
             self._inflight[token] = flight = (epoch, task)
             task.add_done_callback(lambda t: self._settle(token, t))
         else:
@@ -165,7 +167,7 @@ class Tiers:
         session = await asyncio.shield(flight[1])
         return Loaded(session, token_hash(token), flight[0])
 
-    async def _load(self, token: str) -> Session | None:
+    async def _load(self, token: str, epoch: int) -> Session | None:
         if self.shared is None:
             return await self._from_source(token)
         digest = token_hash(token)
@@ -178,7 +180,9 @@ class Tiers:
         else:
             self.metrics.lookup("redis", "miss")
         session = await self._from_source(token)
-        if session is not None and found is not None:
+        # Not after an invalidation heard since the lookup began: what Postgres said may be stale
+        # (the shared tier also refuses writes over a token's or user's tombstone).
+        if session is not None and found is not None and epoch == self.epoch:
             self.shared.put(digest, session, found.generation)
         return session
 
