@@ -340,3 +340,16 @@ async def seed_sessions(dsn: str, n: int) -> list[str]:
         return [await seed.create_session(conn, uid) for _ in range(n)]
     finally:
         await conn.close()
+
+
+# The differential suite's case counts (tests/test_differential.py), per configuration.
+DIFFERENTIAL = pytest.StashKey[list[tuple[str, int, int]]]()
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Print how many differential cases ran, and how many disagreed."""
+    runs = config.stash.get(DIFFERENTIAL, [])
+    if runs:
+        total, bad = sum(n for _, n, _ in runs), sum(b for _, _, b in runs)
+        detail = ", ".join(f"{name} {n}" for name, n, _ in runs)
+        terminalreporter.write_line(f"differential vs Better Auth: {total} cases ({detail}); {bad} disagreements")
