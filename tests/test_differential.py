@@ -327,6 +327,11 @@ def _sign(value: str, secret: str) -> str:
     return value + "." + base64.b64encode(hmac.digest(secret.encode(), value.encode(), "sha256")).decode()
 
 
+def _other_than(current: str, char: str) -> str:
+    """``char``, or another if it is the one already there (the number of cases never varies)."""
+    return char if char != current else "B" if char != "B" else "C"
+
+
 def _escape_all(text: str) -> str:
     return "".join(f"%{b:02X}" for b in text.encode())
 
@@ -378,10 +383,8 @@ def _signed_variants(user: User, other: User, rng: random.Random) -> dict[str, s
         variants[f"appended {i} {junk!r}"] = wire + junk
     for i in range(4):
         at = rng.randrange(len(user.signed))
-        char = rng.choice("ABCabc019+/=")
-        mutated = user.signed[:at] + char + user.signed[at + 1 :]
-        if mutated != user.signed:
-            variants[f"flipped {i} at {at} to {char!r}"] = quote(mutated, safe="")
+        char = _other_than(user.signed[at], rng.choice("ABCabc019+/="))
+        variants[f"flipped {i} at {at} to {char!r}"] = quote(user.signed[:at] + char + user.signed[at + 1 :], safe="")
     return variants
 
 
@@ -603,9 +606,8 @@ def _data_variants(config: Config, user: User, other: User, value: str, rng: ran
         variants[f"truncated {i} at {at}"] = value[:at]
     for i in range(6):
         at = rng.randrange(len(value))
-        char = rng.choice("AQgw-_.")
-        if value[at] != char:
-            variants[f"flipped {i} at {at} to {char!r}"] = value[:at] + char + value[at + 1 :]
+        char = _other_than(value[at], rng.choice("AQgw-_."))
+        variants[f"flipped {i} at {at} to {char!r}"] = value[:at] + char + value[at + 1 :]
     forge = {"compact": _compact_forgeries, "jwt": _jwt_cache_forgeries, "jwe": _jwe_forgeries}[config.cache]
     variants |= forge(user, other, value)
     return variants
@@ -836,9 +838,8 @@ def _jwt_cases(users: dict[str, User], rng: random.Random) -> Iterable[Case]:
         values[f"truncated {i} at {at}"] = token[:at]
     for i in range(6):
         at = rng.randrange(len(token))
-        char = rng.choice("AQgw-_.")
-        if token[at] != char:
-            values[f"flipped {i} at {at} to {char!r}"] = token[:at] + char + token[at + 1 :]
+        char = _other_than(token[at], rng.choice("AQgw-_."))
+        values[f"flipped {i} at {at} to {char!r}"] = token[:at] + char + token[at + 1 :]
     for label, value in values.items():
         yield Case(f"jwt {label}", _h(("authorization", f"Bearer {value}".encode())))
     for label, value in duplicates.items():
