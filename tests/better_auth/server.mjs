@@ -73,8 +73,12 @@ async function verifyJwtRoute(req, res) {
   res.writeHead(200, { "content-type": "application/json" });
   res.end(JSON.stringify({ payload: result.payload ?? null }));
 }
+function failed(res, error) {
+  res.writeHead(500);
+  res.end(String(error));
+}
 const server = http.createServer((req, res) =>
-  req.url === "/test/verify-jwt" ? verifyJwtRoute(req, res).catch((e) => { res.writeHead(500); res.end(String(e)); }) : handler(req, res),
+  req.url === "/test/verify-jwt" ? verifyJwtRoute(req, res).catch((e) => failed(res, e)) : handler(req, res),
 );
 server.listen(Number(process.env.PORT), "127.0.0.1", () => console.log("ready"));
 for (const signal of ["SIGTERM", "SIGINT"]) process.on(signal, () => server.close(() => process.exit(0)));
