@@ -20,7 +20,7 @@ from gateway.metrics import CONTENT_TYPE
 from gateway.ratelimit import FailureLimiter
 from gateway.resources import Resources, open_resources
 from gateway.sessions import Reason
-from gateway.tokens import Credential, Kind, find_credential, header_credential
+from gateway.tokens import Credential, Kind, cookie_header, find_credential, header_credential
 
 if TYPE_CHECKING:
     import asyncio
@@ -112,7 +112,7 @@ class App:
 
     def _credential(self, scope: Scope) -> Credential | None:
         h = scope.headers
-        cookie = h.get("cookie")
+        cookie = cookie_header(h)
         credential = find_credential(h.get("authorization"), h.get("x-session-token"), cookie, self._names)
         if self._data_names and credential is not None and credential.kind is Kind.cookie and cookie is not None:
             return credential._replace(cached=data_cookie(cookie, self._data_names))

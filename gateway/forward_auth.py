@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from gateway import policy, responses
 from gateway.forwarding import Original, original_request, parse_networks, request_client
 from gateway.sessions import Reason
-from gateway.tokens import find_credential
+from gateway.tokens import cookie_header, find_credential
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -75,7 +75,7 @@ class ForwardAuth:
             # credentials are ever cached: a hit is the answer find_credential would lead to.
             key: str | None = authorization
         else:
-            credential = find_credential(authorization, h.get("x-session-token"), h.get("cookie"), self._names)
+            credential = find_credential(authorization, h.get("x-session-token"), cookie_header(h), self._names)
             key = credential.key if credential is not None else None
         if key is None:
             return None
@@ -145,7 +145,10 @@ class ForwardAuth:
             return 403, self._deny.forbidden, "forbidden"
         headers = self._identity.headers(session)
         if self._strip:
-            headers += [("cookie", self._without_better_auth(scope.headers.get("cookie") or "")), ("authorization", "")]
+            headers += [
+                ("cookie", self._without_better_auth(cookie_header(scope.headers) or "")),
+                ("authorization", ""),
+            ]
         return 200, headers, Reason.ok
 
     def _without_better_auth(self, cookie: str) -> str:

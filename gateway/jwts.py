@@ -99,6 +99,8 @@ class JwtVerifier:
         claims = self._claims(token, key)
         if isinstance(claims, Reason):
             return claims
+        if any(k in claims and _number(claims[k]) is None for k in ("exp", "nbf", "iat")):
+            return Reason.invalid_jwt  # jose requires numbers; PyJWT would also take "123"
         user = {k: v for k, v in claims.items() if k not in _REGISTERED}
         user.setdefault("id", claims["sub"])
         if user["id"] != claims["sub"]:
@@ -113,7 +115,8 @@ class JwtVerifier:
                 algorithms=[key.algorithm_name],
                 audience=self._audience,
                 issuer=self._issuer,
-                options={"require": ["exp", "sub", "aud"]},
+                # jose checks no iat (a key's clock ahead of ours is no reason to refuse).
+                options={"require": ["exp", "sub", "aud"], "verify_iat": False},
             )
         except jwt.ExpiredSignatureError:
             return Reason.expired
@@ -150,3 +153,7 @@ class JwtVerifier:
             if key.algorithm_name in ALGORITHMS and isinstance(data.get("kid"), str):
                 keys[data["kid"]] = key
         self._keys = keys
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None

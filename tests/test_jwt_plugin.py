@@ -152,3 +152,24 @@ async def test_unusable_keys_and_sources_are_skipped_not_fatal() -> None:
     # The next unknown kid refetches, the source fails: the good key stays.
     assert await verifier.verify(jwt.encode(claims, key, "EdDSA", {"kid": "other"})) is Reason.bad_signature
     assert await verifier.verify(token) is not Reason.bad_signature
+
+
+async def test_claims_are_checked_as_jose_checks_them() -> None:
+    """iat is not checked (a clock ahead of ours is no reason to refuse); exp, nbf and iat must be numbers."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    public = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key())) | {"kid": "k", "alg": "EdDSA"}
+
+    async def source() -> list[dict[str, Any]]:
+        return [public]
+
+    verifier = JwtVerifier(source, audience="https://app.example")
+    now = int(time.time())
+    claims = {"sub": "u1", "aud": "https://app.example", "iat": now, "exp": now + 60}
+
+    def signed(changes: dict[str, Any]) -> str:
+        return jwt.encode(claims | changes, key, "EdDSA", {"kid": "k"})
+
+    assert not isinstance(await verifier.verify(signed({"iat": now + 5})), Reason)
+    for changes in ({"exp": str(now + 60)}, {"nbf": str(now - 5)}, {"iat": str(now)}):
+        assert await verifier.verify(signed(changes)) is Reason.invalid_jwt, changes
+    assert isinstance(await verifier.verify(signed({"exp": True})), Reason)
