@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote_plus, urlsplit
 
 import msgspec
 
@@ -422,13 +423,43 @@ def _check_numbers(s: Settings) -> list[str]:
 def describe(s: Settings) -> dict[str, object]:
     """Return the effective settings with every secret masked, for logs and ``check-config``."""
     out = msgspec.structs.asdict(s)
-    out["database_url"] = _mask_dsn(s.database_url.reveal()) if s.database_url else None
-    out["redis_url"] = _mask_dsn(s.redis_url.reveal()) if s.redis_url else None
+    out["database_url"] = mask_dsn(s.database_url.reveal()) if s.database_url else None
+    out["redis_url"] = mask_dsn(s.redis_url.reveal()) if s.redis_url else None
     secondary = s.secondary_storage_url
-    out["secondary_storage_url"] = _mask_dsn(secondary.reveal()) if secondary else None
+    out["secondary_storage_url"] = mask_dsn(secondary.reveal()) if secondary else None
     out["secrets"] = [f"<{len(x)} chars>" for x in s.secrets]
     return out
 
 
-def _mask_dsn(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1****@", url)
+# Query parameters of a DSN that may hold a secret: libpq's password and sslpassword,
+# redis-py's password and sentinel_password, and anything else named like a credential.
+_SECRET_PARAM = re.compile(r"pass|secret|token|key|auth|cred", re.IGNORECASE)
+_MASK = "****"
+
+
+def mask_dsn(url: str) -> str:
+    """``url`` with its userinfo password and every secret-looking query parameter masked.
+
+    Anything that can't be split unambiguously is hidden whole: a DSN is printed only to help,
+    never at the price of a password.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _MASK
+    if "@" in url.partition("://")[2] and "@" not in parts.netloc:
+        # A password holding an unencoded "/", "?" or "#" ends the netloc early: where the
+        # password ends can't be told, so nothing after the scheme is shown.
+        return f"{parts.scheme}://{_MASK}"
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":" + _MASK
+    params = [_mask_param(p) for p in parts.query.split("&")] if parts.query else []
+    query = "?" + "&".join(params) if parts.query else ""
+    return f"{parts.scheme}://{userinfo}{at}{hosts}{parts.path}{query}" + ("#" + _MASK if parts.fragment else "")
+
+
+def _mask_param(param: str) -> str:
+    name, eq, _ = param.partition("=")
+    # Names are matched decoded (asyncpg and redis-py decode them): "pass%77ord" is "password".
+    return name + eq + _MASK if _SECRET_PARAM.search(unquote_plus(name)) else param
