@@ -106,7 +106,7 @@ async def test_startup_log_masks_query_string_passwords(
     database: str, db: asyncpg.Connection, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
     """The effective configuration logged at startup hides a DSN's query-string passwords (asyncpg reads them)."""
-    dsn = f"{database}?password=pw-query-0123&sslmode=disable"
+    dsn = database + ("&" if "?" in database else "?") + "password=pw-query-0123&sslmode=disable"
     gw: Server = start_gateway({"DATABASE_URL": dsn})
     assert (await client.get(gw.url + "/readyz")).status_code == 200  # the DSN was usable as given
     gw.stop()
