@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -23,7 +24,6 @@ from gateway.sessions import Reason
 from gateway.tokens import Credential, Kind, find_credential, header_credential
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Awaitable, Callable
 
     from granian._granian import RSGIHTTPProtocol as HTTPProtocol
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway")
 _JSON = [responses.JSON_TYPE]
+_BODY_TIMEOUT = [responses.JSON_TYPE, ("connection", "close")]
 _NULL_SESSION = [responses.JSON_TYPE, responses.NO_STORE, ("pragma", "no-cache")]
 
 
@@ -152,12 +153,21 @@ class App:
             proto.response_bytes(status, _JSON, responses.error("bad_request", f"body limit is {limit} bytes"))
             return None
         chunks, size = [], 0
-        async for chunk in proto:
-            size += len(chunk)
-            if size > limit:
-                proto.response_bytes(413, _JSON, responses.error("bad_request", f"body limit is {limit} bytes"))
-                return None
-            chunks.append(chunk)
+        try:
+            # The header timeout ends once the head is read: without this a client trickling its
+            # body a byte at a time would hold the connection (and a worker's slot) forever.
+            async with asyncio.timeout(self.settings.body_read_timeout_s):
+                async for chunk in proto:
+                    size += len(chunk)
+                    if size > limit:
+                        body = responses.error("bad_request", f"body limit is {limit} bytes")
+                        proto.response_bytes(413, _JSON, body)
+                        return None
+                    chunks.append(chunk)
+        except TimeoutError:
+            body = responses.error("request_timeout", "the body did not arrive in time")
+            proto.response_bytes(408, _BODY_TIMEOUT, body)
+            return None
         return b"".join(chunks)
 
     async def _get_session(self, scope: Scope, proto: HTTPProtocol) -> None:

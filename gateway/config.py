@@ -130,6 +130,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_body_bytes: int = 8192
     max_header_bytes: int = 65536  # the whole request head; Better Auth's chunked cookies fit
     header_read_timeout_s: float = 10.0  # a client trickling its headers (slowloris) is cut off
+    body_read_timeout_s: float = 5.0  # ... and one trickling a JSON body: 408, connection closed
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON lines
     log_decisions_sample: float = 0.0  # at info, the share of decisions logged (at debug: all)
@@ -414,6 +415,7 @@ def _check_numbers(s: Settings) -> list[str]:
         ("GATEWAY_MAX_BODY_BYTES", s.max_body_bytes >= 64, "must be >= 64"),  # noqa: PLR2004
         ("GATEWAY_MAX_HEADER_BYTES", s.max_header_bytes >= 4096, "must be >= 4096"),  # noqa: PLR2004
         ("GATEWAY_HEADER_READ_TIMEOUT_S", s.header_read_timeout_s > 0, "must be > 0"),
+        ("GATEWAY_BODY_READ_TIMEOUT_S", s.body_read_timeout_s > 0, "must be > 0"),
         ("GATEWAY_RATE_LIMIT_PER_MINUTE", s.rate_limit_per_minute >= 0, "must be >= 0 (0 turns it off)"),
         ("GATEWAY_RATE_LIMIT_BURST", s.rate_limit_burst >= 1, "must be >= 1"),
     ]
