@@ -80,10 +80,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     strip_credentials: bool = False  # answer Cookie (without Better Auth's) and an empty Authorization
     rules_file: str = ""
 
-    # Floods: failed validations per client IP (see gateway.ratelimit); 0 turns the limit off.
+    # The failure budget (see gateway.budget): lookups that find no valid session, per client
+    # address; past it an address's lookups wait their turn. 0 turns it off.
     rate_limit_per_minute: float = 60.0
     rate_limit_burst: int = 30
     rate_limit_exempt: str = ""  # CIDRs of trusted internal callers
+    rate_limit_ipv4_prefix: int = 32  # an address counts by its network: IPv4 /32,
+    rate_limit_ipv6_prefix: int = 64  # IPv6 /64 (one host's share)
+    rate_limit_max_wait_s: float = 2.0  # a lookup waiting longer for its turn gets 429
+    rate_limit_max_waiting: int = 64  # lookups of one address waiting at once; the oldest beyond get 429
 
     # Schema mapping (see gateway.schema).
     schema_preset: Literal["default", "prisma", "drizzle"] = "default"
@@ -418,6 +423,10 @@ def _check_numbers(s: Settings) -> list[str]:
         ("GATEWAY_BODY_READ_TIMEOUT_S", s.body_read_timeout_s > 0, "must be > 0"),
         ("GATEWAY_RATE_LIMIT_PER_MINUTE", s.rate_limit_per_minute >= 0, "must be >= 0 (0 turns it off)"),
         ("GATEWAY_RATE_LIMIT_BURST", s.rate_limit_burst >= 1, "must be >= 1"),
+        ("GATEWAY_RATE_LIMIT_IPV4_PREFIX", 8 <= s.rate_limit_ipv4_prefix <= 32, "must be between 8 and 32"),  # noqa: PLR2004
+        ("GATEWAY_RATE_LIMIT_IPV6_PREFIX", 16 <= s.rate_limit_ipv6_prefix <= 128, "must be between 16 and 128"),  # noqa: PLR2004
+        ("GATEWAY_RATE_LIMIT_MAX_WAIT_S", s.rate_limit_max_wait_s > 0, "must be > 0"),
+        ("GATEWAY_RATE_LIMIT_MAX_WAITING", s.rate_limit_max_waiting >= 1, "must be >= 1"),
     ]
     return [f"{name}: {why}" for name, ok, why in checks if not ok]
 
