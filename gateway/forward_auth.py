@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from gateway import policy, responses
 from gateway.forwarding import Original, original_request, parse_networks
 from gateway.sessions import Reason
+from gateway.stripping import Stripper
 from gateway.tokens import find_credential
 
 if TYPE_CHECKING:
@@ -52,14 +53,13 @@ class ForwardAuth:
         self._identity = responses.Identity(settings.identity_headers, remote=settings.remote_headers)
         self._deny = responses.Denials(settings.retry_after_s)
         self._rules = policy.load_rules(settings.rules_file) if settings.rules_file else None
-        self._strip = settings.strip_credentials
+        self._strip = Stripper(settings) if settings.strip_credentials else None
         self._login = settings.login_url
         self._param = settings.redirect_param
         hosts = settings.redirect_hosts or urlsplit(settings.login_url).hostname or ""
         self._redirect_hosts = tuple(h.strip().lower() for h in hosts.split(",") if h.strip())
-        self._cookie_prefixes = tuple(f"{p}{settings.cookie_prefix}." for p in ("", "__Secure-"))
         # Decision logging needs the full path (it times and fingerprints every answer).
-        self._simple = self._rules is None and not self._strip and not log.enabled
+        self._simple = self._rules is None and self._strip is None and not log.enabled
 
     def hit(self, scope: Scope) -> list[tuple[str, str]] | None:
         """The hit path: a cached session's headers, with no HMAC, no I/O and no coroutine.
@@ -119,7 +119,9 @@ class ForwardAuth:
         if verdict.session is not None:
             return self._allow(scope, verdict.session, rule)
         if rule.allow_anonymous:
-            return 200, self._identity.anonymous, "anonymous"
+            # A credential that proved nothing is still one: stripped too.
+            strip = self._strip.headers(scope.headers.get) if self._strip is not None else []
+            return 200, self._identity.anonymous + strip, "anonymous"
         return self._refuse(scope, verdict, redirect=_wants_redirect(scope, query))
 
     def _original(self, scope: Scope) -> Original:
@@ -138,14 +140,9 @@ class ForwardAuth:
         if not rule.allows(session):
             return 403, self._deny.forbidden, "forbidden"
         headers = self._identity.headers(session)
-        if self._strip:
-            headers += [("cookie", self._without_better_auth(scope.headers.get("cookie") or "")), ("authorization", "")]
+        if self._strip is not None:
+            headers += self._strip.headers(scope.headers.get)
         return 200, headers, Reason.ok
-
-    def _without_better_auth(self, cookie: str) -> str:
-        """The Cookie header minus Better Auth's cookies, for upstreams that must not see them."""
-        parts = (p.strip() for p in cookie.split(";"))
-        return "; ".join(p for p in parts if p and not p.split("=", 1)[0].strip().startswith(self._cookie_prefixes))
 
     def _refuse(self, scope: Scope, verdict: Verdict, *, redirect: bool) -> Answer:
         headers = self._deny.unauthenticated[verdict.reason]

@@ -145,6 +145,7 @@ async def test_header_names_aliases_and_credential_stripping(
     assert r.headers["x-auth-request-groups"] == "user"
     assert r.headers["cookie"] == "theme=dark; other=1"
     assert r.headers["authorization"] == ""
+    assert r.headers["x-session-token"] == ""
 
 
 async def test_hit_path_keeps_better_auths_credential_rules(
