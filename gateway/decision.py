@@ -95,21 +95,9 @@ class Decider:
             verdict = self._from_cookie_cache(cached, token)
             if verdict is not None:
                 return verdict
-        if turn is None:
+        if turn is None or self.tiers.joinable(token):  # joining a lookup in flight costs nothing more
             return await self._look_up(credential.key, token)
-        # A value with a signature was proved by it (a raw bearer token has none): such
-        # credentials can't be made up, and wait before raw ones.
-        signed = credential.kind is Kind.cookie or "." in credential.value
-        if not await turn.take(signed=signed):
-            return Verdict(Reason.rate_limited)
-        spent = True  # unless it is known to have found a session: a lookup left behind still runs
-        try:
-            verdict = await self._look_up(credential.key, token)
-            # Spent on no valid session; an outage is not the address's doing.
-            spent = verdict.reason not in (Reason.ok, Reason.backend_unavailable)
-        finally:
-            turn.settle(spent=spent)
-        return verdict
+        return await self._look_up_in_turn(credential, token, turn)
 
     def _jwt(self, credential: Credential) -> bool:
         return self.jwts is not None and credential.kind is not Kind.cookie and looks_like_jwt(credential.value)
@@ -133,6 +121,22 @@ class Decider:
         metrics.lookup("cookie_cache", "hit")
         reason = judge(session, self.tiers.l1.clock())
         return Verdict(reason, session if reason is Reason.ok else None)
+
+    async def _look_up_in_turn(self, credential: Credential, token: str, turn: Turn) -> Verdict:
+        """A lookup in the turn the address's failure budget gives it (``gateway.budget``)."""
+        # A value with a signature was proved by it (a raw bearer token has none): such
+        # credentials can't be made up, and wait before raw ones.
+        signed = credential.kind is Kind.cookie or "." in credential.value
+        if not await turn.take(signed=signed):
+            return Verdict(Reason.rate_limited)
+        spent = True  # unless it is known to have found a session: a lookup left behind still runs
+        try:
+            verdict = await self._look_up(credential.key, token)
+            # Spent on no valid session; an outage is not the address's doing.
+            spent = verdict.reason not in (Reason.ok, Reason.backend_unavailable)
+        finally:
+            turn.settle(spent=spent)
+        return verdict
 
     async def _look_up(self, key: str, token: str) -> Verdict:
         try:

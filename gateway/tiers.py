@@ -148,6 +148,11 @@ class Tiers:
 
         return timed
 
+    def joinable(self, token: str) -> bool:
+        """Whether a ``load`` of ``token`` now would join a lookup in flight (costing nothing more)."""
+        flight = self._inflight.get(token)
+        return flight is not None and flight[0] == self.epoch
+
     async def load(self, token: str) -> Loaded:
         """Fetch ``token`` from Redis, then Postgres, sharing one fetch among concurrent callers.
 
