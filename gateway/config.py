@@ -428,7 +428,15 @@ def _check_numbers(s: Settings) -> list[str]:
         ("GATEWAY_RATE_LIMIT_MAX_WAIT_S", s.rate_limit_max_wait_s > 0, "must be > 0"),
         ("GATEWAY_RATE_LIMIT_MAX_WAITING", s.rate_limit_max_waiting >= 1, "must be >= 1"),
     ]
-    return [f"{name}: {why}" for name, ok, why in checks if not ok]
+    problems = [f"{name}: {why}" for name, ok, why in checks if not ok]
+    refill_s = 60 / s.rate_limit_per_minute if s.rate_limit_per_minute > 0 else 0.0
+    if s.rate_limit_max_wait_s < refill_s:
+        # A lookup waiting for its address's next token would always give up first.
+        problems.append(
+            f"GATEWAY_RATE_LIMIT_MAX_WAIT_S: must be at least 60 / GATEWAY_RATE_LIMIT_PER_MINUTE ({refill_s:g} s), "
+            "the time one token takes to come back"
+        )
+    return problems
 
 
 def describe(s: Settings) -> dict[str, object]:

@@ -165,3 +165,23 @@ def test_new_modes_are_checked_too() -> None:
         "GATEWAY_SESSION_HIDDEN_FIELDS: the gateway needs expiresAt",
     ):
         assert name in text
+
+
+def test_budget_settings_checked() -> None:
+    """The failure budget's prefixes and waits are checked; a wait shorter than one token's refill is refused."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            BASE
+            | {
+                "GATEWAY_RATE_LIMIT_IPV6_PREFIX": "129",
+                "GATEWAY_RATE_LIMIT_IPV4_PREFIX": "4",
+                "GATEWAY_RATE_LIMIT_PER_MINUTE": "6",
+                "GATEWAY_RATE_LIMIT_MAX_WAIT_S": "2",
+            }
+        )
+    text = str(caught.value.problems)
+    assert "GATEWAY_RATE_LIMIT_IPV6_PREFIX" in text
+    assert "GATEWAY_RATE_LIMIT_IPV4_PREFIX" in text
+    assert "GATEWAY_RATE_LIMIT_MAX_WAIT_S: must be at least 60 / GATEWAY_RATE_LIMIT_PER_MINUTE (10 s)" in text
+    s = load_settings(BASE | {"GATEWAY_RATE_LIMIT_PER_MINUTE": "0", "GATEWAY_RATE_LIMIT_MAX_WAIT_S": "0.1"})
+    assert s.rate_limit_per_minute == 0  # off: no wait to check
