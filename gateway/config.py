@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote_plus, urlsplit
 
 import msgspec
 
@@ -79,10 +80,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     strip_credentials: bool = False  # answer Cookie (without Better Auth's) and an empty Authorization
     rules_file: str = ""
 
-    # Floods: failed validations per client IP (see gateway.ratelimit); 0 turns the limit off.
+    # The failure budget (see gateway.budget): lookups that find no valid session, per client
+    # address; past it an address's lookups wait their turn. 0 turns it off.
     rate_limit_per_minute: float = 60.0
     rate_limit_burst: int = 30
     rate_limit_exempt: str = ""  # CIDRs of trusted internal callers
+    rate_limit_ipv4_prefix: int = 32  # an address counts by its network: IPv4 /32,
+    rate_limit_ipv6_prefix: int = 64  # IPv6 /64 (one host's share)
+    rate_limit_max_wait_s: float = 2.0  # a lookup waiting longer for its turn gets 429
+    rate_limit_max_waiting: int = 64  # lookups of one address waiting at once; the oldest beyond get 429
 
     # Schema mapping (see gateway.schema).
     schema_preset: Literal["default", "prisma", "drizzle"] = "default"
@@ -132,6 +138,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_body_bytes: int = 8192
     max_header_bytes: int = 65536  # the whole request head; Better Auth's chunked cookies fit
     header_read_timeout_s: float = 10.0  # a client trickling its headers (slowloris) is cut off
+    body_read_timeout_s: float = 5.0  # ... and one trickling a JSON body: 408, connection closed
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON lines
     log_decisions_sample: float = 0.0  # at info, the share of decisions logged (at debug: all)
@@ -417,22 +424,65 @@ def _check_numbers(s: Settings) -> list[str]:
         ("GATEWAY_MAX_BODY_BYTES", s.max_body_bytes >= 64, "must be >= 64"),  # noqa: PLR2004
         ("GATEWAY_MAX_HEADER_BYTES", s.max_header_bytes >= 4096, "must be >= 4096"),  # noqa: PLR2004
         ("GATEWAY_HEADER_READ_TIMEOUT_S", s.header_read_timeout_s > 0, "must be > 0"),
+        ("GATEWAY_BODY_READ_TIMEOUT_S", s.body_read_timeout_s > 0, "must be > 0"),
         ("GATEWAY_RATE_LIMIT_PER_MINUTE", s.rate_limit_per_minute >= 0, "must be >= 0 (0 turns it off)"),
         ("GATEWAY_RATE_LIMIT_BURST", s.rate_limit_burst >= 1, "must be >= 1"),
+        ("GATEWAY_RATE_LIMIT_IPV4_PREFIX", 8 <= s.rate_limit_ipv4_prefix <= 32, "must be between 8 and 32"),  # noqa: PLR2004
+        ("GATEWAY_RATE_LIMIT_IPV6_PREFIX", 16 <= s.rate_limit_ipv6_prefix <= 128, "must be between 16 and 128"),  # noqa: PLR2004
+        ("GATEWAY_RATE_LIMIT_MAX_WAIT_S", s.rate_limit_max_wait_s > 0, "must be > 0"),
+        ("GATEWAY_RATE_LIMIT_MAX_WAITING", s.rate_limit_max_waiting >= 1, "must be >= 1"),
     ]
-    return [f"{name}: {why}" for name, ok, why in checks if not ok]
+    problems = [f"{name}: {why}" for name, ok, why in checks if not ok]
+    refill_s = 60 / s.rate_limit_per_minute if s.rate_limit_per_minute > 0 else 0.0
+    if s.rate_limit_max_wait_s < refill_s:
+        # A lookup waiting for its address's next token would always give up first.
+        problems.append(
+            f"GATEWAY_RATE_LIMIT_MAX_WAIT_S: must be at least 60 / GATEWAY_RATE_LIMIT_PER_MINUTE ({refill_s:g} s), "
+            "the time one token takes to come back"
+        )
+    return problems
 
 
 def describe(s: Settings) -> dict[str, object]:
     """Return the effective settings with every secret masked, for logs and ``check-config``."""
     out = msgspec.structs.asdict(s)
-    out["database_url"] = _mask_dsn(s.database_url.reveal()) if s.database_url else None
-    out["redis_url"] = _mask_dsn(s.redis_url.reveal()) if s.redis_url else None
+    out["database_url"] = mask_dsn(s.database_url.reveal()) if s.database_url else None
+    out["redis_url"] = mask_dsn(s.redis_url.reveal()) if s.redis_url else None
     secondary = s.secondary_storage_url
-    out["secondary_storage_url"] = _mask_dsn(secondary.reveal()) if secondary else None
+    out["secondary_storage_url"] = mask_dsn(secondary.reveal()) if secondary else None
     out["secrets"] = [f"<{len(x)} chars>" for x in s.secrets]
     return out
 
 
-def _mask_dsn(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1****@", url)
+# Query parameters of a DSN that may hold a secret: libpq's password and sslpassword,
+# redis-py's password and sentinel_password, and anything else named like a credential.
+_SECRET_PARAM = re.compile(r"pass|secret|token|key|auth|cred", re.IGNORECASE)
+_MASK = "****"
+
+
+def mask_dsn(url: str) -> str:
+    """``url`` with its userinfo password and every secret-looking query parameter masked.
+
+    Anything that can't be split unambiguously is hidden whole: a DSN is printed only to help,
+    never at the price of a password.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _MASK
+    if "@" in url.partition("://")[2] and "@" not in parts.netloc:
+        # A password holding an unencoded "/", "?" or "#" ends the netloc early: where the
+        # password ends can't be told, so nothing after the scheme is shown.
+        return f"{parts.scheme}://{_MASK}"
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":" + _MASK
+    params = [_mask_param(p) for p in parts.query.split("&")] if parts.query else []
+    query = "?" + "&".join(params) if parts.query else ""
+    return f"{parts.scheme}://{userinfo}{at}{hosts}{parts.path}{query}" + ("#" + _MASK if parts.fragment else "")
+
+
+def _mask_param(param: str) -> str:
+    name, eq, _ = param.partition("=")
+    # Names are matched decoded (asyncpg and redis-py decode them): "pass%77ord" is "password".
+    return name + eq + _MASK if _SECRET_PARAM.search(unquote_plus(name)) else param

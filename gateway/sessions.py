@@ -25,6 +25,7 @@ class Reason(enum.StrEnum):
     banned = "banned"
     invalid_jwt = "invalid_jwt"  # a JWT of the JWT plugin with the wrong audience, issuer or claims
     backend_unavailable = "backend_unavailable"
+    rate_limited = "rate_limited"  # the address's failure budget gave this lookup no turn in time (not judged)
 
 
 class Session(msgspec.Struct, frozen=True, gc=False):

@@ -4,8 +4,8 @@
 - Concurrent misses for one token share one lookup (single-flight), run as a task of its own so
   a client going away cannot cancel it for the others; misses for different tokens in the same
   loop tick share one ``MGET`` and one ``= ANY($1)`` query (``batching``).
-- An unknown token is remembered as absent for a short, separate TTL in a bounded LRU, so a
-  repeated unknown (or raw, unsignable) token does not cost a query each time.
+- An unknown (or expired) token is remembered as absent for a short, separate TTL in a bounded
+  LRU, so a repeated unknown (or raw, unsignable) token does not cost a query each time.
 - Invalidation evicts by token hash or by user (both indexed) and bumps ``epoch``: a lookup that
   started before an invalidation never fills a cache after it, so a session read from Postgres
   just before its revocation cannot be cached past it. Revoked token hashes and users are also
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
     from gateway.redis_tier import Lookup
-    from gateway.sessions import Session
+    from gateway.sessions import Reason, Session
 
 
 # How long a revoked token or user makes Redis values naming it untrusted: longer than the shared
@@ -110,7 +110,7 @@ class Tiers:
     ) -> None:
         self.metrics = metrics or Metrics()
         self.l1: LRU[Entry] = LRU(max_entries, clock, on_evict=self.forget)
-        self.negative: LRU[bool] = LRU(negative_max_entries, clock)
+        self.negative: LRU[Reason] = LRU(negative_max_entries, clock)
         self.shared = shared
         self._ttl_s = ttl_s
         # A negative entry must not outlive a positive one (a session created meanwhile).
@@ -129,12 +129,12 @@ class Tiers:
         self.metrics.lookup("l1", "miss" if entry is None else "hit")
         return entry
 
-    def known_absent(self, key: str) -> bool:
-        """Whether a credential key was recently looked up and found to be no session."""
-        if self.negative.get(key) is None:
-            return False
-        self.metrics.lookup("l1", "negative")
-        return True
+    def known_absent(self, key: str) -> Reason | None:
+        """Why a credential key was recently looked up and found no valid session, if it was."""
+        reason = self.negative.get(key)
+        if reason is not None:
+            self.metrics.lookup("l1", "negative")
+        return reason
 
     def _timed(
         self, bulk: Callable[[Sequence[str]], Awaitable[Mapping[str, Session]]]
@@ -149,6 +149,11 @@ class Tiers:
                 histogram.observe(time.perf_counter() - started)
 
         return timed
+
+    def joinable(self, token: str) -> bool:
+        """Whether a ``load`` of ``token`` now would join a lookup in flight (costing nothing more)."""
+        flight = self._inflight.get(token)
+        return flight is not None and flight[0] == self.epoch
 
     async def load(self, token: str) -> Loaded:
         """Fetch ``token`` from Redis, then Postgres, sharing one fetch among concurrent callers.
@@ -223,9 +228,9 @@ class Tiers:
             self._by_digest.setdefault(loaded.digest, set()).add(key)
             self._by_user.setdefault(session.user_id, set()).add(key)
 
-    def remember_absent(self, key: str) -> None:
-        """Remember that a credential key named no session, for the short negative TTL."""
-        self.negative.put(key, True, self.l1.clock() + self._negative_ttl_s)  # noqa: FBT003
+    def remember_absent(self, key: str, reason: Reason) -> None:
+        """Remember that a credential key named no valid session (and why), for the short negative TTL."""
+        self.negative.put(key, reason, self.l1.clock() + self._negative_ttl_s)
 
     def forget(self, key: str, entry: Entry) -> None:
         """Drop an entry leaving the LRU from the indexes (the LRU's ``on_evict``)."""

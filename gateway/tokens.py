@@ -39,6 +39,7 @@ _JS_WHITESPACE = (
     " \t\n\r\x0b\x0c\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
     "\u2028\u2029\u202f\u205f\u3000\ufeff"
 )
+JS_WHITESPACE = _JS_WHITESPACE  # for the modules that must read cookie names as better-call does
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _LEGACY_TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,255}")
 _TOKEN_LENGTH = 32  # generateId(32): always the length of a Better Auth >= 1.0 session token
