@@ -117,7 +117,8 @@ class JwtVerifier:
         user.setdefault("id", claims["sub"])
         if user["id"] != claims["sub"]:
             return Reason.invalid_jwt
-        return Session(expires_at=float(claims["exp"]), banned_until=0.0, session={}, user=user)
+        role = user.get("role")
+        return Session(float(claims["exp"]), 0.0, {}, user, role if isinstance(role, str) else None)
 
     def _claims(self, token: str, key: jwt.PyJWK) -> dict[str, Any] | Reason:
         try:
