@@ -114,6 +114,7 @@ class Query(NamedTuple):
     # Where expiresAt and the decision fields (role, banned, banExpires) are among the selected
     # columns; a decision field Better Auth does not return is selected after the user's.
     positions: dict[str, int]
+    unreturned: tuple[str, ...] = ()  # "user.role", ...: fields in the tables no answer holds
 
 
 def build_query(m: Mapping, session_columns: list[str], user_columns: list[str]) -> Query:
@@ -148,6 +149,10 @@ def build_query(m: Mapping, session_columns: list[str], user_columns: list[str])
         session_fields=session_fields,
         user_fields=tuple(u.field(c) for c in u_cols),
         positions=positions,
+        unreturned=tuple(
+            [f"session.{s.field(c)}" for c in session_columns if c not in s_cols and c != token_col]
+            + [f"user.{u.field(c)}" for c in user_columns if c not in u_cols]
+        ),
     )
 
 

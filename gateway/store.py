@@ -195,6 +195,12 @@ class Store:
                 except LookupError as exc:
                     raise SchemaMismatch(str(exc)) from exc
                 log.info("session lookup: %s", self._query.sql)
+                if self._query.unreturned:  # what an operator upgrading may miss: say it once
+                    log.info(
+                        "in the tables but not answered, as Better Auth would not return them as configured: %s "
+                        "(name their plugin in GATEWAY_PLUGINS, or GATEWAY_*_ADDITIONAL_FIELDS, if it does)",
+                        ", ".join(self._query.unreturned),
+                    )
             return self._query
 
 

@@ -147,7 +147,12 @@ async def test_only_fields_better_auth_returns_are_read(db: asyncpg.Connection, 
     async with gateway() as res:
         verdict = await res.decider.decide(cred(token))
         assert (await res.decider.decide(cred(banned))).reason is Reason.banned
-        sql = res.store._query.sql if res.store and res.store._query else ""
+        query = res.store._query if res.store else None
+        sql = query.sql if query else ""
+        assert query is not None
+        assert {"user.internalNote", "user.role", "session.legacyFlag", "session.activeOrganizationId"} <= set(
+            query.unreturned
+        )  # and the log says so once
     assert verdict.session is not None
     assert set(verdict.session.user) == core_user
     assert set(verdict.session.session) == core_session
