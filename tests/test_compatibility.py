@@ -261,6 +261,8 @@ async def test_gateway_answers_as_better_auth(
             await peers.agree({"cookie": f"{config.cookie}={old}"}, valid=False)
         if "organization" in plugins:
             await peers.post("/api/auth/organization/create", ada_cookie, {"name": "Acme", "slug": "acme"})
+            # The UPDATE's notification evicts the cached session within milliseconds, not at once.
+            await eventually(lambda: _active_organization(peers, ada_cookie), within=3)
             session = await peers.agree(ada_cookie, valid=True)
             assert session is not None
             assert session["session"]["activeOrganizationId"]
@@ -313,6 +315,11 @@ async def _admin_scenarios(peers: Peers, bare_db: asyncpg.Connection, users: str
 
     await peers.post("/api/auth/admin/ban-user", root_cookie, {"userId": eve["user"]["id"]})
     await peers.agree(eve_cookie, valid=False)
+
+
+async def _active_organization(peers: Peers, headers: dict[str, str]) -> bool:
+    r = await peers.client.get(peers.gw.url + "/api/auth/get-session", headers=headers)
+    return bool((r.json() or {}).get("session", {}).get("activeOrganizationId"))
 
 
 def _json(value: dict[str, Any]) -> str:
