@@ -98,8 +98,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_table: str = ""
     user_fields: dict[str, str] = {}
     session_fields: dict[str, str] = {}
-    # Columns Better Auth does not return (not in its schema, or additionalFields with
-    # returned: false): left out of every answer, as Better Auth leaves them out.
+    # What an answer may hold (see gateway.fields): Better Auth's core fields, those of the plugins
+    # in use (GATEWAY_PLUGINS=admin,organization,...), the additionalFields it returns; less the
+    # hidden ones. Any other column is never read into an answer.
+    plugins: str = ""
+    user_additional_fields: str = ""
+    session_additional_fields: str = ""
     user_hidden_fields: str = ""
     session_hidden_fields: str = ""
     token_field: Literal["token", "id"] = "token"  # noqa: S105  (a column name) — "id": the legacy schema (Better Auth < 1.0)
@@ -287,7 +291,7 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
         if value and not _IDENTIFIER.match(value)
     )
     problems.extend(_check_credentials(s))
-    problems.extend(_check_hidden(s))
+    problems.extend(_check_fields(s))
     problems.extend(_check_numbers(s))
     return problems
 
@@ -310,22 +314,40 @@ def _check_stores(s: Settings, need: frozenset[str]) -> list[str]:
     return problems
 
 
-# Fields the gateway itself needs: they can't be hidden.
+# Fields every answer carries (Better Auth's own identity of a session): they can't be hidden.
 _NEEDED = {
     "GATEWAY_SESSION_HIDDEN_FIELDS": {"id", "userId", "expiresAt", "token"},
-    "GATEWAY_USER_HIDDEN_FIELDS": {"id", "banned", "banExpires"},
+    "GATEWAY_USER_HIDDEN_FIELDS": {"id"},
 }
 
 
-def _check_hidden(s: Settings) -> list[str]:
-    problems = []
-    for var, text in (
-        ("GATEWAY_SESSION_HIDDEN_FIELDS", s.session_hidden_fields),
-        ("GATEWAY_USER_HIDDEN_FIELDS", s.user_hidden_fields),
+def _check_fields(s: Settings) -> list[str]:
+    """The plugins named, and the additional and hidden fields (see ``gateway.fields``)."""
+    from gateway.fields import PLUGINS, names  # noqa: PLC0415
+
+    problems = [
+        f"GATEWAY_PLUGINS: {name!r} is not a Better Auth plugin the gateway knows (known: {', '.join(PLUGINS)}); "
+        "list its user and session fields in GATEWAY_USER_ADDITIONAL_FIELDS / GATEWAY_SESSION_ADDITIONAL_FIELDS"
+        for name in names(s.plugins)
+        if name not in PLUGINS
+    ]
+    for model, extra, hidden in (
+        ("SESSION", s.session_additional_fields, s.session_hidden_fields),
+        ("USER", s.user_additional_fields, s.user_hidden_fields),
     ):
-        needed = sorted(_NEEDED[var] & {f.strip() for f in text.split(",")})
+        var = f"GATEWAY_{model}_HIDDEN_FIELDS"
+        needed = sorted(_NEEDED[var] & set(names(hidden)))
         if needed:
-            problems.append(f"{var}: the gateway needs {', '.join(needed)}; they can't be hidden")
+            problems.append(f"{var}: every answer carries {', '.join(needed)}; they can't be hidden")
+        both = sorted(set(names(extra)) & set(names(hidden)))
+        if both:
+            problems.append(f"GATEWAY_{model}_ADDITIONAL_FIELDS: {', '.join(both)} also hidden; say one or the other")
+        problems.extend(
+            f"GATEWAY_{model}_{kind}_FIELDS: {name!r} is not a field name (letters, digits, _ and $)"
+            for kind, text in (("ADDITIONAL", extra), ("HIDDEN", hidden))
+            for name in names(text)
+            if not _IDENTIFIER.match(name)
+        )
     return problems
 
 

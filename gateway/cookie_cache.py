@@ -36,6 +36,8 @@ from gateway.tokens import cookie_pairs, decode_uri_component
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from gateway.fields import Fields
+
 Strategy = Literal["compact", "jwt", "jwe"]
 _MAX_CHUNKS = 100  # Better Auth skips the cache rather than write more
 _JWE_SALT = b"better-auth-session"
@@ -105,8 +107,10 @@ class CookieCache:
         *,
         version: str = "1",
         clock: Callable[[], float] = time.time,
+        fields: Fields | None = None,
     ) -> None:
         self.strategy = strategy
+        self._fields = fields  # what Better Auth returns: the rest of a cookie is never answered
         self._current = secrets[0].encode()  # compact and jwt: the current secret only
         self._version = version
         self._clock = clock
@@ -129,7 +133,7 @@ class CookieCache:
         if str(payload.get("version") or "1") != self._version:
             return None
         try:
-            found = Session.from_better_auth(session, user)
+            found = Session.from_better_auth(session, user, self._fields)
         except ValueError:
             return None
         return found if found.expires_at >= self._clock() else None

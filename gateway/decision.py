@@ -105,6 +105,9 @@ class Decider:
     async def _from_jwt(self, token: str) -> Verdict:
         assert self.jwts is not None  # noqa: S101  (checked by the caller)
         result = await self.jwts.verify(token)
+        if result is Reason.backend_unavailable:  # the key source is down: 503, never 401
+            self.tiers.metrics.lookup("jwt", "error")
+            return Verdict(result)
         self.tiers.metrics.lookup("jwt", "miss" if isinstance(result, Reason) else "hit")
         if isinstance(result, Reason):
             return Verdict(result)

@@ -66,7 +66,7 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         email = str(user.get("email") or "").lower() if self._email_counts(user) else ""
         checks = []
         if self.allowed_roles:
-            roles = {r.strip() for r in str(user.get("role") or "").split(",")}  # Better Auth: "admin,user"
+            roles = {r.strip() for r in (session.role or "").split(",")}  # Better Auth: "admin,user"
             checks.append(bool(roles & self.allowed_roles))
         if self.allowed_emails:
             checks.append(email in self.allowed_emails)

@@ -19,7 +19,7 @@ from gateway.jwts import JwtVerifier, endpoint_keys
 from gateway.metrics import Metrics
 from gateway.redis_tier import FAILURES as REDIS_FAILURES
 from gateway.redis_tier import RedisTier, connect, tombstone_s
-from gateway.schema import mapping_from
+from gateway.schema import fields_of, mapping_from
 from gateway.secondary_storage import KeyspaceListener, SecondaryStorage
 from gateway.store import Store
 from gateway.tiers import Tiers
@@ -140,7 +140,9 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
         cookie_cache = None
         if settings.cookie_cache != "off":
             secrets = tuple(s.reveal() for s in settings.secrets)
-            cookie_cache = CookieCache(settings.cookie_cache, secrets, version=settings.cookie_cache_version)
+            cookie_cache = CookieCache(
+                settings.cookie_cache, secrets, version=settings.cookie_cache_version, fields=fields_of(settings)
+            )
         jwts = None
         if settings.jwt_audience:
             url, timeout = settings.jwt_jwks_url, settings.db_timeout_s
@@ -167,7 +169,7 @@ async def _open_secondary(settings: Settings, stack: contextlib.AsyncExitStack) 
     assert settings.secondary_storage_url is not None  # noqa: S101  (checked by the caller)
     client = connect(settings.secondary_storage_url.reveal(), settings)
     assert not isinstance(client, RedisCluster)  # noqa: S101  (refused by the settings' checks)
-    storage = SecondaryStorage(client, settings.secondary_storage_prefix, settings.redis_timeout_s)
+    storage = SecondaryStorage(client, settings.secondary_storage_prefix, settings.redis_timeout_s, fields_of(settings))
     stack.push_async_callback(storage.close)
     return storage
 

@@ -152,8 +152,10 @@ def test_new_modes_are_checked_too() -> None:
                 "REDIS_URL": "redis://r",
                 "GATEWAY_SECONDARY_STORAGE_URL": "redis+cluster://a:1,b:2",
                 "GATEWAY_JWT_ISSUER": "https://app.example",
-                "GATEWAY_USER_HIDDEN_FIELDS": "internalNote,banned",
+                "GATEWAY_USER_HIDDEN_FIELDS": "internalNote,id,nick",
                 "GATEWAY_SESSION_HIDDEN_FIELDS": "expiresAt",
+                "GATEWAY_PLUGINS": "admin, organisation",
+                "GATEWAY_USER_ADDITIONAL_FIELDS": "nick,bad-name",
             }
         )
     text = str(info.value)
@@ -161,10 +163,16 @@ def test_new_modes_are_checked_too() -> None:
         "REDIS_URL: not used",
         "Redis Cluster is not supported",
         "GATEWAY_JWT_AUDIENCE",
-        "GATEWAY_USER_HIDDEN_FIELDS: the gateway needs banned",
-        "GATEWAY_SESSION_HIDDEN_FIELDS: the gateway needs expiresAt",
+        "GATEWAY_USER_HIDDEN_FIELDS: every answer carries id",
+        "GATEWAY_SESSION_HIDDEN_FIELDS: every answer carries expiresAt",
+        "GATEWAY_PLUGINS: 'organisation' is not a Better Auth plugin",
+        "GATEWAY_USER_ADDITIONAL_FIELDS: nick also hidden",
+        "GATEWAY_USER_ADDITIONAL_FIELDS: 'bad-name' is not a field name",
     ):
         assert name in text
+    assert "'admin'" not in text
+    # Hiding the admin plugin's ban fields is allowed: the gateway reads them to decide anyway.
+    load_settings(base | {"DATABASE_URL": "postgresql://db/app", "GATEWAY_USER_HIDDEN_FIELDS": "banned,banExpires"})
 
 
 def test_budget_settings_checked() -> None:

@@ -70,7 +70,7 @@ def test_client_ip_is_rightmost_untrusted_hop() -> None:
 
 
 def session(role: str | None = "user", email: str = "ada@example.com", *, verified: bool = True) -> Session:
-    return Session(1e12, 0.0, {"id": "s"}, {"id": "u", "email": email, "role": role, "emailVerified": verified})
+    return Session(1e12, 0.0, {"id": "s"}, {"id": "u", "email": email, "emailVerified": verified}, role)
 
 
 @pytest.mark.parametrize(

@@ -198,7 +198,7 @@ async def test_user_changes_are_reported_at_once(db: asyncpg.Connection, databas
         async def updated() -> bool:
             session = (await res.decider.decide(cred(token))).session
             user = session.user if session is not None else {}
-            return user.get("email") == "new@example.com" and user.get("role") == "admin"
+            return user.get("email") == "new@example.com" and session is not None and session.role == "admin"
 
         await eventually(updated, within=0.1, interval=0.002)
 

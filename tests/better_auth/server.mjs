@@ -9,11 +9,13 @@ import pg from "pg";
 import { betterAuth } from "better-auth";
 import { getMigrations } from "better-auth/db/migration";
 import { toNodeHandler } from "better-auth/node";
-import { bearer, admin, organization, jwt } from "better-auth/plugins";
+import {
+  bearer, admin, organization, jwt, username, anonymous, phoneNumber, twoFactor, lastLoginMethod,
+} from "better-auth/plugins";
 import { redisStorage } from "@better-auth/redis-storage";
 import { Redis } from "ioredis";
 
-const factories = { bearer, admin, organization, jwt };
+const factories = { bearer, admin, organization, jwt, username, anonymous, phoneNumber, twoFactor, lastLoginMethod };
 function plugin(name, pluginOptions) {
   if (!(name in factories)) throw new Error(`unknown plugin ${name}`);
   return factories[name](pluginOptions);
