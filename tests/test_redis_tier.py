@@ -221,7 +221,7 @@ async def test_a_user_read_before_a_role_change_is_not_written_after_it(
         held.release.set()
         loaded = await lookup  # ...and only now does it write what it read
         assert loaded.session is not None
-        assert loaded.session.user["role"] == "admin"
+        assert loaded.session.role == "admin"
         await p.redis.drain()
         found = await p.redis.get(token_hash(token))
         assert found is not None
@@ -229,7 +229,7 @@ async def test_a_user_read_before_a_role_change_is_not_written_after_it(
     async with gateway(listen=False) as fresh:  # a worker that heard nothing: what Redis offers it
         verdict = await fresh.decider.decide(cred(token))
         assert verdict.session is not None
-        assert verdict.session.user["role"] == "user"
+        assert verdict.session.role == "user"
 
 
 async def test_a_lookup_that_heard_an_invalidation_leaves_redis_alone(
