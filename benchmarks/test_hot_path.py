@@ -64,6 +64,7 @@ def session(i: int = 0) -> Session:
             "banReason": None,
             "banExpires": None,
         },
+        role="user",
     )
 
 

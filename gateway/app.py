@@ -2,29 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import math
 import time
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from gateway import responses
+from gateway.budget import Budget
 from gateway.config import load_settings
 from gateway.cookie_cache import data_cookie
 from gateway.forward_auth import ForwardAuth
-from gateway.forwarding import parse_networks, request_client
+from gateway.forwarding import parse_networks
 from gateway.logs import DecisionLog, configure_logging
 from gateway.metrics import CONTENT_TYPE
-from gateway.ratelimit import FailureLimiter
 from gateway.resources import Resources, open_resources
 from gateway.sessions import Reason
-from gateway.tokens import Credential, Kind, find_credential, header_credential
+from gateway.tokens import Credential, Kind, cookie_header, find_credential, header_credential
 
 if TYPE_CHECKING:
-    import asyncio
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Coroutine
 
     from granian._granian import RSGIHTTPProtocol as HTTPProtocol
     from granian.rsgi import Scope
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway")
 _JSON = [responses.JSON_TYPE]
+_BODY_TIMEOUT = [responses.JSON_TYPE, ("connection", "close")]
 _NULL_SESSION = [responses.JSON_TYPE, responses.NO_STORE, ("pragma", "no-cache")]
 
 
@@ -55,11 +55,9 @@ class App:
         self._data_names = settings.data_cookie_names if settings.cookie_cache != "off" else ()
         self._deny = responses.Denials(settings.retry_after_s)
         self._log = DecisionLog(settings.log_decisions_sample)
-        self._networks = parse_networks(settings.trusted_proxies)
-        self._limiter = FailureLimiter(
-            settings.rate_limit_per_minute, settings.rate_limit_burst, parse_networks(settings.rate_limit_exempt)
-        )
-        self._forward_auth = ForwardAuth(settings, lambda: self.resources, self._log, self._limiter)
+        self._budget = budget_from(settings)
+        self._rate_limited_headers = [*_JSON, responses.NO_STORE, ("retry-after", str(self._budget.retry_after_s))]
+        self._forward_auth = ForwardAuth(settings, lambda: self.resources, self._log, self._budget)
         self._stack = contextlib.AsyncExitStack()
         self._res: Resources | None = None
         self._routes: dict[str, tuple[frozenset[str] | None, Handler]] = {
@@ -112,7 +110,7 @@ class App:
 
     def _credential(self, scope: Scope) -> Credential | None:
         h = scope.headers
-        cookie = h.get("cookie")
+        cookie = cookie_header(h)
         credential = find_credential(h.get("authorization"), h.get("x-session-token"), cookie, self._names)
         if self._data_names and credential is not None and credential.kind is Kind.cookie and cookie is not None:
             return credential._replace(cached=data_cookie(cookie, self._data_names))
@@ -132,8 +130,8 @@ class App:
         credential = header_credential(token) if token else self._credential(scope)
         started = time.perf_counter()
         verdict = await self._decide(scope, credential, allow_jwt=True)
-        if verdict is None:
-            return self._rate_limited(scope, proto)
+        if verdict.reason is Reason.rate_limited:
+            return self._rate_limited(proto)
         self._count(verdict.reason, credential, started)
         if verdict.session is not None:
             return proto.response_bytes(200, _JSON, responses.identity(verdict.session))
@@ -152,12 +150,21 @@ class App:
             proto.response_bytes(status, _JSON, responses.error("bad_request", f"body limit is {limit} bytes"))
             return None
         chunks, size = [], 0
-        async for chunk in proto:
-            size += len(chunk)
-            if size > limit:
-                proto.response_bytes(413, _JSON, responses.error("bad_request", f"body limit is {limit} bytes"))
-                return None
-            chunks.append(chunk)
+        try:
+            # The header timeout ends once the head is read: without this a client trickling its
+            # body a byte at a time would hold the connection (and a worker's slot) forever.
+            async with asyncio.timeout(self.settings.body_read_timeout_s):
+                async for chunk in proto:
+                    size += len(chunk)
+                    if size > limit:
+                        body = responses.error("bad_request", f"body limit is {limit} bytes")
+                        proto.response_bytes(413, _JSON, body)
+                        return None
+                    chunks.append(chunk)
+        except TimeoutError:
+            body = responses.error("request_timeout", "the body did not arrive in time")
+            proto.response_bytes(408, _BODY_TIMEOUT, body)
+            return None
         return b"".join(chunks)
 
     async def _get_session(self, scope: Scope, proto: HTTPProtocol) -> None:
@@ -166,8 +173,8 @@ class App:
         res = self.resources
         started = time.perf_counter()
         verdict = await self._decide(scope, credential)
-        if verdict is None:
-            return self._rate_limited(scope, proto)
+        if verdict.reason is Reason.rate_limited:
+            return self._rate_limited(proto)
         self._count(verdict.reason, credential, started)
         if verdict.reason is Reason.backend_unavailable:
             body = responses.error("unavailable", verdict.reason)
@@ -177,23 +184,17 @@ class App:
             return proto.response_bytes(200, _NULL_SESSION, b"null")
         return proto.response_bytes(200, _NULL_SESSION, responses.better_auth_session(verdict.session, token))
 
-    def _client(self, scope: Scope) -> str:
-        return request_client(scope.client, scope.headers.get, self._networks)
+    def _decide(
+        self, scope: Scope, credential: Credential | None, *, allow_jwt: bool = False
+    ) -> Coroutine[None, None, Verdict]:
+        """The verdict; a lookup it needs waits for its turn in the address's failure budget."""
+        turn = self._budget.turn(scope.client, scope.headers.get) if self._budget.enabled else None
+        return self.resources.decider.decide(credential, allow_jwt=allow_jwt, turn=turn)
 
-    async def _decide(self, scope: Scope, credential: Credential | None, *, allow_jwt: bool = False) -> Verdict | None:
-        """The verdict, counted against the client's failure budget; ``None`` if it has none left."""
-        client = self._client(scope)
-        if self._limiter.retry_after(client):
-            return None
-        verdict = await self.resources.decider.decide(credential, allow_jwt=allow_jwt)
-        self._limiter.record(client, verdict.reason)
-        return verdict
-
-    def _rate_limited(self, scope: Scope, proto: HTTPProtocol) -> None:
-        self.resources.metrics.decision("rate_limited")
-        wait = math.ceil(self._limiter.retry_after(self._client(scope)))
-        headers = [*_JSON, responses.NO_STORE, ("retry-after", str(max(1, wait)))]
-        proto.response_bytes(429, headers, responses.error("rate_limited", "too many failed validations"))
+    def _rate_limited(self, proto: HTTPProtocol) -> None:
+        self.resources.metrics.decision(Reason.rate_limited)
+        body = responses.error("rate_limited", "too many failed lookups from this address: try again")
+        proto.response_bytes(429, self._rate_limited_headers, body)
 
     def _count(self, reason: Reason, credential: Credential | None, started: float) -> None:
         self.resources.metrics.decision(reason)
@@ -209,6 +210,20 @@ class App:
         ready = await self.resources.pings()
         status = 503 if ready.failing else 200
         proto.response_bytes(status, [*_JSON, responses.NO_STORE], responses.JSON.encode(ready._asdict()))
+
+
+def budget_from(settings: Settings) -> Budget:
+    """The failure budget the settings describe (``gateway.budget``)."""
+    return Budget(
+        settings.rate_limit_per_minute,
+        settings.rate_limit_burst,
+        proxies=parse_networks(settings.trusted_proxies),
+        exempt=parse_networks(settings.rate_limit_exempt),
+        ipv4_prefix=settings.rate_limit_ipv4_prefix,
+        ipv6_prefix=settings.rate_limit_ipv6_prefix,
+        max_wait_s=settings.rate_limit_max_wait_s,
+        max_waiting=settings.rate_limit_max_waiting,
+    )
 
 
 def create_app() -> App:

@@ -87,7 +87,10 @@ class GatewayUnavailable(Exception):
 
 
 class RateLimited(GatewayUnavailable):
-    """The gateway refuses to answer for this caller for a while: too many invalid credentials."""
+    """The gateway could not check this credential in time: this caller's lookups found no session too often.
+
+    The credential was not judged (it may be valid): try again after ``retry_after``.
+    """
 
 
 _IDENTITY = msgspec.json.Decoder(Identity)
@@ -110,7 +113,7 @@ def _answer(response: httpx.Response) -> Identity | None:
     retry = response.headers.get("retry-after")
     seconds = float(retry) if retry and retry.isdigit() else None
     if status == httpx.codes.TOO_MANY_REQUESTS:
-        raise RateLimited("the gateway is refusing this caller for a while (too many invalid credentials)", seconds)
+        raise RateLimited("the gateway's failure budget for this caller is spent: try again", seconds)
     if status == httpx.codes.SERVICE_UNAVAILABLE:
         raise GatewayUnavailable("the gateway cannot reach the session store", seconds)
     # Anything else (404 from a wrong URL, a proxy's 502) is no verdict on the session.

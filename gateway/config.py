@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote_plus, urlsplit
 
 import msgspec
 
@@ -86,10 +87,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     strip_credentials: bool = False  # answer Cookie (without Better Auth's) and an empty Authorization
     rules_file: str = ""
 
-    # Floods: failed validations per client IP (see gateway.ratelimit); 0 turns the limit off.
+    # The failure budget (see gateway.budget): lookups that find no valid session, per client
+    # address; past it an address's lookups wait their turn. 0 turns it off.
     rate_limit_per_minute: float = 60.0
     rate_limit_burst: int = 30
     rate_limit_exempt: str = ""  # CIDRs of trusted internal callers
+    rate_limit_ipv4_prefix: int = 32  # an address counts by its network: IPv4 /32,
+    rate_limit_ipv6_prefix: int = 64  # IPv6 /64 (one host's share)
+    rate_limit_max_wait_s: float = 2.0  # a lookup waiting longer for its turn gets 429
+    rate_limit_max_waiting: int = 64  # lookups of one address waiting at once; the oldest beyond get 429
 
     # Schema mapping (see gateway.schema).
     schema_preset: Literal["default", "prisma", "drizzle"] = "default"
@@ -99,8 +105,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_table: str = ""
     user_fields: dict[str, str] = {}
     session_fields: dict[str, str] = {}
-    # Columns Better Auth does not return (not in its schema, or additionalFields with
-    # returned: false): left out of every answer, as Better Auth leaves them out.
+    # What an answer may hold (see gateway.fields): Better Auth's core fields, those of the plugins
+    # in use (GATEWAY_PLUGINS=admin,organization,...), the additionalFields it returns; less the
+    # hidden ones. Any other column is never read into an answer.
+    plugins: str = ""
+    user_additional_fields: str = ""
+    session_additional_fields: str = ""
     user_hidden_fields: str = ""
     session_hidden_fields: str = ""
     token_field: Literal["token", "id"] = "token"  # noqa: S105  (a column name) — "id": the legacy schema (Better Auth < 1.0)
@@ -117,6 +127,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redis_timeout_s: float = 0.25
     redis_backoff_s: float = 1.0
     redis_pool_max_size: int = 8
+    # How long a revoked token or user blocks writes in Redis: raised to 2 x (db + Redis timeouts),
+    # the longest a lookup can take from reading Postgres to writing Redis, when shorter.
+    redis_tombstone_s: float = 10.0
 
     # Invalidation: LISTEN for the triggers' NOTIFY (see gateway.triggers).
     listen: bool = True
@@ -136,6 +149,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_body_bytes: int = 8192
     max_header_bytes: int = 65536  # the whole request head; Better Auth's chunked cookies fit
     header_read_timeout_s: float = 10.0  # a client trickling its headers (slowloris) is cut off
+    body_read_timeout_s: float = 5.0  # ... and one trickling a JSON body: 408, connection closed
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON lines
     log_decisions_sample: float = 0.0  # at info, the share of decisions logged (at debug: all)
@@ -298,7 +312,7 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
         if value and not _IDENTIFIER.match(value)
     )
     problems.extend(_check_credentials(s))
-    problems.extend(_check_hidden(s))
+    problems.extend(_check_fields(s))
     problems.extend(_check_numbers(s))
     return problems
 
@@ -321,22 +335,40 @@ def _check_stores(s: Settings, need: frozenset[str]) -> list[str]:
     return problems
 
 
-# Fields the gateway itself needs: they can't be hidden.
+# Fields every answer carries (Better Auth's own identity of a session): they can't be hidden.
 _NEEDED = {
     "GATEWAY_SESSION_HIDDEN_FIELDS": {"id", "userId", "expiresAt", "token"},
-    "GATEWAY_USER_HIDDEN_FIELDS": {"id", "banned", "banExpires"},
+    "GATEWAY_USER_HIDDEN_FIELDS": {"id"},
 }
 
 
-def _check_hidden(s: Settings) -> list[str]:
-    problems = []
-    for var, text in (
-        ("GATEWAY_SESSION_HIDDEN_FIELDS", s.session_hidden_fields),
-        ("GATEWAY_USER_HIDDEN_FIELDS", s.user_hidden_fields),
+def _check_fields(s: Settings) -> list[str]:
+    """The plugins named, and the additional and hidden fields (see ``gateway.fields``)."""
+    from gateway.fields import PLUGINS, names  # noqa: PLC0415
+
+    problems = [
+        f"GATEWAY_PLUGINS: {name!r} is not a Better Auth plugin the gateway knows (known: {', '.join(PLUGINS)}); "
+        "list its user and session fields in GATEWAY_USER_ADDITIONAL_FIELDS / GATEWAY_SESSION_ADDITIONAL_FIELDS"
+        for name in names(s.plugins)
+        if name not in PLUGINS
+    ]
+    for model, extra, hidden in (
+        ("SESSION", s.session_additional_fields, s.session_hidden_fields),
+        ("USER", s.user_additional_fields, s.user_hidden_fields),
     ):
-        needed = sorted(_NEEDED[var] & {f.strip() for f in text.split(",")})
+        var = f"GATEWAY_{model}_HIDDEN_FIELDS"
+        needed = sorted(_NEEDED[var] & set(names(hidden)))
         if needed:
-            problems.append(f"{var}: the gateway needs {', '.join(needed)}; they can't be hidden")
+            problems.append(f"{var}: every answer carries {', '.join(needed)}; they can't be hidden")
+        both = sorted(set(names(extra)) & set(names(hidden)))
+        if both:
+            problems.append(f"GATEWAY_{model}_ADDITIONAL_FIELDS: {', '.join(both)} also hidden; say one or the other")
+        problems.extend(
+            f"GATEWAY_{model}_{kind}_FIELDS: {name!r} is not a field name (letters, digits, _ and $)"
+            for kind, text in (("ADDITIONAL", extra), ("HIDDEN", hidden))
+            for name in names(text)
+            if not _IDENTIFIER.match(name)
+        )
     return problems
 
 
@@ -421,6 +453,7 @@ def _check_numbers(s: Settings) -> list[str]:
         ("GATEWAY_REDIS_TIMEOUT_S", s.redis_timeout_s >= _MIN_DB_TIMEOUT_S, "must be >= 0.01"),
         ("GATEWAY_REDIS_BACKOFF_S", s.redis_backoff_s > 0, "must be > 0"),
         ("GATEWAY_REDIS_POOL_MAX_SIZE", s.redis_pool_max_size >= 1, "must be >= 1"),
+        ("GATEWAY_REDIS_TOMBSTONE_S", s.redis_tombstone_s > 0, "must be > 0"),
         ("GATEWAY_BATCH_MAX_SIZE", s.batch_max_size >= 1, "must be >= 1"),
         ("GATEWAY_LISTENER_CHECK_S", s.listener_check_s > 0, "must be > 0"),
         ("GATEWAY_LOG_DECISIONS_SAMPLE", 0 <= s.log_decisions_sample <= 1, "must be between 0 and 1"),
@@ -436,19 +469,32 @@ def _check_numbers(s: Settings) -> list[str]:
         ("GATEWAY_MAX_BODY_BYTES", s.max_body_bytes >= 64, "must be >= 64"),  # noqa: PLR2004
         ("GATEWAY_MAX_HEADER_BYTES", s.max_header_bytes >= 4096, "must be >= 4096"),  # noqa: PLR2004
         ("GATEWAY_HEADER_READ_TIMEOUT_S", s.header_read_timeout_s > 0, "must be > 0"),
+        ("GATEWAY_BODY_READ_TIMEOUT_S", s.body_read_timeout_s > 0, "must be > 0"),
         ("GATEWAY_RATE_LIMIT_PER_MINUTE", s.rate_limit_per_minute >= 0, "must be >= 0 (0 turns it off)"),
         ("GATEWAY_RATE_LIMIT_BURST", s.rate_limit_burst >= 1, "must be >= 1"),
+        ("GATEWAY_RATE_LIMIT_IPV4_PREFIX", 8 <= s.rate_limit_ipv4_prefix <= 32, "must be between 8 and 32"),  # noqa: PLR2004
+        ("GATEWAY_RATE_LIMIT_IPV6_PREFIX", 16 <= s.rate_limit_ipv6_prefix <= 128, "must be between 16 and 128"),  # noqa: PLR2004
+        ("GATEWAY_RATE_LIMIT_MAX_WAIT_S", s.rate_limit_max_wait_s > 0, "must be > 0"),
+        ("GATEWAY_RATE_LIMIT_MAX_WAITING", s.rate_limit_max_waiting >= 1, "must be >= 1"),
     ]
-    return [f"{name}: {why}" for name, ok, why in checks if not ok]
+    problems = [f"{name}: {why}" for name, ok, why in checks if not ok]
+    refill_s = 60 / s.rate_limit_per_minute if s.rate_limit_per_minute > 0 else 0.0
+    if s.rate_limit_max_wait_s < refill_s:
+        # A lookup waiting for its address's next token would always give up first.
+        problems.append(
+            f"GATEWAY_RATE_LIMIT_MAX_WAIT_S: must be at least 60 / GATEWAY_RATE_LIMIT_PER_MINUTE ({refill_s:g} s), "
+            "the time one token takes to come back"
+        )
+    return problems
 
 
 def describe(s: Settings) -> dict[str, object]:
     """Return the effective settings with every secret masked, for logs and ``check-config``."""
     out = msgspec.structs.asdict(s)
-    out["database_url"] = _mask_dsn(s.database_url.reveal()) if s.database_url else None
-    out["redis_url"] = _mask_dsn(s.redis_url.reveal()) if s.redis_url else None
+    out["database_url"] = mask_dsn(s.database_url.reveal()) if s.database_url else None
+    out["redis_url"] = mask_dsn(s.redis_url.reveal()) if s.redis_url else None
     secondary = s.secondary_storage_url
-    out["secondary_storage_url"] = _mask_dsn(secondary.reveal()) if secondary else None
+    out["secondary_storage_url"] = mask_dsn(secondary.reveal()) if secondary else None
     out["secrets"] = [f"<{len(x)} chars>" for x in s.secrets]
     out["session_cookie_read"] = s.cookie_names[0]  # the one name, as secure_cookies and base_url decide
     return out
@@ -465,5 +511,35 @@ def cookie_note(s: Settings) -> str | None:
     )
 
 
-def _mask_dsn(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1****@", url)
+# Query parameters of a DSN that may hold a secret: libpq's password and sslpassword,
+# redis-py's password and sentinel_password, and anything else named like a credential.
+_SECRET_PARAM = re.compile(r"pass|secret|token|key|auth|cred", re.IGNORECASE)
+_MASK = "****"
+
+
+def mask_dsn(url: str) -> str:
+    """``url`` with its userinfo password and every secret-looking query parameter masked.
+
+    Anything that can't be split unambiguously is hidden whole: a DSN is printed only to help,
+    never at the price of a password.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return _MASK
+    if "@" in url.partition("://")[2] and "@" not in parts.netloc:
+        # A password holding an unencoded "/", "?" or "#" ends the netloc early: where the
+        # password ends can't be told, so nothing after the scheme is shown.
+        return f"{parts.scheme}://{_MASK}"
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":" + _MASK
+    params = [_mask_param(p) for p in parts.query.split("&")] if parts.query else []
+    query = "?" + "&".join(params) if parts.query else ""
+    return f"{parts.scheme}://{userinfo}{at}{hosts}{parts.path}{query}" + ("#" + _MASK if parts.fragment else "")
+
+
+def _mask_param(param: str) -> str:
+    name, eq, _ = param.partition("=")
+    # Names are matched decoded (asyncpg and redis-py decode them): "pass%77ord" is "password".
+    return name + eq + _MASK if _SECRET_PARAM.search(unquote_plus(name)) else param

@@ -19,6 +19,7 @@ import calendar
 import datetime as dt
 import hashlib
 import hmac
+import json
 import math
 import re
 import time
@@ -35,16 +36,20 @@ from gateway.tokens import cookie_pairs, decode_uri_component
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from gateway.fields import Fields
+
 Strategy = Literal["compact", "jwt", "jwe"]
 _MAX_CHUNKS = 100  # Better Auth skips the cache rather than write more
-_MAX_INDEX_DIGITS = 4  # its indexes run 0-99: more digits are no chunk of its
-_COMPACT_HEAD = '{"session":'
-_JSON_WHITESPACE = " \t\n\r"
-_JWE_TOLERANCE_S = 15  # Better Auth's decrypt tolerance (crypto/jwt.ts)
 _JWE_SALT = b"better-auth-session"
 _JWE_INFO = b"BetterAuth.js Generated Encryption Key"
 # Better Auth's JSON reviver turns strings of this shape into Dates (core/utils/json.ts).
 _ISO = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?Z$")
+# Better Auth's cookie parser for chunks (cookies/cookie-utils.ts): RFC 6265 names and values.
+_COOKIE_NAME = re.compile(r"[\x21\x23-\x27\x2A\x2B\x2D\x2E\x30-\x39\x41-\x5A\x5E-\x7A\x7C\x7E]+")
+_COOKIE_VALUE = re.compile(r"[\x20\x21\x23-\x3A\x3C-\x5B\x5D-\x7E]*")
+_INDEX = re.compile(r"0|[1-9][0-9]{0,14}")
+# jose decodes JWS and JWE segments as base64url: no other alphabet, padding only if right.
+_JOSE_SEGMENT = re.compile(r"[A-Za-z0-9_\-]*={0,2}")
 
 
 def b64url_decode(text: str) -> bytes:
@@ -61,24 +66,35 @@ def data_cookie(header: str, names: tuple[str, ...]) -> str | None:
     for name, value in cookie_pairs(header):
         found.setdefault(name, value)
     for name in names:
-        if name in found:
+        if found.get(name):  # an empty one is absent: Better Auth then reads the chunks
             return decode_uri_component(found[name]) if "%" in found[name] else found[name]
     for name in names:
-        prefix = name + "."
-        chunks = sorted((int(key[len(prefix) :]), value) for key, value in found.items() if _chunk_index(key, prefix))
+        chunks = _chunks(header, name + ".")
         if chunks and len(chunks) <= _MAX_CHUNKS:
-            return "".join(decode_uri_component(v) if "%" in v else v for _, v in chunks)
+            return "".join(value for _, value in sorted(chunks.items()))
     return None
 
 
-def _chunk_index(name: str, prefix: str) -> bool:
-    """Whether ``name`` is ``<prefix><index>``, with an index ``int`` can read.
+def _chunks(header: str, prefix: str) -> dict[int, str]:
+    """The chunks ``<prefix><n>``, read as Better Auth's ``getChunkedCookie`` reads them.
 
-    ASCII digits only (``"²".isdigit()`` is true, but ``int("²")`` raises), and few of them
-    (``int`` refuses more than 4300).
+    That is its own cookie parser, not better-call's: the *last* of a repeated name wins, names
+    and values outside RFC 6265's characters are skipped, and ``n`` is a decimal integer
+    written the canonical way (``01`` is not chunk 1).
     """
-    index = name[len(prefix) :]
-    return name.startswith(prefix) and 0 < len(index) <= _MAX_INDEX_DIGITS and index.isascii() and index.isdigit()
+    chunks: dict[int, str] = {}
+    for part in header.split(";"):
+        key, eq, value = part.partition("=")
+        key, value = key.strip(" \t"), value.strip(" \t")
+        if not eq or not key.startswith(prefix):
+            continue
+        if len(value) > 1 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        index = key[len(prefix) :]
+        if not _COOKIE_NAME.fullmatch(key) or not _COOKIE_VALUE.fullmatch(value) or not _INDEX.fullmatch(index):
+            continue
+        chunks[int(index)] = decode_uri_component(value) if "%" in value else value
+    return chunks
 
 
 class CookieCache:
@@ -91,8 +107,10 @@ class CookieCache:
         *,
         version: str = "1",
         clock: Callable[[], float] = time.time,
+        fields: Fields | None = None,
     ) -> None:
         self.strategy = strategy
+        self._fields = fields  # what Better Auth returns: the rest of a cookie is never answered
         self._current = secrets[0].encode()  # compact and jwt: the current secret only
         self._version = version
         self._clock = clock
@@ -117,7 +135,7 @@ class CookieCache:
         if str(payload.get("version") or "1") != self._version:
             return None
         try:
-            found = Session.from_better_auth(session, user)
+            found = Session.from_better_auth(session, user, self._fields)
         except (ValueError, OverflowError):
             return None
         return found if found.expires_at >= self._clock() else None
@@ -125,32 +143,27 @@ class CookieCache:
     def _payload(self, value: str) -> Any:
         if self.strategy == "compact":
             return self._compact(value)
+        if not all(_jose_segment(part) for part in value.split(".")):
+            return None
         if self.strategy == "jwt":
             return self._jwt(value)
         return self._jwe(value)
 
     def _compact(self, value: str) -> Any:
-        """``base64url(JSON {session: P, expiresAt, signature})``, signed over P's JSON plus expiresAt.
+        """``base64url(JSON {session: P, expiresAt, signature})``, signed over ``JSON.stringify({...P, expiresAt})``.
 
-        The signed text is P exactly as JavaScript serialised it, so it is taken from the raw
-        JSON, and the session used is parsed from those very characters: the rest of the object
-        is parsed apart from them, and neither may hold a duplicate key (a second ``"session"``
-        after P would otherwise be the one a later reading uses).
+        Better Auth parses the JSON, then checks the HMAC over its own serialisation of what it
+        parsed; so does the gateway, and the object it uses is the very one whose bytes were
+        verified (issue 13, finding 1). A document with a repeated key, at any depth, is refused
+        (``strict_json``): it has two readings, and no Better Auth writes one.
         """
-        raw = b64url_decode(value).decode()
-        if not raw.startswith(_COMPACT_HEAD):
+        outer = strict_json.loads(b64url_decode(value).decode())
+        session, expires, signature = outer["session"], outer["expiresAt"], outer["signature"]
+        if not isinstance(session, dict) or not isinstance(signature, str) or _number(expires) == -math.inf:
             return None
-        session, end = strict_json.raw_decode(raw, len(_COMPACT_HEAD))
-        tail = raw[end:].lstrip(_JSON_WHITESPACE)
-        if tail[:1] != ",":
-            return None
-        rest = strict_json.loads("{" + tail[1:])  # the other members, parsed once
-        expires = rest["expiresAt"]
-        if "session" in rest or not isinstance(expires, int | float) or isinstance(expires, bool):
-            return None
-        signed = raw[len(_COMPACT_HEAD) : end][:-1] + ',"expiresAt":' + _js_number(expires) + "}"
+        signed = json.dumps(session | {"expiresAt": expires}, separators=(",", ":"), ensure_ascii=False)
         expected = hmac.digest(self._current, signed.encode(), "sha256")
-        if not hmac.compare_digest(b64url_decode(rest["signature"]), expected):
+        if not hmac.compare_digest(b64url_decode(signature), expected):
             return None
         if expires < self._clock() * 1000 or _rewritten_by_javascript(session):
             return None
@@ -186,7 +199,9 @@ class CookieCache:
             unpadder = padding.PKCS7(128).unpadder()
             padded = decryptor.update(cipher_bytes) + decryptor.finalize()
             claims = strict_json.loads(unpadder.update(padded) + unpadder.finalize())
-            return claims if _number(claims.get("exp")) > self._clock() - _JWE_TOLERANCE_S else None
+            # jose would allow 15 s of tolerance, but get-session then refuses a cache whose
+            # exp (in ms) is past: the window ends at exp, as for the other strategies.
+            return claims if _number(claims.get("exp")) >= self._clock() else None
         return None
 
 
@@ -204,9 +219,8 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else -math.inf
 
 
-def _js_number(value: float) -> str:
-    """``String(n)`` for the millisecond timestamps Better Auth writes (integers)."""
-    return str(int(value)) if float(value).is_integer() else repr(value)
+def _jose_segment(text: str) -> bool:
+    return _JOSE_SEGMENT.fullmatch(text) is not None and (not text.endswith("=") or len(text) % 4 == 0)
 
 
 def _v8_iso(text: str) -> str | None:

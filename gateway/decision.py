@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.errors import BackendUnavailable
 from gateway.jwts import looks_like_jwt
@@ -32,6 +32,24 @@ def judge(session: Session | None, now: float) -> Reason:
     return Reason.ok
 
 
+class Turn(Protocol):
+    """A request's turn at a lookup, from its address's failure budget (``budget.Turn``)."""
+
+    async def take(self, *, signed: bool) -> bool:
+        """Wait for the address's turn; ``False``: none came in time (refused, not judged)."""
+        ...
+
+    def settle(self, *, spent: bool) -> None:
+        """End the lookup; ``spent`` if it found no valid session."""
+        ...
+
+
+# Remembered as absent for the negative TTL: what a lookup found that no later lookup will change
+# within it (Better Auth never makes an expired session valid again: it deletes it). A ban is not
+# remembered: an unban must count at once.
+_ABSENT = frozenset({Reason.unknown_session, Reason.expired})
+
+
 class Decider:
     """Checks a credential locally, then looks its session up through the tiers."""
 
@@ -47,11 +65,15 @@ class Decider:
         self.cookie_cache = cookie_cache
         self.jwts = jwts
 
-    async def decide(self, credential: Credential | None, *, allow_jwt: bool = False) -> Verdict:  # noqa: PLR0911  (one per outcome)
+    async def decide(  # noqa: PLR0911  (one per outcome)
+        self, credential: Credential | None, *, allow_jwt: bool = False, turn: Turn | None = None
+    ) -> Verdict:
         """Return the verdict for ``credential`` (``None``: the request carried none).
 
         ``allow_jwt``: a bearer JWT of the JWT plugin counts too (not on Better Auth's own
-        get-session, which knows no such credential).
+        get-session, which knows no such credential). ``turn``: the failure budget of the
+        request's address, consulted only when a lookup is needed (``Reason.rate_limited`` if
+        no turn came); everything answered without one never waits.
         """
         if credential is None:
             return Verdict(Reason.no_credentials)
@@ -63,8 +85,9 @@ class Decider:
         # Better Auth reads its cookie cache before its store: a session it vouches for counts
         # even when a lookup found none a moment ago.
         cached = credential.cached if self.cookie_cache is not None else None
-        if cached is None and self.tiers.known_absent(credential.key):
-            return Verdict(Reason.unknown_session)
+        absent = self.tiers.known_absent(credential.key) if cached is None else None
+        if absent is not None:
+            return Verdict(absent)
         token = self.verifier.token(credential)
         if isinstance(token, Reason):
             return Verdict(token)
@@ -72,7 +95,9 @@ class Decider:
             verdict = self._from_cookie_cache(cached, token)
             if verdict is not None:
                 return verdict
-        return await self._look_up(credential.key, token)
+        if turn is None or self.tiers.joinable(token):  # joining a lookup in flight costs nothing more
+            return await self._look_up(credential.key, token)
+        return await self._look_up_in_turn(credential, token, turn)
 
     def _jwt(self, credential: Credential) -> bool:
         return self.jwts is not None and credential.kind is not Kind.cookie and looks_like_jwt(credential.value)
@@ -80,6 +105,9 @@ class Decider:
     async def _from_jwt(self, token: str) -> Verdict:
         assert self.jwts is not None  # noqa: S101  (checked by the caller)
         result = await self.jwts.verify(token)
+        if result is Reason.backend_unavailable:  # the key source is down: 503, never 401
+            self.tiers.metrics.lookup("jwt", "error")
+            return Verdict(result)
         self.tiers.metrics.lookup("jwt", "miss" if isinstance(result, Reason) else "hit")
         if isinstance(result, Reason):
             return Verdict(result)
@@ -97,6 +125,22 @@ class Decider:
         reason = judge(session, self.tiers.l1.clock())
         return Verdict(reason, session if reason is Reason.ok else None)
 
+    async def _look_up_in_turn(self, credential: Credential, token: str, turn: Turn) -> Verdict:
+        """A lookup in the turn the address's failure budget gives it (``gateway.budget``)."""
+        # A value with a signature was proved by it (a raw bearer token has none): such
+        # credentials can't be made up, and wait before raw ones.
+        signed = credential.kind is Kind.cookie or "." in credential.value
+        if not await turn.take(signed=signed):
+            return Verdict(Reason.rate_limited)
+        spent = True  # unless it is known to have found a session: a lookup left behind still runs
+        try:
+            verdict = await self._look_up(credential.key, token)
+            # Spent on no valid session; an outage is not the address's doing.
+            spent = verdict.reason not in (Reason.ok, Reason.backend_unavailable)
+        finally:
+            turn.settle(spent=spent)
+        return verdict
+
     async def _look_up(self, key: str, token: str) -> Verdict:
         try:
             loaded = await self.tiers.load(token)
@@ -107,6 +151,6 @@ class Decider:
         if session is not None and reason is Reason.ok:
             self.tiers.remember(key, loaded)
             return Verdict(Reason.ok, session)
-        if reason is Reason.unknown_session:
-            self.tiers.remember_absent(key)
+        if reason in _ABSENT:
+            self.tiers.remember_absent(key, reason)
         return Verdict(reason)

@@ -7,16 +7,16 @@ as ``forwarding`` reconstructs it.
 
 from __future__ import annotations
 
-import math
 import re
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, quote, urlsplit
 
 from gateway import policy, responses
-from gateway.forwarding import Original, original_request, parse_networks, request_client
+from gateway.forwarding import Original, original_request, parse_networks
 from gateway.sessions import Reason
-from gateway.tokens import find_credential
+from gateway.stripping import Stripper
+from gateway.tokens import cookie_header, find_credential
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from granian._granian import RSGIHTTPProtocol as HTTPProtocol
     from granian.rsgi import Scope
 
+    from gateway.budget import Budget
     from gateway.config import Settings
     from gateway.logs import DecisionLog
-    from gateway.ratelimit import FailureLimiter
     from gateway.resources import Resources
     from gateway.sessions import Session, Verdict
     from gateway.tokens import Credential
@@ -41,24 +41,25 @@ class ForwardAuth:
     """Turns a verdict into 200, 401, 302/303, 403 or 503 for a proxy."""
 
     def __init__(
-        self, settings: Settings, resources: Callable[[], Resources], log: DecisionLog, limiter: FailureLimiter
+        self, settings: Settings, resources: Callable[[], Resources], log: DecisionLog, budget: Budget
     ) -> None:
         self._resources = resources
         self._log = log
-        self._limiter = limiter
+        self._budget = budget
+        # nginx relays only 401 and 403 from an auth endpoint: the 429 travels in a header.
+        self._rate_limited = [*_RATE_LIMITED, ("retry-after", str(budget.retry_after_s))]
         self._names = settings.cookie_names
         self._networks = parse_networks(settings.trusted_proxies)
         self._identity = responses.Identity(settings.identity_headers, remote=settings.remote_headers)
         self._deny = responses.Denials(settings.retry_after_s)
         self._rules = policy.load_rules(settings.rules_file) if settings.rules_file else None
-        self._strip = settings.strip_credentials
+        self._strip = Stripper(settings) if settings.strip_credentials else None
         self._login = settings.login_url
         self._param = settings.redirect_param
         hosts = settings.redirect_hosts or urlsplit(settings.login_url).hostname or ""
         self._redirect_hosts = tuple(h.strip().lower() for h in hosts.split(",") if h.strip())
-        self._cookie_prefixes = tuple(f"{p}{settings.cookie_prefix}." for p in ("", "__Secure-"))
         # Decision logging needs the full path (it times and fingerprints every answer).
-        self._simple = self._rules is None and not self._strip and not log.enabled
+        self._simple = self._rules is None and self._strip is None and not log.enabled
 
     def hit(self, scope: Scope) -> list[tuple[str, str]] | None:
         """The hit path: a cached session's headers, with no HMAC, no I/O and no coroutine.
@@ -75,7 +76,7 @@ class ForwardAuth:
             # credentials are ever cached: a hit is the answer find_credential would lead to.
             key: str | None = authorization
         else:
-            credential = find_credential(authorization, h.get("x-session-token"), h.get("cookie"), self._names)
+            credential = find_credential(authorization, h.get("x-session-token"), cookie_header(h), self._names)
             key = credential.key if credential is not None else None
         if key is None:
             return None
@@ -93,22 +94,18 @@ class ForwardAuth:
         """Answer one forward-auth request that ``hit`` did not."""
         res = self._resources()
         started = time.perf_counter()
-        # The client is needed only for the failure budget: skip the header parsing without one.
-        client = self._client(scope) if self._limiter.enabled else ""
-        wait = self._limiter.retry_after(client)
-        if wait:
-            # nginx relays only 401 and 403 from an auth endpoint: the 429 travels in a header.
-            status, headers, label = 403, [*_RATE_LIMITED, ("retry-after", str(math.ceil(wait)))], "rate_limited"
-        else:
-            status, headers, label = await self._answer(scope, res, credential)
-            self._limiter.record(client, label)
+        status, headers, label = await self._answer(scope, res, credential)
         res.metrics.decision(label)
         if self._log.enabled:
             self._log.record(label, credential, started)
         return proto.response_empty(status, headers)
 
     async def _answer(self, scope: Scope, res: Resources, credential: Credential | None) -> Answer:
-        verdict = await res.decider.decide(credential, allow_jwt=True)
+        # The client's address is worked out only if a lookup needs its failure budget.
+        turn = self._budget.turn(scope.client, scope.headers.get) if self._budget.enabled else None
+        verdict = await res.decider.decide(credential, allow_jwt=True, turn=turn)
+        if verdict.reason is Reason.rate_limited:
+            return 403, self._rate_limited, verdict.reason
         if verdict.reason is Reason.backend_unavailable:
             return 503, self._deny.unavailable, verdict.reason
         envoy = scope.path.startswith("/validate/")  # its query belongs to the original request
@@ -122,11 +119,10 @@ class ForwardAuth:
         if verdict.session is not None:
             return self._allow(scope, verdict.session, rule)
         if rule.allow_anonymous:
-            return 200, self._identity.anonymous, "anonymous"
+            # A credential that proved nothing is still one: stripped too.
+            strip = self._strip.headers(scope.headers) if self._strip is not None else []
+            return 200, self._identity.anonymous + strip, "anonymous"
         return self._refuse(scope, verdict, redirect=_wants_redirect(scope, query))
-
-    def _client(self, scope: Scope) -> str:
-        return request_client(scope.client, scope.headers.get, self._networks)
 
     def _original(self, scope: Scope) -> Original:
         headers = scope.headers
@@ -144,14 +140,9 @@ class ForwardAuth:
         if not rule.allows(session):
             return 403, self._deny.forbidden, "forbidden"
         headers = self._identity.headers(session)
-        if self._strip:
-            headers += [("cookie", self._without_better_auth(scope.headers.get("cookie") or "")), ("authorization", "")]
+        if self._strip is not None:
+            headers += self._strip.headers(scope.headers)
         return 200, headers, Reason.ok
-
-    def _without_better_auth(self, cookie: str) -> str:
-        """The Cookie header minus Better Auth's cookies, for upstreams that must not see them."""
-        parts = (p.strip() for p in cookie.split(";"))
-        return "; ".join(p for p in parts if p and not p.split("=", 1)[0].strip().startswith(self._cookie_prefixes))
 
     def _refuse(self, scope: Scope, verdict: Verdict, *, redirect: bool) -> Answer:
         headers = self._deny.unauthenticated[verdict.reason]

@@ -7,6 +7,14 @@
   place, it flushes the caches: the LRU is cleared and Redis's generation bumped.
 - Every worker of every instance runs one (each has an LRU of its own): the Postgres connection
   budget is ``instances * workers * (GATEWAY_POOL_MAX_SIZE + 1)``.
+- Anyone who can connect to the database can ``NOTIFY`` (it takes no privilege). A forged ``s:``
+  or ``u:`` only evicts; a forged ``*`` would flush every cache of every worker, as often as it is
+  sent. So ``*`` (the triggers' word for a ``TRUNCATE``) is believed only with proof the sender
+  cannot forge: a ``TRUNCATE`` gives the table a new file (``pg_relation_filenode``), which only a
+  role allowed to truncate or rewrite the table can cause. A ``*`` with neither table's file
+  changed since last seen is ignored (counted, logged once per connection); when the files can't
+  be read, it is believed (forgetting is always safe). One check at a time: a flood costs one
+  catalogue query after another, never a flush.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
+from gateway.schema import mapping_from
 from gateway.store import UNAVAILABLE
 from gateway.triggers import INSTALLED_SQL, installed_names
 
@@ -29,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.invalidation")
 _FIRST_RETRY_S = 0.1
 _MAX_RETRY_S = 5.0
+_FILENODES_SQL = "SELECT pg_relation_filenode($1::regclass), pg_relation_filenode($2::regclass)"
 
 
 class Listener:
@@ -41,12 +51,20 @@ class Listener:
         self._check_s = settings.listener_check_s
         self._timeout_s = settings.db_timeout_s
         self._tiers = tiers
+        mapping = mapping_from(settings)
+        self._tables = (mapping.session.name, mapping.user.name)
+        self._filenodes: tuple[object, ...] | None = None  # the tables' files when last looked at
+        self._checking: asyncio.Future[Any] | None = None  # the one check of a '*' under way
+        self._recheck = False  # another '*' came during it
+        self._ignored_logged = False
+        self._lock = asyncio.Lock()  # one query at a time on the connection
         self._task: asyncio.Task[None] | None = None
         self._work: set[asyncio.Future[Any]] = set()
         self.connected = False
         self.triggers_installed: bool | None = None
         self.connections = 0  # (re)connections made, for tests and metrics
         self.notifications = 0
+        self.flushes_ignored = 0  # '*' without a truncated table: forged
 
     def start(self) -> None:
         """Start listening in the background (and keep at it until ``close``)."""
@@ -57,6 +75,10 @@ class Listener:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        await self.settled()
+
+    async def settled(self) -> None:
+        """Wait until the shared tier's part of every notification heard so far is done."""
         await asyncio.gather(*self._work, return_exceptions=True)
 
     async def _run(self) -> None:
@@ -88,6 +110,10 @@ class Listener:
         dead = asyncio.Event()
         conn.add_termination_listener(lambda _: dead.set())
         await conn.add_listener(self._channel, self._on_notification)
+        # The tables' files before the flush: a TRUNCATE after this read is proven by a change,
+        # one before it is covered by the flush.
+        self._ignored_logged = False
+        self._filenodes = await self._read_filenodes(conn)
         # LISTEN is in place: from here on nothing is missed, so what came before can go.
         await self._tiers.flush()
         await self._check_triggers(conn)
@@ -99,7 +125,8 @@ class Listener:
             try:
                 await asyncio.wait_for(dead.wait(), self._check_s)
             except TimeoutError:
-                await conn.execute("SELECT 1", timeout=self._timeout_s)  # raises if the link is dead
+                async with self._lock:
+                    await conn.execute("SELECT 1", timeout=self._timeout_s)  # raises if the link is dead
 
     async def _check_triggers(self, conn: asyncpg.Connection) -> None:
         found = await conn.fetchval(INSTALLED_SQL, installed_names(), timeout=self._timeout_s)
@@ -110,7 +137,7 @@ class Listener:
                 "(run `gateway install-triggers`)"
             )
 
-    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _on_notification(self, conn: asyncpg.Connection, _pid: int, _channel: str, payload: str) -> None:
         self.notifications += 1
         kind, _, value = payload.partition(":")
         work: Awaitable[object] | None
@@ -119,7 +146,10 @@ class Listener:
         elif kind == "u":
             work = self._tiers.invalidate_user(value)
         elif payload == "*":
-            work = self._tiers.flush()
+            if self._checking is not None and not self._checking.done():
+                self._recheck = True  # the check under way looks again when it ends
+                return
+            work = self._checking = asyncio.ensure_future(self._flush_if_truncated(conn))
         else:
             log.warning("ignored an unknown notification on %r", self._channel)
             return
@@ -127,3 +157,32 @@ class Listener:
             future = asyncio.ensure_future(work)
             self._work.add(future)
             future.add_done_callback(self._work.discard)
+
+    async def _flush_if_truncated(self, conn: asyncpg.Connection) -> None:
+        """Flush for a ``*`` if a table was truncated since last seen; look again for a ``*`` that came meanwhile."""
+        while True:
+            self._recheck = False
+            if await self._truncated(conn):
+                await self._tiers.flush()
+            if not self._recheck:
+                return
+
+    async def _truncated(self, conn: asyncpg.Connection) -> bool:
+        before, self._filenodes = self._filenodes, await self._read_filenodes(conn)
+        if before is None or self._filenodes is None or not all(self._filenodes) or before != self._filenodes:
+            return True  # changed, or can't tell (unreadable, partitioned): believe it
+        self.flushes_ignored += 1
+        self._tiers.metrics.event("invalidation_flush_ignored")
+        if not self._ignored_logged:
+            self._ignored_logged = True
+            log.warning("ignored a '*' on %r with no table truncated: not sent by the triggers", self._channel)
+        return False
+
+    async def _read_filenodes(self, conn: asyncpg.Connection) -> tuple[object, ...] | None:
+        try:
+            async with self._lock:
+                row = await conn.fetchrow(_FILENODES_SQL, *self._tables, timeout=self._timeout_s)
+        except UNAVAILABLE as exc:
+            log.warning("cannot read the tables' files, so every '*' is believed: %s", exc)
+            return None
+        return None if row is None else tuple(row)

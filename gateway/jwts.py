@@ -12,6 +12,11 @@ user; there is no session behind a JWT, so a sign-out does not end one before it
 Keys come from the ``jwks`` table (or from the ``/jwks`` URL when one is configured), are kept
 in memory, and are fetched again when a token names an unknown ``kid`` (rotation), at most
 once per ``refetch_s`` so that forged ``kid`` values cannot turn into a flood of fetches.
+
+An unknown ``kid`` is a forgery only when the key set is known to be current: if the last fetch
+failed (Postgres or Better Auth down), the verdict is ``backend_unavailable`` (503), never
+``bad_signature`` (401), which would log every JWT caller out during an outage. A failed fetch
+is retried after ``retry_s``; a known ``kid`` keeps verifying with the keys already loaded.
 """
 
 from __future__ import annotations
@@ -82,7 +87,10 @@ def endpoint_keys(url: str, timeout_s: float) -> KeySource:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310  (configured URL)
             body = json.load(response)
         keys = body.get("keys") if isinstance(body, dict) else None
-        return [k for k in keys if isinstance(k, dict)] if isinstance(keys, list) else []
+        if not isinstance(keys, list):  # not a key set (a proxy's error page...): nothing was learnt
+            msg = f"{url} did not answer a JWK set"
+            raise ValueError(msg)  # noqa: TRY004  (bad data, reported as such)
+        return [k for k in keys if isinstance(k, dict)]
 
     async def load() -> list[dict[str, Any]]:
         return await asyncio.to_thread(fetch)
@@ -93,23 +101,26 @@ def endpoint_keys(url: str, timeout_s: float) -> KeySource:
 class JwtVerifier:
     """Verifies Better Auth JWTs; turns their claims into a ``Session`` with no session row."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  (keyword-only knobs)
         self,
         source: KeySource,
         *,
         audience: str,
         issuer: str = "",
         refetch_s: float = 30.0,
+        retry_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._source = source
         self._audience = audience
         self._issuer = issuer or None
         self._refetch_s = refetch_s
+        self._retry_s = min(retry_s, refetch_s)
         self._clock = clock
         self._keys: dict[str, jwt.PyJWK] = {}
         self._fetched_at = -float("inf")
         self._fetching: asyncio.Task[None] | None = None
+        self._current = False  # the last fetch succeeded: a kid missing from the keys is unknown
 
     async def verify(self, token: str) -> Session | Reason:
         """The identity a JWT carries, or why it is refused."""
@@ -117,9 +128,12 @@ class JwtVerifier:
             kid = _header(token).get("kid")
         except (jwt.InvalidTokenError, ValueError, TypeError, AttributeError, RecursionError):
             return Reason.malformed
-        key = (self._keys.get(kid) or await self._key_after_refetch(kid)) if isinstance(kid, str) else None
-        if key is None:
+        if not isinstance(kid, str):
             return Reason.bad_signature
+        key = self._keys.get(kid) or await self._key_after_refetch(kid)
+        if key is None:
+            # Unknown to a key set we could not read is not unknown: the source is down.
+            return Reason.bad_signature if self._current else Reason.backend_unavailable
         claims = self._claims(token, key)
         if isinstance(claims, Reason):
             return claims
@@ -127,21 +141,19 @@ class JwtVerifier:
         user.setdefault("id", claims["sub"])
         if user["id"] != claims["sub"]:
             return Reason.invalid_jwt
-        try:
-            expires = float(claims["exp"])
-        except OverflowError:  # an integer no float holds: even signed, no expiry anyone can check
-            return Reason.invalid_jwt
-        return Session(expires_at=expires, banned_until=0.0, session={}, user=user)
+        role = user.get("role")
+        return Session(float(claims["exp"]), 0.0, {}, user, role if isinstance(role, str) else None)
 
     def _claims(self, token: str, key: jwt.PyJWK) -> dict[str, Any] | Reason:
         try:
-            return _JWT.decode(
+            claims: dict[str, Any] = _JWT.decode(
                 token,
                 key,
                 algorithms=[key.algorithm_name],
                 audience=self._audience,
                 issuer=self._issuer,
-                options={"require": ["exp", "sub", "aud"]},
+                # jose checks no iat (a key's clock ahead of ours is no reason to refuse).
+                options={"require": ["exp", "sub", "aud"], "verify_iat": False},
             )
         except jwt.ExpiredSignatureError:
             return Reason.expired
@@ -149,9 +161,13 @@ class JwtVerifier:
             return Reason.bad_signature
         except (jwt.InvalidTokenError, ValueError, TypeError, KeyError):
             return Reason.invalid_jwt
+        if any(k in claims and _number(claims[k]) is None for k in ("exp", "nbf", "iat")):
+            return Reason.invalid_jwt  # jose requires numbers; PyJWT would also take "123"
+        return claims
 
     async def _key_after_refetch(self, kid: str) -> jwt.PyJWK | None:
-        if self._fetching is None and self._clock() - self._fetched_at >= self._refetch_s:
+        interval = self._refetch_s if self._current else self._retry_s
+        if self._fetching is None and self._clock() - self._fetched_at >= interval:
             self._fetched_at = self._clock()
             self._fetching = asyncio.ensure_future(self._refetch())
         if self._fetching is not None:
@@ -165,8 +181,10 @@ class JwtVerifier:
         try:
             found = await self._source()
         except (OSError, ValueError, TypeError, KeyError, http.client.HTTPException, BackendUnavailable) as exc:
-            # The table or the endpoint could not be read: keep the keys we have, and say why.
+            # The table or the endpoint could not be read: keep the keys we have, say why, and
+            # answer 503 for the kids they lack until a fetch succeeds.
             log.warning("could not fetch the JWT plugin's public keys: %s", exc)
+            self._current = False
             return
         keys = {}
         for data in found:
@@ -178,3 +196,14 @@ class JwtVerifier:
             if key.algorithm_name in ALGORITHMS and isinstance(data.get("kid"), str):
                 keys[data["kid"]] = key
         self._keys = keys
+        self._current = True
+
+
+def _number(value: object) -> float | None:
+    """A JSON number as a float; ``None`` for anything else, or for an integer no float holds (10**400)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # even signed: no time anyone can check
+        return None

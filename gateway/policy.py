@@ -12,7 +12,13 @@ Rules file (TOML, or JSON with the same shape)::
     path_prefix = "/admin"          # optional
     methods = ["POST", "DELETE"]    # optional
     allowed_roles = ["admin"]
-    # also: allowed_emails, allowed_email_domains, require_verified_email, allow_anonymous, satisfy
+    # also: allowed_emails, allowed_email_domains, require_verified_email, allow_anonymous, satisfy,
+    # allow_unverified_email
+
+An e-mail rule (``allowed_emails``, ``allowed_email_domains``) counts only a verified address
+(``emailVerified``): Better Auth lets anyone sign up as ``x@yourcorp.com`` without proving it, so
+an unverified address proves nothing (oauth2-proxy refuses them too). ``allow_unverified_email``
+says otherwise, for one rule or one auth URL.
 """
 
 from __future__ import annotations
@@ -29,7 +35,15 @@ if TYPE_CHECKING:
     from gateway.sessions import Session
 
 _QUERY_KEYS = frozenset(
-    {"allowed_roles", "allowed_emails", "allowed_email_domains", "require_verified_email", "allow_anonymous", "satisfy"}
+    {
+        "allowed_roles",
+        "allowed_emails",
+        "allowed_email_domains",
+        "require_verified_email",
+        "allow_unverified_email",
+        "allow_anonymous",
+        "satisfy",
+    }
 )
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
@@ -41,27 +55,32 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     allowed_emails: frozenset[str] = frozenset()
     allowed_email_domains: frozenset[str] = frozenset()
     require_verified_email: bool = False
+    allow_unverified_email: bool = False  # e-mail rules also match addresses nobody verified
     allow_anonymous: bool = False
     satisfy: Literal["all", "any"] = "all"
 
     def allows(self, session: Session) -> bool:
         """Whether the session's user passes (``satisfy``: every given constraint, or any one)."""
         user = session.user
-        email = str(user.get("email") or "").lower()
+        # An unverified address matches no e-mail rule (see the module docstring).
+        email = str(user.get("email") or "").lower() if self._email_counts(user) else ""
         checks = []
         if self.allowed_roles:
-            roles = {r.strip() for r in str(user.get("role") or "").split(",")}  # Better Auth: "admin,user"
+            roles = {r.strip() for r in (session.role or "").split(",")}  # Better Auth: "admin,user"
             checks.append(bool(roles & self.allowed_roles))
         if self.allowed_emails:
             checks.append(email in self.allowed_emails)
         if self.allowed_email_domains:
             domain = email.rpartition("@")[2]
-            checks.append(any(_domain_matches(domain, d) for d in self.allowed_email_domains))
+            checks.append(bool(email) and any(_domain_matches(domain, d) for d in self.allowed_email_domains))
         if self.require_verified_email:
             checks.append(user.get("emailVerified") is True)
         if not checks:
             return True
         return any(checks) if self.satisfy == "any" else all(checks)
+
+    def _email_counts(self, user: dict[str, object]) -> bool:
+        return self.allow_unverified_email or user.get("emailVerified") is True
 
 
 DEFAULT = Policy()
@@ -94,6 +113,7 @@ def from_query(query: str) -> Policy | None:
         allowed_emails=items("allowed_emails"),
         allowed_email_domains=items("allowed_email_domains"),
         require_verified_email=params.get("require_verified_email", ["0"])[-1].lower() in _TRUE,
+        allow_unverified_email=params.get("allow_unverified_email", ["0"])[-1].lower() in _TRUE,
         allow_anonymous=params.get("allow_anonymous", ["0"])[-1].lower() in _TRUE,
         satisfy=satisfy,  # type: ignore[arg-type]
     )

@@ -18,8 +18,8 @@ from gateway.invalidation import Listener
 from gateway.jwts import JwtVerifier, endpoint_keys
 from gateway.metrics import Metrics
 from gateway.redis_tier import FAILURES as REDIS_FAILURES
-from gateway.redis_tier import RedisTier, connect
-from gateway.schema import mapping_from
+from gateway.redis_tier import RedisTier, connect, tombstone_s
+from gateway.schema import fields_of, mapping_from
 from gateway.secondary_storage import KeyspaceListener, SecondaryStorage
 from gateway.store import Store
 from gateway.tiers import Tiers
@@ -84,7 +84,7 @@ class Resources(NamedTuple):
 
 
 @contextlib.asynccontextmanager
-async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
+async def open_resources(settings: Settings, clock: Callable[[], float] = time.time) -> AsyncIterator[Resources]:
     """Open the metrics, the Postgres pool, Redis and the listener, in that order; close in reverse.
 
     Startup waits for Postgres (with back-off, at most ``startup_wait_s``) rather than crash in a
@@ -106,7 +106,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         redis = None
         if settings.redis_url is not None:
             observe = metrics.backend_seconds.labels("redis").observe
-            redis = RedisTier(connect(settings.redis_url.reveal(), settings), settings, time.time, observe)
+            redis = RedisTier(connect(settings.redis_url.reveal(), settings), settings, clock, observe)
             stack.push_async_callback(redis.close)
         source: SessionSource | None = store if store is not None else secondary
         assert source is not None  # noqa: S101  (one of the two was opened above)
@@ -118,7 +118,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             negative_max_entries=settings.negative_max_entries,
             negative_ttl_s=settings.negative_ttl_s,
             batch_max_size=settings.batch_max_size,
-            revoked_for_s=settings.cookie_cache_max_age_s if settings.cookie_cache != "off" else 0.0,
+            revoked_for_s=_revoked_for_s(settings),
+            clock=clock,
             metrics=metrics,
         )
         verifier = Verifier(
@@ -139,7 +140,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         cookie_cache = None
         if settings.cookie_cache != "off":
             secrets = tuple(s.reveal() for s in settings.secrets)
-            cookie_cache = CookieCache(settings.cookie_cache, secrets, version=settings.cookie_cache_version)
+            cookie_cache = CookieCache(
+                settings.cookie_cache, secrets, version=settings.cookie_cache_version, fields=fields_of(settings)
+            )
         jwts = None
         if settings.jwt_audience:
             url, timeout = settings.jwt_jwks_url, settings.db_timeout_s
@@ -152,11 +155,21 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         yield Resources(store, secondary, redis, tiers, decider, listener, metrics)
 
 
+def _revoked_for_s(settings: Settings) -> float:
+    """How long a revoked token or user is remembered: as long as anything cached before could be offered."""
+    windows = [10.0]
+    if settings.redis_url is not None:
+        windows += [tombstone_s(settings), settings.l2_ttl_s]  # a value's own lifetime bounds a replay
+    if settings.cookie_cache != "off":
+        windows.append(settings.cookie_cache_max_age_s)
+    return max(windows)
+
+
 async def _open_secondary(settings: Settings, stack: contextlib.AsyncExitStack) -> SecondaryStorage:
     assert settings.secondary_storage_url is not None  # noqa: S101  (checked by the caller)
     client = connect(settings.secondary_storage_url.reveal(), settings)
     assert not isinstance(client, RedisCluster)  # noqa: S101  (refused by the settings' checks)
-    storage = SecondaryStorage(client, settings.secondary_storage_prefix, settings.redis_timeout_s)
+    storage = SecondaryStorage(client, settings.secondary_storage_prefix, settings.redis_timeout_s, fields_of(settings))
     stack.push_async_callback(storage.close)
     return storage
 

@@ -58,8 +58,8 @@ class Identity:
             "email": user.get("email"),
             "name": user.get("name"),
             "session_id": session.session.get("id"),
-            "role": user.get("role"),
-            "groups": user.get("role"),  # Better Auth's admin plugin keeps roles comma-separated
+            "role": session.role,
+            "groups": session.role,  # Better Auth's admin plugin keeps roles comma-separated
         }
         return [(header, header_value(fields[field])) for field, header in self.names]
 

@@ -17,10 +17,13 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, NamedTuple
 
+from gateway.fields import DECISION_USER_FIELDS, Fields, returned_fields
+
 if TYPE_CHECKING:
     from gateway.config import Settings
 
-# The fields the gateway needs; everything else in the tables is passed through as-is.
+# The fields the gateway needs; of the rest, only those Better Auth returns are read
+# (gateway.fields), and the few it decides with (DECISION_USER_FIELDS).
 SESSION_REQUIRED = ("id", "userId", "expiresAt")
 USER_REQUIRED = ("id",)
 
@@ -48,7 +51,7 @@ class Table(NamedTuple):
     bare: str  # the unquoted table name, for the catalogue
     overrides: dict[str, str]  # field -> column, from settings
     snake_case: bool
-    hidden: frozenset[str] = frozenset()  # fields Better Auth does not return (never read)
+    returned: frozenset[str] = frozenset()  # the fields Better Auth returns (gateway.fields)
 
     def column(self, field: str) -> str:
         """The column holding ``field``."""
@@ -79,21 +82,26 @@ def mapping_from(settings: Settings) -> Mapping:
     suffix = "s" if settings.use_plural else ""
     prefix = quote(settings.db_schema) + "." if settings.db_schema else ""
 
-    def table(override: str, default: str, fields: dict[str, str], hidden: str) -> Table:
+    returned = fields_of(settings)
+
+    def table(override: str, default: str, fields: dict[str, str], names: frozenset[str]) -> Table:
         bare = override or default + suffix
-        return Table(prefix + quote(bare), bare, fields, snake_case, field_names(hidden))
+        return Table(prefix + quote(bare), bare, fields, snake_case, names)
 
     return Mapping(
         settings.db_schema,
-        table(settings.session_table, "session", settings.session_fields, settings.session_hidden_fields),
-        table(settings.user_table, "user", settings.user_fields, settings.user_hidden_fields),
+        table(settings.session_table, "session", settings.session_fields, returned.session),
+        table(settings.user_table, "user", settings.user_fields, returned.user),
         settings.token_field,
     )
 
 
-def field_names(text: str) -> frozenset[str]:
-    """A comma-separated list of field names, as a set."""
-    return frozenset(name.strip() for name in text.split(",") if name.strip())
+def fields_of(settings: Settings) -> Fields:
+    """The fields Better Auth returns in the configuration the settings describe."""
+    s = settings
+    return returned_fields(
+        s.plugins, s.user_additional_fields, s.session_additional_fields, s.user_hidden_fields, s.session_hidden_fields
+    )
 
 
 class Query(NamedTuple):
@@ -102,7 +110,11 @@ class Query(NamedTuple):
     sql: str  # one parameter: the token
     batch_sql: str  # one parameter: an array of tokens; the first column is the token
     session_fields: tuple[str, ...]  # field names of the session columns, in select order
-    user_fields: tuple[str, ...]  # the same for the user columns, which follow
+    user_fields: tuple[str, ...]  # the same for the user columns returned, which follow
+    # Where expiresAt and the decision fields (role, banned, banExpires) are among the selected
+    # columns; a decision field Better Auth does not return is selected after the user's.
+    positions: dict[str, int]
+    unreturned: tuple[str, ...] = ()  # "user.role", ...: fields in the tables no answer holds
 
 
 def build_query(m: Mapping, session_columns: list[str], user_columns: list[str]) -> Query:
@@ -120,17 +132,27 @@ def build_query(m: Mapping, session_columns: list[str], user_columns: list[str])
     _require(s, session_columns, (*SESSION_REQUIRED, m.token_field), "GATEWAY_SESSION_FIELDS")
     _require(u, user_columns, USER_REQUIRED, "GATEWAY_USER_FIELDS")
     token_col = s.column(m.token_field)
-    # The token never enters a cached value: it is left out of the session's fields; so are the
-    # fields configured hidden (columns Better Auth does not return).
-    s_cols = [c for c in session_columns if c != token_col and s.field(c) not in s.hidden]
-    u_cols = [c for c in user_columns if u.field(c) not in u.hidden]
-    select = ", ".join([f"s.{quote(c)}" for c in s_cols] + [f"u.{quote(c)}" for c in u_cols])
+    # Only what Better Auth returns is read (a column's mere existence adds nothing); the token
+    # never enters a cached value. The decision fields are read even when not returned.
+    s_cols = [c for c in session_columns if c != token_col and s.field(c) in s.returned | set(SESSION_REQUIRED)]
+    u_cols = [c for c in user_columns if u.field(c) in u.returned | set(USER_REQUIRED)]
+    decide = [c for c in user_columns if u.field(c) in DECISION_USER_FIELDS and c not in u_cols]
+    select = ", ".join([f"s.{quote(c)}" for c in s_cols] + [f"u.{quote(c)}" for c in u_cols + decide])
     join = f"FROM {s.name} AS s JOIN {u.name} AS u ON u.{quote(u.column('id'))} = s.{quote(s.column('userId'))}"
+    session_fields = tuple(s.field(c) for c in s_cols)
+    user_read = [u.field(c) for c in u_cols + decide]
+    positions = {"expiresAt": session_fields.index("expiresAt")}
+    positions |= {f: len(s_cols) + user_read.index(f) for f in DECISION_USER_FIELDS if f in user_read}
     return Query(
         sql=f"SELECT {select} {join} WHERE s.{quote(token_col)} = $1",
         batch_sql=f"SELECT s.{quote(token_col)}, {select} {join} WHERE s.{quote(token_col)} = ANY($1::text[])",
-        session_fields=tuple(s.field(c) for c in s_cols),
+        session_fields=session_fields,
         user_fields=tuple(u.field(c) for c in u_cols),
+        positions=positions,
+        unreturned=tuple(
+            [f"session.{s.field(c)}" for c in session_columns if c not in s_cols and c != token_col]
+            + [f"user.{u.field(c)}" for c in user_columns if c not in u_cols]
+        ),
     )
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from redis.asyncio import Redis
 
+    from gateway.fields import Fields
     from gateway.tiers import Tiers
 
 log = logging.getLogger("gateway.secondary_storage")
@@ -45,10 +46,13 @@ _EVICTING = frozenset({"del", "expired", "evicted", "set", "rename_from", "unlin
 class SecondaryStorage:
     """Sessions from Better Auth's Redis secondary storage (a ``SessionSource``)."""
 
-    def __init__(self, client: Redis, prefix: str, timeout_s: float) -> None:
+    def __init__(self, client: Redis, prefix: str, timeout_s: float, fields: Fields | None = None) -> None:
         self.client = client
         self.prefix = prefix
         self._timeout_s = timeout_s
+        # What Better Auth returns: a stored value's other keys (written by another app or an
+        # older configuration) are never answered.
+        self._fields = fields
 
     async def fetch_many(self, tokens: Sequence[str]) -> dict[str, Session]:
         """The live sessions among ``tokens``, as Better Auth's ``findSession`` reads them."""
@@ -68,7 +72,7 @@ class SecondaryStorage:
             if cutoff is not None and _created_ms(session) < cutoff:
                 continue  # revoked in bulk after it was created
             with contextlib.suppress(ValueError):
-                sessions[token] = Session.from_better_auth(session, user)
+                sessions[token] = Session.from_better_auth(session, user, self._fields)
         return sessions
 
     async def ping(self) -> None:

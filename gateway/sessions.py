@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import math
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
+
+if TYPE_CHECKING:
+    from gateway.fields import Fields
 
 JSONObject = dict[str, Any]
 
@@ -25,6 +28,7 @@ class Reason(enum.StrEnum):
     banned = "banned"
     invalid_jwt = "invalid_jwt"  # a JWT of the JWT plugin with the wrong audience, issuer or claims
     backend_unavailable = "backend_unavailable"
+    rate_limited = "rate_limited"  # the address's failure budget gave this lookup no turn in time (not judged)
 
 
 class Session(msgspec.Struct, frozen=True, gc=False):
@@ -38,12 +42,17 @@ class Session(msgspec.Struct, frozen=True, gc=False):
 
     expires_at: float  # the session's expiresAt, seconds since the epoch
     banned_until: float  # 0: not banned; inf: banned for good; else the ban's end (epoch seconds)
-    session: JSONObject
-    user: JSONObject
+    session: JSONObject  # the fields Better Auth returns, and no other
+    user: JSONObject  # the same
+    # The user's role (admin plugin), for identity headers and policy: read whether or not
+    # Better Auth returns it, so it lives beside the answer's fields, not among them.
+    role: str | None = None
 
     @classmethod
-    def from_better_auth(cls, session: JSONObject, user: JSONObject) -> Session:
+    def from_better_auth(cls, session: JSONObject, user: JSONObject, fields: Fields | None = None) -> Session:
         """A session from Better Auth's JSON shape (its cookie cache, its secondary storage).
+
+        ``fields``: keep only the fields Better Auth returns (the bans and the role are read first).
 
         Raises:
             ValueError: ``expiresAt`` (or a ban's ``banExpires``) is not an ISO date.
@@ -52,11 +61,13 @@ class Session(msgspec.Struct, frozen=True, gc=False):
         if user.get("banned") is True:
             ban_expires = user.get("banExpires")
             banned_until = math.inf if ban_expires is None else iso_epoch(ban_expires)
+        role = user.get("role")
         return cls(
             expires_at=iso_epoch(session.get("expiresAt")),
             banned_until=banned_until,
-            session={k: v for k, v in session.items() if k != "token"},
-            user=user,
+            session=fields.session_of(session) if fields else {k: v for k, v in session.items() if k != "token"},
+            user=fields.user_of(user) if fields else user,
+            role=role if isinstance(role, str) else None,
         )
 
     @property

@@ -19,7 +19,7 @@ import msgspec
 
 from gateway.errors import SchemaMismatch, StoreUnavailable
 from gateway.schema import COLUMNS_SQL, Mapping, Query, build_query, quote
-from gateway.sessions import JSONObject, Session
+from gateway.sessions import Session
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -195,6 +195,12 @@ class Store:
                 except LookupError as exc:
                     raise SchemaMismatch(str(exc)) from exc
                 log.info("session lookup: %s", self._query.sql)
+                if self._query.unreturned:  # what an operator upgrading may miss: say it once
+                    log.info(
+                        "in the tables but not answered, as Better Auth would not return them as configured: %s "
+                        "(name their plugin in GATEWAY_PLUGINS, or GATEWAY_*_ADDITIONAL_FIELDS, if it does)",
+                        ", ".join(self._query.unreturned),
+                    )
             return self._query
 
 
@@ -212,26 +218,22 @@ def _describe(exc: BaseException) -> str:
 def to_session(query: Query, row: asyncpg.Record, offset: int = 0) -> Session:
     """Turn a row of ``query`` into a ``Session`` with Better Auth's field names and JSON values.
 
-    ``offset`` skips leading columns (the batched query selects the token first).
+    ``offset`` skips leading columns (the batched query selects the token first). Columns read
+    only to decide (a role or ban Better Auth does not return) never reach the answer's fields.
     """
     raw = list(row)[offset:]
-    n = len(query.session_fields)
-    values = [json_value(v) for v in raw]
-    session = dict(zip(query.session_fields, values[:n], strict=True))
-    user = dict(zip(query.user_fields, values[n:], strict=True))
-    ban_expires = raw[n + query.user_fields.index("banExpires")] if "banExpires" in user else None
+    n, at = len(query.session_fields), query.positions
+    values = [json_value(v) for v in raw[: n + len(query.user_fields)]]
+    role = raw[at["role"]] if "role" in at else None
+    banned = raw[at["banned"]] if "banned" in at else None
+    ban_expires = raw[at["banExpires"]] if "banExpires" in at else None
     return Session(
-        expires_at=epoch(raw[query.session_fields.index("expiresAt")]),
-        banned_until=_banned_until(user, ban_expires),
-        session=session,
-        user=user,
+        expires_at=epoch(raw[at["expiresAt"]]),
+        banned_until=0.0 if banned is not True else math.inf if ban_expires is None else epoch(ban_expires),
+        session=dict(zip(query.session_fields, values[:n], strict=True)),
+        user=dict(zip(query.user_fields, values[n:], strict=True)),
+        role=role if isinstance(role, str) else None,
     )
-
-
-def _banned_until(user: JSONObject, ban_expires: Any) -> float:
-    if user.get("banned") is not True:
-        return 0.0
-    return math.inf if ban_expires is None else epoch(ban_expires)
 
 
 def epoch(value: Any) -> float:

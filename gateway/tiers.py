@@ -4,13 +4,14 @@
 - Concurrent misses for one token share one lookup (single-flight), run as a task of its own so
   a client going away cannot cancel it for the others; misses for different tokens in the same
   loop tick share one ``MGET`` and one ``= ANY($1)`` query (``batching``).
-- An unknown token is remembered as absent for a short, separate TTL in a bounded LRU, so a
-  repeated unknown (or raw, unsignable) token does not cost a query each time.
+- An unknown (or expired) token is remembered as absent for a short, separate TTL in a bounded
+  LRU, so a repeated unknown (or raw, unsignable) token does not cost a query each time.
 - Invalidation evicts by token hash or by user (both indexed) and bumps ``epoch``: a lookup that
   started before an invalidation never fills a cache after it, so a session read from Postgres
   just before its revocation cannot be cached past it. Revoked token hashes and users are also
   remembered for a while, and a Redis value naming one is not trusted (the tombstone replacing it
-  in Redis may still be on its way).
+  in Redis may still be on its way; and with Redis on, for as long as a value written before the
+  revocation could be valid, so a copy written back by whoever can write to Redis is refused).
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
     from gateway.redis_tier import Lookup
-    from gateway.sessions import Session
+    from gateway.sessions import Reason, Session
 
 
 # How long a revoked token or user makes Redis values naming it untrusted: longer than the shared
-# tier needs to write its tombstones. With the cookie cache on, as long as a cookie's window.
+# tier needs to write its tombstones. With Redis on, as long as a value's own lifetime (the L2
+# TTL); with the cookie cache on, as long as a cookie's window (``resources`` passes the longest).
 _REVOKED_FOR_S = 10.0
 _REVOKED_MAX = 100_000
 
@@ -108,7 +110,7 @@ class Tiers:
     ) -> None:
         self.metrics = metrics or Metrics()
         self.l1: LRU[Entry] = LRU(max_entries, clock, on_evict=self.forget)
-        self.negative: LRU[bool] = LRU(negative_max_entries, clock)
+        self.negative: LRU[Reason] = LRU(negative_max_entries, clock)
         self.shared = shared
         self._ttl_s = ttl_s
         # A negative entry must not outlive a positive one (a session created meanwhile).
@@ -118,7 +120,7 @@ class Tiers:
         self._by_digest: dict[str, set[str]] = {}
         self._by_user: dict[str, set[str]] = {}
         self._revoked: LRU[bool] = LRU(_REVOKED_MAX, clock)  # "s:<digest>" and "u:<user id>"
-        self._revoked_for_s = max(_REVOKED_FOR_S, revoked_for_s)
+        self._revoked_for_s = revoked_for_s
         self.epoch = 0
 
     def cached(self, key: str) -> Entry | None:
@@ -127,12 +129,12 @@ class Tiers:
         self.metrics.lookup("l1", "miss" if entry is None else "hit")
         return entry
 
-    def known_absent(self, key: str) -> bool:
-        """Whether a credential key was recently looked up and found to be no session."""
-        if self.negative.get(key) is None:
-            return False
-        self.metrics.lookup("l1", "negative")
-        return True
+    def known_absent(self, key: str) -> Reason | None:
+        """Why a credential key was recently looked up and found no valid session, if it was."""
+        reason = self.negative.get(key)
+        if reason is not None:
+            self.metrics.lookup("l1", "negative")
+        return reason
 
     def _timed(
         self, bulk: Callable[[Sequence[str]], Awaitable[Mapping[str, Session]]]
@@ -148,6 +150,11 @@ class Tiers:
 
         return timed
 
+    def joinable(self, token: str) -> bool:
+        """Whether a ``load`` of ``token`` now would join a lookup in flight (costing nothing more)."""
+        flight = self._inflight.get(token)
+        return flight is not None and flight[0] == self.epoch
+
     async def load(self, token: str) -> Loaded:
         """Fetch ``token`` from Redis, then Postgres, sharing one fetch among concurrent callers.
 
@@ -157,7 +164,7 @@ class Tiers:
         epoch = self.epoch
         flight = self._inflight.get(token)
         if flight is None or flight[0] != epoch:  # never join a lookup begun before an invalidation
-            task = asyncio.ensure_future(self._load(token))
+            task = asyncio.ensure_future(self._load(token, epoch))
             self._inflight[token] = flight = (epoch, task)
             task.add_done_callback(lambda t: self._settle(token, t))
         else:
@@ -165,7 +172,7 @@ class Tiers:
         session = await asyncio.shield(flight[1])
         return Loaded(session, token_hash(token), flight[0])
 
-    async def _load(self, token: str) -> Session | None:
+    async def _load(self, token: str, epoch: int) -> Session | None:
         if self.shared is None:
             return await self._from_source(token)
         digest = token_hash(token)
@@ -178,7 +185,9 @@ class Tiers:
         else:
             self.metrics.lookup("redis", "miss")
         session = await self._from_source(token)
-        if session is not None and found is not None:
+        # Not after an invalidation heard since the lookup began: what Postgres said may be stale
+        # (the shared tier also refuses writes over a token's or user's tombstone).
+        if session is not None and found is not None and epoch == self.epoch:
             self.shared.put(digest, session, found.generation)
         return session
 
@@ -219,9 +228,9 @@ class Tiers:
             self._by_digest.setdefault(loaded.digest, set()).add(key)
             self._by_user.setdefault(session.user_id, set()).add(key)
 
-    def remember_absent(self, key: str) -> None:
-        """Remember that a credential key named no session, for the short negative TTL."""
-        self.negative.put(key, True, self.l1.clock() + self._negative_ttl_s)  # noqa: FBT003
+    def remember_absent(self, key: str, reason: Reason) -> None:
+        """Remember that a credential key named no valid session (and why), for the short negative TTL."""
+        self.negative.put(key, reason, self.l1.clock() + self._negative_ttl_s)
 
     def forget(self, key: str, entry: Entry) -> None:
         """Drop an entry leaving the LRU from the indexes (the LRU's ``on_evict``)."""

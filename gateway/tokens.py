@@ -33,11 +33,14 @@ from gateway.sessions import Reason
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from granian._granian import RSGIHeaders as Headers  # granian.rsgi re-exports it implicitly
+
 # JavaScript's String.prototype.trim() whitespace, which better-call's parser uses.
 _JS_WHITESPACE = (
     " \t\n\r\x0b\x0c\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
     "\u2028\u2029\u202f\u205f\u3000\ufeff"
 )
+JS_WHITESPACE = _JS_WHITESPACE  # for the modules that must read cookie names as better-call does
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _LEGACY_TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,255}")
 _TOKEN_LENGTH = 32  # generateId(32): always the length of a Better Auth >= 1.0 session token
@@ -96,6 +99,18 @@ def find_credential(
 def header_credential(value: str) -> Credential:
     """Wrap a token given as a plain value (``X-Session-Token``, a JSON body's ``token``)."""
     return Credential("x:" + value, Kind.header, value.strip(_JS_WHITESPACE))
+
+
+def cookie_header(headers: Headers) -> str | None:
+    """The request's Cookie fields as one value, joined with ``"; "`` as Node.js joins them.
+
+    A client may send several Cookie fields (HTTP/2 clients split cookies that way, RFC 9113
+    §8.2.3): Better Auth sees them all, in order, so the gateway reads them all too.
+    """
+    values: list[str] = headers.get_all("cookie")  # type: ignore[attr-defined]  # granian's stub lacks it
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else "; ".join(values)
 
 
 def cookie_pairs(header: str) -> Iterator[tuple[str, str]]:

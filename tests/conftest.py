@@ -342,3 +342,19 @@ async def seed_sessions(dsn: str, n: int) -> list[str]:
         return [await seed.create_session(conn, uid) for _ in range(n)]
     finally:
         await conn.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how many differential cases ran (tests/test_differential.py records them per test)."""
+    counts = [
+        (report.nodeid.rpartition("[")[2].rstrip("]"), int(value))
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if report.when == "call"
+        for key, value in report.user_properties
+        if key == "differential_cases"
+    ]
+    if counts:
+        detail = ", ".join(f"{name} {n}" for name, n in counts)
+        total = sum(n for _, n in counts)
+        terminalreporter.write_line(f"differential suite vs the real Better Auth: {total} cases ({detail})")

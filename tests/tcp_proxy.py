@@ -21,6 +21,8 @@ class Proxy:
         self.port = 0
         self.open = True
         self.stalled = False  # True: connections stay up but carry nothing (a black hole)
+        self.sent = bytearray()  # what the clients sent to Postgres, when ``recording``
+        self.recording = False
 
     async def start(self) -> Proxy:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -62,12 +64,14 @@ class Proxy:
             writer.transport.abort()
             return
         self._links |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        await asyncio.gather(self._pipe(reader, up_writer, record=True), self._pipe(up_reader, writer))
         self._links -= {writer, up_writer}
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, record: bool = False) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
+                if record and self.recording:
+                    self.sent += data
                 while self.stalled:  # noqa: ASYNC110  (a test double polling a flag is clearest)
                     await asyncio.sleep(0.01)
                 writer.write(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -296,3 +297,44 @@ async def test_cached_sessions_validate_concurrently(
     assert [r.status_code for r in replies] == [200] * 200
     expected = [uid for uid, _ in sessions for _ in range(10)]
     assert [r.headers["x-auth-request-user"] for r in replies] == expected
+
+
+def trickle(port: int, head: bytes, body: bytes, every_s: float, give_up_s: float) -> tuple[bytes, float, bool]:
+    """Send ``head``, then ``body`` a byte every ``every_s``; return (the reply, when it came, closed after)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=every_s) as s:
+        s.sendall(head)
+        for byte in body:
+            try:
+                s.sendall(bytes([byte]))
+                reply = s.recv(65536)
+            except TimeoutError:
+                if time.monotonic() - started > give_up_s:
+                    return b"", time.monotonic() - started, False
+                continue
+            except (ConnectionResetError, BrokenPipeError):
+                return b"", time.monotonic() - started, True
+            answered = time.monotonic() - started
+            s.settimeout(2)
+            try:
+                while chunk := s.recv(65536):  # the rest of the reply, then the server's close
+                    reply += chunk
+            except TimeoutError:
+                return reply, answered, False
+            except ConnectionResetError:
+                pass
+            return reply, answered, True
+    return b"", time.monotonic() - started, False
+
+
+async def test_trickled_body_is_cut_off(app_db: str, start_gateway: Any, client: httpx.AsyncClient) -> None:
+    """A /v1/validate body trickled a byte at a time gets 408 at the body timeout and its connection is closed."""
+    gw: Server = start_gateway({"DATABASE_URL": app_db, "GATEWAY_BODY_READ_TIMEOUT_S": "1"})
+    body = b'{"token": "' + b"a" * 32 + b'"}'
+    head = b"POST /v1/validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    reply, after, closed = await asyncio.to_thread(trickle, gw.port, head % len(body), body, 0.25, 8)
+    assert reply.startswith(b"HTTP/1.1 408 "), (reply[:200], after)
+    assert 0.9 < after < 3, after  # one second of trickling, not the whole body's 11 seconds
+    assert closed  # the slot is given back: the server hangs up
+    assert b'"request_timeout"' in reply
+    assert (await client.get(gw.url + "/healthz")).status_code == 200

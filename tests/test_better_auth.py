@@ -108,7 +108,7 @@ async def test_get_session_equals_better_auths(
     better_auth: BetterAuth, database: str, start_gateway: Any, ba_client: httpx.AsyncClient
 ) -> None:
     """The gateway's get-session answer equals Better Auth's own for the same cookie, and for none."""
-    gw = start_gateway({"DATABASE_URL": database})
+    gw = start_gateway({"DATABASE_URL": database, "GATEWAY_PLUGINS": "bearer,admin"})  # the peer's plugins
     signup = await better_auth.sign_up(ba_client, "grace@example.com")
     name, wire = set_cookie_pair(signup)
     for headers in ({"cookie": f"{name}={wire}"}, {"authorization": f"Bearer {signup.headers['set-auth-token']}"}, {}):
@@ -130,7 +130,8 @@ async def test_exactly_the_cookie_name_better_auth_reads(
     """
     peer = BetterAuth(database, base_url_scheme=scheme)
     try:
-        gw = start_gateway({"DATABASE_URL": database, "GATEWAY_SECURE_COOKIES": "auto", "BETTER_AUTH_URL": peer.origin})
+        env = {"GATEWAY_SECURE_COOKIES": "auto", "BETTER_AUTH_URL": peer.origin, "GATEWAY_PLUGINS": "bearer,admin"}
+        gw = start_gateway({"DATABASE_URL": database} | env)  # the peer's base URL and plugins
         async with stateless_client() as client:
             signup = await peer.sign_up(client, f"{scheme}@example.com")
             name, wire = set_cookie_pair(signup)

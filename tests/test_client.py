@@ -27,7 +27,7 @@ async def admin(db: asyncpg.Connection) -> tuple[str, str]:
 
 @pytest.fixture
 def gateway(database: str, start_gateway: Any) -> Server:
-    server: Server = start_gateway({"DATABASE_URL": database})
+    server: Server = start_gateway({"DATABASE_URL": database, "GATEWAY_PLUGINS": "admin"})  # role is returned
     return server
 
 
@@ -97,3 +97,34 @@ async def test_fastapi_example(gateway: Server, admin: tuple[str, str], db: asyn
     assert (await call(gateway.url, "/admin/ping", cookie(bob))).status_code == 403
     down = await call(f"http://127.0.0.1:{free_port()}", "/me", cookie(token))
     assert down.status_code == 503
+
+
+async def test_columns_better_auth_does_not_return_are_never_sent(
+    db: asyncpg.Connection, database: str, start_gateway: Any
+) -> None:
+    """A column another app added to the user and to the session table, and a plugin's column left
+    without its plugin, reach no answer: not get-session, not /v1/validate, not gateway.client."""
+    await db.execute("""alter table "user" add column "ssn" text default 'secret-user-value'""")
+    await db.execute("""alter table "session" add column "deviceSecret" text default 'secret-session-value'""")
+    uid = await seed.create_user(db, email="ada@example.com", role="admin")
+    token = await seed.create_session(db, uid)
+    await db.execute('update "session" set "activeOrganizationId" = $1', "secret-org-value")
+    gw: Server = start_gateway({"DATABASE_URL": database})  # Better Auth's defaults: no plugins
+    secrets = (b"secret-user-value", b"secret-session-value", b"secret-org-value", b"ssn", b"deviceSecret", b"role")
+    received: list[bytes] = []
+
+    async def keep(response: httpx.Response) -> None:
+        received.append(await response.aread())
+
+    async with httpx.AsyncClient(timeout=5, event_hooks={"response": [keep]}) as http:
+        await http.get(gw.url + "/api/auth/get-session", headers=cookie(token))
+        await http.post(gw.url + "/v1/validate", json={"token": token})
+        async with GatewayClient(gw.url, client=http) as client:
+            identity = await client.validate(token)
+        r = await http.get(gw.url + "/validate", headers=cookie(token))
+    assert identity is not None
+    assert identity.user.id == uid
+    assert len(received) == 4
+    assert all(b'"userId"' in body for body in received[:3])  # each JSON answer is a session
+    assert not [s for s in secrets for body in received if s in body]
+    assert r.headers["x-auth-request-role"] == "admin"  # still read to decide, never returned

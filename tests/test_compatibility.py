@@ -91,15 +91,15 @@ CONFIGS = {
     "bearer requireSignature": Config(
         plugins={"bearer": {"requireSignature": True}}, gateway={"GATEWAY_ACCEPT_UNSIGNED_BEARER": "false"}
     ),
-    "admin (ban, impersonation)": Config(plugins={"admin": {}}),
-    "organization": Config(plugins={"organization": {}}),
+    "admin (ban, impersonation)": Config(plugins={"admin": {}}, gateway={"GATEWAY_PLUGINS": "admin"}),
+    "organization": Config(plugins={"organization": {}}, gateway={"GATEWAY_PLUGINS": "organization"}),
     "drizzle snake_case, usePlural": Config(
         plugins={"admin": _SNAKE_ADMIN},
         options={
             "user": {"modelName": "users", "fields": _SNAKE_USER},
             "session": {"modelName": "sessions", "fields": _SNAKE_SESSION},
         },
-        gateway={"GATEWAY_SCHEMA_PRESET": "drizzle", "GATEWAY_USE_PLURAL": "true"},
+        gateway={"GATEWAY_SCHEMA_PRESET": "drizzle", "GATEWAY_USE_PLURAL": "true", "GATEWAY_PLUGINS": "admin"},
         session_table="sessions",
         user_table="users",
         expires_column="expires_at",
@@ -110,12 +110,48 @@ CONFIGS = {
         better_auth_env={"BETTER_AUTH_SECRET": "", "BETTER_AUTH_SECRETS": f"2:{SECRET},1:{OLD_SECRET}"},
         gateway={"BETTER_AUTH_SECRETS": f"2:{SECRET},1:{OLD_SECRET}"},
     ),
+    # Nothing to configure: a column Better Auth does not declare is never returned.
     "columns Better Auth does not return": Config(
         setup_sql=(
             """ALTER TABLE "user" ADD COLUMN "internalNote" text DEFAULT 'not for clients'""",
             """ALTER TABLE "session" ADD COLUMN "legacyFlag" boolean DEFAULT true""",
         ),
-        gateway={"GATEWAY_USER_HIDDEN_FIELDS": "internalNote", "GATEWAY_SESSION_HIDDEN_FIELDS": "legacyFlag"},
+    ),
+    # Columns an earlier admin + organization migration left, those plugins no longer configured.
+    "plugin columns left by a migration": Config(
+        plugins={"bearer": {}},
+        setup_sql=(
+            """ALTER TABLE "user" ADD COLUMN "role" text DEFAULT 'admin', ADD COLUMN "banned" boolean""",
+            """ALTER TABLE "session" ADD COLUMN "activeOrganizationId" text DEFAULT 'org-from-before'""",
+        ),
+    ),
+    "many plugins": Config(
+        plugins={
+            "admin": {},
+            "organization": {"teams": {"enabled": True}},
+            "username": {},
+            "anonymous": {},
+            "phoneNumber": {},
+            "twoFactor": {},
+            "lastLoginMethod": {"storeInDatabase": True},
+        },
+        gateway={
+            "GATEWAY_PLUGINS": "admin,organization:teams,username,anonymous,phoneNumber,twoFactor,lastLoginMethod"
+        },
+    ),
+    "additionalFields (one returned: false)": Config(
+        options={
+            "user": {
+                "additionalFields": {
+                    "nickname": {"type": "string", "required": False, "defaultValue": "nick"},
+                    "internalScore": {"type": "number", "required": False, "returned": False, "defaultValue": 7},
+                }
+            },
+            "session": {
+                "additionalFields": {"deviceLabel": {"type": "string", "required": False, "defaultValue": "d"}}
+            },
+        },
+        gateway={"GATEWAY_USER_ADDITIONAL_FIELDS": "nickname", "GATEWAY_SESSION_ADDITIONAL_FIELDS": "deviceLabel"},
     ),
     "storeSessionInDatabase + preserveSessionInDatabase": Config(
         options={"session": {"storeSessionInDatabase": True, "preserveSessionInDatabase": True}},
@@ -227,6 +263,8 @@ async def test_gateway_answers_as_better_auth(
             await peers.agree({"cookie": f"{config.cookie}={old}"}, valid=False)
         if "organization" in plugins:
             await peers.post("/api/auth/organization/create", ada_cookie, {"name": "Acme", "slug": "acme"})
+            # The UPDATE's notification evicts the cached session within milliseconds, not at once.
+            await eventually(lambda: _active_organization(peers, ada_cookie), within=3)
             session = await peers.agree(ada_cookie, valid=True)
             assert session is not None
             assert session["session"]["activeOrganizationId"]
@@ -279,6 +317,11 @@ async def _admin_scenarios(peers: Peers, bare_db: asyncpg.Connection, users: str
 
     await peers.post("/api/auth/admin/ban-user", root_cookie, {"userId": eve["user"]["id"]})
     await peers.agree(eve_cookie, valid=False)
+
+
+async def _active_organization(peers: Peers, headers: dict[str, str]) -> bool:
+    r = await peers.client.get(peers.gw.url + "/api/auth/get-session", headers=headers)
+    return bool((r.json() or {}).get("session", {}).get("activeOrganizationId"))
 
 
 def _json(value: dict[str, Any]) -> str:

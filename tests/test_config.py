@@ -135,6 +135,38 @@ def test_serve_with_bad_config_exits_2_without_traceback() -> None:
     assert "Traceback" not in result.stderr
 
 
+QUERY_SECRETS = ("pw-in-userinfo", "pw-in-query", "pw-ssl-key", "pw-encoded-name", "pw-redis", "pw-sentinel")
+SECRET_DSNS = {
+    "DATABASE_URL": "postgresql://gw:pw-in-userinfo@db:5432,db2:5433/app"
+    "?sslmode=require&password=pw-in-query&sslpassword=pw-ssl-key&pass%77ord=pw-encoded-name",
+    "REDIS_URL": "redis+sentinel://:pw-redis@s1:26379,s2:26379/mymaster?sentinel_password=pw-sentinel&db=0",
+}
+
+
+def test_dsn_query_string_passwords_masked() -> None:
+    """A DSN's userinfo password and its secret query parameters are masked; the rest stays readable."""
+    described = describe(load_settings(BASE | SECRET_DSNS))
+    text = str(described)
+    for secret in QUERY_SECRETS:
+        assert secret not in text
+    assert described["database_url"] == (
+        "postgresql://gw:****@db:5432,db2:5433/app?sslmode=require&password=****&sslpassword=****&pass%77ord=****"
+    )
+    assert described["redis_url"] == "redis+sentinel://:****@s1:26379,s2:26379/mymaster?sentinel_password=****&db=0"
+    good = run_cli("check-config", env=BASE | SECRET_DSNS)
+    assert good.returncode == 0, good.stderr
+    for secret in QUERY_SECRETS:
+        assert secret not in good.stdout + good.stderr
+
+
+@pytest.mark.parametrize(
+    "dsn", ["postgresql://gw:p/w@db/app", "postgresql://gw:p#w?x@db/app", "postgresql://gw:p?w@db/app"]
+)
+def test_dsn_that_cannot_be_split_is_hidden_whole(dsn: str) -> None:
+    """A password holding an unencoded '/', '?' or '#' can't be told from the host: nothing of it is shown."""
+    assert describe(load_settings(BASE | {"DATABASE_URL": dsn}))["database_url"] == "postgresql://****"
+
+
 @pytest.mark.parametrize("secret", ["short-secret", "better-auth-secret-12345678901234567890"])
 def test_weak_secrets_refused_unless_allowed(secret: str) -> None:
     """A secret under 32 characters, or Better Auth's public default, is refused unless allowed for development."""
@@ -160,8 +192,10 @@ def test_new_modes_are_checked_too() -> None:
                 "REDIS_URL": "redis://r",
                 "GATEWAY_SECONDARY_STORAGE_URL": "redis+cluster://a:1,b:2",
                 "GATEWAY_JWT_ISSUER": "https://app.example",
-                "GATEWAY_USER_HIDDEN_FIELDS": "internalNote,banned",
+                "GATEWAY_USER_HIDDEN_FIELDS": "internalNote,id,nick",
                 "GATEWAY_SESSION_HIDDEN_FIELDS": "expiresAt",
+                "GATEWAY_PLUGINS": "admin, organisation",
+                "GATEWAY_USER_ADDITIONAL_FIELDS": "nick,bad-name",
             }
         )
     text = str(info.value)
@@ -169,7 +203,33 @@ def test_new_modes_are_checked_too() -> None:
         "REDIS_URL: not used",
         "Redis Cluster is not supported",
         "GATEWAY_JWT_AUDIENCE",
-        "GATEWAY_USER_HIDDEN_FIELDS: the gateway needs banned",
-        "GATEWAY_SESSION_HIDDEN_FIELDS: the gateway needs expiresAt",
+        "GATEWAY_USER_HIDDEN_FIELDS: every answer carries id",
+        "GATEWAY_SESSION_HIDDEN_FIELDS: every answer carries expiresAt",
+        "GATEWAY_PLUGINS: 'organisation' is not a Better Auth plugin",
+        "GATEWAY_USER_ADDITIONAL_FIELDS: nick also hidden",
+        "GATEWAY_USER_ADDITIONAL_FIELDS: 'bad-name' is not a field name",
     ):
         assert name in text
+    assert "'admin'" not in text
+    # Hiding the admin plugin's ban fields is allowed: the gateway reads them to decide anyway.
+    load_settings(base | {"DATABASE_URL": "postgresql://db/app", "GATEWAY_USER_HIDDEN_FIELDS": "banned,banExpires"})
+
+
+def test_budget_settings_checked() -> None:
+    """The failure budget's prefixes and waits are checked; a wait shorter than one token's refill is refused."""
+    with pytest.raises(ConfigError) as caught:
+        load_settings(
+            BASE
+            | {
+                "GATEWAY_RATE_LIMIT_IPV6_PREFIX": "129",
+                "GATEWAY_RATE_LIMIT_IPV4_PREFIX": "4",
+                "GATEWAY_RATE_LIMIT_PER_MINUTE": "6",
+                "GATEWAY_RATE_LIMIT_MAX_WAIT_S": "2",
+            }
+        )
+    text = str(caught.value.problems)
+    assert "GATEWAY_RATE_LIMIT_IPV6_PREFIX" in text
+    assert "GATEWAY_RATE_LIMIT_IPV4_PREFIX" in text
+    assert "GATEWAY_RATE_LIMIT_MAX_WAIT_S: must be at least 60 / GATEWAY_RATE_LIMIT_PER_MINUTE (10 s)" in text
+    s = load_settings(BASE | {"GATEWAY_RATE_LIMIT_PER_MINUTE": "0", "GATEWAY_RATE_LIMIT_MAX_WAIT_S": "0.1"})
+    assert s.rate_limit_per_minute == 0  # off: no wait to check

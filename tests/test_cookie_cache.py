@@ -10,6 +10,7 @@ tampered, foreign-version or missing one.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import re
 from typing import TYPE_CHECKING, Any
@@ -199,7 +200,7 @@ async def test_a_session_appended_to_a_compact_cookie_is_not_believed(
     """
     peer = BetterAuth(database, env={"OPTIONS": cache_options("compact"), "PLUGINS": "admin"})
     try:
-        gw = start_gateway({"DATABASE_URL": database, "GATEWAY_COOKIE_CACHE": "compact"})
+        gw = start_gateway({"DATABASE_URL": database, "GATEWAY_COOKIE_CACHE": "compact", "GATEWAY_PLUGINS": "admin"})
         ada = cookies_of(await peer.sign_up(ba_client, "ada@example.com"))
         mallory = cookies_of(await peer.sign_up(ba_client, "mallory@example.com"))
         own = unb64url(mallory[DATA]).decode()
@@ -241,3 +242,111 @@ def test_cookie_cache_never_raises_on_forged_values(strategy: Strategy, value: s
     """Whatever a cookie holds, opening it answers: a session only for a real one, else ``None``."""
     cache = CookieCache(strategy, ("a-secret-long-enough-for-the-gateway-0123456789",))
     assert cache.open(value, "a" * 32) is None
+
+
+# -- Better Auth's reading rules, each found by tests/test_differential.py ---------------------
+
+_SECRET = "a-secret-long-enough-for-the-gateway-0123456789"
+_TOKEN = "t" * 32
+_PAYLOAD = {
+    "session": {"id": "s1", "token": _TOKEN, "userId": "u1", "expiresAt": "2099-01-01T00:00:00.000Z"},
+    "user": {"id": "u1", "email": "ada@example.com", "name": "Ada"},
+    "updatedAt": 1,
+    "version": "1",
+}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _compact(payload: dict[str, object], *, text: str | None = None, signed_text: str | None = None) -> str:
+    """A compact cookie as Better Auth writes it; ``text`` replaces the session's JSON as sent,
+    ``signed_text`` the JSON the signature is made over (JSON.stringify's, by default)."""
+    expires = 4102444800000
+    canonical = json.dumps(payload, separators=(",", ":"))
+    signed = (signed_text or canonical)[:-1] + f',"expiresAt":{expires}}}'
+    signature = _b64(hmac.digest(_SECRET.encode(), signed.encode(), "sha256"))
+    body = f'{{"session":{text or canonical},"expiresAt":{expires},"signature":"{signature}"}}'
+    return _b64(body.encode())
+
+
+def test_compact_is_checked_over_what_is_used() -> None:
+    """The compact HMAC covers JSON.stringify of the object used, as Better Auth checks it."""
+    cache = CookieCache("compact", (_SECRET,))
+    assert cache.open(_compact(_PAYLOAD), _TOKEN) is not None
+    pretty = json.dumps(_PAYLOAD, indent=2)
+    assert cache.open(_compact(_PAYLOAD, text=pretty), _TOKEN) is not None  # Better Auth accepts it too
+    assert cache.open(_compact(_PAYLOAD, text=pretty, signed_text=pretty), _TOKEN) is None
+    canonical = json.dumps(_PAYLOAD, separators=(",", ":"))
+    victim = json.dumps(_PAYLOAD | {"user": {"id": "victim", "role": "admin"}}, separators=(",", ":"))
+    twice = canonical[:-1] + ',"user":' + json.dumps({"id": "victim"}) + "}"
+    assert cache.open(_compact(_PAYLOAD, text=twice, signed_text=twice), _TOKEN) is None
+    raw = base64.urlsafe_b64decode(_compact(_PAYLOAD) + "==").decode()
+    smuggled = raw[:-1] + ',"session":' + victim + "}"  # issue 13 finding 1
+    assert cache.open(_b64(smuggled.encode()), _TOKEN) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("d.0=ab; d.1=cd", "abcd"),
+        ("d.1=cd; d.0=ab", "abcd"),
+        ("d.0=ab; d.01=cd", "ab"),  # not a canonical index
+        ("d.0=xx; d.0=ab; d.1=cd", "abcd"),  # Better Auth's chunk parser keeps the last
+        ('d.0="ab"; d.1=c%64', "abcd"),
+        ("d=; d.0=ab", "ab"),  # an empty whole cookie is absent
+        ("d=whole; d.0=ab", "whole"),
+        ("d.0=a b", "a b"),
+        ("d.0=a,b", "a,b"),
+        ("d.0=a\\b; d.1=cd", "cd"),  # outside RFC 6265: skipped
+        ("d.x=ab", None),
+    ],
+)
+def test_chunks_are_read_as_better_auth_reads_them(header: str, expected: str | None) -> None:
+    """session_data chunks: Better Auth's getChunkedCookie rules."""
+    assert data_cookie(header, ("__Secure-d", "d")) == expected
+
+
+def _jws(claims: dict[str, object]) -> str:
+    head = _b64(b'{"alg":"HS256"}') + "." + _b64(json.dumps(claims).encode())
+    return head + "." + _b64(hmac.digest(_SECRET.encode(), head.encode(), "sha256"))
+
+
+def test_jwt_segments_are_base64url_as_jose_reads_them() -> None:
+    """Another alphabet or wrong padding is refused, as jose refuses it; right padding is not."""
+    cache = CookieCache("jwt", (_SECRET,))
+    value = _jws(_PAYLOAD | {"exp": 4102444800})
+    while "-" not in value.rpartition(".")[2] and "_" not in value.rpartition(".")[2]:
+        value = _jws(_PAYLOAD | {"exp": 4102444800, "n": value[-3:]})
+    assert cache.open(value, _TOKEN) is not None
+    head, body, signature = value.split(".")
+    standard = signature.replace("-", "+").replace("_", "/")
+    assert cache.open(f"{head}.{body}.{standard}", _TOKEN) is None
+    assert cache.open(f"{head}.{body}.{signature}====", _TOKEN) is None
+    padded = signature + "=" * (-len(signature) % 4)
+    assert cache.open(f"{head}.{body}.{padded}", _TOKEN) is not None
+
+
+def test_a_jwe_window_ends_at_its_exp() -> None:
+    """get-session refuses a cache whose exp has passed, whatever jose's decrypt tolerance."""
+    now = 1_900_000_000.0
+    cache = CookieCache("jwe", (_SECRET,), clock=lambda: now)
+    assert cache.open(_jwe(_PAYLOAD | {"exp": int(now) + 5}), _TOKEN) is not None
+    assert cache.open(_jwe(_PAYLOAD | {"exp": int(now) - 5}), _TOKEN) is None
+
+
+def _jwe(claims: dict[str, object]) -> str:
+    from cryptography.hazmat.primitives import padding  # noqa: PLC0415
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes  # noqa: PLC0415
+
+    from gateway.cookie_cache import _jwe_key  # noqa: PLC0415
+
+    key, iv = _jwe_key(_SECRET), bytes(range(16))
+    head = _b64(b'{"alg":"dir","enc":"A256CBC-HS512"}')
+    padder = padding.PKCS7(128).padder()
+    plain = padder.update(json.dumps(claims).encode()) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(key[32:]), modes.CBC(iv)).encryptor()
+    ciphertext = encryptor.update(plain) + encryptor.finalize()
+    mac = hmac.digest(key[:32], head.encode() + iv + ciphertext + (len(head) * 8).to_bytes(8, "big"), "sha512")
+    return ".".join((head, "", _b64(iv), _b64(ciphertext), _b64(mac[:32])))

@@ -102,8 +102,21 @@ async def test_query_policy_and_403(
     assert (
         await client.get(gw.url + "/validate?allowed_email_domains=example.org", headers=cookie(token))
     ).status_code == 403
+    # Ada never verified her address: an e-mail rule does not count it (issue 14, finding 3) ...
     assert (
         await client.get(gw.url + "/validate?allowed_email_domains=example.com", headers=cookie(token))
+    ).status_code == 403
+    assert (
+        await client.get(gw.url + "/validate?allowed_emails=ada@example.com", headers=cookie(token))
+    ).status_code == 403
+    # ... unless the rule says so; a verified user passes without it.
+    unverified_ok = "/validate?allowed_email_domains=example.com&allow_unverified_email=1"
+    assert (await client.get(gw.url + unverified_ok, headers=cookie(token))).status_code == 200
+    verified = await seed.create_user(db, email="grace@example.com")
+    await db.execute('update "user" set "emailVerified" = true where id = $1', verified)
+    grace = await seed.create_session(db, verified)
+    assert (
+        await client.get(gw.url + "/validate?allowed_email_domains=example.com", headers=cookie(grace))
     ).status_code == 200
     assert (await client.get(gw.url + "/validate?require_verified_email=1", headers=cookie(token))).status_code == 403
     assert (
@@ -132,6 +145,7 @@ async def test_header_names_aliases_and_credential_stripping(
     assert r.headers["x-auth-request-groups"] == "user"
     assert r.headers["cookie"] == "theme=dark; other=1"
     assert r.headers["authorization"] == ""
+    assert r.headers["x-session-token"] == ""
 
 
 async def test_hit_path_keeps_better_auths_credential_rules(

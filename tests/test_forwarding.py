@@ -70,7 +70,7 @@ def test_client_ip_is_rightmost_untrusted_hop() -> None:
 
 
 def session(role: str | None = "user", email: str = "ada@example.com", *, verified: bool = True) -> Session:
-    return Session(1e12, 0.0, {"id": "s"}, {"id": "u", "email": email, "role": role, "emailVerified": verified})
+    return Session(1e12, 0.0, {"id": "s"}, {"id": "u", "email": email, "emailVerified": verified}, role)
 
 
 @pytest.mark.parametrize(
@@ -85,6 +85,13 @@ def session(role: str | None = "user", email: str = "ada@example.com", *, verifi
         ("allowed_email_domains=.example.com", session(email="a@eu.example.com"), True),
         ("allowed_emails=ADA@example.com", session(), True),
         ("require_verified_email=1", session(verified=False), False),
+        # An unverified address matches no e-mail rule unless the rule says so (issue 14, finding 3).
+        ("allowed_email_domains=example.com", session(verified=False), False),
+        ("allowed_emails=ada@example.com", session(verified=False), False),
+        ("allowed_email_domains=example.com&satisfy=any", session(verified=False), False),
+        ("allowed_email_domains=example.com&allow_unverified_email=1", session(verified=False), True),
+        ("allowed_emails=ada@example.com&allow_unverified_email=true", session(verified=False), True),
+        ("allowed_roles=admin&allowed_emails=ada@example.com&satisfy=any", session("admin", verified=False), True),
         ("allowed_roles=admin&allowed_email_domains=example.com", session("user"), False),
         ("allowed_roles=admin&allowed_email_domains=example.com&satisfy=any", session("user"), True),
     ],
@@ -94,6 +101,15 @@ def test_query_policies(query: str, who: Session, allowed: bool) -> None:
     rule = policy.from_query(query)
     assert rule is not None
     assert rule.allows(who) is allowed
+
+
+def test_email_rules_need_emailverified_true() -> None:
+    """Only ``emailVerified: true`` counts: missing, null, or a truthy non-boolean is unverified."""
+    rule = policy.from_query("allowed_email_domains=example.com")
+    assert rule is not None
+    for verified in ({}, {"emailVerified": None}, {"emailVerified": "true"}, {"emailVerified": 1}):
+        who = Session(1e12, 0.0, {"id": "s"}, {"id": "u", "email": "ada@example.com"} | verified)
+        assert rule.allows(who) is False, verified
 
 
 def test_no_policy_and_bad_policy() -> None:

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 
 from gateway import seed
 from gateway.forwarding import original_request, parse_networks
-from gateway.ratelimit import FailureLimiter
 from gateway.sessions import Reason
 from gateway.tokens import Credential, Kind, Verifier, cookie_value, decode_uri_component, find_credential, sign
 from tests.conftest import SECRET
@@ -119,27 +118,6 @@ def test_forwarded_parsing_never_raises(url: Any, fwd_for: Any, fwd_uri: Any, ho
     assert find_credential(url, fwd_for, host, NAMES) is None or True  # the finder takes any strings too
 
 
-def test_limiter_bounded_and_refilling() -> None:
-    """Buckets refill with time, exempt clients have none, and a flood of addresses can't grow memory."""
-    now = [0.0]
-    limiter = FailureLimiter(
-        per_minute=60, burst=3, exempt=parse_networks("10.0.0.0/8"), max_clients=1000, clock=lambda: now[0]
-    )
-    for _ in range(3):
-        assert limiter.retry_after("1.2.3.4") == 0
-        limiter.record("1.2.3.4", Reason.bad_signature)
-    assert 0 < limiter.retry_after("1.2.3.4") <= 1
-    limiter.record("1.2.3.4", Reason.no_credentials)  # not a failure
-    now[0] += 1.0
-    assert limiter.retry_after("1.2.3.4") == 0
-    for _ in range(10):
-        limiter.record("10.1.1.1", Reason.bad_signature)
-    assert limiter.retry_after("10.1.1.1") == 0
-    for i in range(5000):
-        limiter.record(f"192.0.2.{i % 250}.{i}", Reason.unknown_session)
-    assert len(limiter) <= 1000
-
-
 def raw(port: int, data: bytes) -> bytes:
     chunks = []
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
@@ -230,50 +208,49 @@ async def postgres_queries(client: httpx.AsyncClient, gw: Server) -> float:
     return float(line.split()[-1]) if line else 0.0
 
 
-async def test_flood_of_forged_tokens_costs_nothing_and_is_limited(
+async def test_flood_of_forged_tokens_costs_nothing_and_never_waits(
     database: str, db: asyncpg.Connection, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
-    """10,000 distinct forged tokens from one client: zero Postgres queries, and refused with 429 semantics."""
+    """10,000 distinct forged tokens from one client: zero Postgres queries, and each refused (401) at once.
+
+    The failure budget limits lookups; a forgery is refused before any, so it has nothing to limit.
+    """
     gw: Server = start_gateway(limited(database, burst=30))
     before = await postgres_queries(client, gw)
     forged = [f"better-auth.session_token={quote(sign(seed.generate_id(), 'f' * 40), safe='')}" for _ in range(10_000)]
     statuses = []
-    started = time.monotonic()
     for i in range(0, len(forged), 200):
         batch = await asyncio.gather(
             *(client.get(gw.url + "/validate", headers={"cookie": c}) for c in forged[i : i + 200])
         )
-        statuses += [(r.status_code, r.headers.get("x-auth-error-status")) for r in batch]
-    refilled = time.monotonic() - started  # the bucket refills at 60 a minute (one a second) meanwhile
-    refused = statuses.count((401, None))
-    assert 30 <= refused <= 30 + refilled + 1  # the burst, and the refill
-    assert statuses.count((403, "429")) == 10_000 - refused
+        statuses += [r.status_code for r in batch]
+    assert statuses == [401] * 10_000
     r = await client.post(gw.url + "/v1/validate", json={"token": sign(seed.generate_id(), "f" * 40)})
-    assert r.status_code == 429
-    assert int(r.headers["retry-after"]) >= 1
+    assert r.status_code == 401
     await asyncio.sleep(0.3)
     assert await postgres_queries(client, gw) == before
 
 
-async def test_flood_of_unknown_raw_tokens_costs_one_query_each_at_most(
+async def test_unknown_raw_tokens_cost_one_query_each_at_most(
     database: str, db: asyncpg.Connection, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
-    """Unknown raw tokens: at most one query each, then the client is limited (exempt callers are not)."""
-    env = limited(database, burst=50)
+    """Unknown raw tokens: a query each at most; repeats are remembered (no query or wait); exempt ones never wait."""
+    env = limited(database, burst=20)
     gw: Server = start_gateway(env)
     before = await postgres_queries(client, gw)
-    tokens = [seed.generate_id() for _ in range(500)]
-    started = time.monotonic()
-    replies = [await client.get(gw.url + "/validate", headers={"authorization": f"Bearer {t}"}) for t in tokens]
-    refilled = time.monotonic() - started  # one a second
-    assert [r.status_code for r in replies[:50]] == [401] * 50
-    looked_up = sum(r.status_code == 401 for r in replies)
-    assert looked_up <= 50 + refilled + 1
-    assert sum(r.status_code == 403 for r in replies) == 500 - looked_up
+    tokens = [seed.generate_id() for _ in range(20)]
+    for _ in range(5):
+        started = time.monotonic()
+        replies = [await client.get(gw.url + "/validate", headers={"authorization": f"Bearer {t}"}) for t in tokens]
+        assert [r.status_code for r in replies] == [401] * 20
+        assert time.monotonic() - started < 1.5  # the burst covers the first round; the rest are remembered
     await asyncio.sleep(0.3)
-    assert await postgres_queries(client, gw) - before <= looked_up  # at most one query per unknown token
+    assert await postgres_queries(client, gw) - before <= 20  # at most one query per unknown token
     exempt = start_gateway(env | {"GATEWAY_RATE_LIMIT_EXEMPT": "127.0.0.0/8"})
+    started = time.monotonic()
     replies = [
-        await client.get(exempt.url + "/validate", headers={"authorization": f"Bearer {t}"}) for t in tokens[:120]
+        await client.get(exempt.url + "/validate", headers={"authorization": f"Bearer {seed.generate_id()}"})
+        for _ in range(120)
     ]
     assert {r.status_code for r in replies} == {401}
+    assert time.monotonic() - started < 10  # never a wait for the budget's refill (one a second)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
 from gateway import seed
 from gateway.config import load_settings
+from gateway.invalidation import Listener
 from gateway.redis_tier import token_hash
 from gateway.resources import Resources, open_resources
 from gateway.sessions import Reason
@@ -196,7 +198,7 @@ async def test_user_changes_are_reported_at_once(db: asyncpg.Connection, databas
         async def updated() -> bool:
             session = (await res.decider.decide(cred(token))).session
             user = session.user if session is not None else {}
-            return user.get("email") == "new@example.com" and user.get("role") == "admin"
+            return user.get("email") == "new@example.com" and session is not None and session.role == "admin"
 
         await eventually(updated, within=0.1, interval=0.002)
 
@@ -268,3 +270,64 @@ async def test_every_worker_refuses_after_revocation(
     assert await statuses(gw.url, cookie(token)) == {401}
     await asyncio.sleep(0.5)
     assert await statuses(gw.url, cookie(token)) == {401}  # and never accepted again
+
+
+@pytest.fixture
+async def stranger(db: asyncpg.Connection, database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection as a role that may only connect: no privilege on any table."""
+    role = "gw_stranger_" + seed.generate_id(6).lower()
+    await db.execute(f"create role {role} login password 'stranger'")
+    parts = urlsplit(database)
+    dsn = urlunsplit(parts._replace(netloc=f"{role}:stranger@{parts.hostname}:{parts.port}"))
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+        await db.execute(f"drop role {role}")
+
+
+async def test_a_forged_flush_is_ignored(
+    db: asyncpg.Connection, database: str, gateway: Any, stranger: asyncpg.Connection
+) -> None:
+    """NOTIFY '*' from a role that cannot truncate anything flushes no cache and bumps no generation."""
+    await install_triggers(database)
+    token = await seed.create_session(db, await seed.create_user(db, email="forged@example.com"))
+    async with gateway() as res:
+        await listening(res)
+        listener = res.listener
+        assert isinstance(listener, Listener)
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        epoch = res.tiers.epoch
+        for _ in range(50):
+            await stranger.execute(f"notify {CHANNEL}, '*'")
+        await eventually(lambda: listener.notifications == 50)
+        await listener.settled()
+        assert res.tiers.epoch == epoch  # nothing flushed
+        assert res.tiers.cached(cred(token).key) is not None
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        assert res.store is not None
+        assert res.store.queries == 1
+        assert 1 <= listener.flushes_ignored <= 50  # a "*" during a check is folded into the next one
+
+
+@pytest.mark.parametrize("table", ["session", "user"])
+async def test_a_real_truncate_still_flushes_everything(
+    db: asyncpg.Connection, database: str, gateway: Any, stranger: asyncpg.Connection, table: str
+) -> None:
+    """A TRUNCATE (even right after forged '*'s) is refused by every tier within a second."""
+    await install_triggers(database)
+    tokens = [await seed.create_session(db, await seed.create_user(db, email=f"t{i}@example.com")) for i in range(3)]
+    async with gateway() as res, gateway(l1_max_entries=0) as redis_only:
+        await listening(res)
+        await listening(redis_only)
+        for token in tokens:
+            assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        await asyncio.sleep(0.05)  # the Redis writes
+        for token in tokens:
+            assert (await redis_only.decider.decide(cred(token))).reason is Reason.ok
+        await stranger.execute(f"notify {CHANNEL}, '*'")
+        await db.execute(f'truncate "{table}" cascade')
+        for token in tokens:
+            for gw in (res, redis_only):
+                assert await refused_within(gw, token, Reason.unknown_session, 1) < 1

@@ -102,6 +102,20 @@ async def test_logs_never_hold_a_token_cookie_or_secret(
     assert not re.search(r"[A-Za-z0-9]{32}\.[A-Za-z0-9+/]{43}=", text)  # no signed value of any kind
 
 
+async def test_startup_log_masks_query_string_passwords(
+    database: str, db: asyncpg.Connection, start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """The effective configuration logged at startup hides a DSN's query-string passwords (asyncpg reads them)."""
+    dsn = database + ("&" if "?" in database else "?") + "password=pw-query-0123&sslmode=disable"
+    gw: Server = start_gateway({"DATABASE_URL": dsn})
+    assert (await client.get(gw.url + "/readyz")).status_code == 200  # the DSN was usable as given
+    gw.stop()
+    text = gw.output()
+    assert "effective configuration" in text
+    assert "pw-query-0123" not in text
+    assert "password=****" in text
+
+
 async def _refused(client: httpx.AsyncClient, gw: Server, token: str) -> bool:
     return (await client.get(gw.url + "/validate", headers=cookie(token))).status_code == 401
 

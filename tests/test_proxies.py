@@ -17,11 +17,13 @@ import asyncpg
 import httpx
 import pytest
 
+from gateway import seed
+from gateway.tokens import sign
 from tests.better_auth_peer import BetterAuth, node_modules
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, SECRET, free_port
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
 __all__ = ["node_modules"]  # a fixture, used by name
@@ -78,12 +80,15 @@ def from_example(text: str, gateway: int, app: int) -> str:
     return text.replace("127.0.0.1:8080", f"127.0.0.1:{gateway}").replace("127.0.0.1:9000", f"127.0.0.1:{app}")
 
 
-def start_nginx(tmp: Path, gateway: int, app: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_nginx(tmp: Path, gateway: int, app: int, *, strip: bool = False) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     conf_dir = tmp / "better-auth-gateway"
     conf_dir.mkdir()
-    for name in ("upstreams.conf", "gateway.conf", "identity.conf"):
+    for name in ("upstreams.conf", "gateway.conf", "identity.conf", "strip-credentials.conf"):
         text = from_example((EXAMPLES / "nginx" / name).read_text(), gateway, app)
+        if strip:  # as examples/nginx/identity.conf says to
+            identity = "include better-auth-gateway/identity.conf;"
+            text = text.replace(identity, f"{identity}\n        include better-auth-gateway/strip-credentials.conf;")
         (conf_dir / name).write_text(text.replace("listen 8081;", f"listen 127.0.0.1:{port};"))
     (tmp / "nginx.conf").write_text(
         f"user root;\nworker_processes 1;\ndaemon off;\npid {tmp}/nginx.pid;\nerror_log {tmp}/error.log;\n"
@@ -99,9 +104,11 @@ def start_nginx(tmp: Path, gateway: int, app: int) -> tuple[subprocess.Popen[byt
     return proc, port
 
 
-def start_caddy(tmp: Path, gateway: int, app: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_caddy(tmp: Path, gateway: int, app: int, *, strip: bool = False) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     text = from_example((EXAMPLES / "caddy" / "Caddyfile").read_text(), gateway, app)
+    if strip:  # as the Caddyfile's comment says to
+        text = text.replace("copy_headers X-Auth", "copy_headers Cookie Authorization X-Session-Token X-Auth")
     (tmp / "Caddyfile").write_text("{\n\tadmin off\n\tauto_https off\n}\n\n" + text.replace(":8081 {", f":{port} {{"))
     env = os.environ | {"HOME": str(tmp), "XDG_DATA_HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp)}
     log = tmp / "caddy.log"
@@ -222,3 +229,51 @@ async def test_policy_sees_original_uri_and_method(site: Site) -> None:
     assert (await site.get("/reports/1", cookie=site.user_cookie)).status_code == 200
     assert (await site.get("/reports/1", method="DELETE", cookie=site.user_cookie)).status_code == 403
     assert (await site.get("/reports/1", method="DELETE", cookie=site.admin_cookie)).status_code == 200
+
+
+@pytest.fixture
+async def stripping(
+    proxy_kind: str, db: asyncpg.Connection, database: str, upstream: int, start_gateway: Any, tmp_path: Path
+) -> AsyncIterator[tuple[str, str]]:
+    """A proxy in front of the upstream with credential stripping on and a custom session cookie name."""
+    token = await seed.create_session(db, await seed.create_user(db, email="strip@example.com"))
+    env = {"DATABASE_URL": database, "GATEWAY_STRIP_CREDENTIALS": "true", "GATEWAY_SESSION_COOKIE_NAME": "sid"}
+    gw = start_gateway(env)
+    proc, port = PROXIES[proxy_kind](tmp_path, gw.port, upstream, strip=True)
+    try:
+        yield f"http://127.0.0.1:{port}", token
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_stripping_leaves_no_credential_for_the_upstream(stripping: tuple[str, str]) -> None:
+    """With stripping on, the app gets no credential the gateway read: any cookie name, bearer or X-Session-Token."""
+    url, token = stripping
+    signed = quote(sign(token, SECRET), safe="")
+    cookies = (
+        f"theme=dark; __Secure-sid={signed}; sid={signed}; better-auth.session_token={signed}; "
+        "better-auth.session_data=eyJzZXNzaW9uIjp7fX0; better-auth.session_data.0=eyJz; "
+        f"__Secure-better-auth.session_data.1=ZXNz; better-auth.dont_remember=true; other=1; sid ={signed}"
+    )
+    asks = [
+        {"cookie": cookies},  # the custom name (both forms), session_data chunks, Better Auth's other cookies
+        {"cookie": cookies, "x-session-token": token},  # X-Session-Token is the credential here
+        {"cookie": cookies, "authorization": f"Bearer {sign(token, SECRET)}", "x-session-token": token},
+        {"authorization": f"Bearer {token}", "x-session-token": "anything"},
+    ]
+    async with httpx.AsyncClient(timeout=10) as c:
+        for headers in asks:
+            r = await c.get(url + "/api/things", headers=headers)
+            assert r.status_code == 200, (headers, r.text)
+            seen = {k.lower(): v for k, v in r.json()["headers"].items()}
+            assert seen.get("x-auth-request-email") == "strip@example.com"
+            assert seen.get("cookie", "") == ("theme=dark; other=1" if "cookie" in headers else "")
+            assert seen.get("authorization", "") == ""
+            assert seen.get("x-session-token", "") == ""
+            assert token not in r.text  # neither raw nor signed, anywhere
+            assert "session_data" not in r.text
+        # Another scheme is not the gateway's credential: the app's own Basic auth still reaches it.
+        r = await c.get(url + "/api/things", headers={"cookie": f"sid={signed}", "authorization": "Basic dTpw"})
+        assert r.status_code == 200
+        assert {k.lower(): v for k, v in r.json()["headers"].items()}.get("authorization") == "Basic dTpw"

@@ -101,7 +101,7 @@ async def test_redis_cluster(db: asyncpg.Connection, database: str, cluster: lis
     settings = load_settings(env, {"listen": False})  # a listener's first connect flushes Redis
     assert await decide_all(settings, tokens) == ({Reason.ok}, 1)
     assert await decide_all(settings, tokens) == ({Reason.ok}, 0)  # every one from the cluster
-    sizes = [len(list(redis.Redis(port=n.port).scan_iter(match="bagw:v1:s:*"))) for n in cluster]
+    sizes = [len(list(redis.Redis(port=n.port).scan_iter(match="bagw:v2:s:*"))) for n in cluster]
     assert sum(sizes) == 30
     assert all(sizes)
 
@@ -115,4 +115,4 @@ async def test_redis_sentinel(db: asyncpg.Connection, database: str, own_redis: 
     assert await decide_all(settings, tokens) == ({Reason.ok}, 1)
     assert await decide_all(settings, tokens) == ({Reason.ok}, 0)
     master = redis.Redis(port=own_redis.port)
-    assert all(master.exists(f"bagw:v1:s:{token_hash(t)}") for t in tokens)
+    assert all(master.exists(f"bagw:v2:s:{token_hash(t)}") for t in tokens)

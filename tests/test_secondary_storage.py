@@ -10,6 +10,7 @@ notifications on and within a second without them.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ import pytest
 import redis.asyncio as redis
 
 from tests.better_auth_peer import BetterAuth, ba_client, node_modules
-from tests.conftest import RedisServer, statuses
+from tests.conftest import RedisServer, cookie, statuses
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -98,3 +99,39 @@ async def test_sessions_in_better_auths_redis(
         if peer is not None:
             peer.stop()
         server.kill()
+
+
+async def test_stored_fields_better_auth_does_not_return_are_never_sent(
+    redis_url: str, redis_prefix: str, start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """A stored session carrying keys Better Auth's configuration does not declare (another writer's,
+    an older configuration's plugin fields): get-session and /v1/validate answer the declared ones only;
+    the role still decides, and is returned once its plugin is named."""
+    token = "t" * 32
+    now = dt.datetime.now(dt.UTC)
+    iso = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    later = (now + dt.timedelta(hours=1)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    session = {"id": "s1", "token": token, "userId": "u1", "expiresAt": later, "createdAt": iso, "updatedAt": iso}
+    session |= {"ipAddress": "", "userAgent": "", "deviceSecret": "secret-session-value", "activeOrganizationId": "o"}
+    user = {"id": "u1", "name": "Ada", "email": "ada@example.com", "emailVerified": True, "image": None}
+    user |= {"createdAt": iso, "updatedAt": iso, "ssn": "secret-user-value", "role": "admin", "banned": False}
+    store = redis.Redis.from_url(redis_url)
+    await store.set(redis_prefix + token, json.dumps({"session": session, "user": user}), ex=60)
+    await store.aclose()
+    env = {"GATEWAY_SECONDARY_STORAGE_URL": redis_url, "GATEWAY_SECONDARY_STORAGE_PREFIX": redis_prefix}
+    for plugins, role_returned in (("", False), ("admin", True)):
+        gw = start_gateway(env | ({"GATEWAY_PLUGINS": plugins} if plugins else {}))
+        ours = await client.get(gw.url + "/api/auth/get-session", headers=cookie(token))
+        assert ours.json()["session"] == {
+            k: v for k, v in session.items() if k not in ("deviceSecret", "activeOrganizationId")
+        }
+        expected_user = {k: v for k, v in user.items() if k not in ("ssn", "role", "banned")}
+        if role_returned:
+            expected_user |= {"role": "admin", "banned": False}
+        assert ours.json()["user"] == expected_user
+        body = (await client.post(gw.url + "/v1/validate", json={"token": token})).json()
+        assert body["user"] == expected_user
+        assert "deviceSecret" not in body["session"]
+        r = await client.get(gw.url + "/validate", headers=cookie(token))
+        assert r.headers["x-auth-request-role"] == "admin"
+        gw.stop()

@@ -46,7 +46,7 @@ async def test_valid_session_has_better_auths_fields(db: asyncpg.Connection, gat
     """A live session yields Better Auth's field names and ISO dates, and no token anywhere."""
     uid = await seed.create_user(db, email="ada@example.com", name="Ada", role="admin", banned=False)
     token = await seed.create_session(db, uid)
-    async with gateway() as res:
+    async with gateway(plugins="admin") as res:
         verdict = await res.decider.decide(cred(token))
     assert verdict.reason is Reason.ok
     s = verdict.session
@@ -120,7 +120,7 @@ async def test_drizzle_snake_case_naive_timestamps_are_utc(database: str, gatewa
     token = await seed.create_session(conn, uid, layout="drizzle", expires_in=dt.timedelta(hours=1))
     short = await seed.create_session(conn, uid, layout="drizzle", expires_in=dt.timedelta(seconds=-5))
     await conn.close()
-    async with gateway(schema_preset="drizzle") as res:
+    async with gateway(schema_preset="drizzle", plugins="admin,organization") as res:
         verdict = await res.decider.decide(cred(token))
         assert (await res.decider.decide(cred(short))).reason is Reason.expired
     assert verdict.reason is Reason.ok
@@ -129,6 +129,48 @@ async def test_drizzle_snake_case_naive_timestamps_are_utc(database: str, gatewa
     assert set(s.session) >= {"id", "expiresAt", "userId", "ipAddress", "activeOrganizationId"}
     assert s.user["emailVerified"] is False
     assert abs(s.expires_at - (time.time() + 3600)) < 60
+
+
+async def test_only_fields_better_auth_returns_are_read(db: asyncpg.Connection, gateway: Open) -> None:
+    """Columns Better Auth does not declare (another app's, a plugin's left by a migration) are never
+    read into an answer; the plugins named and the additional fields are; the role and a ban still
+    decide when the admin plugin is not named, without being returned."""
+    await db.execute("""alter table "user" add column "internalNote" text default 'not for clients',
+                        add column "nickname" text default 'ada-nick'""")
+    await db.execute("""alter table "session" add column "legacyFlag" boolean default true""")
+    uid = await seed.create_user(db, email="ada@example.com", role="admin", banned=False)
+    token = await seed.create_session(db, uid)
+    await db.execute('update "session" set "activeOrganizationId" = $1', "org-1")
+    banned = await seed.create_session(db, await seed.create_user(db, email="b@example.com", banned=True))
+    core_user = {"id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt"}
+    core_session = {"id", "expiresAt", "createdAt", "updatedAt", "ipAddress", "userAgent", "userId"}
+    async with gateway() as res:
+        verdict = await res.decider.decide(cred(token))
+        assert (await res.decider.decide(cred(banned))).reason is Reason.banned
+        query = res.store._query if res.store else None
+        sql = query.sql if query else ""
+        assert query is not None
+        assert {"user.internalNote", "user.role", "session.legacyFlag", "session.activeOrganizationId"} <= set(
+            query.unreturned
+        )  # and the log says so once
+    assert verdict.session is not None
+    assert set(verdict.session.user) == core_user
+    assert set(verdict.session.session) == core_session
+    assert verdict.session.role == "admin"
+    for column in ("internalNote", "nickname", "legacyFlag", "activeOrganizationId", "banReason", "impersonatedBy"):
+        assert column not in sql
+    overrides = {
+        "plugins": "admin,organization",
+        "user_additional_fields": "nickname",
+        "user_hidden_fields": "banReason",
+    }
+    async with gateway(**overrides) as res:
+        verdict = await res.decider.decide(cred(token))
+    assert verdict.session is not None
+    assert set(verdict.session.user) == core_user | {"role", "banned", "banExpires", "nickname"}
+    assert set(verdict.session.session) == core_session | {"impersonatedBy", "activeOrganizationId"}
+    assert verdict.session.user["nickname"] == "ada-nick"
+    assert verdict.session.session["activeOrganizationId"] == "org-1"
 
 
 async def test_plural_tables_custom_columns_and_schema(database: str, gateway: Open) -> None:

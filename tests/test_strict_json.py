@@ -149,8 +149,8 @@ async def test_a_signed_jwt_with_an_expiry_no_float_holds_is_refused(exp: str) -
 
 def test_a_lone_surrogate_in_a_signed_answer_is_escaped() -> None:
     """A lone surrogate (JSON holds one, UTF-8 cannot): escaped in answers as JSON.stringify does; headers encode it."""
-    cache = CookieCache("compact", (SECRET,), clock=lambda: NOW)
-    session = cache.open(compact(payload_text('{"id":"u1","name":"\\ud800x"}')), TOKEN)
+    cache = CookieCache("jwt", (SECRET,), clock=lambda: NOW)
+    session = cache.open(jws(claims_text('{"id":"u1","name":"\\ud800x"}')), TOKEN)
     assert session is not None
     assert session.user["name"] == "\ud800x"
     assert json.loads(responses.identity(session))["user"]["name"] == "\ud800x"

@@ -93,15 +93,15 @@ async def test_redis_hit_needs_no_postgres(db: asyncpg.Connection, gateway: Open
 async def test_keys_are_hashed_and_values_hold_no_token(
     db: asyncpg.Connection, gateway: Open, redis_url: str, redis_prefix: str
 ) -> None:
-    """Redis keys are <prefix>:v1:s:<sha256(token)>; nothing in the keyspace contains a token."""
+    """Redis keys are <prefix>:v2:s:<sha256(token)>; nothing in the keyspace contains a token."""
     tokens = [await seed.create_session(db, await seed.create_user(db, email=f"k{i}@example.com")) for i in range(5)]
     async with gateway(redis=True) as res:
         for token in tokens:
             assert (await res.decider.decide(cred(token))).reason is Reason.ok
         await asyncio.sleep(0.1)
     client = aioredis.Redis.from_url(redis_url)
-    keys = [k async for k in client.scan_iter(match=f"{redis_prefix}:v1:s:*")]
-    assert sorted(k.decode() for k in keys) == sorted(f"{redis_prefix}:v1:s:{token_hash(t)}" for t in tokens)
+    keys = [k async for k in client.scan_iter(match=f"{redis_prefix}:v2:s:*")]
+    assert sorted(k.decode() for k in keys) == sorted(f"{redis_prefix}:v2:s:{token_hash(t)}" for t in tokens)
     everything = [k async for k in client.scan_iter()]
     for key in everything:
         kind = await client.type(key)
@@ -127,11 +127,11 @@ async def test_planted_value_without_valid_mac_is_ignored(
         assert (await res.decider.decide(cred(real))).reason is Reason.ok
         await asyncio.sleep(0.05)
         client = aioredis.Redis.from_url(redis_url)
-        genuine = await client.get(f"{redis_prefix}:v1:s:{token_hash(real)}")
+        genuine = await client.get(f"{redis_prefix}:v2:s:{token_hash(real)}")
         assert genuine is not None
         # Replay a genuine value under another token's key, and flip one byte of the genuine one.
-        await client.set(f"{redis_prefix}:v1:s:{token_hash(forged_token)}", genuine)
-        await client.set(f"{redis_prefix}:v1:s:{token_hash(real)}", genuine[:-1] + bytes([genuine[-1] ^ 1]))
+        await client.set(f"{redis_prefix}:v2:s:{token_hash(forged_token)}", genuine)
+        await client.set(f"{redis_prefix}:v2:s:{token_hash(real)}", genuine[:-1] + bytes([genuine[-1] ^ 1]))
         await client.aclose()
     async with gateway(redis=True) as fresh:
         assert (await fresh.decider.decide(cred(forged_token))).reason is Reason.unknown_session
@@ -150,7 +150,7 @@ async def test_redis_ttl_never_past_expiry(
         assert (await res.decider.decide(cred(token))).reason is Reason.ok
         await asyncio.sleep(0.05)
     client = aioredis.Redis.from_url(redis_url)
-    ttl = await client.pttl(f"{redis_prefix}:v1:s:{token_hash(token)}")
+    ttl = await client.pttl(f"{redis_prefix}:v2:s:{token_hash(token)}")
     await client.aclose()
     assert 15_000 < ttl <= 20_000
 

@@ -10,7 +10,16 @@ from urllib.parse import quote
 import pytest
 
 from gateway.sessions import Reason
-from gateway.tokens import Credential, Kind, Verifier, cookie_value, find_credential, header_credential, sign
+from gateway.tokens import (
+    Credential,
+    Kind,
+    Verifier,
+    cookie_header,
+    cookie_value,
+    find_credential,
+    header_credential,
+    sign,
+)
 
 SECRET = "s" * 40
 TOKEN = "B0Ge2XGXnPquvFYmDwnTF06iM1PSSnWw"
@@ -184,3 +193,19 @@ def test_many_cookies() -> None:
     """A header with thousands of cookies is parsed without error, and the right one found."""
     header = "; ".join(f"c{i}=v{i}" for i in range(5000)) + "; better-auth.session_token=found"
     assert cookie_value(header, NAMES) == "found"
+
+
+class _Fields:
+    def __init__(self, *values: str) -> None:
+        self.values = list(values)
+
+    def get_all(self, key: str) -> list[str]:
+        assert key == "cookie"
+        return self.values
+
+
+def test_every_cookie_field_is_read() -> None:
+    """Several Cookie fields are joined with "; ", in order, as Node.js joins them for Better Auth."""
+    assert cookie_header(_Fields()) is None  # type: ignore[arg-type]
+    assert cookie_header(_Fields("a=1")) == "a=1"  # type: ignore[arg-type]
+    assert cookie_header(_Fields("a=1", "b=2; c=3")) == "a=1; b=2; c=3"  # type: ignore[arg-type]

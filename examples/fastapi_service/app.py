@@ -50,7 +50,10 @@ CurrentUser = Annotated[Identity, Depends(identify)]
 
 
 def require_role(role: str) -> Any:
-    """A dependency that also wants the admin plugin's ``role``."""
+    """A dependency that also wants the admin plugin's ``role``.
+
+    The gateway answers ``role`` with ``GATEWAY_PLUGINS=admin``, as Better Auth does with ``admin()``.
+    """
 
     async def check(identity: CurrentUser) -> Identity:
         if role not in identity.user.roles:

@@ -9,11 +9,13 @@ import pg from "pg";
 import { betterAuth } from "better-auth";
 import { getMigrations } from "better-auth/db/migration";
 import { toNodeHandler } from "better-auth/node";
-import { bearer, admin, organization, jwt } from "better-auth/plugins";
+import {
+  bearer, admin, organization, jwt, username, anonymous, phoneNumber, twoFactor, lastLoginMethod,
+} from "better-auth/plugins";
 import { redisStorage } from "@better-auth/redis-storage";
 import { Redis } from "ioredis";
 
-const factories = { bearer, admin, organization, jwt };
+const factories = { bearer, admin, organization, jwt, username, anonymous, phoneNumber, twoFactor, lastLoginMethod };
 function plugin(name, pluginOptions) {
   if (!(name in factories)) throw new Error(`unknown plugin ${name}`);
   return factories[name](pluginOptions);
@@ -63,6 +65,22 @@ const auth = betterAuth(options);
 const { runMigrations } = await getMigrations(options);
 await runMigrations();
 
-const server = http.createServer(toNodeHandler(auth));
+// POST /test/verify-jwt (tests only; with the jwt plugin): the bearer plugin's reading of the
+// Authorization header, then the jwt plugin's own server-side verifyJWT: {"payload": claims | null}.
+const handler = toNodeHandler(auth);
+async function verifyJwtRoute(req, res) {
+  const header = req.headers.authorization || "";
+  const token = header.slice(0, 7).toLowerCase() === "bearer " ? header.slice(7).trim() : "";
+  const result = token && auth.api.verifyJWT ? await auth.api.verifyJWT({ body: { token } }) : { payload: null };
+  res.writeHead(200, { "content-type": "application/json" });
+  res.end(JSON.stringify({ payload: result.payload ?? null }));
+}
+function failed(res, error) {
+  res.writeHead(500);
+  res.end(String(error));
+}
+const server = http.createServer((req, res) =>
+  req.url === "/test/verify-jwt" ? verifyJwtRoute(req, res).catch((e) => failed(res, e)) : handler(req, res),
+);
 server.listen(Number(process.env.PORT), "127.0.0.1", () => console.log("ready"));
 for (const signal of ["SIGTERM", "SIGINT"]) process.on(signal, () => server.close(() => process.exit(0)));

@@ -1,0 +1,260 @@
+"""The shared tier against someone who can write to Redis: replays, rolled-back or garbage generations, races."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway import seed
+from gateway.config import load_settings
+from gateway.invalidation import Listener
+from gateway.redis_tier import TOMBSTONE, token_hash, tombstone_s
+from gateway.resources import Resources, open_resources
+from gateway.sessions import Reason
+from gateway.tiers import Tiers
+from gateway.tokens import header_credential, sign
+from tests.conftest import SECRET, eventually, install_triggers
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+    from contextlib import AbstractAsyncContextManager
+
+    import asyncpg
+
+    from gateway.sessions import Session
+    from gateway.store import Store
+
+    Open = Callable[..., AbstractAsyncContextManager[Resources]]
+
+
+class Clock:
+    """Wall-clock time plus an offset the test moves: TTLs pass without sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+@pytest.fixture
+def gateway(database: str, redis_url: str, redis_prefix: str) -> Open:
+    """Open the gateway's resources with Redis (a prefix of the test's own) and an injectable clock."""
+
+    def open_(clock: Callable[[], float] = time.time, **overrides: Any) -> AbstractAsyncContextManager[Resources]:
+        env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": redis_url}
+        settings = load_settings(env, {"redis_prefix": redis_prefix, "listener_check_s": 0.2} | overrides)
+        return open_resources(settings, clock)
+
+    return open_
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test's own: what someone with write access to Redis can do."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def cred(token: str) -> Any:
+    return header_credential(sign(token, SECRET))
+
+
+async def written(redis: aioredis.Redis, key: str) -> bytes:
+    """The value at ``key`` once a background write has put one there."""
+    return bytes(await eventually(lambda: redis.get(key)))
+
+
+@pytest.mark.parametrize(
+    "later_s",
+    [11, 61],
+    ids=["after the 10 s revoked-lately memory", "after the value's own L2 TTL"],
+)
+async def test_value_copied_before_revocation_and_written_back_is_refused(
+    db: asyncpg.Connection, database: str, gateway: Open, redis: aioredis.Redis, later_s: float
+) -> None:
+    """A value copied before a sign-out and written back once the tombstone lapsed is refused: Postgres says 401."""
+    await install_triggers(database)
+    token = await seed.create_session(db, await seed.create_user(db, email="replay@example.com"))
+    clock = Clock()
+    short = {"redis_tombstone_s": 1.5, "db_timeout_s": 0.5, "l2_ttl_s": 60}  # tombstones last 1.5 s
+    async with gateway(clock, **short) as res:
+        listener = res.listener
+        assert isinstance(listener, Listener)
+        await eventually(lambda: listener.connected)
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        assert res.redis is not None
+        key = res.redis.key(token_hash(token))
+        copy = await written(redis, key)  # taken while the session is valid
+        await db.execute('delete from "session" where token = $1', token)  # sign-out
+        await eventually(lambda: listener.notifications == 1)
+        await listener.settled()
+        assert await redis.get(key) == TOMBSTONE
+        await eventually(lambda: _gone(redis, key), within=5)  # the tombstone lapses
+        clock.offset = later_s
+        await redis.set(key, copy, px=600_000)  # and the copy goes back in
+        assert (await res.decider.decide(cred(token))).reason is Reason.unknown_session
+        assert res.store is not None
+        assert res.store.queries == 2  # refused from Redis, asked Postgres
+
+
+async def _gone(redis: aioredis.Redis, key: str) -> bool:
+    return await redis.get(key) is None
+
+
+async def test_a_lowered_generation_is_ignored(
+    db: asyncpg.Connection, gateway: Open, redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Setting the generation back to before a bump revives nothing the bump retired, and is set back."""
+    token = await seed.create_session(db, await seed.create_user(db, email="rollback@example.com"))
+    async with gateway(listen=False, negative_max_entries=0) as res:
+        assert res.redis is not None
+        gen_key = f"{redis_prefix}:v2:gen"
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        await written(redis, res.redis.key(token_hash(token)))
+        before = int(await redis.get(gen_key) or 0)
+        # Deleted while nobody listened; the listener's reconnect flushes: the value is retired.
+        await db.execute('delete from "session" where token = $1', token)
+        await res.tiers.flush()
+        assert await _generation_above(redis, gen_key, before)
+        await redis.set(gen_key, before)  # someone with write access sets it back
+        assert (await res.decider.decide(cred(token))).reason is Reason.unknown_session
+        assert res.store is not None
+        assert res.store.queries == 2
+        await eventually(lambda: _generation_above(redis, gen_key, before))
+        # And the tier works again: a new session is written and served from Redis.
+        fresh = await seed.create_session(db, await seed.create_user(db, email="after@example.com"))
+        assert (await res.decider.decide(cred(fresh))).reason is Reason.ok
+        await written(redis, res.redis.key(token_hash(fresh)))
+        res.tiers.l1.clear()
+        assert (await res.decider.decide(cred(fresh))).reason is Reason.ok
+        assert res.store.queries == 3
+
+
+async def _generation_above(redis: aioredis.Redis, key: str, floor: int) -> bool:
+    raw = await redis.get(key)
+    return raw is not None and int(raw) > floor
+
+
+@pytest.mark.parametrize("garbage", [b"not-a-number", b"1.5", b"-1", b"9" * 25])
+async def test_a_garbage_generation_degrades_to_postgres(
+    db: asyncpg.Connection,
+    gateway: Open,
+    redis: aioredis.Redis,
+    redis_prefix: str,
+    garbage: bytes,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A generation that is not a small non-negative integer is a miss (counted, logged once), never a 500."""
+    tokens = [await seed.create_session(db, await seed.create_user(db, email=f"g{i}@example.com")) for i in range(3)]
+    async with gateway(listen=False, negative_max_entries=0, l1_max_entries=0) as res:
+        assert res.redis is not None
+        gen_key = f"{redis_prefix}:v2:gen"
+        for token in tokens:
+            assert (await res.decider.decide(cred(token))).reason is Reason.ok
+            await written(redis, res.redis.key(token_hash(token)))
+        await redis.set(gen_key, garbage)
+        with caplog.at_level(logging.WARNING, logger="gateway.redis"):
+            verdicts = await asyncio.gather(*(res.decider.decide(cred(t)) for t in tokens * 3))
+            assert {v.reason for v in verdicts} == {Reason.ok}
+            await eventually(lambda: _is_generation(redis, gen_key))
+            for token in tokens:  # and again, once it was set back
+                assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        assert [r.getMessage() for r in caplog.records if "generation" in r.getMessage()] == [
+            "the Redis generation was not a number (the highest seen here: 0); set to 0"
+        ]
+        res.metrics.flush()
+        errors = res.metrics.registry.get_sample_value(
+            "gateway_cache_lookups_total", {"tier": "redis", "result": "error"}
+        )
+        assert errors is not None
+        assert errors >= 1
+        assert res.redis.degraded is None
+
+
+async def _is_generation(redis: aioredis.Redis, key: str) -> bool:
+    raw = await redis.get(key)
+    return raw is not None and raw.isdigit()
+
+
+class HeldSource:
+    """Postgres for real, but the answer is held until the test lets it go: a lookup stalled mid-way."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.read = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def fetch_many(self, tokens: Sequence[str]) -> Mapping[str, Session]:
+        found = await self._store.fetch_many(tokens)
+        self.read.set()
+        await self.release.wait()
+        return found
+
+
+async def test_a_user_read_before_a_role_change_is_not_written_after_it(
+    db: asyncpg.Connection, database: str, gateway: Open, redis: aioredis.Redis
+) -> None:
+    """A lookup that read the admin, then wrote Redis after the demotion was revoked there, leaves nothing to serve."""
+    await install_triggers(database)
+    uid = await seed.create_user(db, email="demoted@example.com", role="admin")
+    token = await seed.create_session(db, uid)
+    async with gateway() as q, gateway(listen=False) as p:
+        listener = q.listener
+        assert isinstance(listener, Listener)
+        await eventually(lambda: listener.connected)  # its first connect bumps the generation
+        assert p.store is not None
+        assert p.redis is not None
+        held = HeldSource(p.store)
+        stalled = Tiers(held, p.redis, max_entries=0, ttl_s=30, negative_max_entries=0, negative_ttl_s=1)
+        lookup = asyncio.ensure_future(stalled.load(token))
+        await held.read.wait()  # it has read the admin from Postgres...
+        await db.execute('update "user" set role = $2 where id = $1', uid, "user")
+        await eventually(lambda: listener.notifications == 1)
+        await listener.settled()  # ...every listener has revoked the user in Redis...
+        held.release.set()
+        loaded = await lookup  # ...and only now does it write what it read
+        assert loaded.session is not None
+        assert loaded.session.role == "admin"
+        await p.redis.drain()
+        found = await p.redis.get(token_hash(token))
+        assert found is not None
+        assert found.session is None
+    async with gateway(listen=False) as fresh:  # a worker that heard nothing: what Redis offers it
+        verdict = await fresh.decider.decide(cred(token))
+        assert verdict.session is not None
+        assert verdict.session.role == "user"
+
+
+async def test_a_lookup_that_heard_an_invalidation_leaves_redis_alone(
+    db: asyncpg.Connection, gateway: Open, redis: aioredis.Redis
+) -> None:
+    """A lookup during which its worker heard an invalidation writes nothing to Redis: what it read may be revoked."""
+    token = await seed.create_session(db, await seed.create_user(db, email="epoch@example.com"))
+    async with gateway(listen=False) as p:
+        assert p.store is not None
+        assert p.redis is not None
+        held = HeldSource(p.store)
+        stalled = Tiers(held, p.redis, max_entries=0, ttl_s=30, negative_max_entries=0, negative_ttl_s=1)
+        lookup = asyncio.ensure_future(stalled.load(token))
+        await held.read.wait()
+        work = stalled.invalidate_token(token_hash(seed.generate_id()))  # another token: no tombstone here
+        assert work is not None
+        await work
+        held.release.set()
+        assert (await lookup).session is not None
+        await p.redis.drain()
+        assert await redis.get(p.redis.key(token_hash(token))) is None
+
+
+def test_tombstones_outlast_the_slowest_lookup() -> None:
+    """GATEWAY_REDIS_TOMBSTONE_S is raised to 2 x (db + Redis budgets): a lookup can't write past its tombstone."""
+    env = {"DATABASE_URL": "postgresql://x/y", "BETTER_AUTH_SECRET": SECRET}
+    assert tombstone_s(load_settings(env, {"redis_tombstone_s": 0.1})) == 2 * (2.0 + 0.25)
+    assert tombstone_s(load_settings(env, {"redis_tombstone_s": 30})) == 30
