@@ -3,7 +3,8 @@
 A policy comes from the auth URL's query (``/validate?allowed_roles=admin``, as oauth2-proxy's
 ``/oauth2/auth`` takes them), or else from the first rule of ``GATEWAY_RULES_FILE`` matching the
 original host, path and method (for proxies that can't vary the auth URL per route, like Envoy).
-Signed in but not allowed is a 403, never a redirect.
+Signed in but not allowed is a 403, never a redirect. Rules see the host and path only after
+``canonical`` has checked them; a path whose readings select different rules is refused.
 
 Rules file (TOML, or JSON with the same shape)::
 
@@ -23,6 +24,8 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs
 
 import msgspec
+
+from gateway import canonical
 
 if TYPE_CHECKING:
     from gateway.forwarding import Original
@@ -107,12 +110,14 @@ class Rule(Policy, frozen=True, forbid_unknown_fields=True):
     methods: frozenset[str] = frozenset()
 
     def matches(self, original: Original) -> bool:
-        """Whether the original request falls under this rule."""
-        host = original.host.rsplit(":", 1)[0].lower() if original.host else ""
-        return (
-            (not self.host or _domain_matches(host, self.host.lower()))
-            and original.path.startswith(self.path_prefix)
-            and (not self.methods or original.method.upper() in self.methods)
+        """Whether the original request falls under this rule (its canonical path, exact case)."""
+        path = canonical.resolve(canonical.decode_unreserved(original.path) or original.path)
+        return self.matches_host_and_method(original) and path.startswith(self.path_prefix)
+
+    def matches_host_and_method(self, original: Original) -> bool:
+        """Whether the request's canonical host and its method fall under this rule."""
+        return (not self.host or _domain_matches(original.hostname, self.host.lower().rstrip("."))) and (
+            not self.methods or original.method.upper() in self.methods
         )
 
 
@@ -121,9 +126,27 @@ class Rules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     rules: tuple[Rule, ...] = ()
 
-    def for_request(self, original: Original) -> Policy:
-        """The policy for a request."""
-        return next((rule for rule in self.rules if rule.matches(original)), DEFAULT)
+    def for_request(self, original: Original) -> Policy | None:
+        """The policy for a request, or ``None`` if its readings disagree (refuse it).
+
+        Each reading of the path (``canonical.readings``), matched as written and case-folded,
+        must select the same rule: a path that one part behind the proxy could read as
+        ``/admin/x`` and another as something else is judged by neither.
+        """
+        candidates = [rule for rule in self.rules if rule.matches_host_and_method(original)]
+        chosen: Policy | None = None
+        for path in original.paths:
+            for fold in (False, True):
+                text = path.lower() if fold else path
+                rule = next(
+                    (r for r in candidates if text.startswith(r.path_prefix.lower() if fold else r.path_prefix)),
+                    DEFAULT,
+                )
+                if chosen is None:
+                    chosen = rule
+                elif rule is not chosen:
+                    return None
+        return chosen
 
 
 def load_rules(path: str) -> Rules:
