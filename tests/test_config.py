@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from gateway.config import ConfigError, Secret, describe, load_settings
+from tests.conftest import ROOT
 
 BASE = {"DATABASE_URL": "postgresql://gw:hunter2@db/app", "BETTER_AUTH_SECRET": "x" * 32}
 
@@ -133,3 +134,16 @@ def test_new_modes_are_checked_too() -> None:
         "GATEWAY_SESSION_HIDDEN_FIELDS: the gateway needs expiresAt",
     ):
         assert name in text
+
+
+def test_rules_file_needs_the_proxy_named() -> None:
+    """A rules file without GATEWAY_PROXY is refused, naming the fix; check-config lists it; a typo is named too."""
+    rules = {"GATEWAY_RULES_FILE": str(ROOT / "examples" / "rules.toml")}
+    with pytest.raises(ConfigError, match="GATEWAY_RULES_FILE needs GATEWAY_PROXY: set it to the proxy in front"):
+        load_settings(BASE | rules)
+    assert load_settings(BASE | rules | {"GATEWAY_PROXY": "traefik"}).proxy == "traefik"
+    with pytest.raises(ConfigError, match="GATEWAY_PROXY"):
+        load_settings(BASE | {"GATEWAY_PROXY": "haproxy"})
+    bad = run_cli("check-config", env=BASE | rules)
+    assert bad.returncode == 2
+    assert "GATEWAY_RULES_FILE needs GATEWAY_PROXY" in bad.stderr
