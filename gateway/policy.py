@@ -109,11 +109,6 @@ class Rule(Policy, frozen=True, forbid_unknown_fields=True):
     path_prefix: str = ""
     methods: frozenset[str] = frozenset()
 
-    def matches(self, original: Original) -> bool:
-        """Whether the original request falls under this rule (its canonical path, exact case)."""
-        path = canonical.resolve(canonical.decode_unreserved(original.path) or original.path)
-        return self.matches_host_and_method(original) and path.startswith(self.path_prefix)
-
     def matches_host_and_method(self, original: Original) -> bool:
         """Whether the request's canonical host and its method fall under this rule."""
         return (not self.host or _domain_matches(original.hostname, self.host.lower().rstrip("."))) and (
@@ -157,8 +152,15 @@ def load_rules(path: str) -> Rules:
     """
     try:
         raw = Path(path).read_bytes()
-        if path.endswith(".json"):
-            return msgspec.json.decode(raw, type=Rules)
-        return msgspec.toml.decode(raw, type=Rules)
+        rules = msgspec.json.decode(raw, type=Rules) if path.endswith(".json") else msgspec.toml.decode(raw, type=Rules)
     except (OSError, msgspec.DecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
+    # A rule that can never match is a silent hole: the requests it meant fall to the default.
+    for i, rule in enumerate(rules.rules):
+        if rule.path_prefix and not rule.path_prefix.startswith("/"):
+            raise ValueError(f"{path}: rules[{i}].path_prefix must start with '/'")
+        if any(canonical.method(m) is None for m in rule.methods):
+            raise ValueError(f"{path}: rules[{i}].methods must be upper-case methods (POST, not post)")
+        if rule.host and canonical.hostname(rule.host.removeprefix(".")) is None:
+            raise ValueError(f"{path}: rules[{i}].host is not a host name")
+    return rules

@@ -268,6 +268,22 @@ def test_rules_file(tmp_path: Path) -> None:
         policy.load_rules(str(tmp_path / "bad.toml"))
 
 
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ('path_prefix = "admin"', "must start with '/'"),
+        ('methods = ["post"]', "upper-case methods"),
+        ('host = "app.test?"', "not a host name"),
+    ],
+)
+def test_rules_that_could_never_match_are_refused(tmp_path: Path, rule: str, message: str) -> None:
+    """A rule that silently never applies would leave its paths to the default: the file is refused."""
+    path = tmp_path / "rules.toml"
+    path.write_text(f"[[rules]]\n{rule}\nallowed_roles = ['admin']\n")
+    with pytest.raises(ValueError, match=message):
+        policy.load_rules(str(path))
+
+
 RULES = policy.load_rules(str(Path(__file__).parent.parent / "examples" / "rules.toml"))
 PUBLIC, ADMIN, REPORTS, INTERNAL = RULES.rules
 
