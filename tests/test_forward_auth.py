@@ -131,6 +131,9 @@ async def test_rules_judge_only_what_the_named_proxy_set(
         assert (r.status_code, r.headers.get("x-auth-reason")) == (403, "ambiguous_request"), uri
     r = await client.get(gw.url + "/validate", headers=spoof | cookie(token))
     assert (r.status_code, r.headers.get("x-auth-reason")) == (403, "ambiguous_request")
+    twice = [*caddy.items(), *cookie(token).items(), ("x-forwarded-uri", "/reports/x"), ("x-forwarded-uri", "/x")]
+    r = await client.get(gw.url + "/validate", headers=twice)  # a repeated header: Caddy did not set it alone
+    assert (r.status_code, r.headers.get("x-auth-reason")) == (403, "ambiguous_request")
     r = await client.get(
         gw.url + "/validate",
         headers=caddy | {"x-forwarded-uri": "/reports/x", "x-forwarded-method": "GET"} | cookie(token),
