@@ -100,6 +100,8 @@ def resolve(path: str) -> str:
 
 def readings(path: str) -> frozenset[str]:
     """The readings of a path ``uri`` accepted (see the module docstring); one when all agree."""
+    if "%" not in path and "//" not in path and "/." not in path and ";" not in path:
+        return frozenset((path,))  # the usual path: nothing to decode, merge or resolve
     decoded = decode_unreserved(path) or path
     canonical = resolve(decoded)
     without_parameters = (

@@ -109,10 +109,10 @@ class Rule(Policy, frozen=True, forbid_unknown_fields=True):
     path_prefix: str = ""
     methods: frozenset[str] = frozenset()
 
-    def matches_host_and_method(self, original: Original) -> bool:
-        """Whether the request's canonical host and its method fall under this rule."""
-        return (not self.host or _domain_matches(original.hostname, self.host.lower().rstrip("."))) and (
-            not self.methods or original.method.upper() in self.methods
+    def matches_host_and_method(self, hostname: str, method: str) -> bool:
+        """Whether a canonical host name (``Original.hostname``) and a method fall under this rule."""
+        return (not self.host or _domain_matches(hostname, self.host.lower().rstrip("."))) and (
+            not self.methods or method in self.methods
         )
 
 
@@ -128,10 +128,11 @@ class Rules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         must select the same rule: a path that one part behind the proxy could read as
         ``/admin/x`` and another as something else is judged by neither.
         """
-        candidates = [rule for rule in self.rules if rule.matches_host_and_method(original)]
+        hostname = original.hostname
+        candidates = [rule for rule in self.rules if rule.matches_host_and_method(hostname, original.method)]
         chosen: Policy | None = None
         for path in original.paths:
-            for fold in (False, True):
+            for fold in (False, True) if path != path.lower() else (False,):
                 text = path.lower() if fold else path
                 rule = next(
                     (r for r in candidates if text.startswith(r.path_prefix.lower() if fold else r.path_prefix)),
