@@ -41,7 +41,7 @@ class Echo(BaseHTTPRequestHandler):
 
     def _answer(self) -> None:
         if row := self.headers.get("x-matrix-row"):
-            self.server.rows.append(row)  # type: ignore[attr-defined]
+            self.server.rows[row] = self.path  # type: ignore[attr-defined]
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length).decode() if length else ""
         seen = {"method": self.command, "path": self.path, "headers": dict(self.headers.items()), "body": body}
@@ -61,7 +61,7 @@ class Echo(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def upstream_server() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    server.rows = []  # type: ignore[attr-defined]  # the matrix rows that reached the app
+    server.rows = {}  # type: ignore[attr-defined]  # the matrix rows that reached the app: the path it saw
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
@@ -310,6 +310,7 @@ REPORTS: Expect = {"anon": 401, "user": 200, "user-post": 403}
 # /reports/ guards writes only: a read judged by any reading is the default rule's, a write refused.
 REPORTS_TRICK: Expect = {"anon": 401, "user": 200, "anon-post": 403, "user-post": 403}
 BAD_REQUEST: Expect = {"anon": 400, "user": 400}  # the proxy itself refused it
+TRAEFIK_CLEANS = {"traefik": {"anon": 200, "user": 200}}
 GO_REFUSES = {"caddy": BAD_REQUEST, "traefik": BAD_REQUEST}  # Go's server: not a valid Host
 
 
@@ -322,6 +323,7 @@ class Row(NamedTuple):
     host: str = "app.test"
     expect: Expect = ADMIN
     per_proxy: dict[str, Expect] = {}  # noqa: RUF012  (never mutated)
+    app_saw: str = ""  # for a row let through: the path the app must have been asked for
 
 
 PUBLIC_URL = "http://app.test/public/x"
@@ -388,6 +390,14 @@ ROWS = [
     Row("/public/x%00/../../admin/x", "/public/x%00/../../admin/x", per_proxy={"nginx": BAD_REQUEST}),
     Row("/public/../private/x", "/public/../private/x", expect=REFUSED, per_proxy={"traefik": SIGNED_IN}),
     Row("/public/%2e%2e/private/x", "/public/%2e%2e/private/x", expect=REFUSED, per_proxy={"traefik": SIGNED_IN}),
+    # The other way round: a looser rule by the canonical reading, a stricter one by the raw prefix an
+    # app's router may match. nginx and Caddy pass the raw path on, so the gateway refuses it;
+    # Traefik cleans the path and sends the app the clean one, so both read /public/.
+    *(
+        Row(target, target, expect=REFUSED, per_proxy=TRAEFIK_CLEANS, app_saw="/public/x")
+        for target in ("/admin/../public/x", "/admin/%2e%2e/public/x", "//public/x", "/%70ublic/x")
+    ),
+    Row("/admin/..;/public/x", "/admin/..;/public/x"),
     # The same against /reports/, which only the rules file guards (no proxy route of its own):
     # a plain user's POST must never pass.
     Row("/public/../reports/x", "/public/../reports/x", expect=REFUSED, per_proxy={"traefik": REPORTS}),
@@ -441,12 +451,14 @@ async def test_attack_matrix(site: Site, row: Row, who: str, method: str) -> Non
     if who == "user":
         headers.append(("Cookie", site.user_cookie))
     status = await raw_request(site.port, method, row.target, headers)
-    reached = marker in site.upstream.rows  # type: ignore[attr-defined]
+    seen = site.upstream.rows.get(marker)  # type: ignore[attr-defined]
     want = expected(row, site.kind, who, method)
-    assert (status, reached) == (want, want == 200), f"{row.name}: got {status}, app reached: {reached}"
+    assert (status, seen is not None) == (want, want == 200), f"{row.name}: got {status}, app saw: {seen}"
+    if seen is not None and row.app_saw:
+        assert seen == row.app_saw  # the app was asked for what the gateway judged
 
 
 def test_attack_matrix_size() -> None:
-    """The matrix is as large as the closing note says: 57 rows (5 controls) x 4 callers, per proxy."""
-    assert (len(ROWS), len(MATRIX)) == (57, 228)
+    """The matrix is as large as the closing note says: 62 rows (5 controls) x 4 callers, per proxy."""
+    assert (len(ROWS), len(MATRIX)) == (62, 248)
     assert sum(1 for row in ROWS if row.name.startswith("control")) == 5
