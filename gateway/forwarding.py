@@ -3,12 +3,10 @@
 ``reference/forward-auth.md`` §6.2. ``GATEWAY_PROXY`` names the proxy, and only the headers that
 proxy itself sets, overwriting whatever the client sent, describe the original request:
 
-========================  ====================================================================
-``nginx``, ``ingress-nginx``  ``X-Original-URL`` + ``X-Original-Method`` (``proxy_set_header``)
-``traefik``, ``caddy``    ``X-Forwarded-Method``, ``-Proto``, ``-Host``, ``-Uri``
-``envoy``                 the ``/validate/<path>`` sub-path, the request's method and ``Host``,
-                          ``X-Forwarded-Proto`` (``headers_to_add``)
-========================  ====================================================================
+- ``nginx``, ``ingress-nginx``: ``X-Original-URL`` + ``X-Original-Method`` (``proxy_set_header``);
+- ``traefik``, ``caddy``: ``X-Forwarded-Method``, ``-Proto``, ``-Host``, ``-Uri``;
+- ``envoy``: the ``/validate/<path>`` sub-path, the request's method and ``Host``, and
+  ``X-Forwarded-Proto`` (``headers_to_add``).
 
 Every other convention's headers are the client's there (Caddy and Traefik copy the client's
 headers into the auth request; nginx does unless the config overwrites them) and are never read.
