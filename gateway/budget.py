@@ -35,7 +35,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
-from gateway.forwarding import parse_ip, trusted
+from gateway.forwarding import forwarded_client, parse_ip, trusted
 from gateway.lru import LRU
 
 if TYPE_CHECKING:
@@ -198,25 +198,6 @@ class Turn:
         """Give the token back unless the lookup was spent on no valid session."""
         if self._client is not None:
             self._budget.settle(self._client, spent=spent)
-
-
-def forwarded_client(value: str | None, proxies: Sequence[Network]) -> Address | None:
-    """The right-most ``X-Forwarded-For`` hop that is not a trusted proxy.
-
-    Each proxy appends the address it was called from, so reading from the right, every hop up
-    to the first untrusted one was written by a trusted proxy, and that one is the client. Text
-    that is no address was not written by a proxy: the hop to its right sent it. With every hop
-    trusted, the left-most is the client (an internal caller).
-    """
-    nearest = None
-    for hop in reversed(value.split(",")) if value else ():
-        address = parse_ip(hop)
-        if address is None:
-            break
-        if not trusted(address, proxies):
-            return address
-        nearest = address
-    return nearest
 
 
 @functools.lru_cache(maxsize=4096)

@@ -79,6 +79,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # Forward auth (see gateway.forwarding and gateway.policy).
     trusted_proxies: str = "127.0.0.0/8,::1/128"  # whose X-Forwarded-*/X-Original-* count
+    # The proxy in front: only the headers it sets decide the original request (gateway.forwarding).
+    proxy: Literal["", "nginx", "ingress-nginx", "traefik", "caddy", "envoy"] = ""
     login_url: str = ""  # where redirect mode sends browsers; also the Location of a 401
     redirect_param: str = "rd"
     redirect_hosts: str = ""  # hosts a return URL may name (".example.com": subdomains); default: the login URL's
@@ -439,6 +441,13 @@ def _check_forward_auth(s: Settings) -> list[str]:
             load_rules(s.rules_file)
         except ValueError as exc:
             problems.append(f"GATEWAY_RULES_FILE: {exc}")
+        if not s.proxy:
+            # Rules judge the original request, and which headers describe it depends on the proxy.
+            problems.append(
+                "GATEWAY_RULES_FILE needs GATEWAY_PROXY: set it to the proxy in front "
+                "(nginx, ingress-nginx, traefik, caddy or envoy), whose own headers alone say what the "
+                "original request was"
+            )
     return problems
 
 

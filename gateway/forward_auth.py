@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qs, quote, urlsplit
 
 from gateway import policy, responses
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from gateway.budget import Budget
     from gateway.config import Settings
+    from gateway.forwarding import Headers
     from gateway.logs import DecisionLog
     from gateway.resources import Resources
     from gateway.sessions import Session, Verdict
@@ -35,6 +36,8 @@ Answer = tuple[int, list[tuple[str, str]], str]  # status, headers, the label co
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _RATE_LIMITED = [("x-auth-error-status", "429"), ("x-auth-reason", "rate_limited"), responses.NO_STORE]
 _BAD_POLICY = [("x-auth-reason", "bad_policy"), responses.NO_STORE]
+# 403, not 400: nginx relays only 401 and 403 from an auth endpoint (anything else becomes a 500).
+_AMBIGUOUS = [("x-auth-reason", "ambiguous_request"), responses.NO_STORE]
 
 
 class ForwardAuth:
@@ -50,6 +53,7 @@ class ForwardAuth:
         self._rate_limited = [*_RATE_LIMITED, ("retry-after", str(budget.retry_after_s))]
         self._names = settings.cookie_names
         self._networks = parse_networks(settings.trusted_proxies)
+        self._proxy = settings.proxy
         self._identity = responses.Identity(settings.identity_headers, remote=settings.remote_headers)
         self._deny = responses.Denials(settings.retry_after_s)
         self._rules = policy.load_rules(settings.rules_file) if settings.rules_file else None
@@ -100,7 +104,15 @@ class ForwardAuth:
             self._log.record(label, credential, started)
         return proto.response_empty(status, headers)
 
-    async def _answer(self, scope: Scope, res: Resources, credential: Credential | None) -> Answer:
+    async def _answer(self, scope: Scope, res: Resources, credential: Credential | None) -> Answer:  # noqa: PLR0911  (one return per outcome)
+        envoy = scope.path.startswith("/validate/")  # its query belongs to the original request
+        query = "" if envoy else scope.query_string
+        try:
+            rule = policy.from_query(query) or self._rule(scope)
+        except ValueError:
+            return 400, _BAD_POLICY, "bad_policy"
+        if rule is None:  # checked before any lookup: an unjudgeable request costs no I/O
+            return 403, _AMBIGUOUS, "ambiguous_request"
         # The client's address is worked out only if a lookup needs its failure budget.
         turn = self._budget.turn(scope.client, scope.headers.get) if self._budget.enabled else None
         verdict = await res.decider.decide(credential, allow_jwt=True, turn=turn)
@@ -108,14 +120,6 @@ class ForwardAuth:
             return 403, self._rate_limited, verdict.reason
         if verdict.reason is Reason.backend_unavailable:
             return 503, self._deny.unavailable, verdict.reason
-        envoy = scope.path.startswith("/validate/")  # its query belongs to the original request
-        query = "" if envoy else scope.query_string
-        try:
-            rule = policy.from_query(query) or (
-                self._rules.for_request(self._original(scope)) if self._rules else policy.DEFAULT
-            )
-        except ValueError:
-            return 400, _BAD_POLICY, "bad_policy"
         if verdict.session is not None:
             return self._allow(scope, verdict.session, rule)
         if rule.allow_anonymous:
@@ -124,15 +128,22 @@ class ForwardAuth:
             return 200, self._identity.anonymous + strip, "anonymous"
         return self._refuse(scope, verdict, redirect=_wants_redirect(scope, query))
 
-    def _original(self, scope: Scope) -> Original:
-        headers = scope.headers
+    def _rule(self, scope: Scope) -> policy.Policy | None:
+        """The rules file's policy for the original request; ``None``: it cannot be judged."""
+        if self._rules is None:
+            return policy.DEFAULT
+        original = self._original(scope)
+        return None if original is None else self._rules.for_request(original)
+
+    def _original(self, scope: Scope) -> Original | None:
         return original_request(
+            proxy=self._proxy,
             method=scope.method,
             scheme=scope.scheme,
             path=scope.path,
             query=scope.query_string,
             peer=scope.client,
-            header=headers.get,
+            headers=cast("Headers", scope.headers),  # granian's stub lacks get_all, which it has
             networks=self._networks,
         )
 
@@ -149,10 +160,10 @@ class ForwardAuth:
         if not self._login:
             return 401, headers, verdict.reason
         original = self._original(scope)
-        location = self._login_location(original)
+        location = self._login_location(original) if original else self._login
         browser = _browser_navigation(scope)
         if redirect and browser:
-            status = 302 if original.method in ("GET", "HEAD") else 303
+            status = 303 if original and original.method not in ("GET", "HEAD") else 302
             return status, [("location", location), responses.NO_STORE], verdict.reason
         # nginx turns any 3xx from an auth endpoint into a 500: by default a 401 says where to go,
         # and X-Auth-Browser-Redirect says it only for page loads, for nginx's error_page to act on.

@@ -1,34 +1,54 @@
-"""The original request behind a forward-auth call, from what each proxy sends. No I/O.
+"""The original request behind a forward-auth call, from what the proxy in front sets. No I/O.
 
-``reference/forward-auth.md`` §6.2, in this order:
+``reference/forward-auth.md`` §6.2. ``GATEWAY_PROXY`` names the proxy, and only the headers that
+proxy itself sets, overwriting whatever the client sent, describe the original request:
 
-1. ``/validate/<path>`` (Envoy's ``path_prefix``): the method is the request's, the path the sub-path;
-2. ``X-Original-URL`` + ``X-Original-Method`` (nginx, ingress-nginx, Authelia's convention);
-3. ``X-Forwarded-Proto/Host/Uri/Method`` (Traefik, Caddy, oauth2-proxy's convention);
-4. ``X-Original-URI`` + ``Host``;
-5. the request itself.
+- ``nginx``, ``ingress-nginx``: ``X-Original-URL`` + ``X-Original-Method`` (``proxy_set_header``);
+- ``traefik``, ``caddy``: ``X-Forwarded-Method``, ``-Proto``, ``-Host``, ``-Uri``;
+- ``envoy``: the ``/validate/<path>`` sub-path, the request's method and ``Host``, and
+  ``X-Forwarded-Proto`` (``headers_to_add``).
+
+Every other convention's headers are the client's there (Caddy and Traefik copy the client's
+headers into the auth request; nginx does unless the config overwrites them) and are never read.
+A missing, repeated or unparsable header, or a path or host that ``canonical`` refuses, gives
+``None``: the request cannot be judged, and a rule must not guess.
+
+Without ``GATEWAY_PROXY`` (allowed only without a rules file) nothing decides on the original
+request: it only names the page to return to after the login, so the first convention present
+is read as before (a client can only misdirect its own redirect, and the host is allow-listed).
 
 Forwarded headers count only when the TCP peer is a trusted proxy (``GATEWAY_TRUSTED_PROXIES``,
-loopback by default); from anyone else they are ignored. The client IP is the right-most
-``X-Forwarded-For`` entry that is not a trusted proxy, else ``X-Real-IP``, else the peer.
+loopback by default). The client IP is the right-most ``X-Forwarded-For`` entry that is not a
+trusted proxy, else the peer (``X-Real-IP`` is never believed: a proxy that doesn't set it passes
+the client's on).
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
-from typing import TYPE_CHECKING, NamedTuple
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
+
+from gateway import canonical
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Proxy = Literal["", "nginx", "ingress-nginx", "traefik", "caddy", "envoy"]
+PROXIES: tuple[Proxy, ...] = ("nginx", "ingress-nginx", "traefik", "caddy", "envoy")
+
+
+class Headers(Protocol):
+    """A request's headers, as granian's ``RSGIHeaders`` gives them."""
+
+    def get(self, key: str, /) -> str | None: ...  # noqa: D102
+    def get_all(self, key: str, /) -> list[str]: ...  # noqa: D102
 
 
 class Original(NamedTuple):
-    """The request a proxy asks about."""
+    """The request a proxy asks about: each part checked by ``canonical``, kept as sent."""
 
     method: str
     scheme: str
@@ -43,8 +63,18 @@ class Original(NamedTuple):
 
     @property
     def path(self) -> str:
-        """The path, without the query."""
+        """The path as sent, without the query."""
         return self.uri.split("?", 1)[0]
+
+    @property
+    def hostname(self) -> str:
+        """The host as rules compare it: lower case, no trailing dot, no port."""
+        return canonical.hostname(self.host) or ""
+
+    @property
+    def paths(self) -> frozenset[str]:
+        """Every reading of the path a rule must agree on (``canonical.readings``)."""
+        return canonical.readings(self.path)
 
 
 def parse_networks(text: str) -> tuple[Network, ...]:
@@ -77,52 +107,113 @@ def trusted(address: Address | None, networks: Sequence[Network]) -> bool:
 
 def original_request(  # noqa: PLR0913  (the request's parts, each named)
     *,
+    proxy: Proxy,
     method: str,
     scheme: str,
     path: str,
     query: str,
     peer: str,
-    header: Callable[[str], str | None],
+    headers: Headers,
     networks: Sequence[Network],
-) -> Original:
-    """Work out the original request of a forward-auth call (see the module docstring)."""
+) -> Original | None:
+    """The original request of a forward-auth call, or ``None`` if it cannot be known for sure.
+
+    From an untrusted peer it is the request itself, unless a proxy is configured: then nothing
+    the peer says can be believed (see the module docstring).
+    """
     peer_ip = parse_ip(peer)
-    trust = trusted(peer_ip, networks)
-
-    def fwd(name: str) -> str | None:
-        value = header(name) if trust else None
-        return value.split(",", 1)[0].strip() if value else None
-
-    host = header("host") or ""
-    client = client_ip(peer_ip, header, networks) if trust else str(peer_ip or "")
-    proto = fwd("x-forwarded-proto") or scheme
-    if path.startswith("/validate/"):
-        return Original(method, proto, host, path[len("/validate") :] + (f"?{query}" if query else ""), client)
-    if url := fwd("x-original-url"):
-        parts = urlsplit(url)
-        uri = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return Original(fwd("x-original-method") or "GET", parts.scheme or proto, parts.netloc or host, uri, client)
-    if fwd("x-forwarded-uri") or fwd("x-forwarded-host"):
-        uri = fwd("x-forwarded-uri") or "/"
-        return Original(fwd("x-forwarded-method") or method, proto, fwd("x-forwarded-host") or host, uri, client)
-    if original_uri := fwd("x-original-uri"):
-        return Original(method, proto, host, original_uri, client)
-    return Original(method, scheme, host, path + (f"?{query}" if query else ""), client)
+    request = Original(method, scheme, headers.get("host") or "", path + (f"?{query}" if query else ""), "")
+    if not trusted(peer_ip, networks):
+        return None if proxy else _checked(*request[:4], str(peer_ip or ""))
+    request = request._replace(client_ip=client_ip(peer_ip, headers.get, networks))
+    if proxy == "envoy":
+        return _from_envoy(request, headers)
+    if path != "/validate" and (proxy or not path.startswith("/validate/")):
+        return None  # the auth URL is the proxy's configuration: a sub-path is not ours to read
+    if proxy in ("nginx", "ingress-nginx"):
+        url, original_method = _one(headers, "x-original-url"), _one(headers, "x-original-method")
+        return _from_original_url(url, original_method, request.client_ip)
+    if proxy in ("traefik", "caddy"):
+        method_, proto, host, uri = (
+            _one(headers, f"x-forwarded-{name}") for name in ("method", "proto", "host", "uri")
+        )
+        return _checked(method_, proto, host, uri, request.client_ip)
+    return _guess(request, headers)
 
 
-def request_client(peer: str, header: Callable[[str], str | None], networks: Sequence[Network]) -> str:
-    """The client of a request: from the forwarding headers if the peer is a trusted proxy."""
-    address = parse_ip(peer)
-    return client_ip(address, header, networks) if trusted(address, networks) else str(address or peer)
+def _from_envoy(request: Original, headers: Headers) -> Original | None:
+    """``path_prefix: /validate``: Envoy asks about ``/validate<original path>``, method and Host kept."""
+    proto, host = _one(headers, "x-forwarded-proto"), _one(headers, "host")
+    if not request.uri.startswith("/validate/") or not proto or not host:
+        return None
+    return _checked(request.method, proto, host, request.uri[len("/validate") :], request.client_ip)
+
+
+def _one(headers: Headers, name: str) -> str | None:
+    """A header the proxy sets exactly once; repeated means it did not overwrite the client's."""
+    values = headers.get_all(name)
+    return values[0] if len(values) == 1 and values[0] else None
+
+
+def _checked(method: str | None, scheme: str | None, host: str | None, uri: str | None, client: str) -> Original | None:
+    if not method or canonical.method(method) is None or scheme not in ("http", "https"):
+        return None
+    if not host or not uri or canonical.hostname(host) is None or canonical.uri(uri) is None:
+        return None
+    return Original(method, scheme, host, uri, client)
+
+
+def _from_original_url(url: str | None, method: str | None, client: str) -> Original | None:
+    """``scheme://host/path?query`` split the one way: the host ends at the first ``/``."""
+    scheme, sep, rest = (url or "").partition("://")
+    if not sep or method is None:
+        return None
+    slash = rest.find("/")
+    if slash < 0:
+        return None
+    return _checked(method, scheme.lower(), rest[:slash], rest[slash:], client)
+
+
+def _guess(request: Original, headers: Headers) -> Original | None:
+    """No proxy configured: the first convention present, for the return URL only (see above)."""
+
+    def first(name: str) -> str | None:
+        value = headers.get(name)
+        return value.strip() if value else None
+
+    method, scheme, host, uri, client = request
+    proto = first("x-forwarded-proto") or scheme
+    if uri.startswith("/validate/"):
+        return _checked(method, proto, host, uri[len("/validate") :], client)
+    if url := first("x-original-url"):
+        return _from_original_url(url, first("x-original-method") or "GET", client)
+    if (forwarded_uri := first("x-forwarded-uri")) or first("x-forwarded-host"):
+        forwarded_host = first("x-forwarded-host") or host
+        return _checked(first("x-forwarded-method") or method, proto, forwarded_host, forwarded_uri or "/", client)
+    if original_uri := first("x-original-uri"):
+        return _checked(method, proto, host, original_uri, client)
+    return _checked(*request)
 
 
 def client_ip(peer: Address | None, header: Callable[[str], str | None], networks: Sequence[Network]) -> str:
-    """The right-most untrusted hop of ``X-Forwarded-For``, else ``X-Real-IP``, else the peer."""
-    hops = [parse_ip(h) for h in (header("x-forwarded-for") or "").split(",") if h.strip()]
-    for hop in reversed(hops):
-        if hop is not None and not trusted(hop, networks):
-            return str(hop)
-    if hops and hops[0] is not None:  # every hop is a trusted proxy: the first is the client
-        return str(hops[0])
-    real = parse_ip(header("x-real-ip") or "")
-    return str(real or peer or "")
+    """The right-most untrusted hop of ``X-Forwarded-For``, else the peer (``X-Real-IP`` is anyone's)."""
+    return str(forwarded_client(header("x-forwarded-for"), networks) or peer or "")
+
+
+def forwarded_client(value: str | None, proxies: Sequence[Network]) -> Address | None:
+    """The right-most ``X-Forwarded-For`` hop that is not a trusted proxy.
+
+    Each proxy appends the address it was called from, so reading from the right, every hop up
+    to the first untrusted one was written by a trusted proxy, and that one is the client. Text
+    that is no address was not written by a proxy: the hop to its right sent it. With every hop
+    trusted, the left-most is the client (an internal caller).
+    """
+    nearest = None
+    for hop in reversed(value.split(",")) if value else ():
+        address = parse_ip(hop)
+        if address is None:
+            break
+        if not trusted(address, proxies):
+            return address
+        nearest = address
+    return nearest

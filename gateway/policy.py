@@ -3,7 +3,8 @@
 A policy comes from the auth URL's query (``/validate?allowed_roles=admin``, as oauth2-proxy's
 ``/oauth2/auth`` takes them), or else from the first rule of ``GATEWAY_RULES_FILE`` matching the
 original host, path and method (for proxies that can't vary the auth URL per route, like Envoy).
-Signed in but not allowed is a 403, never a redirect.
+Signed in but not allowed is a 403, never a redirect. Rules see the host and path only after
+``canonical`` has checked them; a path whose readings select different rules is refused.
 
 Rules file (TOML, or JSON with the same shape)::
 
@@ -29,6 +30,8 @@ from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs
 
 import msgspec
+
+from gateway import canonical
 
 if TYPE_CHECKING:
     from gateway.forwarding import Original
@@ -126,13 +129,10 @@ class Rule(Policy, frozen=True, forbid_unknown_fields=True):
     path_prefix: str = ""
     methods: frozenset[str] = frozenset()
 
-    def matches(self, original: Original) -> bool:
-        """Whether the original request falls under this rule."""
-        host = original.host.rsplit(":", 1)[0].lower() if original.host else ""
-        return (
-            (not self.host or _domain_matches(host, self.host.lower()))
-            and original.path.startswith(self.path_prefix)
-            and (not self.methods or original.method.upper() in self.methods)
+    def matches_host_and_method(self, hostname: str, method: str) -> bool:
+        """Whether a canonical host name (``Original.hostname``) and a method fall under this rule."""
+        return (not self.host or _domain_matches(hostname, self.host.lower().rstrip("."))) and (
+            not self.methods or method in self.methods
         )
 
 
@@ -141,9 +141,28 @@ class Rules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     rules: tuple[Rule, ...] = ()
 
-    def for_request(self, original: Original) -> Policy:
-        """The policy for a request."""
-        return next((rule for rule in self.rules if rule.matches(original)), DEFAULT)
+    def for_request(self, original: Original) -> Policy | None:
+        """The policy for a request, or ``None`` if its readings disagree (refuse it).
+
+        Each reading of the path (``canonical.readings``), matched as written and case-folded,
+        must select the same rule: a path that one part behind the proxy could read as
+        ``/admin/x`` and another as something else is judged by neither.
+        """
+        hostname = original.hostname
+        candidates = [rule for rule in self.rules if rule.matches_host_and_method(hostname, original.method)]
+        chosen: Policy | None = None
+        for path in original.paths:
+            for fold in (False, True) if path != path.lower() else (False,):
+                text = path.lower() if fold else path
+                rule = next(
+                    (r for r in candidates if text.startswith(r.path_prefix.lower() if fold else r.path_prefix)),
+                    DEFAULT,
+                )
+                if chosen is None:
+                    chosen = rule
+                elif rule is not chosen:
+                    return None
+        return chosen
 
 
 def load_rules(path: str) -> Rules:
@@ -154,8 +173,15 @@ def load_rules(path: str) -> Rules:
     """
     try:
         raw = Path(path).read_bytes()
-        if path.endswith(".json"):
-            return msgspec.json.decode(raw, type=Rules)
-        return msgspec.toml.decode(raw, type=Rules)
+        rules = msgspec.json.decode(raw, type=Rules) if path.endswith(".json") else msgspec.toml.decode(raw, type=Rules)
     except (OSError, msgspec.DecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
+    # A rule that can never match is a silent hole: the requests it meant fall to the default.
+    for i, rule in enumerate(rules.rules):
+        if rule.path_prefix and not rule.path_prefix.startswith("/"):
+            raise ValueError(f"{path}: rules[{i}].path_prefix must start with '/'")
+        if any(canonical.method(m) is None for m in rule.methods):
+            raise ValueError(f"{path}: rules[{i}].methods must be upper-case methods (POST, not post)")
+        if rule.host and canonical.hostname(rule.host.removeprefix(".")) is None:
+            raise ValueError(f"{path}: rules[{i}].host is not a host name")
+    return rules

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from gateway.config import ConfigError, Secret, describe, load_settings
+from tests.conftest import ROOT
 
 BASE = {"DATABASE_URL": "postgresql://gw:hunter2@db/app", "BETTER_AUTH_SECRET": "x" * 32}
 
@@ -233,3 +234,16 @@ def test_budget_settings_checked() -> None:
     assert "GATEWAY_RATE_LIMIT_MAX_WAIT_S: must be at least 60 / GATEWAY_RATE_LIMIT_PER_MINUTE (10 s)" in text
     s = load_settings(BASE | {"GATEWAY_RATE_LIMIT_PER_MINUTE": "0", "GATEWAY_RATE_LIMIT_MAX_WAIT_S": "0.1"})
     assert s.rate_limit_per_minute == 0  # off: no wait to check
+
+
+def test_rules_file_needs_the_proxy_named() -> None:
+    """A rules file without GATEWAY_PROXY is refused, naming the fix; check-config lists it; a typo is named too."""
+    rules = {"GATEWAY_RULES_FILE": str(ROOT / "examples" / "rules.toml")}
+    with pytest.raises(ConfigError, match="GATEWAY_RULES_FILE needs GATEWAY_PROXY: set it to the proxy in front"):
+        load_settings(BASE | rules)
+    assert load_settings(BASE | rules | {"GATEWAY_PROXY": "traefik"}).proxy == "traefik"
+    with pytest.raises(ConfigError, match="GATEWAY_PROXY"):
+        load_settings(BASE | {"GATEWAY_PROXY": "haproxy"})
+    bad = run_cli("check-config", env=BASE | rules)
+    assert bad.returncode == 2
+    assert "GATEWAY_RULES_FILE needs GATEWAY_PROXY" in bad.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -9,7 +10,7 @@ import pytest
 
 from gateway import seed
 from gateway.tokens import sign
-from tests.conftest import SECRET
+from tests.conftest import ROOT, SECRET
 
 if TYPE_CHECKING:
     import asyncpg
@@ -122,6 +123,80 @@ async def test_query_policy_and_403(
     assert (
         await client.get(gw.url + "/validate?allowed_roles=x&satisfy=most", headers=cookie(token))
     ).status_code == 400
+
+
+async def test_rules_judge_only_what_the_named_proxy_set(
+    database: str, user: tuple[str, str], start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """GATEWAY_PROXY=caddy: a client's X-Original-URL picks no rule; an unjudgeable request is 403 before any lookup."""
+    _, token = user
+    rules = str(ROOT / "examples" / "rules.toml")
+    gw = start_gateway({"DATABASE_URL": database, "GATEWAY_RULES_FILE": rules, "GATEWAY_PROXY": "caddy"})
+    caddy = {"x-forwarded-method": "POST", "x-forwarded-proto": "https", "x-forwarded-host": "app.example.com"}
+    spoof = {"x-original-url": "https://app.example.com/public/x", "x-original-method": "GET"}
+    # Issue 14, finding 1: judged as the POST to /reports/ that Caddy describes, not as the client's GET /public/x.
+    write = caddy | spoof | {"x-forwarded-uri": "/reports/x"}
+    assert (await client.get(gw.url + "/validate", headers=write)).status_code == 401
+    r = await client.get(gw.url + "/validate", headers=write | cookie(token))
+    assert (r.status_code, r.headers.get("x-auth-reason")) == (403, "forbidden")  # the /reports/ rule said no
+    # Issue 14, finding 2: readings that disagree, or a header Caddy would have set missing: refused.
+    for uri in ("/REPORTS/x", "//reports/x", "/public/../reports/x", "/public/x,/reports/y"):
+        r = await client.get(gw.url + "/validate", headers=caddy | {"x-forwarded-uri": uri} | cookie(token))
+        assert (r.status_code, r.headers.get("x-auth-reason")) == (403, "ambiguous_request"), uri
+    r = await client.get(gw.url + "/validate", headers=spoof | cookie(token))
+    assert (r.status_code, r.headers.get("x-auth-reason")) == (403, "ambiguous_request")
+    twice = [*caddy.items(), *cookie(token).items(), ("x-forwarded-uri", "/reports/x"), ("x-forwarded-uri", "/x")]
+    r = await client.get(gw.url + "/validate", headers=twice)  # a repeated header: Caddy did not set it alone
+    assert (r.status_code, r.headers.get("x-auth-reason")) == (403, "ambiguous_request")
+    r = await client.get(
+        gw.url + "/validate",
+        headers=caddy | {"x-forwarded-uri": "/reports/x", "x-forwarded-method": "GET"} | cookie(token),
+    )
+    assert r.status_code == 200  # the control: a plain user may read reports
+    # The same from a peer that is not a trusted proxy: nothing it says is believed, nothing is judged.
+    gw2 = start_gateway(
+        {
+            "DATABASE_URL": database,
+            "GATEWAY_RULES_FILE": rules,
+            "GATEWAY_PROXY": "caddy",
+            "GATEWAY_TRUSTED_PROXIES": "10.0.0.0/8",
+        }
+    )
+    r = await client.get(gw2.url + "/validate", headers=caddy | {"x-forwarded-uri": "/public/x"})
+    assert (r.status_code, r.headers.get("x-auth-reason")) == (403, "ambiguous_request")
+
+
+async def _raw_get(port: int, target: str, *headers: str) -> tuple[int, str]:
+    """GET exactly this target (no client-side normalisation): the status and X-Auth-Reason."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write("\r\n".join([f"GET {target} HTTP/1.1", *headers, "Connection: close", "", ""]).encode())
+    head = (await asyncio.wait_for(reader.read(), 10)).decode("latin-1").split("\r\n")
+    writer.close()
+    reason = next((h.split(":", 1)[1].strip() for h in head if h.lower().startswith("x-auth-reason:")), "")
+    return int(head[0].split()[1]), reason
+
+
+async def test_envoy_sub_path_gets_the_same_canonicalisation(database: str, start_gateway: Any) -> None:
+    """GATEWAY_PROXY=envoy: /validate/<path> is judged as canonically as a header; its tricks are refused too."""
+    rules = str(ROOT / "examples" / "rules.toml")
+    gw = start_gateway({"DATABASE_URL": database, "GATEWAY_RULES_FILE": rules, "GATEWAY_PROXY": "envoy"})
+    envoy = ("Host: app.test", "X-Forwarded-Proto: https", "X-Original-URL: https://app.test/public/x")
+    assert await _raw_get(gw.port, "/validate/public/x?a=1", *envoy) == (200, "")
+    assert await _raw_get(gw.port, "/validate/private/x", *envoy) == (401, "no_credentials")
+    for target in (
+        "/validate/public/../admin/x",
+        "/validate/public/%2e%2e/admin/x",
+        "/validate//admin/x",
+        "/validate/ADMIN/x",
+        "/validate/%2fadmin/x",
+        "/validate/public/x,/admin/y",
+        "/validate",  # not Envoy's form
+    ):
+        assert await _raw_get(gw.port, target, *envoy) == (403, "ambiguous_request"), target
+    assert await _raw_get(gw.port, "/validate/public/x", "Host: app.test?", "X-Forwarded-Proto: https") == (
+        403,
+        "ambiguous_request",
+    )
 
 
 async def test_header_names_aliases_and_credential_stripping(

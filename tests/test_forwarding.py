@@ -2,71 +2,218 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from gateway import policy
-from gateway.forwarding import Original, original_request, parse_networks
+from gateway.forwarding import Original, Proxy, original_request, parse_networks
 from gateway.sessions import Session
 
 LOOPBACK = parse_networks("127.0.0.0/8,::1/128")
 
 
+class Headers:
+    """Request headers as granian gives them: ``get`` the first, ``get_all`` every one."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self._pairs = [(k.lower(), v) for k, v in pairs]
+
+    def get(self, key: str) -> str | None:
+        return next((v for k, v in self._pairs if k == key), None)
+
+    def get_all(self, key: str) -> list[str]:
+        return [v for k, v in self._pairs if k == key]
+
+
 def ask(
-    path: str = "/validate", peer: str = "127.0.0.1:5555", method: str = "GET", query: str = "", **headers: str
-) -> Original:
-    h = {k.replace("_", "-"): v for k, v in headers.items()}
-    h.setdefault("host", "gw.internal")
+    proxy: Proxy = "",
+    *pairs: tuple[str, str],
+    path: str = "/validate",
+    peer: str = "127.0.0.1:5555",
+    method: str = "GET",
+    query: str = "",
+    host: str = "gw.internal",
+) -> Original | None:
     return original_request(
-        method=method, scheme="http", path=path, query=query, peer=peer, header=h.get, networks=LOOPBACK
+        proxy=proxy,
+        method=method,
+        scheme="http",
+        path=path,
+        query=query,
+        peer=peer,
+        headers=Headers([("host", host), *pairs]),
+        networks=LOOPBACK,
     )
 
 
-def test_nginx_x_original_url_wins() -> None:
-    """X-Original-URL and X-Original-Method (nginx, ingress-nginx) give scheme, host, URI and method."""
-    o = ask(x_original_url="https://app.example.com/a/b?c=1", x_original_method="POST", x_forwarded_proto="")
-    assert (o.method, o.scheme, o.host, o.uri) == ("POST", "https", "app.example.com", "/a/b?c=1")
-    assert o.url == "https://app.example.com/a/b?c=1"
+# What each proxy sets (and overwrites) on the auth request, as the example configurations do.
+NGINX = (("X-Original-URL", "https://app.example.com/reports/7?c=1"), ("X-Original-Method", "POST"))
+TRAEFIK = (
+    ("X-Forwarded-Method", "POST"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Host", "app.example.com"),
+    ("X-Forwarded-Uri", "/reports/7?c=1"),
+)
+# What a client adds, hoping to be judged by another convention's headers.
+SPOOF_ORIGINAL = (
+    ("X-Original-URL", "http://app.example.com/public/x"),
+    ("X-Original-Method", "GET"),
+    ("X-Original-URI", "/public/x"),
+)
+SPOOF_FORWARDED = (
+    ("X-Forwarded-Uri", "/public/x"),
+    ("X-Forwarded-Method", "GET"),
+    ("X-Forwarded-Host", "other.example.com"),
+)
+WANT = ("POST", "https", "app.example.com", "/reports/7?c=1")
 
 
-def test_traefik_and_caddy_x_forwarded() -> None:
-    """X-Forwarded-Method/Proto/Host/Uri (Traefik, Caddy) give the original request."""
-    o = ask(
-        method="GET",
-        x_forwarded_method="DELETE",
-        x_forwarded_proto="https",
-        x_forwarded_host="app.example.com",
-        x_forwarded_uri="/items/7",
-    )
-    assert (o.method, o.scheme, o.host, o.uri) == ("DELETE", "https", "app.example.com", "/items/7")
+@pytest.mark.parametrize("proxy", ["nginx", "ingress-nginx"])
+def test_nginx_reads_only_what_its_config_sets(proxy: Proxy) -> None:
+    """nginx: X-Original-URL and X-Original-Method; a client's X-Forwarded-* and X-Original-URI count for nothing."""
+    o = ask(proxy, *SPOOF_FORWARDED, ("X-Original-URI", "/public/x"), *NGINX)
+    assert o is not None
+    assert (o.method, o.scheme, o.host, o.uri) == WANT
+    assert o.url == "https://app.example.com/reports/7?c=1"
+
+
+@pytest.mark.parametrize("proxy", ["traefik", "caddy"])
+def test_traefik_and_caddy_read_only_x_forwarded(proxy: Proxy) -> None:
+    """Traefik, Caddy: X-Forwarded-Method/Proto/Host/Uri; a client's X-Original-* (copied through) counts nothing."""
+    o = ask(proxy, *SPOOF_ORIGINAL, *TRAEFIK)
+    assert o is not None
+    assert (o.method, o.scheme, o.host, o.uri) == WANT
 
 
 def test_envoy_sub_path() -> None:
-    """/validate/<path> (Envoy's path_prefix): the sub-path, the query, the request's own method."""
+    """Envoy: the /validate/<path> sub-path, the request's method, Host and X-Forwarded-Proto; nothing else."""
     o = ask(
-        path="/validate/api/v1/items", method="PUT", query="page=2", host="app.example.com", x_forwarded_proto="https"
+        "envoy",
+        *SPOOF_ORIGINAL,
+        *SPOOF_FORWARDED,
+        ("X-Forwarded-Proto", "https"),
+        path="/validate/api/v1/items",
+        method="PUT",
+        query="page=2",
+        host="app.example.com",
     )
+    assert o is not None
     assert (o.method, o.scheme, o.host, o.uri) == ("PUT", "https", "app.example.com", "/api/v1/items?page=2")
+    assert ask("envoy", ("X-Forwarded-Proto", "https"), *SPOOF_ORIGINAL) is None  # no sub-path: not Envoy's form
 
 
-def test_x_original_uri_fallback() -> None:
-    """X-Original-URI with Host, when nothing else is there."""
-    o = ask(x_original_uri="/only/uri", host="app.example.com")
-    assert (o.host, o.uri) == ("app.example.com", "/only/uri")
+@pytest.mark.parametrize(
+    ("proxy", "pairs", "path"),
+    [
+        ("nginx", NGINX[:1], "/validate"),  # no method
+        ("nginx", (*NGINX, NGINX[0]), "/validate"),  # the URL twice: the config did not overwrite it
+        ("nginx", ((NGINX[0][0], "https://app.example.com/public/x, https://app.example.com/admin"), NGINX[1]), ""),
+        ("nginx", (NGINX[0], ("X-Original-Method", "GET, POST")), "/validate"),
+        ("nginx", (NGINX[0], ("X-Original-Method", "get")), "/validate"),
+        ("nginx", (("X-Original-URL", "ftp://app.example.com/x"), NGINX[1]), "/validate"),
+        ("nginx", NGINX, "/validate/x"),  # a sub-path only Envoy uses
+        ("traefik", TRAEFIK[:3], "/validate"),  # no X-Forwarded-Uri
+        ("traefik", (*TRAEFIK, ("X-Forwarded-Uri", "/public/x")), "/validate"),
+        ("caddy", (*TRAEFIK[:3], ("X-Forwarded-Uri", "/public/x,/admin/y")), "/validate"),
+        ("caddy", (("X-Forwarded-Proto", "https, http"), *TRAEFIK[:1], *TRAEFIK[2:]), "/validate"),
+        ("caddy", (*TRAEFIK, ("X-Forwarded-Host", "other.example.com")), "/validate"),
+        ("envoy", (), "/validate/x"),  # no X-Forwarded-Proto from headers_to_add
+    ],
+)
+def test_missing_repeated_or_listed_headers_are_refused(
+    proxy: Proxy, pairs: tuple[tuple[str, str], ...], path: str
+) -> None:
+    """A header the proxy must set, missing, repeated or holding a list: no original request (refused, not cut)."""
+    assert ask(proxy, *pairs, path=path or "/validate") is None
 
 
-def test_untrusted_peer_headers_ignored() -> None:
-    """From a peer outside the trusted proxies, forwarded headers count for nothing."""
-    o = ask(peer="203.0.113.9:4000", x_original_url="https://evil.example.com/x", x_forwarded_for="1.2.3.4")
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://app.test?/admin/x",
+        "http://app.test#/admin/x",
+        "http://app.test@x.internal.example.com/admin/x",
+        "http://app.test\\@evil.example/x",
+        "http://app.test /x",
+        "http://app.test..:80/x",
+        "http://app.test%2e/x",
+        "http:///admin/x",
+        "http://app.test",
+        "http://app.test:99999999/x",
+        "//app.test/x",
+        "http://app.test/public/x,/admin/y",
+        "http://app.test/a b",
+        "http://app.test/caf\u00e9",
+        "http://app.test/%2fadmin",
+        "http://app.test/public/%252e%252e/admin",
+        "http://app.test/a%zz",
+        "http://app.test/a%00b",
+        "http://app.test/public\\..\\admin",
+        "http://app.test/x#frag",
+    ],
+)
+def test_unparsable_original_urls_are_refused(url: str) -> None:
+    """Hosts with ?, #, @, /, %, spaces or empty labels, and paths two parsers could read apart: refused."""
+    assert ask("nginx", ("X-Original-URL", url), ("X-Original-Method", "GET")) is None
+
+
+@pytest.mark.parametrize(
+    ("host", "name"),
+    [
+        ("X.Internal.Example.COM", "x.internal.example.com"),
+        ("x.internal.example.com.", "x.internal.example.com"),
+        ("x.internal.example.com.:8443", "x.internal.example.com"),
+        ("[::1]:8080", "[::1]"),
+        ("10.0.0.1", "10.0.0.1"),
+    ],
+)
+def test_hosts_are_compared_as_dns_does(host: str, name: str) -> None:
+    """Case, a trailing dot and the port never change which host a rule sees."""
+    o = ask("nginx", ("X-Original-URL", f"https://{host}/x"), ("X-Original-Method", "GET"))
+    assert o is not None
+    assert o.hostname == name
+
+
+def test_untrusted_peer() -> None:
+    """From a peer outside the trusted proxies nothing it says counts; with a proxy configured, nothing is known."""
+    spoof = (*SPOOF_ORIGINAL, ("X-Forwarded-For", "1.2.3.4"))
+    o = ask("", *spoof, peer="203.0.113.9:4000")
+    assert o is not None
     assert (o.host, o.uri, o.client_ip) == ("gw.internal", "/validate", "203.0.113.9")
+    assert ask("nginx", *NGINX, peer="203.0.113.9:4000") is None
+
+
+def test_without_a_proxy_the_return_url_is_guessed() -> None:
+    """No GATEWAY_PROXY (no rules file then): the first convention present names the page to return to."""
+    o = ask("", ("X-Original-URL", "https://app.example.com/a/b?c=1"), ("X-Original-Method", "POST"))
+    assert o is not None
+    assert (o.method, o.url) == ("POST", "https://app.example.com/a/b?c=1")
+    o = ask(
+        "", ("X-Forwarded-Host", "app.example.com"), ("X-Forwarded-Uri", "/items/7"), ("X-Forwarded-Proto", "https")
+    )
+    assert o is not None
+    assert o.url == "https://app.example.com/items/7"
+    o = ask("", ("X-Original-URI", "/only/uri"), host="app.example.com")
+    assert o is not None
+    assert o.url == "http://app.example.com/only/uri"
+    assert ask("", ("X-Original-URL", "http://app.test?/x")) is None
 
 
 def test_client_ip_is_rightmost_untrusted_hop() -> None:
     """The right-most X-Forwarded-For entry that isn't a trusted proxy is the client."""
-    assert ask(x_forwarded_for="6.6.6.6, 198.51.100.7, 127.0.0.1").client_ip == "198.51.100.7"
-    assert ask(x_forwarded_for="127.0.0.2").client_ip == "127.0.0.2"
-    assert ask(x_real_ip="198.51.100.8").client_ip == "198.51.100.8"
-    assert ask(peer="[::1]:9000").client_ip == "::1"
-    assert ask(x_forwarded_for="garbage, ,").client_ip == "127.0.0.1"
+
+    def client(*pairs: tuple[str, str], peer: str = "127.0.0.1:5555") -> str:
+        o = ask("", *pairs, peer=peer)
+        assert o is not None
+        return o.client_ip
+
+    assert client(("X-Forwarded-For", "6.6.6.6, 198.51.100.7, 127.0.0.1")) == "198.51.100.7"
+    assert client(("X-Forwarded-For", "127.0.0.2")) == "127.0.0.2"
+    assert client(("X-Real-IP", "198.51.100.8")) == "127.0.0.1"  # anyone can send it: never believed
+    assert client(peer="[::1]:9000") == "::1"
+    assert client(("X-Forwarded-For", "garbage, ,")) == "127.0.0.1"
+    assert client(("X-Forwarded-For", "198.51.100.9, garbage, 127.0.0.1")) == "127.0.0.1"  # no proxy wrote it
 
 
 def session(role: str | None = "user", email: str = "ada@example.com", *, verified: bool = True) -> Session:
@@ -120,7 +267,7 @@ def test_no_policy_and_bad_policy() -> None:
         policy.from_query("allowed_roles=a&satisfy=most")
 
 
-def test_rules_file(tmp_path) -> None:
+def test_rules_file(tmp_path: Path) -> None:
     """The first rule matching host, path prefix and method applies; otherwise the default."""
     path = tmp_path / "rules.toml"
     path.write_text(
@@ -129,10 +276,65 @@ def test_rules_file(tmp_path) -> None:
     )
     rules = policy.load_rules(str(path))
     post = Original("POST", "https", "app.example.com", "/admin/users", "1.1.1.1")
-    assert rules.for_request(post).allowed_roles == {"admin"}
+    assert rules.for_request(post).allowed_roles == {"admin"}  # type: ignore[union-attr]
     assert rules.for_request(post._replace(method="GET")) is policy.DEFAULT
     assert rules.for_request(post._replace(host="app.example.org")) is policy.DEFAULT
-    assert rules.for_request(post._replace(uri="/public/x")).allow_anonymous
+    assert rules.for_request(post._replace(uri="/public/x")).allow_anonymous  # type: ignore[union-attr]
     (tmp_path / "bad.toml").write_text("[[rules]]\nallowed_rolez = 1\n")
     with pytest.raises(ValueError, match="rules"):
         policy.load_rules(str(tmp_path / "bad.toml"))
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ('path_prefix = "admin"', "must start with '/'"),
+        ('methods = ["post"]', "upper-case methods"),
+        ('host = "app.test?"', "not a host name"),
+    ],
+)
+def test_rules_that_could_never_match_are_refused(tmp_path: Path, rule: str, message: str) -> None:
+    """A rule that silently never applies would leave its paths to the default: the file is refused."""
+    path = tmp_path / "rules.toml"
+    path.write_text(f"[[rules]]\n{rule}\nallowed_roles = ['admin']\n")
+    with pytest.raises(ValueError, match=message):
+        policy.load_rules(str(path))
+
+
+RULES = policy.load_rules(str(Path(__file__).parent.parent / "examples" / "rules.toml"))
+PUBLIC, ADMIN, REPORTS, INTERNAL = RULES.rules
+
+
+@pytest.mark.parametrize(
+    ("method", "host", "path", "rule"),
+    [
+        # Issue 14, finding 2: each of these reached a looser rule than the one it names.
+        ("GET", "app.test", "/public/../admin/x", None),
+        ("GET", "app.test", "//admin/x", None),
+        ("GET", "app.test", "/%61dmin/x", None),
+        ("GET", "app.test", "/ADMIN/x", None),
+        ("GET", "app.test", "/public/%2e%2e/admin/x", None),
+        ("GET", "app.test", "/public/%2E%2E/admin/x", None),
+        ("GET", "app.test", "/public/..;/admin/x", None),
+        ("POST", "app.test", "//reports/x", None),
+        ("POST", "app.test", "/Reports/x", None),
+        ("POST", "app.test", "/./reports/x", None),
+        ("GET", "x.internal.example.com.", "/x", INTERNAL),
+        ("GET", "X.INTERNAL.example.com", "/x", INTERNAL),
+        ("GET", "x.internal.example.com.:8443", "/x", INTERNAL),
+        # Case can't open a looser rule either.
+        ("GET", "app.test", "/PUBLIC/x", None),
+        ("GET", "app.test", "/Public/../private", None),
+        # Readings that agree are judged as usual.
+        ("GET", "app.test", "/admin/./x", ADMIN),
+        ("GET", "app.test", "/admin//x", ADMIN),
+        ("GET", "app.test", "/admin/%7Ex", ADMIN),
+        ("GET", "app.test", "/public/%78", PUBLIC),
+        ("GET", "app.test", "/api//Items/../x", policy.DEFAULT),
+        ("GET", "app.test", "/REPORTS/x", policy.DEFAULT),  # reads of reports are the default rule's anyway
+        ("POST", "app.test", "/reports/x", REPORTS),
+    ],
+)
+def test_rules_see_every_reading_of_a_path(method: str, host: str, path: str, rule: policy.Policy | None) -> None:
+    """A path some part behind the proxy could read as another rule's is refused (None); host spellings are one host."""
+    assert RULES.for_request(Original(method, "https", host, path, "1.1.1.1")) is rule

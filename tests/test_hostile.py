@@ -15,10 +15,10 @@ from urllib.parse import quote
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import seed
-from gateway.forwarding import original_request, parse_networks
+from gateway import canonical, seed
+from gateway.forwarding import PROXIES, Proxy, original_request, parse_networks
 from gateway.sessions import Reason
-from gateway.tokens import Credential, Kind, Verifier, cookie_value, decode_uri_component, find_credential, sign
+from gateway.tokens import Credential, Kind, Verifier, cookie_value, decode_uri_component, sign
 from tests.conftest import SECRET
 
 if TYPE_CHECKING:
@@ -98,24 +98,66 @@ def test_signed_tokens_verify_and_any_flip_fails(token: str) -> None:
 
 
 header_values = st.one_of(st.none(), st.text(max_size=80))
+# Near-valid URLs and paths, built from the characters the canonical rules are about.
+tricky_paths = st.text(alphabet="aA/.%2eEfF05;,\\?#~@:", max_size=30).map(lambda p: "/" + p)
+tricky_urls = st.builds(
+    lambda h, p: f"http://{h}{p}", st.text(alphabet="aA.:@?#%/\\-_09 ,[]", max_size=20), tricky_paths
+)
+
+
+class _Headers:
+    def __init__(self, values: dict[str, str | None]) -> None:
+        self._values = {k: v for k, v in values.items() if v is not None}
+
+    def get(self, key: str) -> str | None:
+        return self._values.get(key)
+
+    def get_all(self, key: str) -> list[str]:
+        return [self._values[key]] if key in self._values else []
 
 
 @SLOW
-@given(header_values, header_values, header_values, header_values, st.text(max_size=40), st.text(max_size=30))
-def test_forwarded_parsing_never_raises(url: Any, fwd_for: Any, fwd_uri: Any, host: Any, path: str, peer: str) -> None:
-    """Any forwarded headers and peer strings give an Original, never an exception."""
-    headers = {"x-original-url": url, "x-forwarded-for": fwd_for, "x-forwarded-uri": fwd_uri, "host": host}
+@given(
+    st.sampled_from(["", *PROXIES]),
+    st.fixed_dictionaries(
+        dict.fromkeys(
+            (
+                "x-original-url",
+                "x-original-method",
+                "x-forwarded-for",
+                "x-forwarded-uri",
+                "x-forwarded-method",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "host",
+            ),
+            header_values,
+        )
+        | {
+            "x-original-url": st.one_of(header_values, tricky_urls),
+            "x-forwarded-uri": st.one_of(header_values, tricky_paths),
+        }
+    ),
+    st.text(max_size=40),
+    st.text(max_size=30),
+)
+def test_forwarded_parsing_never_raises(proxy: Proxy, headers: dict[str, str | None], path: str, peer: str) -> None:
+    """Any forwarded headers and peer strings give a checked Original or None (refused), never an exception."""
     original = original_request(
+        proxy=proxy,
         method="GET",
         scheme="http",
         path="/validate" + path,
         query="",
         peer=peer,
-        header=headers.get,
+        headers=_Headers(headers),
         networks=parse_networks("0.0.0.0/0,::/0"),
     )
-    assert isinstance(original.url, str)
-    assert find_credential(url, fwd_for, host, NAMES) is None or True  # the finder takes any strings too
+    if original is not None:
+        assert canonical.uri(original.uri) == original.uri
+        assert canonical.hostname(original.host) == original.hostname
+        assert all(p.startswith("/") for p in original.paths)
+        assert isinstance(original.url, str)
 
 
 def raw(port: int, data: bytes) -> bytes:

