@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 SECRET = "benchmark-secret-0123456789abcdefghijklmnop"  # noqa: S105
-NAMES = ("__Secure-better-auth.session_token", "better-auth.session_token")
+NAMES = ("better-auth.session_token",)  # the one name a gateway reads (here: an http deployment)
 TOKEN = generate_id()
 COOKIE = f"theme=dark; better-auth.session_token={quote(sign(TOKEN, SECRET), safe='')}; _ga=GA1.2.3"
 VERIFIER = Verifier(SECRET, accept_unsigned=True)

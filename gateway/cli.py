@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway.config import Settings, describe, load_settings
+from gateway.config import Settings, cookie_note, describe, load_settings
 from gateway.dbadmin import budget_warning, run_sql, trigger_sql
 from gateway.errors import ConfigError
 from gateway.logs import configure_logging
@@ -83,6 +83,9 @@ def check_config() -> int:
     warning = budget_warning(settings)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)  # noqa: T201
+    note = cookie_note(settings)
+    if note:
+        print(f"note: {note}", file=sys.stderr)  # noqa: T201
     print("configuration OK")  # noqa: T201
     return 0
 
@@ -134,6 +137,9 @@ def serve(settings: Settings) -> int:
     os.environ["GATEWAY_WORKERS"] = str(settings.workers)
     configure_logging(settings.log_level, settings.log_format)
     log.info("effective configuration", extra={"config": describe(settings)})
+    note = cookie_note(settings)
+    if note:
+        log.warning(note)
     _prepare_metrics(settings)
     Granian(
         "gateway.app:create_app",

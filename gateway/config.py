@@ -58,6 +58,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     allow_weak_secret: bool = False  # development only: a short or Better Auth's public default secret
     cookie_prefix: str = "better-auth"
     session_cookie_name: str = ""  # advanced.cookies.session_token.name: used verbatim
+    # Better Auth's base URL (its baseURL option; BETTER_AUTH_URL is read too): with secure_cookies
+    # "auto", an https one means __Secure- cookie names, an http one plain names.
+    base_url: str = ""
+    # advanced.useSecureCookies: "auto" follows base_url, as Better Auth does; with no base URL,
+    # __Secure- names (Better Auth's choice in production, and the one a sibling subdomain or
+    # plain http cannot plant). Exactly one name is read, never both.
+    secure_cookies: Literal["auto", "true", "false"] = "auto"
     accept_unsigned_bearer: bool = True  # bearer({requireSignature}) is off by default
     # session.cookieCache: trust a valid session_data cookie without a lookup (see gateway.cookie_cache)
     cookie_cache: Literal["off", "compact", "jwt", "jwe"] = "off"
@@ -161,16 +168,28 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return self.secrets[0]
 
     @property
+    def use_secure_cookies(self) -> bool:
+        """Whether Better Auth's cookies carry the ``__Secure-`` prefix (``createCookieGetter``)."""
+        if self.secure_cookies != "auto":
+            return self.secure_cookies == "true"
+        return not self.base_url.lower().startswith("http://")  # https, or no base URL: secure
+
+    @property
     def data_cookie_names(self) -> tuple[str, ...]:
-        """The cookie cache's names (``session_data``), the ``__Secure-`` form first."""
-        name = f"{self.cookie_prefix}.session_data"
-        return (f"__Secure-{name}", name)
+        """The cookie cache's name (``session_data``; its chunks are ``<name>.N``): the one Better Auth reads."""
+        prefix = "__Secure-" if self.use_secure_cookies else ""
+        return (f"{prefix}{self.cookie_prefix}.session_data",)
 
     @property
     def cookie_names(self) -> tuple[str, ...]:
-        """The session cookie names to read, the ``__Secure-`` form first."""
-        name = self.session_cookie_name or f"{self.cookie_prefix}.session_token"
-        return (f"__Secure-{name}", name)
+        """The session cookie's name: exactly the one Better Auth reads (``getSignedCookie``), never both.
+
+        A plain-named cookie can be set by a sibling subdomain or over http, which a ``__Secure-``
+        one cannot: on an https deployment, reading it would let such a cookie choose who the
+        browser is signed in as.
+        """
+        prefix = "__Secure-" if self.use_secure_cookies else ""
+        return (prefix + (self.session_cookie_name or f"{self.cookie_prefix}.session_token"),)
 
 
 def load_settings(
@@ -223,6 +242,8 @@ def _read_better_auth_names(env: dict[str, str], values: dict[str, object], prob
             values[name] = Secret(url)
     if secondary := env.pop("GATEWAY_SECONDARY_STORAGE_URL", None):
         values["secondary_storage_url"] = Secret(secondary)
+    if env.get("BETTER_AUTH_URL") and "GATEWAY_BASE_URL" not in env:  # Better Auth's env fallback
+        values["base_url"] = env["BETTER_AUTH_URL"]
     if env.get("BETTER_AUTH_SECRETS"):
         values["secrets"] = _parse_versioned_secrets(env["BETTER_AUTH_SECRETS"], problems)
     elif env.get("BETTER_AUTH_SECRET") or env.get("AUTH_SECRET"):
@@ -360,6 +381,8 @@ def _check_credentials(s: Settings) -> list[str]:
         problems.append("GATEWAY_COOKIE_PREFIX: letters, digits, '.', '-' and '_' only")
     if s.session_cookie_name and not re.fullmatch(r"[!#$%&'*+\-.^_`|~A-Za-z0-9]{1,128}", s.session_cookie_name):
         problems.append("GATEWAY_SESSION_COOKIE_NAME: not a valid cookie name")
+    if s.base_url and not s.base_url.lower().startswith(("http://", "https://")):
+        problems.append("GATEWAY_BASE_URL: expected an http:// or https:// URL (Better Auth's baseURL)")
     if s.jwt_jwks_url and not s.jwt_jwks_url.startswith(("http://", "https://")):
         problems.append("GATEWAY_JWT_JWKS_URL: expected an http:// or https:// URL (Better Auth's /api/auth/jwks)")
     if (s.jwt_issuer or s.jwt_jwks_url) and not s.jwt_audience:
@@ -482,7 +505,19 @@ def describe(s: Settings) -> dict[str, object]:
     secondary = s.secondary_storage_url
     out["secondary_storage_url"] = mask_dsn(secondary.reveal()) if secondary else None
     out["secrets"] = [f"<{len(x)} chars>" for x in s.secrets]
+    out["session_cookie_read"] = s.cookie_names[0]  # the one name, as secure_cookies and base_url decide
     return out
+
+
+def cookie_note(s: Settings) -> str | None:
+    """What ``check-config`` says when the cookie name was chosen without a base URL to follow."""
+    if s.secure_cookies != "auto" or s.base_url:
+        return None
+    return (
+        f"reading the cookie {s.cookie_names[0]} only: no base URL is set (GATEWAY_BASE_URL or BETTER_AUTH_URL), "
+        "so the __Secure- name Better Auth uses in production is assumed; for a Better Auth served over "
+        "http, set its base URL or GATEWAY_SECURE_COOKIES=false"
+    )
 
 
 # Query parameters of a DSN that may hold a secret: libpq's password and sslpassword,

@@ -15,7 +15,6 @@ cookie for ``maxAge`` afterwards.
 from __future__ import annotations
 
 import base64
-import binascii
 import calendar
 import datetime as dt
 import hashlib
@@ -30,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway import strict_json
 from gateway.sessions import Session
 from gateway.tokens import cookie_pairs, decode_uri_component
 
@@ -121,8 +121,10 @@ class CookieCache:
         """The session ``value`` vouches for, if Better Auth would accept it for ``token``; else ``None``."""
         try:
             payload = self._payload(value)
-        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError, binascii.Error):
-            return None  # whatever a forged value is made of, it vouches for nothing
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError, OverflowError):
+            # Whatever a forged value is made of, it vouches for nothing (UnicodeError and
+            # binascii.Error are ValueErrors; OverflowError: a number too big for a float).
+            return None
         if not isinstance(payload, dict):
             return None
         session, user = payload.get("session"), payload.get("user")
@@ -134,7 +136,7 @@ class CookieCache:
             return None
         try:
             found = Session.from_better_auth(session, user, self._fields)
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
         return found if found.expires_at >= self._clock() else None
 
@@ -152,10 +154,10 @@ class CookieCache:
 
         Better Auth parses the JSON, then checks the HMAC over its own serialisation of what it
         parsed; so does the gateway, and the object it uses is the very one whose bytes were
-        verified: a repeated key keeps its last value, as in JSON.parse, and cannot carry a
-        second payload past the check (issue 13, finding 1).
+        verified (issue 13, finding 1). A document with a repeated key, at any depth, is refused
+        (``strict_json``): it has two readings, and no Better Auth writes one.
         """
-        outer = json.loads(b64url_decode(value).decode(), parse_constant=_not_json)
+        outer = strict_json.loads(b64url_decode(value).decode())
         session, expires, signature = outer["session"], outer["expiresAt"], outer["signature"]
         if not isinstance(session, dict) or not isinstance(signature, str) or _number(expires) == -math.inf:
             return None
@@ -170,18 +172,18 @@ class CookieCache:
     def _jwt(self, value: str) -> Any:
         """A JWS, HS256 with the current secret; ``exp`` with no tolerance."""
         head, body, signature = value.split(".")
-        if json.loads(b64url_decode(head)).get("alg") != "HS256":
+        if strict_json.loads(b64url_decode(head)).get("alg") != "HS256":
             return None
         expected = hmac.digest(self._current, f"{head}.{body}".encode(), "sha256")
         if not hmac.compare_digest(b64url_decode(signature), expected):
             return None
-        claims = json.loads(b64url_decode(body))
+        claims = strict_json.loads(b64url_decode(body))
         return claims if _number(claims.get("exp")) > self._clock() else None
 
     def _jwe(self, value: str) -> Any:
         """A compact JWE, ``dir`` + ``A256CBC-HS512`` (RFC 7518 §5.2), keyed from the secrets."""
         head, encrypted_key, iv, ciphertext, tag = value.split(".")
-        header = json.loads(b64url_decode(head))
+        header = strict_json.loads(b64url_decode(head))
         if header.get("alg") != "dir" or header.get("enc") != "A256CBC-HS512" or encrypted_key:
             return None
         keys = [self._jwe_keys[header["kid"]]] if "kid" in header and header["kid"] in self._jwe_keys else []
@@ -196,7 +198,7 @@ class CookieCache:
             decryptor = Cipher(algorithms.AES(enc_key), modes.CBC(iv_bytes)).decryptor()
             unpadder = padding.PKCS7(128).unpadder()
             padded = decryptor.update(cipher_bytes) + decryptor.finalize()
-            claims = json.loads(unpadder.update(padded) + unpadder.finalize())
+            claims = strict_json.loads(unpadder.update(padded) + unpadder.finalize())
             # jose would allow 15 s of tolerance, but get-session then refuses a cache whose
             # exp (in ms) is past: the window ends at exp, as for the other strategies.
             return claims if _number(claims.get("exp")) >= self._clock() else None
@@ -219,12 +221,6 @@ def _number(value: object) -> float:
 
 def _jose_segment(text: str) -> bool:
     return _JOSE_SEGMENT.fullmatch(text) is not None and (not text.endswith("=") or len(text) % 4 == 0)
-
-
-def _not_json(constant: str) -> Any:
-    """``NaN`` and ``Infinity`` are Python's extensions to JSON: JSON.parse refuses them."""
-    msg = f"not JSON: {constant}"
-    raise ValueError(msg)
 
 
 def _v8_iso(text: str) -> str | None:

@@ -80,7 +80,7 @@ def run_demo(host: str | None, port: int | None, workers: int | None) -> int:
         if settings is None:
             return 2
         token = asyncio.run(_seed(os.environ["DATABASE_URL"]))
-        cookie = f"{settings.cookie_names[1]}={quote(sign(token, settings.secret.reveal()), safe='')}"
+        cookie = f"{settings.cookie_names[0]}={quote(sign(token, settings.secret.reveal()), safe='')}"
         url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"  # noqa: S104
         print(f"demo user {DEMO_EMAIL}; validate its session with:", file=sys.stderr)  # noqa: T201
         print(f"curl -i -H 'Cookie: {cookie}' {url}/validate", flush=True)  # noqa: T201

@@ -30,7 +30,9 @@ import urllib.request
 from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
+import jwt.utils
 
+from gateway import strict_json
 from gateway.errors import BackendUnavailable
 from gateway.sessions import Reason, Session
 
@@ -46,6 +48,28 @@ _REGISTERED = frozenset({"iat", "exp", "nbf", "iss", "aud", "sub", "jti"})
 def looks_like_jwt(value: str) -> bool:
     """Three dot-separated parts with a JSON header: never a Better Auth session token."""
     return value.startswith("eyJ") and value.count(".") == 2  # noqa: PLR2004
+
+
+class _StrictJWT(jwt.PyJWT):
+    """PyJWT, but claims with a duplicate key are refused (``strict_json``), not read as the last."""
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        try:
+            claims = strict_json.loads(decoded["payload"])
+        except (ValueError, RecursionError) as exc:
+            raise jwt.DecodeError(str(exc)) from exc
+        if not isinstance(claims, dict):
+            msg = "the claims are not a JSON object"
+            raise jwt.DecodeError(msg)
+        return claims
+
+
+_JWT = _StrictJWT()
+
+
+def _header(token: str) -> Any:
+    """The JOSE header, refused if ambiguous: PyJWT reads the same bytes again, with no other reading."""
+    return strict_json.loads(jwt.utils.base64url_decode(token.partition(".")[0]))
 
 
 class KeySource(Protocol):
@@ -101,8 +125,8 @@ class JwtVerifier:
     async def verify(self, token: str) -> Session | Reason:
         """The identity a JWT carries, or why it is refused."""
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
-        except (jwt.InvalidTokenError, ValueError, TypeError, AttributeError):
+            kid = _header(token).get("kid")
+        except (jwt.InvalidTokenError, ValueError, TypeError, AttributeError, RecursionError):
             return Reason.malformed
         if not isinstance(kid, str):
             return Reason.bad_signature
@@ -122,7 +146,7 @@ class JwtVerifier:
 
     def _claims(self, token: str, key: jwt.PyJWK) -> dict[str, Any] | Reason:
         try:
-            claims: dict[str, Any] = jwt.decode(
+            claims: dict[str, Any] = _JWT.decode(
                 token,
                 key,
                 algorithms=[key.algorithm_name],
@@ -176,4 +200,10 @@ class JwtVerifier:
 
 
 def _number(value: object) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    """A JSON number as a float; ``None`` for anything else, or for an integer no float holds (10**400)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # even signed: no time anyone can check
+        return None

@@ -6,6 +6,7 @@ are made once per cache entry, so a cache hit sends a list that already exists.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -34,7 +35,8 @@ def header_value(value: Any) -> str:
     text = value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
     if _UNSAFE.search(text) is None:
         return text
-    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), text)
+    # surrogatepass: a lone surrogate (JSON can carry one, "\ud800") is percent-encoded like the rest.
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogatepass")), text)
 
 
 class Identity:
@@ -86,12 +88,24 @@ def identity(session: Session) -> bytes:
 
     A JWT of the JWT plugin has no session behind it: ``"session": null``.
     """
-    return JSON.encode({"user": session.user, "session": session.session or None})
+    return _encode({"user": session.user, "session": session.session or None})
 
 
 def better_auth_session(session: Session, token: str) -> bytes:
     """The body Better Auth's ``GET /api/auth/get-session`` returns for a valid session."""
-    return JSON.encode({"session": {**session.session, "token": token}, "user": session.user})
+    return _encode({"session": {**session.session, "token": token}, "user": session.user})
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    """JSON for an answer; a lone surrogate in some string is escaped (``\ud800``), as ``JSON.stringify`` does.
+
+    Strings from JSON (a cookie cache, secondary storage, a JWT) may hold one, which UTF-8 cannot
+    encode: msgspec refuses them, the standard library escapes them.
+    """
+    try:
+        return JSON.encode(body)
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 def error(kind: str, reason: str) -> bytes:

@@ -1,8 +1,9 @@
 """Credential stripping (``GATEWAY_STRIP_CREDENTIALS``): what the upstream gets instead of the credentials.
 
-On a 200 the gateway answers the request's ``Cookie`` without any cookie it reads (every session
-cookie name it accepts: ``__Secure-`` or not, ``GATEWAY_SESSION_COOKIE_NAME``, the cookie cache's
-``session_data`` and its chunks, every other ``<prefix>.`` cookie of Better Auth's), an empty
+On a 200 the gateway answers the request's ``Cookie`` without any cookie it reads, nor the other
+form of its name (the session cookie, ``__Secure-`` or not, or ``GATEWAY_SESSION_COOKIE_NAME``;
+the cookie cache's ``session_data`` and its chunks; every other ``<prefix>.`` cookie of Better
+Auth's), an empty
 ``Authorization`` in place of a bearer credential and an empty ``X-Session-Token``; the proxy sets
 them on the request to the upstream (``examples/`` shows how). A cookie's name is read as Better
 Auth reads it (split at ``;``, trimmed like JavaScript's ``trim``), so a name the gateway would take
@@ -27,7 +28,9 @@ class Stripper:
     __slots__ = ("_names", "_prefixes")
 
     def __init__(self, settings: Settings) -> None:
-        self._names = frozenset((*settings.cookie_names, *settings.data_cookie_names))
+        # Both forms of each name: the gateway reads one (as Better Auth does), the upstream gets neither.
+        names = (n.removeprefix("__Secure-") for n in (*settings.cookie_names, *settings.data_cookie_names))
+        self._names = frozenset(form for n in names for form in (n, "__Secure-" + n))
         # Every other cookie of Better Auth's (dont_remember, session_data chunks "<name>.0", ...).
         self._prefixes = tuple(f"{p}{settings.cookie_prefix}." for p in ("", "__Secure-")) + tuple(
             f"{name}." for name in self._names

@@ -3,10 +3,12 @@
 Better Auth's rules (``reference/better-auth.md`` §2 and §4, better-call ``parseCookies`` and
 ``getSignedCookie``, the bearer plugin):
 
-- cookie ``[__Secure-]<prefix>.session_token``: the first occurrence of a name wins, the value is
-  trimmed, a leading ``"`` strips one character from each end, and it is percent-decoded only if
-  it contains ``%`` (kept raw if that fails). It must be ``<token>.<base64 HMAC-SHA256>`` with a
-  44-character padded signature, made with the *current* secret;
+- cookie ``<prefix>.session_token``, or ``__Secure-<prefix>.session_token`` on an https
+  deployment (exactly one of the two, as configured: ``Settings.cookie_names``): the first
+  occurrence wins, the value is trimmed, a leading ``"`` strips one character from each end,
+  and it is percent-decoded only if it contains ``%`` (kept raw if that fails). It must be
+  ``<token>.<base64 HMAC-SHA256>`` with a 44-character padded signature, made with the
+  *current* secret;
 - ``Authorization: Bearer <x>`` (scheme case-insensitive, value trimmed): with a ``.`` it is a
   signed value as above (percent-decoded first); without one it is a raw token, accepted unless
   signatures are required. Another scheme is not a Better Auth credential and is ignored.
@@ -19,7 +21,6 @@ gateway never falls through to the next one.
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
 import functools
 import hmac
@@ -139,7 +140,7 @@ def cookie_value(header: str, names: tuple[str, ...]) -> str | None:
 
     The first occurrence of a name wins, and ``names`` are in order of preference.
     """
-    if names[-1] not in header:  # the plain name is a substring of the __Secure- one
+    if names[-1] not in header:  # cheap: the name (of two, the plain one: in the __Secure- one too)
         return None
     found: dict[str, str] = {}
     for name, value in cookie_pairs(header):
@@ -197,8 +198,10 @@ class Verifier:
         if len(signature) != _SIGNATURE_LENGTH or signature[-1] != "=" or not self.plausible(token):
             return Reason.malformed
         try:
+            # A str with a non-ASCII character makes b64decode raise a plain ValueError (of
+            # which binascii.Error, for a bad alphabet or padding, is a subclass).
             given = base64.b64decode(signature, validate=True)
-        except binascii.Error:
+        except ValueError:
             return Reason.malformed
         expected = hmac.digest(self._key, token.encode(), "sha256")
         return token if hmac.compare_digest(given, expected) else Reason.bad_signature

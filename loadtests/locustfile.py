@@ -109,13 +109,15 @@ class Ledger:
 
 LEDGER: Ledger | None = None
 SECRET = ""
+COOKIE = "better-auth.session_token"  # the one name the gateway reads, from its own settings
 
 
 @events.init.add_listener
 def _load(environment: Any, **_: Any) -> None:
-    global LEDGER, SECRET  # noqa: PLW0603  (locust's users are classes: shared state lives at module level)
+    global LEDGER, SECRET, COOKIE  # noqa: PLW0603  (locust's users are classes: shared state lives at module level)
     LEDGER = Ledger(json.loads(Path(os.environ["LOADTEST_SEED"]).read_text()))
-    SECRET = load_settings(need=frozenset({"secret"})).secret.reveal()
+    settings = load_settings(need=frozenset({"secret"}))
+    SECRET, COOKIE = settings.secret.reveal(), settings.cookie_names[0]
     del environment
 
 
@@ -142,7 +144,7 @@ def client_address(network: int) -> str:
 
 def signed_cookie(token: str, secret: str) -> str:
     """The Cookie header Better Auth's sign-in leaves in a browser, with another site cookie."""
-    return f"_ga=GA1.1.{random.randrange(10**9)}; better-auth.session_token={quote(sign(token, secret), safe='')}"
+    return f"_ga=GA1.1.{random.randrange(10**9)}; {COOKIE}={quote(sign(token, secret), safe='')}"
 
 
 class Browser(FastHttpUser):
@@ -201,7 +203,7 @@ class Attacker(FastHttpUser):
     @task(3)
     def forged_cookie(self) -> None:
         value = quote(sign(generate_id(), "not-the-secret-" + generate_id()), safe="")
-        self._expect_refusal({"cookie": f"better-auth.session_token={value}"}, "attacker forged cookie")
+        self._expect_refusal({"cookie": f"{COOKIE}={value}"}, "attacker forged cookie")
 
     @task(2)
     def garbage(self) -> None:

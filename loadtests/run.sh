@@ -5,8 +5,10 @@
 #
 # DATABASE_URL: the database Better Auth (and the gateway) use; its sessions are seeded here
 # and removed afterwards. BETTER_AUTH_SECRET (or BETTER_AUTH_SECRETS): what the gateway checks
-# signatures with. Writes locust's CSV and HTML reports and summary.json to DIR, prints a
-# summary, and exits non-zero on any failed request or any revoked session accepted.
+# signatures with; the cookie settings as the gateway has them (GATEWAY_SECURE_COOKIES,
+# GATEWAY_BASE_URL or BETTER_AUTH_URL, GATEWAY_COOKIE_PREFIX) name the cookie sent. Writes
+# locust's CSV and HTML reports and summary.json to DIR, prints a summary, and exits non-zero
+# on any failed request or any revoked session accepted.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
@@ -18,7 +20,7 @@ while [[ $# -gt 0 ]]; do
     --out) out="$2"; shift 2 ;;
     --users) users="$2"; shift 2 ;;
     --spawn-rate) spawn_rate="$2"; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done

@@ -122,6 +122,8 @@ class Server:
         full_env |= {"GATEWAY_PORT": str(self.port), "GATEWAY_WORKERS": str(workers), "BETTER_AUTH_SECRET": SECRET}
         # Tests send floods of forged credentials on purpose; the rate limit has tests of its own.
         full_env |= {"GATEWAY_RATE_LIMIT_PER_MINUTE": "0"}
+        # The tests' Better Auth serves http, whose cookies have plain names (no __Secure-).
+        full_env |= {"GATEWAY_SECURE_COOKIES": "false"}
         full_env |= env
         self.log = ROOT / ".pytest_cache" / f"gateway-{self.port}.log"
         self.log.parent.mkdir(exist_ok=True)

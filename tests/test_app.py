@@ -94,11 +94,11 @@ async def test_any_method_and_subpath(
 
 
 async def test_every_credential_form(server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient) -> None:
-    """__Secure- cookie, signed and raw bearer, and X-Session-Token all validate."""
+    """The cookie, signed and raw bearer, and X-Session-Token all validate."""
     uid, token = await new_session(conn)
     signed = sign(token, SECRET)
     forms = [
-        cookie(token, "__Secure-better-auth.session_token"),
+        cookie(token, "better-auth.session_token"),
         {"authorization": f"Bearer {signed}"},
         {"authorization": f"bearer {quote(signed, safe='')}"},
         {"authorization": f"Bearer {token}"},

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from tests.better_auth_peer import BetterAuth, node_modules
+from tests.better_auth_peer import BetterAuth, node_modules, stateless_client
 from tests.conftest import Server, eventually, every_worker_listening, install_triggers, statuses
 
 if TYPE_CHECKING:
@@ -73,7 +73,6 @@ async def test_real_better_auth_sessions_validate(
     signed = signup.headers["set-auth-token"]
     accepted = {
         "cookie": {"cookie": f"{name}={wire}"},
-        "__Secure- cookie": {"cookie": f"__Secure-{name}={wire}"},
         "set-auth-token": {"authorization": f"Bearer {signed}"},
         "raw token": {"authorization": f"Bearer {token}"},
     }
@@ -85,6 +84,7 @@ async def test_real_better_auth_sessions_validate(
     tampered = wire[:-6] + ("A" if wire[-6] != "A" else "B") + wire[-5:]
     refused = {
         "tampered signature": {"cookie": f"{name}={tampered}"},
+        "__Secure- name on http": {"cookie": f"__Secure-{name}={wire}"},  # Better Auth reads one name
         "wrong token": {"authorization": "Bearer " + "x" * 32},
         "no credential": {},
     }
@@ -119,18 +119,34 @@ async def test_get_session_equals_better_auths(
         assert ours.headers["cache-control"] == theirs.headers["cache-control"] == "no-store"
 
 
-async def test_secure_cookies_from_an_https_better_auth(
-    node_modules: Path, database: str, start_gateway: Any, ba_client: httpx.AsyncClient
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_exactly_the_cookie_name_better_auth_reads(
+    scheme: str, node_modules: Path, database: str, start_gateway: Any
 ) -> None:
-    """With an https base URL Better Auth sets __Secure- cookies, and the gateway reads them."""
-    peer = BetterAuth(database, base_url_scheme="https")
+    """Better Auth reads ``__Secure-<name>`` on an https base URL, ``<name>`` on http, never both: so does the gateway.
+
+    On https, a valid cookie under the plain name (one a sibling subdomain or plain http can
+    set) signs nobody in: Better Auth answers null, the gateway 401.
+    """
+    peer = BetterAuth(database, base_url_scheme=scheme)
     try:
-        gw = start_gateway({"DATABASE_URL": database})
-        signup = await peer.sign_up(ba_client, "secure@example.com")
-        name, wire = set_cookie_pair(signup)
-        assert name == "__Secure-better-auth.session_token"
-        r = await validate(ba_client, gw, {"cookie": f"{name}={wire}"})
-        assert r.status_code == 200
-        assert r.headers["x-auth-request-email"] == "secure@example.com"
+        env = {"GATEWAY_SECURE_COOKIES": "auto", "BETTER_AUTH_URL": peer.origin, "GATEWAY_PLUGINS": "bearer,admin"}
+        gw = start_gateway({"DATABASE_URL": database} | env)  # the peer's base URL and plugins
+        async with stateless_client() as client:
+            signup = await peer.sign_up(client, f"{scheme}@example.com")
+            name, wire = set_cookie_pair(signup)
+            plain = "better-auth.session_token"
+            assert name == ("__Secure-" + plain if scheme == "https" else plain)
+            other = plain if scheme == "https" else "__Secure-" + plain
+            for cookie_name, accepted in ((name, True), (other, False)):
+                headers = {"cookie": f"{cookie_name}={wire}"}
+                theirs = await client.get(peer.url + "/api/auth/get-session", headers=headers)
+                assert (theirs.json() is not None) == accepted, cookie_name
+                ours = await client.get(gw.url + "/api/auth/get-session", headers=headers)
+                assert ours.json() == theirs.json(), cookie_name
+                r = await client.get(gw.url + "/validate", headers=headers)
+                assert r.status_code == (200 if accepted else 401), cookie_name
+                if accepted:
+                    assert r.headers["x-auth-request-email"] == f"{scheme}@example.com"
     finally:
         peer.stop()

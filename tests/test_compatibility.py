@@ -241,7 +241,9 @@ async def test_gateway_answers_as_better_auth(
         for sql in config.setup_sql:
             await bare_db.execute(sql)
         await install_triggers(database, **config.triggers)
-        gateway = start_gateway({"DATABASE_URL": database} | config.gateway)
+        # The gateway follows Better Auth's base URL for its cookie names, as Better Auth does.
+        base = {"GATEWAY_SECURE_COOKIES": "auto", "GATEWAY_BASE_URL": better_auth.origin}
+        gateway = start_gateway({"DATABASE_URL": database} | base | config.gateway)
         await wait_listening(ba_client, gateway)
         peers = Peers(config, better_auth, gateway, ba_client)
         s, u = f'"{config.session_table}"', f'"{config.user_table}"'

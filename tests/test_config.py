@@ -17,8 +17,37 @@ def test_defaults_need_only_better_auths_variables() -> None:
     """DATABASE_URL and BETTER_AUTH_SECRET are enough; everything else has a default."""
     s = load_settings(BASE)
     assert s.secret.reveal() == "x" * 32
-    assert s.cookie_names == ("__Secure-better-auth.session_token", "better-auth.session_token")
+    assert s.cookie_names == ("__Secure-better-auth.session_token",)  # no base URL: the safe name
     assert s.accept_unsigned_bearer is True
+
+
+@pytest.mark.parametrize(
+    ("env", "secure"),
+    [
+        ({}, True),  # no base URL: Better Auth's production choice, which nobody can plant over http
+        ({"BETTER_AUTH_URL": "https://auth.example.com"}, True),
+        ({"BETTER_AUTH_URL": "http://localhost:3000"}, False),
+        ({"GATEWAY_BASE_URL": "HTTP://localhost:3000"}, False),
+        ({"GATEWAY_BASE_URL": "https://auth.example.com", "BETTER_AUTH_URL": "http://localhost:3000"}, True),
+        ({"BETTER_AUTH_URL": "https://auth.example.com", "GATEWAY_SECURE_COOKIES": "false"}, False),
+        ({"BETTER_AUTH_URL": "http://localhost:3000", "GATEWAY_SECURE_COOKIES": "true"}, True),
+    ],
+)
+def test_exactly_one_cookie_name_is_read(env: dict[str, str], secure: bool) -> None:
+    """One name per cookie, as Better Auth names it: __Secure- on an https base URL or when told, else plain."""
+    prefix = "__Secure-" if secure else ""
+    s = load_settings(BASE | env)
+    assert s.cookie_names == (f"{prefix}better-auth.session_token",)
+    assert s.data_cookie_names == (f"{prefix}better-auth.session_data",)
+    custom = load_settings(BASE | env | {"GATEWAY_SESSION_COOKIE_NAME": "sid", "GATEWAY_COOKIE_PREFIX": "myapp"})
+    assert custom.cookie_names == (f"{prefix}sid",)
+    assert custom.data_cookie_names == (f"{prefix}myapp.session_data",)
+
+
+def test_a_base_url_must_be_http() -> None:
+    """A base URL that is not http(s) is refused, naming the variable."""
+    with pytest.raises(ConfigError, match="GATEWAY_BASE_URL"):
+        load_settings(BASE | {"BETTER_AUTH_URL": "auth.example.com"})
 
 
 def test_versioned_secrets_current_first() -> None:
@@ -85,6 +114,17 @@ def test_check_config_command() -> None:
     assert good.returncode == 0
     assert "hunter2" not in good.stdout
     assert "configuration OK" in good.stdout
+
+
+def test_check_config_says_which_cookie_it_reads() -> None:
+    """With no base URL to follow, check-config says the __Secure- name is read and how to change it."""
+    guessed = run_cli("check-config", env=BASE)
+    assert "session_cookie_read = __Secure-better-auth.session_token" in guessed.stdout
+    assert "no base URL is set" in guessed.stderr
+    assert "GATEWAY_SECURE_COOKIES=false" in guessed.stderr
+    told = run_cli("check-config", env=BASE | {"BETTER_AUTH_URL": "http://localhost:3000"})
+    assert "session_cookie_read = better-auth.session_token" in told.stdout
+    assert "no base URL" not in told.stderr
 
 
 def test_serve_with_bad_config_exits_2_without_traceback() -> None:

@@ -160,6 +160,73 @@ async def test_invalidation_shortens_the_cookie_cache_window(
         peer.stop()
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        "better-auth.session_data.\u00b2=x",  # "²".isdigit(), but int("²") raises
+        "better-auth.session_data.\u0663=x",  # an Arabic-Indic digit
+        "better-auth.session_data." + "1" * 5000 + "=x",  # more digits than int() reads
+    ],
+)
+def test_chunk_names_that_are_no_numbers_are_ignored(header: str) -> None:
+    """A chunk index int() cannot read is no chunk (it was a 500), and Better Auth's own chunks still join."""
+    assert data_cookie(header, (DATA,)) is None
+    assert data_cookie(f"{header}; {DATA}.1=b; {DATA}.0=a", (DATA,)) == "ab"
+
+
+def test_a_compact_cookie_with_a_huge_expiry_vouches_for_nothing() -> None:
+    """An ``expiresAt`` too big for a float (read before the signature is checked) is refused, not a 500."""
+    forged = '{"session":{"session":{},"user":{}},"expiresAt":1' + "0" * 400 + ',"signature":"x"}'
+    cache = CookieCache("compact", ("a-secret-long-enough-for-the-gateway-0123456789",))
+    assert cache.open(b64url(forged.encode()), "a" * 32) is None
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+async def test_a_session_appended_to_a_compact_cookie_is_not_believed(
+    node_modules: Path, database: str, start_gateway: Any, ba_client: httpx.AsyncClient
+) -> None:
+    """Mallory appends a second ``"session"`` (Ada's, as admin) to her own signed compact cookie.
+
+    The signature covers the first; a reader keeping the last would sign her in as Ada. Better
+    Auth refuses the cookie cache and answers from the database: Mallory. So does the gateway,
+    on every endpoint.
+    """
+    peer = BetterAuth(database, env={"OPTIONS": cache_options("compact"), "PLUGINS": "admin"})
+    try:
+        gw = start_gateway({"DATABASE_URL": database, "GATEWAY_COOKIE_CACHE": "compact", "GATEWAY_PLUGINS": "admin"})
+        ada = cookies_of(await peer.sign_up(ba_client, "ada@example.com"))
+        mallory = cookies_of(await peer.sign_up(ba_client, "mallory@example.com"))
+        own = unb64url(mallory[DATA]).decode()
+        assert own.startswith('{"session":')
+        assert own.endswith("}")
+        victim = json.loads(unb64url(ada[DATA]))["session"]  # Ada's payload: {session, user, ...}
+        mine = json.loads(own)["session"]
+        victim["session"]["token"] = mine["session"]["token"]  # the token Mallory's request proves
+        victim["user"]["role"] = "admin"
+        forged = own[:-1] + ',"session":' + json.dumps(victim, separators=(",", ":")) + "}"
+        attack = header(mallory | {DATA: b64url(forged.encode())})
+
+        theirs = await ba_client.get(peer.url + "/api/auth/get-session", headers=attack)
+        assert theirs.json()["user"]["email"] == "mallory@example.com"
+        ours = await ba_client.get(gw.url + "/api/auth/get-session", headers=attack)
+        assert ours.json() == theirs.json()
+        r = await ba_client.get(gw.url + "/validate", headers=attack)
+        assert r.status_code == 200
+        assert r.headers["x-auth-request-email"] == "mallory@example.com"
+        assert r.headers["x-auth-request-role"] != "admin"
+        body = (await ba_client.post(gw.url + "/v1/validate", headers=attack)).json()
+        assert body["user"]["email"] == "mallory@example.com"
+    finally:
+        peer.stop()
+
+
 @pytest.mark.parametrize("strategy", ["compact", "jwt", "jwe"])
 @settings(max_examples=300, deadline=None)
 @given(

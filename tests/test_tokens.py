@@ -149,6 +149,17 @@ def test_cookie_refusals(value: str, reason: Reason) -> None:
     assert VERIFIER.token(Credential(value, Kind.cookie, value)) is reason
 
 
+@pytest.mark.parametrize("kind", list(Kind))
+@pytest.mark.parametrize(
+    "signature",
+    ["é" + "A" * 42 + "=", "%C3%A9" + "A" * 42 + "%3D", "A" * 42 + "\u00ff=", "A" * 42 + "\ud800=", "٣" * 43 + "="],
+)
+def test_a_non_ascii_signature_is_malformed(kind: Kind, signature: str) -> None:
+    """One non-ASCII character in a signature of the right length: malformed, never an exception (it was a 500)."""
+    value = TOKEN + "." + signature
+    assert VERIFIER.token(Credential(value, kind, value)) is Reason.malformed
+
+
 def test_raw_cookie_token_is_refused() -> None:
     """A cookie must be signed: a bare token in the cookie is refused even when raw bearers are allowed."""
     assert VERIFIER.token(Credential(TOKEN, Kind.cookie, TOKEN)) is Reason.malformed
