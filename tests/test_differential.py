@@ -343,6 +343,19 @@ def _other_than(current: str, char: str) -> str:
     return char if char != current else "B" if char != "B" else "C"
 
 
+def _damaged(value: str, rng: random.Random, truncations: int) -> dict[str, str]:
+    """``value`` cut short at random places, then with one character flipped at random places."""
+    variants = {}
+    for i in range(truncations):
+        at = rng.randrange(1, len(value))
+        variants[f"truncated {i} at {at}"] = value[:at]
+    for i in range(6):
+        at = rng.randrange(len(value))
+        char = _other_than(value[at], rng.choice("AQgw-_."))
+        variants[f"flipped {i} at {at} to {char!r}"] = value[:at] + char + value[at + 1 :]
+    return variants
+
+
 def _escape_all(text: str) -> str:
     return "".join(f"%{b:02X}" for b in text.encode())
 
@@ -620,13 +633,7 @@ def _data_variants(config: Config, user: User, other: User, value: str, rng: ran
         "standard base64 alphabet": value.replace("-", "+").replace("_", "/"),
         "empty": "",
     }
-    for i in range(3):
-        at = rng.randrange(1, len(value))
-        variants[f"truncated {i} at {at}"] = value[:at]
-    for i in range(6):
-        at = rng.randrange(len(value))
-        char = _other_than(value[at], rng.choice("AQgw-_."))
-        variants[f"flipped {i} at {at} to {char!r}"] = value[:at] + char + value[at + 1 :]
+    variants |= _damaged(value, rng, truncations=3)
     forge = {"compact": _compact_forgeries, "jwt": _jwt_cache_forgeries, "jwe": _jwe_forgeries}[config.cache]
     variants |= forge(user, other, value)
     return variants
@@ -852,13 +859,7 @@ def _jwt_cases(users: dict[str, User], rng: random.Random) -> Iterable[Case]:
         "re-signed, sub twice (bob last)": ed(text[:-1] + f',"sub":"{bob.id}"}}'),
         "re-signed, header kid twice": ed(text, '{"alg":"EdDSA","kid":"not-a-key","kid":"' + kid + '"}'),
     }
-    for i in range(4):
-        at = rng.randrange(1, len(token))
-        values[f"truncated {i} at {at}"] = token[:at]
-    for i in range(6):
-        at = rng.randrange(len(token))
-        char = _other_than(token[at], rng.choice("AQgw-_."))
-        values[f"flipped {i} at {at} to {char!r}"] = token[:at] + char + token[at + 1 :]
+    values |= _damaged(token, rng, truncations=4)
     for label, value in values.items():
         yield Case(f"jwt {label}", _h(("authorization", f"Bearer {value}".encode())))
     for label, value in duplicates.items():
