@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 _REVOKED_FOR_S = 10.0
 _REVOKED_MAX = 100_000
 _REVOKE_CHUNK = 500  # revocations per request to the shared tier: well inside its time budget
+_LONG_ID = 64  # a user id longer than this is remembered by its hash: anyone's NOTIFY can send 8,000 bytes
 
 
 class SessionSource(Protocol):
@@ -230,14 +232,14 @@ class Tiers:
             if self._forgot_until > self.l1.clock():
                 return True
             self._forgot_until = 0.0
-        return self._revoked.get("s:" + digest) is not None or self._revoked.get("u:" + user_id) is not None
+        return self._revoked.get("s:" + digest) is not None or self._revoked.get(_user_name(user_id)) is not None
 
     def _stale(self, since: int, digest: str, user_id: str | None) -> bool:
         """Whether an invalidation heard since epoch ``since`` may concern this token hash or user."""
         if since == self.epoch:
             return False
         token = self._revoked.get("s:" + digest)
-        user = None if user_id is None else self._revoked.get("u:" + user_id)
+        user = None if user_id is None else self._revoked.get(_user_name(user_id))
         return (
             self._flushed > since
             or (token is not None and token[0] > since)
@@ -261,10 +263,13 @@ class Tiers:
     def remember(self, key: str, loaded: Loaded) -> None:
         """Cache a valid session under a credential key, never past its ``expiresAt``.
 
-        Skipped if an invalidation happened since the lookup began: what it read may be revoked.
+        Skipped if its token or user was invalidated (or everything flushed) since the lookup
+        began: what it read may be revoked.
         """
         session = loaded.session
-        if session is None or self._stale(loaded.epoch, loaded.digest, session.user_id):
+        if session is None:
+            return
+        if loaded.epoch != self.epoch and self._stale(loaded.epoch, loaded.digest, session.user_id):
             return
         deadline = min(self.l1.clock() + self._ttl_s, session.expires_at)
         self.l1.put(key, Entry(session, loaded.digest), deadline)
@@ -292,7 +297,7 @@ class Tiers:
 
     def invalidate_user(self, user_id: str) -> Awaitable[object] | None:
         """Evict every session of a user everywhere (banned, deleted, changed)."""
-        self._evict("u:" + user_id, self._by_user.get(user_id, ()), "invalidation_user")
+        self._evict(_user_name(user_id), self._by_user.get(user_id, ()), "invalidation_user")
         return self._revoke_shared(1, user_id)
 
     def _revoke_shared(self, kind: int, name: str) -> Awaitable[object] | None:
@@ -340,3 +345,10 @@ class Tiers:
         self.l1.clear()
         self._by_digest.clear()
         self._by_user.clear()
+
+
+def _user_name(user_id: str) -> str:
+    """A user's name in the memory of revocations: its id, or the id's hash when long (bounded memory)."""
+    if len(user_id) <= _LONG_ID:
+        return "u:" + user_id
+    return "u:#" + hashlib.sha256(user_id.encode()).hexdigest()

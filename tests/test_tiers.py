@@ -291,3 +291,15 @@ def test_a_revocation_pushed_out_of_memory_makes_every_redis_value_untrusted() -
     assert not tiers.revoked_lately(bystander, "u2")
     tiers.invalidate_user("one too many")  # but one more pushes out one in force
     assert tiers.revoked_lately(bystander, "u2")
+
+
+def test_a_long_user_id_is_remembered_revoked_by_its_hash() -> None:
+    """A user id of 8,000 bytes (what anyone's NOTIFY can send) is remembered in 67 characters and still counts."""
+    clock = _Clock()
+    tiers = Tiers(_NoSource(), None, max_entries=1, ttl_s=1, negative_max_entries=1, negative_ttl_s=1, clock=clock)
+    long_id, digest = "x" * 7998, token_hash("t")
+    tiers.invalidate_user(long_id)
+    assert tiers.revoked_lately(digest, long_id)
+    assert not tiers.revoked_lately(digest, long_id[:-1])
+    assert not tiers.revoked_lately(digest, "x" * 64)
+    assert max(len(name) for name in tiers._revoked._data) == len("u:#") + 64  # its memory
