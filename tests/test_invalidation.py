@@ -361,7 +361,7 @@ async def test_forged_session_notifications_do_not_flush_the_shared_tier(
         try:
             gen_key = f"{redis_prefix}:v2:gen"
             assert (await res.decider.decide(cred(token))).reason is Reason.ok
-            await eventually(lambda: client.get(res.redis.key(token_hash(token))))  # type: ignore[union-attr]
+            await eventually(lambda: client.get(res.redis.key(token_hash(token))))
             before = await client.get(gen_key)
             await stranger.execute(
                 "select count(pg_notify($1, 's:' || encode(sha256(('forged' || g)::bytea), 'hex'))) "
@@ -371,7 +371,7 @@ async def test_forged_session_notifications_do_not_flush_the_shared_tier(
             await eventually(lambda: listener.notifications == 20000, within=60)
             await listener.settled()
             degraded = res.redis.degraded
-            await eventually(lambda: res.redis.degraded is None, within=10)  # type: ignore[union-attr]
+            await eventually(lambda: res.redis.degraded is None, within=10)
             after = await client.get(gen_key)
         finally:
             await client.aclose()
