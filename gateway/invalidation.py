@@ -15,12 +15,16 @@
   changed since last seen is ignored (counted, logged once per connection); when the files can't
   be read, it is believed (forgetting is always safe). One check at a time: a flood costs one
   catalogue query after another, never a flush.
+- Payloads not of the triggers' shape (``s:`` and 64 hex digits, ``u:`` and an id) are ignored:
+  a forged one costs no memory of revocations. The shared tier's part of the rest goes out in
+  batches (``Tiers``): a flood of forged ``s:`` costs a few pipelines, never Redis's budget.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -38,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.invalidation")
 _FIRST_RETRY_S = 0.1
 _MAX_RETRY_S = 5.0
+_DIGEST = re.compile(r"[0-9a-f]{64}")  # sha256 hex, as the triggers write it
 _FILENODES_SQL = "SELECT pg_relation_filenode($1::regclass), pg_relation_filenode($2::regclass)"
 
 
@@ -57,6 +62,7 @@ class Listener:
         self._checking: asyncio.Future[Any] | None = None  # the one check of a '*' under way
         self._recheck = False  # another '*' came during it
         self._ignored_logged = False
+        self._unknown_logged = False
         self._lock = asyncio.Lock()  # one query at a time on the connection
         self._task: asyncio.Task[None] | None = None
         self._work: set[asyncio.Future[Any]] = set()
@@ -112,7 +118,7 @@ class Listener:
         await conn.add_listener(self._channel, self._on_notification)
         # The tables' files before the flush: a TRUNCATE after this read is proven by a change,
         # one before it is covered by the flush.
-        self._ignored_logged = False
+        self._ignored_logged = self._unknown_logged = False
         self._filenodes = await self._read_filenodes(conn)
         # LISTEN is in place: from here on nothing is missed, so what came before can go.
         await self._tiers.flush()
@@ -141,9 +147,9 @@ class Listener:
         self.notifications += 1
         kind, _, value = payload.partition(":")
         work: Awaitable[object] | None
-        if kind == "s":
+        if kind == "s" and _DIGEST.fullmatch(value):
             work = self._tiers.invalidate_token(value)
-        elif kind == "u":
+        elif kind == "u" and value:
             work = self._tiers.invalidate_user(value)
         elif payload == "*":
             if self._checking is not None and not self._checking.done():
@@ -151,7 +157,10 @@ class Listener:
                 return
             work = self._checking = asyncio.ensure_future(self._flush_if_truncated(conn))
         else:
-            log.warning("ignored an unknown notification on %r", self._channel)
+            self._tiers.metrics.event("invalidation_ignored")
+            if not self._unknown_logged:  # once per connection: anyone may send these
+                self._unknown_logged = True
+                log.warning("ignored a notification on %r not of the triggers' shape", self._channel)
             return
         if work is not None:  # the shared tier's part runs in the background
             future = asyncio.ensure_future(work)

@@ -17,7 +17,10 @@
   reconnected, Redis came back), which makes everything cached before unusable at once. It is
   not signed (``INCR`` must stay atomic), so a process never goes back: a generation lower than
   the highest it has seen, or one that is not a number, makes that read a miss and is set back
-  (a flushed Redis recovers this way; a rolled-back one cannot revive what a bump retired).
+  (a flushed Redis recovers this way; a rolled-back one cannot revive what a bump retired). A
+  bump is at least Redis's clock in milliseconds, so a process that has seen nothing yet (just
+  started) still bumps past every generation a value written before it could carry (unless the
+  counter was pushed ahead of the clock by someone who can write to Redis: ``SECURITY.md``).
 - Reads made in the same loop tick go out as one ``MGET``, writes as one pipeline: the redis-py
   client, not Redis, is the cost of a round trip.
 - Redis failing never fails a request: the tier turns into misses, stops trying for a back-off
@@ -80,16 +83,23 @@ redis.call('DEL', KEYS[1])
 return members
 """
 # Move the generation to at least ARGV[1] (the highest this process has seen) plus ARGV[2] (1: a
-# bump, 0: a repair, which leaves a valid generation at or above ARGV[1] alone). A missing or
-# non-numeric value counts as -1. Returns {the generation now, the one found, 1 if that was
-# garbage}.
+# bump, 0: a repair, which leaves a valid generation at or above ARGV[1] alone). A bump is also
+# above Redis's clock in milliseconds: a process that has seen no generation yet (just started)
+# still bumps above every generation in use before it, whatever the counter was set back to
+# (13 digits: the 15-digit cap is far). A missing or non-numeric value counts as -1. Returns
+# {the generation now, the one found, 1 if that was garbage}.
 _RAISE_GENERATION = """
 local raw = redis.call('GET', KEYS[1])
 local found, garbage = -1, 0
 if raw and #raw <= 15 and string.match(raw, '^%d+$') then found = tonumber(raw) elseif raw then garbage = 1 end
 local floor, step = tonumber(ARGV[1]), tonumber(ARGV[2])
 if step == 0 and found >= floor then return {found, found, 0} end
-local now = math.max(found, floor) + step
+local base = math.max(found, floor)
+if step > 0 then
+  local clock = redis.call('TIME')
+  base = math.max(base, tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000))
+end
+local now = base + step
 redis.call('SET', KEYS[1], string.format('%d', now))
 return {now, found, garbage}
 """
@@ -230,12 +240,15 @@ class RedisTier:
         """Replace the sessions of these token hashes with tombstones (a best effort: never raises)."""
         await self._guarded(self._tombstone(list(token_digests)))
 
-    async def revoke_user(self, user_id: str) -> None:
-        """Tombstone every cached session of a user (a best effort: never raises)."""
+    async def revoke_users(self, user_ids: Sequence[str]) -> None:
+        """Tombstone these users and every cached session of theirs (a best effort: never raises)."""
 
         async def run() -> None:
-            members = await self._client.eval(_REVOKE_USER, 2, *self._user_keys(user_id), self._tombstone_ms, TOMBSTONE)
-            await self._tombstone([m.decode() if isinstance(m, bytes) else m for m in members])
+            pipe = self._client.pipeline(transaction=False)
+            for user_id in user_ids:
+                pipe.eval(_REVOKE_USER, 2, *self._user_keys(user_id), self._tombstone_ms, TOMBSTONE)
+            listed = await pipe.execute()
+            await self._tombstone([m.decode() if isinstance(m, bytes) else m for members in listed for m in members])
 
         await self._guarded(run())
 

@@ -6,17 +6,25 @@
   loop tick share one ``MGET`` and one ``= ANY($1)`` query (``batching``).
 - An unknown (or expired) token is remembered as absent for a short, separate TTL in a bounded
   LRU, so a repeated unknown (or raw, unsignable) token does not cost a query each time.
-- Invalidation evicts by token hash or by user (both indexed) and bumps ``epoch``: a lookup that
-  started before an invalidation never fills a cache after it, so a session read from Postgres
-  just before its revocation cannot be cached past it. Revoked token hashes and users are also
-  remembered for a while, and a Redis value naming one is not trusted (the tombstone replacing it
-  in Redis may still be on its way; and with Redis on, for as long as a value written before the
-  revocation could be valid, so a copy written back by whoever can write to Redis is refused).
+- Invalidation evicts by token hash or by user (both indexed). Revoked token hashes and users are
+  remembered for a while, with the ``epoch`` (a count of invalidations) they were heard in: a
+  lookup never fills a cache after an invalidation of its own token or user (or a flush) heard
+  since it began, so a session read from Postgres just before its revocation cannot be cached
+  past it; invalidations of *other* tokens (anyone may ``NOTIFY``) cost it nothing. A Redis value
+  naming a remembered token or user is not trusted (the tombstone replacing it in Redis may still
+  be on its way; and with Redis on, for as long as a value written before the revocation could be
+  valid, so a copy written back by whoever can write to Redis is refused).
+- That memory is bounded. When it has to drop an entry still in force (a flood of
+  notifications), no Redis value is trusted until that entry would have lapsed: each lookup asks
+  Postgres instead, so a flood can cost queries but never serve a revoked session.
+- The shared tier hears of revocations in batches: those heard in one loop tick go out together,
+  one batch at a time, so a flood of notifications is a few pipelines, not a job each.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -38,6 +46,8 @@ if TYPE_CHECKING:
 # TTL); with the cookie cache on, as long as a cookie's window (``resources`` passes the longest).
 _REVOKED_FOR_S = 10.0
 _REVOKED_MAX = 100_000
+_REVOKE_CHUNK = 500  # revocations per request to the shared tier: well inside its time budget
+_LONG_ID = 64  # a user id longer than this is remembered by its hash: anyone's NOTIFY can send 8,000 bytes
 
 
 class SessionSource(Protocol):
@@ -63,8 +73,8 @@ class SharedCache(Protocol):
         """Make these sessions unservable from the shared cache; never raises."""
         ...
 
-    def revoke_user(self, user_id: str) -> Awaitable[object]:
-        """Make every session of a user unservable from the shared cache; never raises."""
+    def revoke_users(self, user_ids: Sequence[str]) -> Awaitable[object]:
+        """Make every session of these users unservable from the shared cache; never raises."""
         ...
 
     def bump_generation(self) -> Awaitable[bool]:
@@ -119,9 +129,15 @@ class Tiers:
         self._inflight: dict[str, tuple[int, asyncio.Task[Session | None]]] = {}
         self._by_digest: dict[str, set[str]] = {}
         self._by_user: dict[str, set[str]] = {}
-        self._revoked: LRU[bool] = LRU(_REVOKED_MAX, clock)  # "s:<digest>" and "u:<user id>"
+        # "s:<digest>" and "u:<user id>": the epoch each was heard in, and until when it counts.
+        self._revoked: LRU[tuple[int, float]] = LRU(_REVOKED_MAX, clock, on_evict=self._dropped)
         self._revoked_for_s = revoked_for_s
-        self.epoch = 0
+        self.epoch = 0  # invalidations heard (revocations and flushes)
+        self._flushed = 0  # the epoch of the last flush
+        self._lost = 0  # the newest epoch of a revocation the memory no longer holds
+        self._forgot_until = 0.0  # an entry in force was dropped: trust no Redis value until then
+        self._pending: tuple[list[str], list[str]] = ([], [])  # token hashes, users, for the shared tier
+        self._revoking: asyncio.Task[None] | None = None
 
     def cached(self, key: str) -> Entry | None:
         """The hit path: the live LRU entry for a credential key, with no I/O."""
@@ -153,7 +169,7 @@ class Tiers:
     def joinable(self, token: str) -> bool:
         """Whether a ``load`` of ``token`` now would join a lookup in flight (costing nothing more)."""
         flight = self._inflight.get(token)
-        return flight is not None and flight[0] == self.epoch
+        return flight is not None and (flight[0] == self.epoch or not self._stale(flight[0], token_hash(token), None))
 
     async def load(self, token: str) -> Loaded:
         """Fetch ``token`` from Redis, then Postgres, sharing one fetch among concurrent callers.
@@ -161,21 +177,24 @@ class Tiers:
         Raises:
             BackendUnavailable: Postgres could not answer and no shared tier had the session.
         """
-        epoch = self.epoch
+        digest = token_hash(token)
         flight = self._inflight.get(token)
-        if flight is None or flight[0] != epoch:  # never join a lookup begun before an invalidation
-            task = asyncio.ensure_future(self._load(token, epoch))
-            self._inflight[token] = flight = (epoch, task)
-            task.add_done_callback(lambda t: self._settle(token, t))
-        else:
+        # Never join a lookup begun before an invalidation of this token (its user is known after).
+        if flight is not None and not self._stale(flight[0], digest, None):
             self.metrics.event("singleflight_join")
-        session = await asyncio.shield(flight[1])
-        return Loaded(session, token_hash(token), flight[0])
+            session = await asyncio.shield(flight[1])
+            if session is None or not self._stale(flight[0], digest, session.user_id):
+                return Loaded(session, digest, flight[0])
+            # Its user was revoked while it ran, maybe after this caller asked: ask again.
+        epoch = self.epoch
+        task = asyncio.ensure_future(self._load(token, digest, epoch))
+        self._inflight[token] = (epoch, task)
+        task.add_done_callback(lambda t: self._settle(token, t))
+        return Loaded(await asyncio.shield(task), digest, epoch)
 
-    async def _load(self, token: str, epoch: int) -> Session | None:
+    async def _load(self, token: str, digest: str, epoch: int) -> Session | None:
         if self.shared is None:
             return await self._from_source(token)
-        digest = token_hash(token)
         found = await self.shared.get(digest)
         if found is None:
             self.metrics.lookup("redis", "error")
@@ -187,7 +206,7 @@ class Tiers:
         session = await self._from_source(token)
         # Not after an invalidation heard since the lookup began: what Postgres said may be stale
         # (the shared tier also refuses writes over a token's or user's tombstone).
-        if session is not None and found is not None and epoch == self.epoch:
+        if session is not None and found is not None and not self._stale(epoch, digest, session.user_id):
             self.shared.put(digest, session, found.generation)
         return session
 
@@ -208,19 +227,49 @@ class Tiers:
             task.exception()  # retrieved here too, in case every waiter went away
 
     def revoked_lately(self, digest: str, user_id: str) -> bool:
-        """Whether this token hash or user was heard revoked lately (``revoked_for_s``)."""
-        return self._revoked.get("s:" + digest) is not None or self._revoked.get("u:" + user_id) is not None
+        """Whether this token hash or user was heard revoked lately (``revoked_for_s``), or may have been."""
+        if self._forgot_until:  # the memory dropped a revocation still in force: anything may be revoked
+            if self._forgot_until > self.l1.clock():
+                return True
+            self._forgot_until = 0.0
+        return self._revoked.get("s:" + digest) is not None or self._revoked.get(_user_name(user_id)) is not None
+
+    def _stale(self, since: int, digest: str, user_id: str | None) -> bool:
+        """Whether an invalidation heard since epoch ``since`` may concern this token hash or user."""
+        if since == self.epoch:
+            return False
+        token = self._revoked.get("s:" + digest)
+        user = None if user_id is None else self._revoked.get(_user_name(user_id))
+        return (
+            self._flushed > since
+            or (token is not None and token[0] > since)
+            or (user is not None and user[0] > since)
+            or self._lost > since  # after the reads: an entry they found expired is dropped by them
+        )
 
     def _note_revoked(self, name: str) -> None:
-        self._revoked.put(name, True, self.l1.clock() + self._revoked_for_s)  # noqa: FBT003
+        deadline = self.l1.clock() + self._revoked_for_s
+        self._revoked.put(name, (self.epoch, deadline), deadline)
+
+    def _dropped(self, name: str, noted: tuple[int, float]) -> None:
+        """The memory of revocations let go of ``name`` (the LRU's ``on_evict``)."""
+        if name in self._revoked:
+            return  # noted again, later
+        epoch, deadline = noted
+        self._lost = max(self._lost, epoch)
+        if deadline > self.l1.clock():  # pushed out while in force (more revocations than it holds)
+            self._forgot_until = max(self._forgot_until, deadline)
 
     def remember(self, key: str, loaded: Loaded) -> None:
         """Cache a valid session under a credential key, never past its ``expiresAt``.
 
-        Skipped if an invalidation happened since the lookup began: what it read may be revoked.
+        Skipped if its token or user was invalidated (or everything flushed) since the lookup
+        began: what it read may be revoked.
         """
         session = loaded.session
-        if session is None or loaded.epoch != self.epoch:
+        if session is None:
+            return
+        if loaded.epoch != self.epoch and self._stale(loaded.epoch, loaded.digest, session.user_id):
             return
         deadline = min(self.l1.clock() + self._ttl_s, session.expires_at)
         self.l1.put(key, Entry(session, loaded.digest), deadline)
@@ -244,12 +293,35 @@ class Tiers:
     def invalidate_token(self, digest: str) -> Awaitable[object] | None:
         """Evict a revoked session everywhere; return the shared tier's work, to await or not."""
         self._evict("s:" + digest, self._by_digest.get(digest, ()), "invalidation_session")
-        return None if self.shared is None else self.shared.revoke([digest])
+        return self._revoke_shared(0, digest)
 
     def invalidate_user(self, user_id: str) -> Awaitable[object] | None:
         """Evict every session of a user everywhere (banned, deleted, changed)."""
-        self._evict("u:" + user_id, self._by_user.get(user_id, ()), "invalidation_user")
-        return None if self.shared is None else self.shared.revoke_user(user_id)
+        self._evict(_user_name(user_id), self._by_user.get(user_id, ()), "invalidation_user")
+        return self._revoke_shared(1, user_id)
+
+    def _revoke_shared(self, kind: int, name: str) -> Awaitable[object] | None:
+        """Queue a revocation for the shared tier; the one task sending the queue ends once it is sent."""
+        if self.shared is None:
+            return None
+        self._pending[kind].append(name)
+        if self._revoking is None or self._revoking.done():
+            # Its first step runs after the callbacks already scheduled: the rest of this tick's
+            # notifications join the first batch.
+            self._revoking = asyncio.ensure_future(self._send_revocations(self.shared))
+        return self._revoking
+
+    async def _send_revocations(self, shared: SharedCache) -> None:
+        tokens, users = self._pending
+        while tokens or users:
+            if tokens:
+                batch = tokens[:_REVOKE_CHUNK]
+                del tokens[:_REVOKE_CHUNK]
+                await shared.revoke(batch)
+            if users:
+                batch = users[:_REVOKE_CHUNK]
+                del users[:_REVOKE_CHUNK]
+                await shared.revoke_users(batch)
 
     def _evict(self, revoked: str, keys: Iterable[str], event: str) -> None:
         self.epoch += 1
@@ -269,6 +341,14 @@ class Tiers:
 
     def _clear(self) -> None:
         self.epoch += 1
+        self._flushed = self.epoch
         self.l1.clear()
         self._by_digest.clear()
         self._by_user.clear()
+
+
+def _user_name(user_id: str) -> str:
+    """A user's name in the memory of revocations: its id, or the id's hash when long (bounded memory)."""
+    if len(user_id) <= _LONG_ID:
+        return "u:" + user_id
+    return "u:#" + hashlib.sha256(user_id.encode()).hexdigest()

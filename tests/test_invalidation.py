@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+import redis.asyncio as aioredis
 
 from gateway import seed
 from gateway.config import load_settings
@@ -331,3 +332,75 @@ async def test_a_real_truncate_still_flushes_everything(
         for token in tokens:
             for gw in (res, redis_only):
                 assert await refused_within(gw, token, Reason.unknown_session, 1) < 1
+
+
+async def test_forged_session_notifications_do_not_flush_the_shared_tier(
+    db: asyncpg.Connection,
+    database: str,
+    gateway: Any,
+    redis_url: str,
+    redis_prefix: str,
+    stranger: asyncpg.Connection,
+) -> None:
+    """Red team 13, finding 5: 20,000 forged ``s:`` in one transaction neither degrade Redis nor bump its generation.
+
+    Each ``s:`` started a Redis job of its own, all at once: the pool's budget ran out, the tier
+    degraded and, on recovery, bumped the generation, retiring every value for every worker and
+    instance. What a forged ``*`` can no longer do, ``s:`` did. Now the revocations heard in a
+    tick go out together, one batch at a time. The digests have the triggers' shape (others are
+    ignored outright).
+    """
+    await install_triggers(database)
+    token = await seed.create_session(db, await seed.create_user(db, email="flush-by-s@example.com"))
+    async with gateway() as res:
+        await listening(res)
+        listener = res.listener
+        assert isinstance(listener, Listener)
+        assert res.redis is not None
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            gen_key = f"{redis_prefix}:v2:gen"
+            assert (await res.decider.decide(cred(token))).reason is Reason.ok
+            await eventually(lambda: client.get(res.redis.key(token_hash(token))))
+            before = await client.get(gen_key)
+            await stranger.execute(
+                "select count(pg_notify($1, 's:' || encode(sha256(('forged' || g)::bytea), 'hex'))) "
+                "from generate_series(1, 20000) g",
+                CHANNEL,
+            )
+            await eventually(lambda: listener.notifications == 20000, within=60)
+            await listener.settled()
+            degraded = res.redis.degraded
+            await eventually(lambda: res.redis.degraded is None, within=10)
+            after = await client.get(gen_key)
+        finally:
+            await client.aclose()
+        assert (degraded, after) == (None, before), "forged s: notifications degraded Redis and bumped its generation"
+        res.tiers.l1.clear()  # and the session is still served from Redis
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        assert res.store is not None
+        assert res.store.queries == 1
+
+
+async def test_notifications_not_of_the_triggers_shape_are_ignored(
+    db: asyncpg.Connection, database: str, gateway: Any, stranger: asyncpg.Connection
+) -> None:
+    """``s:`` without 64 hex digits, an empty ``u:`` or another word evict nothing and are not remembered."""
+    await install_triggers(database)
+    token = await seed.create_session(db, await seed.create_user(db, email="shape@example.com"))
+    async with gateway() as res:
+        await listening(res)
+        listener = res.listener
+        assert isinstance(listener, Listener)
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        epoch = res.tiers.epoch
+        digest = token_hash(token)
+        forged = ["s:forged", "s:" + digest[:-1], "s:" + digest.upper(), "s:" + digest + "0", "u:", "x:" + digest]
+        for payload in forged:
+            await stranger.execute("select pg_notify($1, $2)", CHANNEL, payload)
+        await eventually(lambda: listener.notifications == len(forged))
+        await listener.settled()
+        assert res.tiers.epoch == epoch  # nothing heard, nothing remembered
+        assert res.tiers.cached(cred(token).key) is not None
+        await stranger.execute("select pg_notify($1, $2)", CHANNEL, "s:" + digest)  # the triggers' shape counts
+        await eventually(lambda: res.tiers.cached(cred(token).key) is None, within=1)

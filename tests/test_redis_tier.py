@@ -6,7 +6,9 @@ import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
@@ -24,12 +26,12 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from contextlib import AbstractAsyncContextManager
 
-    import asyncpg
-
     from gateway.sessions import Session
     from gateway.store import Store
 
     Open = Callable[..., AbstractAsyncContextManager[Resources]]
+
+CHANNEL = "better_auth_gateway"
 
 
 class Clock:
@@ -60,6 +62,21 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def stranger(db: asyncpg.Connection, database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection as a role that may only connect: no privilege on any table (NOTIFY needs none)."""
+    role = "gw_flood_" + seed.generate_id(6).lower()
+    await db.execute(f"create role {role} login password 'stranger'")
+    parts = urlsplit(database)
+    dsn = urlunsplit(parts._replace(netloc=f"{role}:stranger@{parts.hostname}:{parts.port}"))
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+        await db.execute(f"drop role {role}")
 
 
 def cred(token: str) -> Any:
@@ -106,6 +123,93 @@ async def test_value_copied_before_revocation_and_written_back_is_refused(
 
 async def _gone(redis: aioredis.Redis, key: str) -> bool:
     return await redis.get(key) is None
+
+
+async def test_a_notify_flood_cannot_push_a_revocation_out_for_a_replayed_value(
+    db: asyncpg.Connection, database: str, gateway: Open, redis: aioredis.Redis, stranger: asyncpg.Connection
+) -> None:
+    """Red team 13, finding 2: 100,001 forged ``s:`` notifications then a replayed value: still refused.
+
+    Once a revocation's tombstone lapses, the worker's memory of revocations (100,000 entries) is
+    what refuses a copy of the session's value written back. ``NOTIFY`` needs no privilege, so
+    any role that may connect pushed the real revocation out, and the copy was served. Now a
+    memory that drops an entry still in force trusts no Redis value until that entry would have
+    lapsed: Postgres answers.
+    """
+    await install_triggers(database)
+    token = await seed.create_session(db, await seed.create_user(db, email="replay-flood@example.com"))
+    clock = Clock()
+    # A generous Redis budget (2 s): the flood must not degrade Redis (which would bump the generation).
+    short = {"redis_tombstone_s": 1.5, "db_timeout_s": 0.5, "redis_timeout_s": 2.0, "l2_ttl_s": 60}
+    async with gateway(clock, **short) as res:
+        listener = res.listener
+        assert isinstance(listener, Listener)
+        await eventually(lambda: listener.connected)
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        assert res.redis is not None
+        key = res.redis.key(token_hash(token))
+        copy = await written(redis, key)  # taken while the session is valid
+        await db.execute('delete from "session" where token = $1', token)  # sign-out
+        await eventually(lambda: listener.notifications == 1)
+        await listener.settled()
+        assert await redis.get(key) == TOMBSTONE
+        await eventually(lambda: _gone(redis, key), within=15)  # the tombstone lapses (5 s)
+        clock.offset = 11  # well inside the value's own 60 s
+        # The flood: paced batches of digests of the triggers' shape, from a role with no privilege.
+        sent, batch = 0, 1000
+        while sent < 100_001:
+            await stranger.execute(
+                "select count(pg_notify($1, 's:' || encode(sha256(('forged' || g)::bytea), 'hex'))) "
+                "from generate_series($2::int, $3::int) g",
+                CHANNEL,
+                sent,
+                sent + batch - 1,
+            )
+            sent += batch
+            await eventually(lambda n=sent: listener.notifications == 1 + n, within=30)
+            await listener.settled()
+        assert res.redis.degraded is None  # Redis never degraded: the generation never moved
+        await redis.set(key, copy, px=600_000)  # the copy goes back in
+        verdict = await res.decider.decide(cred(token))
+        assert verdict.reason is Reason.unknown_session, "a signed-out session was served from a replayed Redis value"
+
+
+async def test_a_process_started_after_a_revocation_never_serves_the_replayed_value(
+    db: asyncpg.Connection, database: str, gateway: Open, redis: aioredis.Redis, redis_prefix: str
+) -> None:
+    """Red team 13, finding 3: a lowered generation does not make a new process's startup bump land on an old one.
+
+    A process that starts after a revocation has no memory of it and had seen no generation: its
+    bump went to the generation found plus one, so with the counter set one below the current one,
+    it landed on the very generation a copied value carries. A bump now goes above Redis's clock in
+    milliseconds too, above every generation in use before the process started.
+    """
+    await install_triggers(database)
+    token = await seed.create_session(db, await seed.create_user(db, email="replay-new-process@example.com"))
+    gen_key = f"{redis_prefix}:v2:gen"
+    short = {"redis_tombstone_s": 1.5, "db_timeout_s": 0.5, "l2_ttl_s": 60}
+    async with gateway(**short) as old:
+        listener = old.listener
+        assert isinstance(listener, Listener)
+        await eventually(lambda: listener.connected)
+        assert (await old.decider.decide(cred(token))).reason is Reason.ok
+        assert old.redis is not None
+        key = old.redis.key(token_hash(token))
+        copy = await written(redis, key)  # taken while the session is valid
+        generation = int(await redis.get(gen_key) or 0)
+        await db.execute('delete from "session" where token = $1', token)  # sign-out, heard by the old process
+        await eventually(lambda: listener.notifications == 1)
+        await listener.settled()
+        await eventually(lambda: _gone(redis, key), within=5)  # the tombstone lapses
+    await redis.set(gen_key, generation - 1)  # someone with write access lowers it by one
+    async with gateway(**short) as new:  # a new process starts and listens (and bumps)
+        new_listener = new.listener
+        assert isinstance(new_listener, Listener)
+        await eventually(lambda: new_listener.connected)
+        assert int(await redis.get(gen_key) or 0) > generation
+        await redis.set(key, copy, px=600_000)  # the copy goes back in
+        verdict = await new.decider.decide(cred(token))
+        assert verdict.reason is Reason.unknown_session, "a new process served a replayed value"
 
 
 async def test_a_lowered_generation_is_ignored(
@@ -233,10 +337,11 @@ async def test_a_user_read_before_a_role_change_is_not_written_after_it(
 
 
 async def test_a_lookup_that_heard_an_invalidation_leaves_redis_alone(
-    db: asyncpg.Connection, gateway: Open, redis: aioredis.Redis
+    db: asyncpg.Connection, gateway: Open, redis: aioredis.Redis, redis_prefix: str
 ) -> None:
-    """A lookup during which its worker heard an invalidation writes nothing to Redis: what it read may be revoked."""
-    token = await seed.create_session(db, await seed.create_user(db, email="epoch@example.com"))
+    """A lookup during which its worker heard its user revoked writes nothing to Redis: what it read may be stale."""
+    uid = await seed.create_user(db, email="epoch@example.com")
+    token = await seed.create_session(db, uid)
     async with gateway(listen=False) as p:
         assert p.store is not None
         assert p.redis is not None
@@ -244,13 +349,48 @@ async def test_a_lookup_that_heard_an_invalidation_leaves_redis_alone(
         stalled = Tiers(held, p.redis, max_entries=0, ttl_s=30, negative_max_entries=0, negative_ttl_s=1)
         lookup = asyncio.ensure_future(stalled.load(token))
         await held.read.wait()
-        work = stalled.invalidate_token(token_hash(seed.generate_id()))  # another token: no tombstone here
+        work = stalled.invalidate_user(uid)
         assert work is not None
         await work
+        await redis.delete(*await redis.keys(f"{redis_prefix}:v2:r:*"))  # no tombstone to refuse the write
         held.release.set()
         assert (await lookup).session is not None
         await p.redis.drain()
         assert await redis.get(p.redis.key(token_hash(token))) is None
+
+
+async def test_invalidations_of_others_do_not_stop_a_lookup_from_being_cached(
+    db: asyncpg.Connection, gateway: Open, redis: aioredis.Redis
+) -> None:
+    """Red team 13, finding 5: a trickle of forged ``s:``/``u:`` (anyone may NOTIFY) no longer keeps lookups uncached.
+
+    Every invalidation bumped one global epoch, and a lookup that saw it move cached nothing: a
+    forged notification every few milliseconds left every cold session uncached. Only an
+    invalidation of the lookup's own token or user (or a flush) counts now.
+    """
+    token = await seed.create_session(db, await seed.create_user(db, email="others@example.com"))
+    async with gateway(listen=False) as p:
+        assert p.store is not None
+        assert p.redis is not None
+        held = HeldSource(p.store)
+        stalled = Tiers(held, p.redis, max_entries=10, ttl_s=30, negative_max_entries=0, negative_ttl_s=1)
+        lookup = asyncio.ensure_future(stalled.load(token))
+        await held.read.wait()
+        for work in (
+            stalled.invalidate_token(token_hash(seed.generate_id())),
+            stalled.invalidate_user(seed.generate_id()),
+        ):
+            assert work is not None
+            await work
+        held.release.set()
+        loaded = await lookup
+        assert loaded.session is not None
+        stalled.remember("k", loaded)
+        assert stalled.cached("k") is not None  # the LRU keeps it
+        await p.redis.drain()
+        found = await p.redis.get(token_hash(token))
+        assert found is not None
+        assert found.session is not None  # and so does Redis
 
 
 def test_tombstones_outlast_the_slowest_lookup() -> None:

@@ -15,14 +15,17 @@ from gateway.config import load_settings
 from gateway.redis_tier import token_hash
 from gateway.resources import Resources, open_resources
 from gateway.sessions import Reason
+from gateway.tiers import Tiers
 from gateway.tokens import header_credential, sign
 from tests.conftest import SECRET, eventually
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping, Sequence
     from contextlib import AbstractAsyncContextManager
 
     import asyncpg
+
+    from gateway.sessions import Session
 
     Open = Callable[..., AbstractAsyncContextManager[Resources]]
 
@@ -238,3 +241,65 @@ async def test_paused_redis_costs_at_most_the_budget(db: asyncpg.Connection, gat
             assert time.monotonic() - started < 0.5  # skipped now: straight to Postgres
         finally:
             os.kill(own_redis.proc.pid, signal.SIGCONT)
+
+
+class _Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _NoSource:
+    async def fetch_many(self, tokens: Sequence[str]) -> Mapping[str, Session]:
+        raise AssertionError(tokens)  # never asked
+
+
+def test_a_revocation_pushed_out_of_memory_makes_every_redis_value_untrusted() -> None:
+    """Red team 13, finding 2: past 100,000 revocations in force, one more distrusts Redis until the oldest lapses.
+
+    The memory of revoked tokens and users (bounded) used to drop its oldest entry silently, and
+    with it the only thing refusing a replayed Redis value once the tombstone had lapsed.
+    """
+    clock = _Clock()
+    tiers = Tiers(
+        _NoSource(),
+        None,
+        max_entries=1,
+        ttl_s=1,
+        negative_max_entries=1,
+        negative_ttl_s=1,
+        revoked_for_s=60,
+        clock=clock,
+    )
+    victim, bystander = token_hash("victim"), token_hash("bystander")
+    tiers.invalidate_token(victim)
+    clock.now += 10
+    for i in range(100_000):
+        tiers.invalidate_token(token_hash(f"forged{i}"))
+    assert tiers.revoked_lately(victim, "u1")  # pushed out, still in force: everything is suspect
+    assert tiers.revoked_lately(bystander, "u2")
+    clock.now += 50.5  # the victim's revocation has lapsed: trusted again
+    assert not tiers.revoked_lately(bystander, "u2")
+    assert tiers.revoked_lately(token_hash("forged99999"), "u2")  # the ones still held still count
+    clock.now += 61  # pushing out lapsed entries forgets nothing in force
+    for i in range(100_000):
+        tiers.invalidate_user(f"forged{i}")
+    assert not tiers.revoked_lately(bystander, "u2")
+    tiers.invalidate_user("one too many")  # but one more pushes out one in force
+    assert tiers.revoked_lately(bystander, "u2")
+
+
+def test_a_long_user_id_is_remembered_revoked_by_its_hash() -> None:
+    """A user id of 8,000 bytes (what anyone's NOTIFY can send) is remembered in 67 characters and still counts."""
+    clock = _Clock()
+    tiers = Tiers(_NoSource(), None, max_entries=1, ttl_s=1, negative_max_entries=1, negative_ttl_s=1, clock=clock)
+    long_id, digest = "x" * 7998, token_hash("t")
+    tiers.invalidate_user(long_id)
+    assert tiers.revoked_lately(digest, long_id)
+    assert not tiers.revoked_lately(digest, long_id[:-1])
+    assert not tiers.revoked_lately(digest, "x" * 64)
+    assert max(len(name) for name in tiers._revoked._data) == len("u:#") + 64  # its memory
