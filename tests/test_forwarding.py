@@ -317,7 +317,7 @@ def test_rules_that_could_never_match_are_refused(tmp_path: Path, rule: str, mes
 
 
 RULES = policy.load_rules(str(Path(__file__).parent.parent / "examples" / "rules.toml"))
-PUBLIC, ADMIN, REPORTS, INTERNAL = RULES.rules
+INTERNAL_ADMIN, INTERNAL_REPORTS, INTERNAL, PUBLIC, ADMIN, REPORTS = RULES.rules
 
 
 @pytest.mark.parametrize(
@@ -388,6 +388,10 @@ def test_leading_dot_host_covers_the_domain_itself() -> None:
         assert RULES.for_request(Original("GET", "https", host, "/x", "1.1.1.1")) is INTERNAL, host
     for host in ("xinternal.example.com", "example.com"):
         assert RULES.for_request(Original("GET", "https", host, "/x", "1.1.1.1")) is policy.DEFAULT, host
+    # The internal host's own /admin and /reports rules keep its e-mail gate (red team of issue 14, N).
+    assert RULES.for_request(Original("GET", "https", "internal.example.com", "/admin/x", "")) is INTERNAL_ADMIN
+    assert RULES.for_request(Original("POST", "https", "a.internal.example.com", "/reports", "")) is INTERNAL_REPORTS
+    assert RULES.for_request(Original("GET", "https", "a.internal.example.com", "/public/x", "")) is INTERNAL
 
 
 OVERRIDE_RULES = '[[rules]]\npath_prefix = "/items/"\nmethods = ["DELETE"]\nallowed_roles = ["admin"]\n'
