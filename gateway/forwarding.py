@@ -186,9 +186,8 @@ def method_overrides(uri: str, headers: Headers) -> frozenset[str] | None:
     _, mark, query = uri.partition("?")
     if mark and "_method" in unquote_plus(query):
         names += parse_qs(query, keep_blank_values=True).get("_method", [])
-    if not names:
-        return frozenset()
-    methods = frozenset(name.strip().upper() for name in names)
+    # An empty value overrides nothing anywhere; anything else must be a method.
+    methods = frozenset(name.strip().upper() for name in names if name.strip())
     return None if any(canonical.method(m) is None for m in methods) else methods
 
 

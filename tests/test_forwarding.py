@@ -397,6 +397,10 @@ def test_leading_dot_host_covers_the_domain_itself() -> None:
 OVERRIDE_RULES = '[[rules]]\npath_prefix = "/items/"\nmethods = ["DELETE"]\nallowed_roles = ["admin"]\n'
 
 
+def plain_headers() -> tuple[tuple[str, str], ...]:
+    return ("X-Original-URL", "https://app.test/items/7"), ("X-Original-Method", "POST")
+
+
 @pytest.mark.parametrize(
     ("pairs", "uri"),
     [
@@ -425,7 +429,7 @@ def test_method_override_is_judged_as_the_method_it_names(
     assert o is not None
     assert "DELETE" in o.methods
     assert rules.for_request(o) is None
-    plain = ask("nginx", ("X-Original-URL", "https://app.test/items/7"), ("X-Original-Method", "POST"))
+    plain = ask("nginx", *plain_headers())
     assert plain is not None
     assert rules.for_request(plain) is policy.DEFAULT  # control: a plain POST is the default rule's
     # An override naming the method already judged changes nothing; one naming no method is refused.
@@ -436,6 +440,9 @@ def test_method_override_is_judged_as_the_method_it_names(
     query = ask("nginx", ("X-Original-URL", "https://app.test/items/7?q=_method"), ("X-Original-Method", "POST"))
     assert query is not None
     assert query.methods == {"POST"}  # "_method" as a value is no override
+    empty = ask("nginx", *plain_headers(), ("X-HTTP-Method-Override", ""))
+    assert empty is not None
+    assert empty.methods == {"POST"}  # an empty value overrides nothing, in every framework
 
 
 @pytest.mark.parametrize(
