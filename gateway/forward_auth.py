@@ -108,11 +108,15 @@ class ForwardAuth:
         envoy = scope.path.startswith("/validate/")  # its query belongs to the original request
         query = "" if envoy else scope.query_string
         try:
-            rule = policy.from_query(query) or self._rule(scope)
+            asked = policy.from_query(query)
         except ValueError:
             return 400, _BAD_POLICY, "bad_policy"
-        if rule is None:  # checked before any lookup: an unjudgeable request costs no I/O
+        # The auth URL's policy adds to the rules file's, never replaces it: an admins-only route
+        # still obeys its host's rule (red team of issue 14, N).
+        matched = self._rule(scope)
+        if matched is None:  # checked before any lookup: an unjudgeable request costs no I/O
             return 403, _AMBIGUOUS, "ambiguous_request"
+        rule = policy.both(asked, matched)
         # The client's address is worked out only if a lookup needs its failure budget.
         turn = self._budget.turn(scope.client, scope.headers.get) if self._budget.enabled else None
         verdict = await res.decider.decide(credential, allow_jwt=True, turn=turn)
@@ -147,7 +151,7 @@ class ForwardAuth:
             networks=self._networks,
         )
 
-    def _allow(self, scope: Scope, session: Session, rule: policy.Policy) -> Answer:
+    def _allow(self, scope: Scope, session: Session, rule: policy.Policy | policy.Both) -> Answer:
         if not rule.allows(session):
             return 403, self._deny.forbidden, "forbidden"
         headers = self._identity.headers(session)

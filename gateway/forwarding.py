@@ -4,14 +4,16 @@
 proxy itself sets, overwriting whatever the client sent, describe the original request:
 
 - ``nginx``, ``ingress-nginx``: ``X-Original-URL`` + ``X-Original-Method`` (``proxy_set_header``);
-- ``traefik``, ``caddy``: ``X-Forwarded-Method``, ``-Proto``, ``-Host``, ``-Uri``;
+- ``traefik``: ``X-Forwarded-Method``, ``-Proto``, ``-Host``, ``-Uri``;
+- ``caddy``: ``X-Forwarded-Method``, ``-Proto``, ``-Uri`` and ``Host`` (forward_auth keeps it);
 - ``envoy``: the ``/validate/<path>`` sub-path, the request's method and ``Host``, and
   ``X-Forwarded-Proto`` (``headers_to_add``).
 
 Every other convention's headers are the client's there (Caddy and Traefik copy the client's
 headers into the auth request; nginx does unless the config overwrites them) and are never read.
 A missing, repeated or unparsable header, or a path or host that ``canonical`` refuses, gives
-``None``: the request cannot be judged, and a rule must not guess.
+``None``: the request cannot be judged, and a rule must not guess. So does a method override
+(``method_overrides``) that names no method.
 
 Without ``GATEWAY_PROXY`` (allowed only without a rules file) nothing decides on the original
 request: it only names the page to return to after the login, so the first convention present
@@ -28,6 +30,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
+from urllib.parse import parse_qs, unquote_plus
 
 from gateway import canonical
 
@@ -55,6 +58,7 @@ class Original(NamedTuple):
     host: str
     uri: str  # path and query
     client_ip: str
+    overrides: frozenset[str] = frozenset()  # methods an override names (``method_overrides``)
 
     @property
     def url(self) -> str:
@@ -70,6 +74,11 @@ class Original(NamedTuple):
     def hostname(self) -> str:
         """The host as rules compare it: lower case, no trailing dot, no port."""
         return canonical.hostname(self.host) or ""
+
+    @property
+    def methods(self) -> frozenset[str]:
+        """Every method the app may run the request as: the one sent, and any an override names."""
+        return self.overrides | {self.method} if self.overrides else frozenset((self.method,))
 
     @property
     def paths(self) -> frozenset[str]:
@@ -122,27 +131,77 @@ def original_request(  # noqa: PLR0913  (the request's parts, each named)
     the peer says can be believed (see the module docstring).
     """
     peer_ip = parse_ip(peer)
+    if proxy == "envoy" and ("?" in path or "#" in path):
+        return None  # decoded by granian: see _from_envoy
     request = Original(method, scheme, headers.get("host") or "", path + (f"?{query}" if query else ""), "")
     if not trusted(peer_ip, networks):
         return None if proxy else _checked(*request[:4], str(peer_ip or ""))
     request = request._replace(client_ip=client_ip(peer_ip, headers.get, networks))
+    if not proxy:
+        return _guess(request, headers) if path == "/validate" or path.startswith("/validate/") else None
+    original = _from_proxy(proxy, path, request, headers)
+    if original is None:
+        return None
+    overrides = method_overrides(original.uri, headers)
+    if overrides is None:
+        return None
+    return original._replace(overrides=overrides) if overrides else original
+
+
+def _from_proxy(proxy: Proxy, path: str, request: Original, headers: Headers) -> Original | None:
     if proxy == "envoy":
         return _from_envoy(request, headers)
-    if path != "/validate" and (proxy or not path.startswith("/validate/")):
+    if path != "/validate":
         return None  # the auth URL is the proxy's configuration: a sub-path is not ours to read
     if proxy in ("nginx", "ingress-nginx"):
         url, original_method = _one(headers, "x-original-url"), _one(headers, "x-original-method")
         return _from_original_url(url, original_method, request.client_ip)
-    if proxy in ("traefik", "caddy"):
+    if proxy == "traefik":
         method_, proto, host, uri = (
             _one(headers, f"x-forwarded-{name}") for name in ("method", "proto", "host", "uri")
         )
         return _checked(method_, proto, host, uri, request.client_ip)
-    return _guess(request, headers)
+    # Caddy: forward_auth passes the original Host on unchanged, and sets X-Forwarded-Host from it
+    # only for a peer outside its trusted_proxies; behind a trusted load balancer it keeps the
+    # client's (red team of issue 14, K). Host is the one no client chooses.
+    method_, proto, uri = (_one(headers, f"x-forwarded-{name}") for name in ("method", "proto", "uri"))
+    return _checked(method_, proto, _one(headers, "host"), uri, request.client_ip)
+
+
+_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+
+
+def method_overrides(uri: str, headers: Headers) -> frozenset[str] | None:
+    """The methods the original request's overrides name; ``None`` if one is no method.
+
+    Symfony, Laravel, Rails, Express's method-override and ASP.NET run ``POST`` with
+    ``X-HTTP-Method-Override: DELETE`` (or ``?_method=DELETE``) as a ``DELETE``: a rule must judge
+    it as one. The proxies pass the client's headers on to the auth request (nginx's subrequest
+    carries them, Caddy and Traefik copy them, Envoy forwards those ``allowed_headers`` names), so
+    they are the original request's. An override in a form body is out of sight (README).
+    """
+    names: list[str] = []
+    for header in _OVERRIDE_HEADERS:
+        names += (v for value in headers.get_all(header) for v in value.split(","))
+    _, mark, query = uri.partition("?")
+    if mark and "_method" in unquote_plus(query):
+        names += parse_qs(query, keep_blank_values=True).get("_method", [])
+    # An empty value overrides nothing anywhere; anything else must be a method.
+    methods = frozenset(name.strip().upper() for name in names if name.strip())
+    return None if any(canonical.method(m) is None for m in methods) else methods
 
 
 def _from_envoy(request: Original, headers: Headers) -> Original | None:
-    """``path_prefix: /validate``: Envoy asks about ``/validate<original path>``, method and Host kept."""
+    """``path_prefix: /validate``: Envoy asks about ``/validate<original path>``, method and Host kept.
+
+    granian hands the path over percent-decoded (RSGI has no raw path): ``%3F`` arrives as ``?``,
+    which would end the path early, and ``%23`` as ``#`` (red team of issue 14, F). The query
+    comes apart, so a ``?`` or ``#`` in the path can only have been encoded: refused. Decoding
+    cannot be undone for the rest either (``%2F`` is ``/``, ``%25`` is ``%``, ``%2E`` is ``.``),
+    but each of those only adds slashes, dots and escapes that the readings resolve as the app
+    would after decoding (``canonical.readings``); what decodes to an escape it refuses
+    (``%252F``) stays refused.
+    """
     proto, host = _one(headers, "x-forwarded-proto"), _one(headers, "host")
     if not request.uri.startswith("/validate/") or not proto or not host:
         return None
@@ -181,7 +240,7 @@ def _guess(request: Original, headers: Headers) -> Original | None:
         value = headers.get(name)
         return value.strip() if value else None
 
-    method, scheme, host, uri, client = request
+    method, scheme, host, uri, client, _ = request
     proto = first("x-forwarded-proto") or scheme
     if uri.startswith("/validate/"):
         return _checked(method, proto, host, uri[len("/validate") :], client)
@@ -192,7 +251,7 @@ def _guess(request: Original, headers: Headers) -> Original | None:
         return _checked(first("x-forwarded-method") or method, proto, forwarded_host, forwarded_uri or "/", client)
     if original_uri := first("x-original-uri"):
         return _checked(method, proto, host, original_uri, client)
-    return _checked(*request)
+    return _checked(*request[:5])
 
 
 def client_ip(peer: Address | None, header: Callable[[str], str | None], networks: Sequence[Network]) -> str:

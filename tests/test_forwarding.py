@@ -78,12 +78,26 @@ def test_nginx_reads_only_what_its_config_sets(proxy: Proxy) -> None:
     assert o.url == "https://app.example.com/reports/7?c=1"
 
 
-@pytest.mark.parametrize("proxy", ["traefik", "caddy"])
-def test_traefik_and_caddy_read_only_x_forwarded(proxy: Proxy) -> None:
-    """Traefik, Caddy: X-Forwarded-Method/Proto/Host/Uri; a client's X-Original-* (copied through) counts nothing."""
-    o = ask(proxy, *SPOOF_ORIGINAL, *TRAEFIK)
+def test_traefik_reads_only_x_forwarded() -> None:
+    """Traefik: X-Forwarded-Method/Proto/Host/Uri; a client's X-Original-* (copied through) counts nothing."""
+    o = ask("traefik", *SPOOF_ORIGINAL, *TRAEFIK)
     assert o is not None
     assert (o.method, o.scheme, o.host, o.uri) == WANT
+
+
+def test_caddy_reads_host_not_x_forwarded_host() -> None:
+    """Caddy: X-Forwarded-Method/Proto/Uri and the original ``Host`` forward_auth passes on unchanged.
+
+    Red team of issue 14, K: behind a load balancer in Caddy's trusted_proxies, Caddy keeps the
+    client's X-Forwarded-Host (checked with Caddy 2.6: the auth request carried the client's
+    ``X-Forwarded-Host: app.test`` and ``Host: x.internal.example.com``).
+    """
+    o = ask("caddy", *SPOOF_ORIGINAL, *TRAEFIK, host="app.example.com")
+    assert o is not None
+    assert (o.method, o.scheme, o.host, o.uri) == WANT
+    o = ask("caddy", *TRAEFIK, host="x.internal.example.com")
+    assert o is not None
+    assert o.hostname == "x.internal.example.com"  # not the X-Forwarded-Host the client sent
 
 
 def test_envoy_sub_path() -> None:
@@ -117,7 +131,8 @@ def test_envoy_sub_path() -> None:
         ("traefik", (*TRAEFIK, ("X-Forwarded-Uri", "/public/x")), "/validate"),
         ("caddy", (*TRAEFIK[:3], ("X-Forwarded-Uri", "/public/x,/admin/y")), "/validate"),
         ("caddy", (("X-Forwarded-Proto", "https, http"), *TRAEFIK[:1], *TRAEFIK[2:]), "/validate"),
-        ("caddy", (*TRAEFIK, ("X-Forwarded-Host", "other.example.com")), "/validate"),
+        ("traefik", (*TRAEFIK, ("X-Forwarded-Host", "other.example.com")), "/validate"),
+        ("caddy", (*TRAEFIK, ("X-Forwarded-Uri", "/public/x")), "/validate"),
         ("envoy", (), "/validate/x"),  # no X-Forwarded-Proto from headers_to_add
     ],
 )
@@ -302,7 +317,7 @@ def test_rules_that_could_never_match_are_refused(tmp_path: Path, rule: str, mes
 
 
 RULES = policy.load_rules(str(Path(__file__).parent.parent / "examples" / "rules.toml"))
-PUBLIC, ADMIN, REPORTS, INTERNAL = RULES.rules
+INTERNAL_ADMIN, INTERNAL_REPORTS, INTERNAL, PUBLIC, ADMIN, REPORTS = RULES.rules
 
 
 @pytest.mark.parametrize(
@@ -338,3 +353,148 @@ PUBLIC, ADMIN, REPORTS, INTERNAL = RULES.rules
 def test_rules_see_every_reading_of_a_path(method: str, host: str, path: str, rule: policy.Policy | None) -> None:
     """A path some part behind the proxy could read as another rule's is refused (None); host spellings are one host."""
     assert RULES.for_request(Original(method, "https", host, path, "1.1.1.1")) is rule
+
+
+# --- Red team of the issue-14 fixes: rules that name something guard it --------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "uri", "rule"),
+    [
+        # D: "only admins change reports" covers the collection a POST creates in.
+        ("POST", "/reports", REPORTS),
+        ("POST", "/reports?title=x", REPORTS),
+        ("POST", "/reports.json", REPORTS),
+        ("POST", "/reports/7", REPORTS),
+        ("GET", "/reports", policy.DEFAULT),
+        # A prefix ending in "/" covers the path without it, and nothing else.
+        ("GET", "/public", PUBLIC),
+        ("GET", "/publicity", policy.DEFAULT),
+        # O: every write, whatever its name.
+        ("MOVE", "/reports/1", REPORTS),
+        ("PURGE", "/reports/1", REPORTS),
+        ("OPTIONS", "/reports/1", policy.DEFAULT),
+        ("HEAD", "/reports/1", policy.DEFAULT),
+    ],
+)
+def test_example_rules_guard_what_they_name(method: str, uri: str, rule: policy.Policy) -> None:
+    """examples/rules.toml, read as its comments say (red team of issue 14, D and O)."""
+    assert RULES.for_request(Original(method, "https", "app.test", uri, "1.1.1.1")) is rule
+
+
+def test_leading_dot_host_covers_the_domain_itself() -> None:
+    """``.internal.example.com`` is internal.example.com and its subdomains (nginx's server_name), not a suffix."""
+    for host in ("internal.example.com", "x.internal.example.com", "INTERNAL.example.com."):
+        assert RULES.for_request(Original("GET", "https", host, "/x", "1.1.1.1")) is INTERNAL, host
+    for host in ("xinternal.example.com", "example.com"):
+        assert RULES.for_request(Original("GET", "https", host, "/x", "1.1.1.1")) is policy.DEFAULT, host
+    # The internal host's own /admin and /reports rules keep its e-mail gate (red team of issue 14, N).
+    assert RULES.for_request(Original("GET", "https", "internal.example.com", "/admin/x", "")) is INTERNAL_ADMIN
+    assert RULES.for_request(Original("POST", "https", "a.internal.example.com", "/reports", "")) is INTERNAL_REPORTS
+    assert RULES.for_request(Original("GET", "https", "a.internal.example.com", "/public/x", "")) is INTERNAL
+
+
+OVERRIDE_RULES = '[[rules]]\npath_prefix = "/items/"\nmethods = ["DELETE"]\nallowed_roles = ["admin"]\n'
+
+
+def plain_headers() -> tuple[tuple[str, str], ...]:
+    return ("X-Original-URL", "https://app.test/items/7"), ("X-Original-Method", "POST")
+
+
+@pytest.mark.parametrize(
+    ("pairs", "uri"),
+    [
+        ((("X-HTTP-Method-Override", "DELETE"),), "/items/7"),
+        ((("X-HTTP-Method", "delete"),), "/items/7"),  # frameworks upper-case it
+        ((("X-Method-Override", "DELETE"),), "/items/7"),
+        ((("X-HTTP-Method-Override", "PUT, DELETE"),), "/items/7"),
+        ((), "/items/7?_method=DELETE"),
+        ((), "/items/7?a=1&_method=delete"),
+        ((), "/items/7?%5Fmethod=DELETE"),
+    ],
+)
+def test_method_override_is_judged_as_the_method_it_names(
+    tmp_path: Path, pairs: tuple[tuple[str, str], ...], uri: str
+) -> None:
+    """Red team of issue 14, E: POST + an override runs as DELETE in Symfony, Laravel, Rails, Express, ASP.NET.
+
+    The request is judged as every method it may run as; here POST (the default rule) and DELETE
+    (admins) disagree, so it is refused.
+    """
+    path = tmp_path / "rules.toml"
+    path.write_text(OVERRIDE_RULES)
+    rules = policy.load_rules(str(path))
+    url = ("X-Original-URL", f"https://app.test{uri}")
+    o = ask("nginx", url, ("X-Original-Method", "POST"), *pairs)
+    assert o is not None
+    assert "DELETE" in o.methods
+    assert rules.for_request(o) is None
+    plain = ask("nginx", *plain_headers())
+    assert plain is not None
+    assert rules.for_request(plain) is policy.DEFAULT  # control: a plain POST is the default rule's
+    # An override naming the method already judged changes nothing; one naming no method is refused.
+    same = ask("nginx", url, ("X-Original-Method", "DELETE"), *pairs)
+    assert same is not None
+    assert rules.for_request(same) is (rules.rules[0] if o.methods == {"POST", "DELETE"} else None)  # PUT too
+    assert ask("nginx", url, ("X-Original-Method", "POST"), ("X-HTTP-Method-Override", "DEL ETE")) is None
+    query = ask("nginx", ("X-Original-URL", "https://app.test/items/7?q=_method"), ("X-Original-Method", "POST"))
+    assert query is not None
+    assert query.methods == {"POST"}  # "_method" as a value is no override
+    empty = ask("nginx", *plain_headers(), ("X-HTTP-Method-Override", ""))
+    assert empty is not None
+    assert empty.methods == {"POST"}  # an empty value overrides nothing, in every framework
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/validate/public/x?/../../admin/y", "/validate/public/?/../admin", "/validate/public/x#/../../admin"],
+)
+def test_envoy_subpath_decoded_query_or_fragment_is_refused(path: str) -> None:
+    """Red team of issue 14, F: granian decodes the path, so ``%3F`` arrives as ``?``; it can't be read back."""
+    assert ask("envoy", ("X-Forwarded-Proto", "https"), path=path, host="app.test") is None
+    assert ask("envoy", ("X-Forwarded-Proto", "https"), path="/validate/public/x", host="app.test") is not None
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ('host = "admin.example.com:8443"', "not a host name"),
+        ('host = "admin.example.com/x"', "not a host name"),
+        ('path_prefix = "/Billing"', "lower case"),
+        ('methods = ["GET"]\nmethods_except = ["POST"]', "not both"),
+        ('methods_except = ["get"]', "upper-case"),
+    ],
+)
+def test_rules_that_match_less_than_they_name_are_refused(tmp_path: Path, rule: str, message: str) -> None:
+    """Red team of issue 14, I: a host with a port (dropped before comparing) or a mixed-case prefix never matched."""
+    path = tmp_path / "rules.toml"
+    path.write_text(f"[[rules]]\n{rule}\nallowed_roles = ['admin']\n")
+    with pytest.raises(ValueError, match=message):
+        policy.load_rules(str(path))
+
+
+def test_get_rule_covers_head(tmp_path: Path) -> None:
+    """Red team of issue 14, I: every framework runs HEAD with the GET handler."""
+    path = tmp_path / "rules.toml"
+    path.write_text('[[rules]]\npath_prefix = "/billing"\nmethods = ["GET"]\nallowed_roles = ["admin"]\n')
+    rules = policy.load_rules(str(path))
+    head = Original("HEAD", "https", "app.test", "/billing/export", "1.1.1.1")
+    assert rules.for_request(head) is rules.rules[0]
+    assert rules.for_request(head._replace(method="POST")) is policy.DEFAULT
+
+
+def test_query_policy_and_rule_both_apply() -> None:
+    """Red team of issue 14, N: ``?allowed_roles=admin`` adds to the host's rule, it does not replace it."""
+    admins = policy.from_query("allowed_roles=admin")
+    assert admins is not None
+    both = policy.both(admins, INTERNAL)
+    assert not both.allows(session("admin", verified=False))  # the host rule: a verified example.com address
+    assert not both.allows(session("user"))  # the query: admins
+    assert both.allows(session("admin"))
+    assert not both.allow_anonymous
+    assert policy.both(admins, policy.DEFAULT) is admins
+    assert policy.both(None, INTERNAL) is INTERNAL
+    anonymous = policy.from_query("allow_anonymous=1")
+    assert anonymous is not None
+    assert policy.both(anonymous, PUBLIC).allow_anonymous
+    assert not policy.both(anonymous, INTERNAL).allow_anonymous

@@ -8,8 +8,10 @@ trick of issue 14 through each, and checks the status and what reached the app.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -31,7 +33,7 @@ from tests.better_auth_peer import BetterAuth, node_modules
 from tests.conftest import ROOT, SECRET, Server, create_database, drop_database, free_port
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
 __all__ = ["node_modules"]  # a fixture, used by name
 
@@ -52,9 +54,10 @@ class Echo(BaseHTTPRequestHandler):
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _answer  # noqa: N815
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_MOVE = do_PURGE = _answer  # noqa: N815
 
     def log_message(self, *_: object) -> None:
         pass
@@ -379,6 +382,7 @@ REPORTS_TRICK: Expect = {"anon": 401, "user": 200, "anon-post": 403, "user-post"
 BAD_REQUEST: Expect = {"anon": 400, "user": 400}  # the proxy itself refused it
 TRAEFIK_CLEANS = {"traefik": {"anon": 200, "user": 200}}
 GO_REFUSES = {"caddy": BAD_REQUEST, "traefik": BAD_REQUEST}  # Go's server: not a valid Host
+TRAEFIK_ADMIN = {"traefik": ADMIN}  # Traefik cleans the path: one reading, the /admin rule's
 
 
 class Row(NamedTuple):
@@ -436,25 +440,26 @@ ROWS = [
     ),
     Row("absolute-form target", "http://app.test/admin/x"),
     # Path tricks. nginx and Caddy route a path they normalise to /admin/ to the admins-only auth
-    # URL themselves (ADMIN); Traefik cleans dot segments and forwards the clean path; whatever
-    # reaches the rules file with two readings is refused (REFUSED).
-    Row("/public/../admin/x", "/public/../admin/x"),
-    Row("//admin/x", "//admin/x"),
-    Row("/%61dmin/x", "/%61dmin/x"),
-    Row("/ADMIN/x", "/ADMIN/x", expect=REFUSED, per_proxy={"caddy": ADMIN}),  # Caddy's path matcher folds case
-    Row("/Admin/x", "/Admin/x", expect=REFUSED, per_proxy={"caddy": ADMIN}),
+    # URL themselves, and that query policy applies on top of the rules file (red team of issue 14,
+    # N): what reaches the rules file with two readings is refused there too, anonymous or not
+    # (REFUSED). Traefik cleans dot segments and forwards the clean path (ADMIN).
+    Row("/public/../admin/x", "/public/../admin/x", expect=REFUSED, per_proxy=TRAEFIK_ADMIN),
+    Row("//admin/x", "//admin/x", expect=REFUSED, per_proxy=TRAEFIK_ADMIN),
+    Row("/%61dmin/x", "/%61dmin/x", expect=REFUSED, per_proxy=TRAEFIK_ADMIN),
+    Row("/ADMIN/x", "/ADMIN/x", expect=REFUSED),
+    Row("/Admin/x", "/Admin/x", expect=REFUSED),
     Row("/public/x,/admin/y", "/public/x,/admin/y", expect=REFUSED),
-    Row("/public/%2e%2e/admin/x", "/public/%2e%2e/admin/x"),
-    Row("/public/%2E%2E/admin/x", "/public/%2E%2E/admin/x"),
+    Row("/public/%2e%2e/admin/x", "/public/%2e%2e/admin/x", expect=REFUSED, per_proxy=TRAEFIK_ADMIN),
+    Row("/public/%2E%2E/admin/x", "/public/%2E%2E/admin/x", expect=REFUSED, per_proxy=TRAEFIK_ADMIN),
     Row("/public/..;/admin/x", "/public/..;/admin/x", expect=REFUSED),
-    Row("/public;/../admin/x", "/public;/../admin/x"),
-    Row("/public/..%2fadmin/x", "/public/..%2fadmin/x", per_proxy={"traefik": REFUSED}),
-    Row("/public/%2e%2e%2fadmin/x", "/public/%2e%2e%2fadmin/x", per_proxy={"traefik": REFUSED}),
+    Row("/public;/../admin/x", "/public;/../admin/x", expect=REFUSED, per_proxy=TRAEFIK_ADMIN),
+    Row("/public/..%2fadmin/x", "/public/..%2fadmin/x", expect=REFUSED),
+    Row("/public/%2e%2e%2fadmin/x", "/public/%2e%2e%2fadmin/x", expect=REFUSED),
     Row("/public/%252e%252e/admin/x", "/public/%252e%252e/admin/x", expect=REFUSED),
-    Row("/%2fadmin/x", "/%2fadmin/x", per_proxy={"traefik": REFUSED}),
-    Row("/./admin/x", "/./admin/x"),
+    Row("/%2fadmin/x", "/%2fadmin/x", expect=REFUSED),
+    Row("/./admin/x", "/./admin/x", expect=REFUSED, per_proxy=TRAEFIK_ADMIN),
     Row("/public\\..\\admin/x", "/public\\..\\admin/x", expect=REFUSED),
-    Row("/public/x%00/../../admin/x", "/public/x%00/../../admin/x", per_proxy={"nginx": BAD_REQUEST}),
+    Row("/public/x%00/../../admin/x", "/public/x%00/../../admin/x", per_proxy={"nginx": BAD_REQUEST, "caddy": REFUSED}),
     Row("/public/../private/x", "/public/../private/x", expect=REFUSED, per_proxy={"traefik": SIGNED_IN}),
     Row("/public/%2e%2e/private/x", "/public/%2e%2e/private/x", expect=REFUSED, per_proxy={"traefik": SIGNED_IN}),
     # The other way round: a looser rule by the canonical reading, a stricter one by the raw prefix an
@@ -464,7 +469,7 @@ ROWS = [
         Row(target, target, expect=REFUSED, per_proxy=TRAEFIK_CLEANS, app_saw="/public/x")
         for target in ("/admin/../public/x", "/admin/%2e%2e/public/x", "//public/x", "/%70ublic/x")
     ),
-    Row("/admin/..;/public/x", "/admin/..;/public/x"),
+    Row("/admin/..;/public/x", "/admin/..;/public/x", expect=REFUSED),
     # The same against /reports/, which only the rules file guards (no proxy route of its own):
     # a plain user's POST must never pass.
     Row("/public/../reports/x", "/public/../reports/x", expect=REFUSED, per_proxy={"traefik": REPORTS}),
@@ -481,7 +486,7 @@ ROWS = [
     Row("host with port", "/private/x", host=INTERNAL + ":8443"),
     Row("host app.test?", "/reports/x", host="app.test?", expect=REFUSED, per_proxy=GO_REFUSES),
     Row("host app.test#", "/reports/x", host="app.test#", expect=REFUSED, per_proxy=GO_REFUSES),
-    Row("host app.test? admin", "/admin/x", host="app.test?", per_proxy=GO_REFUSES),
+    Row("host app.test? admin", "/admin/x", host="app.test?", expect=REFUSED, per_proxy=GO_REFUSES),
     Row("host userinfo", "/private/x", host=f"app.test@{INTERNAL}", expect=REFUSED, per_proxy=GO_REFUSES),
     Row("host double dot", "/private/x", host=INTERNAL + "..", expect=REFUSED, per_proxy={"nginx": BAD_REQUEST}),
     Row("host percent", "/private/x", host=INTERNAL + "%2e", expect=REFUSED),
@@ -529,3 +534,181 @@ def test_attack_matrix_size() -> None:
     """The matrix is as large as the closing note says: 62 rows (5 controls) x 4 callers, per proxy."""
     assert (len(ROWS), len(MATRIX)) == (62, 248)
     assert sum(1 for row in ROWS if row.name.startswith("control")) == 5
+
+
+# --- Red team of the issue-14 fixes (D, E, F, I, K, N, O): what a rule names, it guards -------------
+# Through the real proxies, as a plain Better Auth user (or its admin, whose address nobody verified).
+
+
+async def reached(site: Site, method: str, target: str, marker: str, cookie: str, host: str = "app.test") -> int:
+    """``method target`` through the proxy; the status, after checking the app saw it only on a 200."""
+    headers = [("Host", host), ("Cookie", cookie), ("X-Matrix-Row", marker), ("Connection", "close")]
+    status = await raw_request(site.port, method, target, headers)
+    seen = site.upstream.rows.get(marker)  # type: ignore[attr-defined]
+    assert (seen is not None) == (status == 200), f"{method} {host}{target}: got {status}, app saw: {seen}"
+    return status
+
+
+@pytest.mark.parametrize("target", ["/reports", "/reports?title=x", "/reports.json"])
+async def test_example_reports_rule_guards_the_collection_too(site: Site, target: str) -> None:
+    """D: "only admins change reports" covers ``POST /reports`` (REST's create) and Rails' ``/reports.json``."""
+    marker = f"{site.kind}:D:{target}"
+    assert await reached(site, "POST", target, marker, site.user_cookie) == 403
+    assert await reached(site, "GET", target, marker + ":get", site.user_cookie) == 200  # reads stay open
+
+
+@pytest.mark.parametrize(
+    ("method", "host", "target"),
+    [
+        pytest.param("GET", INTERNAL.removeprefix("x."), "/private/x", id="host .internal.example.com covers the apex"),
+        pytest.param("MOVE", "app.test", "/reports/1", id="MOVE is a write"),
+        pytest.param("PURGE", "app.test", "/reports/1", id="PURGE is a write"),
+    ],
+)
+async def test_example_rules_cover_what_they_say(site: Site, method: str, host: str, target: str) -> None:
+    """O: nginx's own ``.example.com`` means the domain and its subdomains; "writes" means every write."""
+    marker = f"{site.kind}:O:{method}:{host}"
+    assert await reached(site, method, target, marker, site.user_cookie, host) == 403
+
+
+async def test_admin_route_still_obeys_the_host_rule(site: Site) -> None:
+    """N: the examples send /admin/ to ``/validate?allowed_roles=admin``; that policy adds to the host's rule.
+
+    rules.toml keeps ``.internal.example.com`` for verified example.com addresses, and nobody
+    verified the admin's: refused on /private/x there (control), and on /admin/x too.
+    """
+    internal = f"{site.kind}:N:"
+    assert await reached(site, "GET", "/private/x", internal + "private", site.admin_cookie, INTERNAL) == 403
+    assert await reached(site, "GET", "/admin/x", internal + "admin", site.admin_cookie, INTERNAL) == 403
+    assert await reached(site, "GET", "/admin/x", internal + "app.test", site.admin_cookie) == 200  # control
+
+
+@contextlib.contextmanager
+def behind(
+    kind: str,
+    tmp: Path,
+    database: str,
+    upstream: ThreadingHTTPServer,
+    rules: str,
+    start: Callable[[Path, int, int], tuple[subprocess.Popen[bytes], int]] | None = None,
+) -> Iterator[int]:
+    """A gateway with these rules behind one proxy from examples/ (or ``start``'s); the proxy's port."""
+    require(kind)
+    # start_traefik waits for an anonymous /public/ready to pass: routes loaded.
+    (tmp / "rules.toml").write_text(rules + '\n[[rules]]\npath_prefix = "/public/"\nallow_anonymous = true\n')
+    gateway = Server({"DATABASE_URL": database, "GATEWAY_RULES_FILE": str(tmp / "rules.toml"), "GATEWAY_PROXY": kind})
+    try:
+        gateway.wait_ready()
+        (tmp / kind).mkdir()
+        proc, port = (start or PROXIES[kind])(tmp / kind, gateway.port, upstream.server_address[1])
+        try:
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    finally:
+        gateway.stop()
+
+
+OVERRIDES = [
+    ("/items/7", ("X-HTTP-Method-Override", "DELETE")),  # Symfony, Laravel: always, on POST
+    ("/items/7", ("X-HTTP-Method", "DELETE")),  # ASP.NET, OData
+    ("/items/7", ("X-Method-Override", "DELETE")),
+    ("/items/7?_method=DELETE", None),  # Laravel, Symfony (the query too)
+]
+
+
+@pytest.mark.parametrize("kind", list(PROXIES))
+async def test_method_override_is_judged_as_the_method_it_names(
+    kind: str,
+    tmp_path: Path,
+    users: tuple[str, dict[str, tuple[str, str]]],
+    upstream_server: ThreadingHTTPServer,
+) -> None:
+    """E: with ``methods = ["DELETE"]`` for admins, POST + an override (run as DELETE by the app) is refused."""
+    database, found = users
+    rules = '[[rules]]\npath_prefix = "/items/"\nmethods = ["DELETE"]\nallowed_roles = ["admin"]\n'
+    with behind(kind, tmp_path, database, upstream_server, rules) as port:
+        cookie = found["user"][1]
+        for i, (target, extra) in enumerate(OVERRIDES):
+            marker = f"{kind}:E:{i}"
+            headers = [("Host", "app.test"), ("Cookie", cookie), ("X-Matrix-Row", marker), ("Connection", "close")]
+            status = await raw_request(port, "POST", target, [*headers, *((extra,) if extra else ())])
+            assert (status, marker in upstream_server.rows) == (403, False), (target, extra)  # type: ignore[attr-defined]
+        control = [("Host", "app.test"), ("Cookie", cookie), ("Connection", "close")]
+        assert await raw_request(port, "POST", "/items/7", control) == 200  # a plain POST: the default rule
+
+
+@pytest.mark.parametrize("kind", list(PROXIES))
+async def test_get_rule_guards_head(
+    kind: str,
+    tmp_path: Path,
+    users: tuple[str, dict[str, tuple[str, str]]],
+    upstream_server: ThreadingHTTPServer,
+) -> None:
+    """I: ``methods = ["GET"]`` covers HEAD, which every framework runs with the GET handler."""
+    database, found = users
+    rules = '[[rules]]\npath_prefix = "/billing"\nmethods = ["GET"]\nallowed_roles = ["admin"]\n'
+    with behind(kind, tmp_path, database, upstream_server, rules) as port:
+        marker = f"{kind}:I:head"
+        headers = [
+            ("Host", "app.test"),
+            ("Cookie", found["user"][1]),
+            ("X-Matrix-Row", marker),
+            ("Connection", "close"),
+        ]
+        assert await raw_request(port, "HEAD", "/billing/export", headers) == 403
+        assert marker not in upstream_server.rows  # type: ignore[attr-defined]
+
+
+async def test_caddy_behind_a_load_balancer_judges_the_served_host(
+    tmp_path: Path, users: tuple[str, dict[str, tuple[str, str]]], upstream_server: ThreadingHTTPServer
+) -> None:
+    """K: behind a balancer in Caddy's ``trusted_proxies`` (the only way X-Forwarded-For names the
+    client), Caddy keeps the client's X-Forwarded-Host; the gateway judges the Host forward_auth
+    passes on, the one Caddy serves the app."""
+    database, found = users
+    rules = (EXAMPLES / "rules.toml").read_text()
+    with behind("caddy", tmp_path, database, upstream_server, rules, start=start_caddy_behind_lb) as port:
+        plain = [("Host", INTERNAL), ("Cookie", found["user"][1]), ("Connection", "close")]
+        assert await raw_request(port, "GET", "/private/x", plain) == 403  # control: the host rule
+        trick = [*plain, ("X-Forwarded-Host", "app.test"), ("X-Matrix-Row", "caddy:K")]
+        status = await raw_request(port, "GET", "/private/x", trick)
+        assert (status, "caddy:K" in upstream_server.rows) == (403, False)  # type: ignore[attr-defined]
+
+
+def start_caddy_behind_lb(tmp: Path, gateway: int, app: int) -> tuple[subprocess.Popen[bytes], int]:
+    """examples/caddy/Caddyfile behind a load balancer at 127.0.0.1, in its ``trusted_proxies``."""
+    proc, port = start_caddy(tmp, gateway, app)
+    proc.terminate()
+    proc.wait(10)
+    caddyfile = tmp / "Caddyfile"
+    # Caddy 2.6 (Debian's) takes trusted_proxies per reverse_proxy/forward_auth; 2.7+ globally too.
+    text = re.sub(r"(forward_auth \S+ \{\n)", "\\1\t\t\ttrusted_proxies 127.0.0.1/32\n", caddyfile.read_text())
+    caddyfile.write_text(text)
+    env = os.environ | {"HOME": str(tmp), "XDG_DATA_HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp)}
+    log = tmp / "caddy-lb.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(  # noqa: S603
+            ["caddy", "run", "--config", str(caddyfile), "--adapter", "caddyfile"], env=env, stdout=out, stderr=out
+        )
+    wait_port(port, proc, log)
+    return proc, port
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["/validate/public/x%3F/../../admin/y", "/validate/public/x%3f/../../admin/y", "/validate/public/%3F/../admin"],
+)
+async def test_envoy_subpath_is_judged_as_sent(
+    start_gateway: Any, users: tuple[str, dict[str, tuple[str, str]]], target: str
+) -> None:
+    """F: granian decodes ``/validate/<path>``: ``%3F`` would end the path at ``/public/x`` (anonymous)."""
+    database, _ = users
+    gw = start_gateway(
+        {"DATABASE_URL": database, "GATEWAY_PROXY": "envoy", "GATEWAY_RULES_FILE": str(EXAMPLES / "rules.toml")}
+    )
+    headers = [("Host", "app.test"), ("X-Forwarded-Proto", "http"), ("Connection", "close")]
+    assert await raw_request(gw.port, "GET", "/validate/public/x/../../admin/y", headers) == 403  # control
+    assert await raw_request(gw.port, "GET", "/validate/public/x", headers) == 200  # control: anonymous
+    assert await raw_request(gw.port, "GET", target, headers) == 403
