@@ -25,7 +25,7 @@ import asyncpg
 import httpx
 import pytest
 
-from gateway import seed
+from gateway import responses, seed
 from gateway.tokens import sign
 from tests.better_auth_peer import BetterAuth, node_modules
 from tests.conftest import ROOT, SECRET, Server, create_database, drop_database, free_port
@@ -529,3 +529,155 @@ def test_attack_matrix_size() -> None:
     """The matrix is as large as the closing note says: 62 rows (5 controls) x 4 callers, per proxy."""
     assert (len(ROWS), len(MATRIX)) == (62, 248)
     assert sum(1 for row in ROWS if row.name.startswith("control")) == 5
+
+
+# --- Red team of the issue-14 fixes (findings A, C, G, H, L): one attack per request, by X-Marker. ---
+
+
+class Marked(BaseHTTPRequestHandler):
+    """The protected app: remembers every request that reached it, by its X-Marker."""
+
+    def _answer(self) -> None:
+        seen = {"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+        if marker := self.headers.get("x-marker"):
+            self.server.seen[marker] = seen  # type: ignore[attr-defined]
+        data = json.dumps(seen).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _answer  # noqa: N815
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def app() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Marked)
+    server.seen = {}  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+class Seeded(NamedTuple):
+    """Signed session cookies: a plain user (unverified, outside example.com); one signed out of."""
+
+    user: str
+    dead: str
+
+
+@pytest.fixture
+async def seeded(db: asyncpg.Connection) -> Seeded:
+    await seed.create_schema(db)
+    user = await seed.create_session(db, await seed.create_user(db, email="mallory@outsider.test"))
+    dead = await seed.create_session(db, await seed.create_user(db, email="gone@outsider.test"))
+    await db.execute('delete from "session" where token = $1', dead)
+    return Seeded(cookie_for(user), cookie_for(dead))
+
+
+def cookie_for(token: str) -> str:
+    return f"better-auth.session_token={quote(sign(token, SECRET), safe='')}"
+
+
+def behind(kind: str, tmp: Path, database: str, app: ThreadingHTTPServer, **env: str) -> Iterator[int]:
+    """The proxy ``kind`` from examples/ in front of ``app``, a gateway with examples/rules.toml: its port."""
+    require(kind)
+    gateway = Server(
+        {"DATABASE_URL": database, "GATEWAY_RULES_FILE": str(EXAMPLES / "rules.toml"), "GATEWAY_PROXY": kind} | env
+    )
+    try:
+        gateway.wait_ready()
+        proc, port = PROXIES[kind](tmp, gateway.port, app.server_address[1])
+        try:
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    finally:
+        gateway.stop()
+
+
+async def ask(port: int, method: str, target: str, headers: list[tuple[str, str]]) -> int:
+    """``raw_request`` on a connection closed after the answer."""
+    return await raw_request(port, method, target, [*headers, ("Connection", "close")])
+
+
+@pytest.mark.parametrize("kind", list(PROXIES))
+async def test_absolute_form_host_is_the_one_judged(
+    kind: str, tmp_path: Path, database: str, app: ThreadingHTTPServer, seeded: Seeded
+) -> None:
+    """``GET http://x.internal.example.com/private/x`` with ``Host: app.test`` (red team A).
+
+    nginx serves the request line's host ($host) and examples/nginx sent the gateway the Host
+    header ($http_host): the gateway judged app.test (any signed-in user) while the app served
+    x.internal.example.com, which rules.toml keeps for verified example.com addresses. Caddy and
+    Traefik (Go) take the request line's host for both.
+    """
+    login = {"GATEWAY_LOGIN_URL": "http://127.0.0.1:9/login", "GATEWAY_REDIRECT_HOSTS": "127.0.0.1"}
+    for port in behind(kind, tmp_path, database, app, **login):
+        plain = [("Host", INTERNAL), ("Cookie", seeded.user), ("X-Marker", "plain")]
+        assert await ask(port, "GET", "/private/x", plain) == 403  # control: the host rule
+        trick = [("Host", "app.test"), ("Cookie", seeded.user), ("X-Marker", "trick")]
+        status = await ask(port, "GET", f"http://{INTERNAL}/private/x", trick)
+        seen = app.seen.get("trick")  # type: ignore[attr-defined]
+        assert seen is None or seen["headers"]["host"] != INTERNAL, f"{status}: the app served {INTERNAL}"
+        # The port stays in the URL the gateway judges (the return URL after the login needs it).
+        r = httpx.get(f"http://127.0.0.1:{port}/page", headers={"accept": "text/html"}, timeout=10)
+        assert r.status_code == 302
+        assert r.headers["location"] == f"http://127.0.0.1:9/login?rd=http%3A%2F%2F127.0.0.1%3A{port}%2Fpage"
+
+
+def every_identity_header() -> list[str]:
+    """Every header the gateway can send as identity (gateway/responses.py), in its own spelling."""
+    return [header for _, header in responses.Identity(remote=True).names]
+
+
+@pytest.mark.parametrize("kind", list(PROXIES))
+@pytest.mark.parametrize("remote", [False, True], ids=["plain", "remote-headers"])
+async def test_forged_identity_header_never_reaches_the_app(
+    kind: str, remote: bool, tmp_path: Path, database: str, app: ThreadingHTTPServer, seeded: Seeded
+) -> None:
+    """A client's own value of every identity header the gateway can send (X-Auth-Request-Role,
+    Remote-User, ...) never reaches the app, signed in or on an anonymous route, with
+    GATEWAY_REMOTE_HEADERS on or off (red team G: nginx and Caddy let -Role and Remote-* through)."""
+    env = {"GATEWAY_REMOTE_HEADERS": "true"} if remote else {}
+    for port in behind(kind, tmp_path, database, app, **env):
+        for who, cookie, target in (("user", seeded.user, "/private/x"), ("anon", "", "/public/x")):
+            marker = f"{kind} {remote} {who}"
+            headers = [("Host", "app.test"), ("X-Marker", marker)]
+            headers += [(header.title(), "forged-admin") for header in every_identity_header()]
+            if cookie:
+                headers.append(("Cookie", cookie))
+            assert await ask(port, "GET", target, headers) == 200
+            seen = app.seen[marker]["headers"]  # type: ignore[attr-defined]
+            forged = sorted(h for h in every_identity_header() if seen.get(h) == "forged-admin")
+            assert not forged, f"{kind} ({who}): the app got the client's {forged}"
+
+
+@pytest.mark.parametrize("kind", ["nginx", "caddy"])
+async def test_app_never_gets_a_client_chosen_forwarded_host(
+    kind: str, tmp_path: Path, database: str, app: ThreadingHTTPServer, seeded: Seeded
+) -> None:
+    """The gateway judged ``Host: app.test``; examples/nginx left the client's ``X-Forwarded-Host:
+    x.internal.example.com`` in place, which every framework told to trust its proxy takes as the
+    host (red team L). Caddy replaces it for a client outside its trusted_proxies."""
+    for port in behind(kind, tmp_path, database, app):
+        headers = [
+            ("Host", "app.test"),
+            ("X-Forwarded-Host", INTERNAL),
+            ("Forwarded", f"host={INTERNAL}"),
+            ("Cookie", seeded.user),
+            ("X-Marker", "xfh"),
+        ]
+        assert await ask(port, "GET", "/private/x", headers) == 200
+        seen = app.seen["xfh"]["headers"]  # type: ignore[attr-defined]
+        assert seen.get("x-forwarded-host") != INTERNAL
+        if kind == "nginx":
+            assert seen.get("x-forwarded-host") == "app.test"
+            assert "forwarded" not in seen
