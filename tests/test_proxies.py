@@ -628,7 +628,8 @@ async def test_absolute_form_host_is_the_one_judged(
         seen = app.seen.get("trick")  # type: ignore[attr-defined]
         assert seen is None or seen["headers"]["host"] != INTERNAL, f"{status}: the app served {INTERNAL}"
         # The port stays in the URL the gateway judges (the return URL after the login needs it).
-        r = httpx.get(f"http://127.0.0.1:{port}/page", headers={"accept": "text/html"}, timeout=10)
+        async with httpx.AsyncClient(timeout=10) as c:
+            r = await c.get(f"http://127.0.0.1:{port}/page", headers={"accept": "text/html"})
         assert r.status_code == 302
         assert r.headers["location"] == f"http://127.0.0.1:9/login?rd=http%3A%2F%2F127.0.0.1%3A{port}%2Fpage"
 
