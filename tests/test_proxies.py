@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -682,3 +683,150 @@ async def test_app_never_gets_a_client_chosen_forwarded_host(
         if kind == "nginx":
             assert seen.get("x-forwarded-host") == "app.test"
             assert "forwarded" not in seen
+
+
+def test_every_example_overwrites_every_identity_header() -> None:
+    """Each example's list of identity headers is the gateway's own (gateway/responses.py Identity),
+    so a header the gateway starts sending can't be forgotten in one of them (red team G: -Role and
+    Remote-* were). Read from the files as each proxy reads them; examples/README.md lists exactly them."""
+    headers = every_identity_header()
+    canonical = ["-".join(part.capitalize() for part in h.split("-")) for h in headers]  # Go's spelling
+
+    identity = (EXAMPLES / "nginx" / "identity.conf").read_text()
+    variables = dict(re.findall(r"^auth_request_set \$(\w+) \$upstream_http_(\w+);", identity, re.MULTILINE))
+    set_to = {
+        name.lower(): variables.get(var)
+        for name, var in re.findall(r"^proxy_set_header (\S+) \$(\w+);", identity, re.MULTILINE)
+    }
+    assert {h: set_to.get(h) for h in headers} == {h: h.replace("-", "_") for h in headers}, "nginx identity.conf"
+
+    caddyfile = (EXAMPLES / "caddy" / "Caddyfile").read_text()
+    copies = re.findall(r"^\s*copy_headers (.+)$", caddyfile, re.MULTILINE)
+    assert len(copies) == len(re.findall(r"^\s*forward_auth ", caddyfile, re.MULTILINE)) == 2
+    for line in copies:
+        assert {h.lower() for h in line.split()} >= set(headers), "Caddyfile copy_headers"
+
+    dynamic = (EXAMPLES / "traefik" / "dynamic.yml").read_text()
+    regexes = re.findall(r'^\s*authResponseHeadersRegex: "(.+)"$', dynamic, re.MULTILINE)
+    assert len(regexes) == dynamic.count("forwardAuth:") == 2
+    for regex in regexes:  # Traefik matches it against Go's canonical header names
+        assert [h for h in canonical if not re.search(regex, h)] == [], "traefik authResponseHeadersRegex"
+
+    ingress = (EXAMPLES / "ingress-nginx" / "ingress.yaml").read_text()
+    lists = re.findall(r'auth-response-headers: "(.+)"$', ingress, re.MULTILINE)
+    assert len(lists) == ingress.count("auth-url:") == 2
+    for names in lists:
+        assert {h.lower() for h in names.split(",")} >= set(headers), "ingress-nginx auth-response-headers"
+
+    envoy = (EXAMPLES / "envoy" / "envoy.yaml").read_text()
+    allowed = envoy.split("allowed_upstream_headers:", 1)[1].split("allowed_client_headers:", 1)[0]
+    patterns = re.findall(r"\{ (prefix|exact): ([\w-]+) \}", allowed)
+    for h in headers:
+        assert any(h.startswith(v) if kind == "prefix" else h == v for kind, v in patterns), f"envoy {h}"
+
+    readme = (EXAMPLES / "README.md").read_text()
+    bullet = readme.split("- **200** with every identity header", 1)[1].split("\n- ", 1)[0]
+    listed = [name.lower() for name in re.findall(r"`((?:X-Auth-Request|Remote)-[\w-]+)`", bullet)]
+    assert sorted(listed) == sorted(headers), "examples/README.md"
+
+
+def ingress_annotations() -> dict[str, str]:
+    """The first Ingress's annotations in examples/ingress-nginx/ingress.yaml."""
+    first = (EXAMPLES / "ingress-nginx" / "ingress.yaml").read_text().split("\n---", 1)[0]
+    return dict(re.findall(r'^\s+nginx\.ingress\.kubernetes\.io/([\w-]+): "(.*)"$', first, re.MULTILINE))
+
+
+def start_ingress_nginx(tmp: Path, gateway: int, app: int) -> tuple[subprocess.Popen[bytes], int]:
+    """Real nginx with what ingress-nginx's nginx.tmpl generates for the example's first Ingress:
+    its auth location (the cache keyed by server name + auth location + auth-cache-key, the
+    auth-cache-duration, X-Original-URL from $http_host) and its location (auth-response-headers
+    each set from the auth response, Host $http_host). We cannot run ingress-nginx itself here."""
+    notes = ingress_annotations()
+    port = free_port()
+    cache_valid = "".join(f"proxy_cache_valid {d.strip()};\n" for d in notes["auth-cache-duration"].split(","))
+    identity = "".join(
+        f"auth_request_set $authHeader{i} $upstream_http_{h.lower().replace('-', '_')};\n"
+        f"proxy_set_header '{h}' $authHeader{i};\n"
+        for i, h in enumerate(notes["auth-response-headers"].split(","))
+    )
+    (tmp / "nginx.conf").write_text(f"""
+user root; worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/cb; proxy_temp_path {tmp}/p; fastcgi_temp_path {tmp}/f;
+    uwsgi_temp_path {tmp}/u; scgi_temp_path {tmp}/s;
+    proxy_cache_path {tmp}/auth_cache levels=1:2 keys_zone=auth_cache:1m;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name app.test;
+        location = /_external-auth-Lw-Prefix {{
+            internal;
+            set $tmp_cache_key 'app.test/_external-auth-Lw-Prefix{notes["auth-cache-key"]}';
+            proxy_cache auth_cache;
+            {cache_valid}
+            proxy_cache_key "$tmp_cache_key";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Forwarded-Proto "";
+            proxy_set_header X-Original-URL $scheme://$http_host$request_uri;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Sent-From "nginx-ingress-controller";
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Auth-Request-Redirect $request_uri;
+            proxy_buffering on;
+            proxy_http_version 1.1;
+            proxy_pass http://127.0.0.1:{gateway}/validate;
+        }}
+        location / {{
+            auth_request /_external-auth-Lw-Prefix;
+            {identity}
+            proxy_set_header Host $http_host;
+            proxy_pass http://127.0.0.1:{app};
+        }}
+    }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf")], stderr=subprocess.STDOUT)  # noqa: S603
+    wait_port(port, proc, tmp / "error.log")
+    return proc, port
+
+
+@pytest.mark.parametrize("rules", [True, False], ids=["rules-file", "query-policy"])
+async def test_ingress_nginx_auth_cache_never_replays_a_rule_decision(
+    rules: bool, tmp_path: Path, database: str, db: asyncpg.Connection, app: ThreadingHTTPServer, seeded: Seeded
+) -> None:
+    """examples/ingress-nginx caches the gateway's 200s keyed by credential (red team H). With a rules
+    file the answer depends on the path and method too: an anonymous ``GET /public/x`` was cached
+    under the empty credential and let every anonymous request anywhere through for 30 s, and a
+    plain user's ``GET /reports/1`` was replayed for ``DELETE /reports/1``. Without one, the key must
+    still hold every credential: an X-Session-Token's 200 must not be replayed to a request without."""
+    require("nginx")
+    env = {"DATABASE_URL": database}
+    if rules:
+        env |= {"GATEWAY_RULES_FILE": str(EXAMPLES / "rules.toml"), "GATEWAY_PROXY": "ingress-nginx"}
+    gateway = Server(env)
+    try:
+        gateway.wait_ready()
+        proc, port = start_ingress_nginx(tmp_path, gateway.port, app.server_address[1])
+        try:
+            anonymous = [("Host", "app.test"), ("X-Auth-Request-Role", "admin")]
+            if rules:
+                assert await ask(port, "GET", "/public/x", [*anonymous, ("X-Marker", "public")]) == 200
+                assert app.seen["public"]["headers"].get("x-auth-request-role", "") == ""  # type: ignore[attr-defined]
+                assert await ask(port, "GET", "/private/x", [*anonymous, ("X-Marker", "anon")]) == 401
+                user = [("Host", "app.test"), ("Cookie", seeded.user)]
+                assert await ask(port, "GET", "/reports/1", user) == 200
+                assert await ask(port, "DELETE", "/reports/1", [*user, ("X-Marker", "delete")]) == 403
+            else:
+                token = await seed.create_session(db, await seed.create_user(db, email="mobile@example.com"))
+                assert await ask(port, "GET", "/x", [("Host", "app.test"), ("X-Session-Token", token)]) == 200
+                assert await ask(port, "GET", "/x", [*anonymous, ("X-Marker", "anon")]) == 401
+                assert await ask(port, "GET", "/x", [("Host", "app.test"), ("Cookie", seeded.user)]) == 200
+            assert not {"anon", "delete"} & set(app.seen)  # type: ignore[attr-defined]
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    finally:
+        gateway.stop()
