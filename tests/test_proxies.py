@@ -830,3 +830,80 @@ async def test_ingress_nginx_auth_cache_never_replays_a_rule_decision(
             proc.wait(10)
     finally:
         gateway.stop()
+
+
+async def through_balancer(kind: str, port: int, client: str, target: str, headers: list[tuple[str, str]]) -> int:
+    """A request of ``client`` as the load balancer the example describes passes it on: with the
+    PROXY protocol where examples/traefik/traefik.yml's entryPoint takes it, else appended to
+    X-Forwarded-For (nginx; the balancer, 127.0.0.1, is a trusted proxy of Traefik and the gateway)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    if kind == "traefik" and "proxyProtocol:" in (EXAMPLES / "traefik" / "traefik.yml").read_text():
+        head = f"PROXY TCP4 {client} 127.0.0.1 40000 {port}\r\n"
+    else:
+        head, headers = "", [*headers, ("X-Forwarded-For", client)]
+    lines = [f"GET {target} HTTP/1.1", "Host: app.test", *(f"{k}: {v}" for k, v in headers), "Connection: close"]
+    writer.write((head + "\r\n".join([*lines, "", ""])).encode("latin-1"))
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    parts = status_line.split()
+    return int(parts[1]) if len(parts) > 1 else 0
+
+
+def respelled(token: str, n: int) -> str:
+    """``token``'s signed cookie with the characters the bits of ``n`` pick percent-encoded: each a
+    new spelling (cache key) of a credential whose lookup finds nothing."""
+    value = sign(token, SECRET)
+    chars = [f"%{ord(c):02X}" if n >> i & 1 else c for i, c in enumerate(value[:32])]
+    return "better-auth.session_token=" + "".join(chars) + quote(value[32:], safe="")
+
+
+@pytest.mark.parametrize("kind", ["traefik", "nginx"])
+async def test_failure_budget_tells_clients_apart_behind_each_proxy(
+    kind: str, tmp_path: Path, database: str, db: asyncpg.Connection, app: ThreadingHTTPServer
+) -> None:
+    """Behind a load balancer, one client's failed lookups must not spend another's budget (red team C).
+
+    Traefik's ForwardAuth (without trustForwardHeader, rightly) sends the gateway only its TCP peer
+    in X-Forwarded-For: with the balancer trusted only for forwarded headers, as examples/traefik
+    had it, every client was the balancer's one address, and an attacker flooding dead cookies had
+    everybody's uncached sessions refused. With the PROXY protocol from the balancer (the example's
+    setup now) Traefik's peer is the client. nginx (control) appends the client to X-Forwarded-For.
+    The attacker is 203.0.113.7; the user, signing in meanwhile, 198.51.100.9.
+    """
+    await seed.create_schema(db)
+    victim = await seed.create_session(db, await seed.create_user(db, email="victim@outsider.test"))
+    dead = await seed.create_session(db, await seed.create_user(db, email="gone@outsider.test"))
+    await db.execute('delete from "session" where token = $1', dead)
+    for port in behind(kind, tmp_path, database, app, GATEWAY_RATE_LIMIT_PER_MINUTE="60"):
+        refused, status = await while_flooding(kind, port, dead, cookie_for(victim))
+        assert refused > 0  # the flood did spend its own budget (403 + X-Auth-Error-Status: 429)
+        assert status == 200, f"{kind}: a user's valid session refused while another address flooded"
+
+
+async def while_flooding(kind: str, port: int, dead: str, cookie: str) -> tuple[int, int]:
+    """The user at 198.51.100.9 asks with ``cookie`` while 203.0.113.7 floods respellings of ``dead``
+    (90 connections, a steady stream): how many of the flood were refused, and the user's status."""
+    stop = asyncio.Event()
+    connections = 90
+    refused = 0
+
+    async def attacker(start: int) -> None:
+        nonlocal refused
+        n = start
+        await asyncio.sleep(start * 2.0 / connections)
+        while not stop.is_set():
+            n += connections
+            flood = [("Cookie", respelled(dead, n + 1))]
+            refused += await through_balancer(kind, port, "203.0.113.7", "/private/x", flood) == 403
+
+    tasks = [asyncio.create_task(attacker(i)) for i in range(connections)]
+    try:
+        await asyncio.sleep(3.0)  # the attacker's budget spent, its line full
+        status = await through_balancer(kind, port, "198.51.100.9", "/private/x", [("Cookie", cookie)])
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return refused, status
