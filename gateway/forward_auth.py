@@ -127,9 +127,10 @@ class ForwardAuth:
         if verdict.session is not None:
             return self._allow(scope, verdict.session, rule)
         if rule.allow_anonymous:
-            # A credential that proved nothing is still one: stripped too.
+            # A credential that proved nothing is still one: stripped too. no-store: this pass
+            # depended on the request, not on the credential a proxy's auth cache keys it by.
             strip = self._strip.headers(scope.headers) if self._strip is not None else []
-            return 200, self._identity.anonymous + strip, "anonymous"
+            return 200, [*self._identity.anonymous, responses.NO_STORE, *strip], "anonymous"
         return self._refuse(scope, verdict, redirect=_wants_redirect(scope, query))
 
     def _rule(self, scope: Scope) -> policy.Policy | None:
@@ -155,6 +156,11 @@ class ForwardAuth:
         if not rule.allows(session):
             return 403, self._deny.forbidden, "forbidden"
         headers = self._identity.headers(session)
+        if self._rules is not None:
+            # A rules-file 200 depends on the original host, path and method, which an auth cache
+            # keyed by credential (ingress-nginx's auth-cache-key) would not see: it would replay
+            # this answer for another path or a DELETE. nginx's proxy_cache stores no no-store answer.
+            headers.append(responses.NO_STORE)
         if self._strip is not None:
             headers += self._strip.headers(scope.headers)
         return 200, headers, Reason.ok

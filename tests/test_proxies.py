@@ -27,7 +27,7 @@ import asyncpg
 import httpx
 import pytest
 
-from gateway import seed
+from gateway import responses, seed
 from gateway.tokens import sign
 from tests.better_auth_peer import BetterAuth, node_modules
 from tests.conftest import ROOT, SECRET, Server, create_database, drop_database, free_port
@@ -589,18 +589,26 @@ def behind(
     tmp: Path,
     database: str,
     upstream: ThreadingHTTPServer,
-    rules: str,
+    rules: str | None = None,
     start: Callable[[Path, int, int], tuple[subprocess.Popen[bytes], int]] | None = None,
+    **env: str,
 ) -> Iterator[int]:
-    """A gateway with these rules behind one proxy from examples/ (or ``start``'s); the proxy's port."""
+    """A gateway behind one proxy from examples/ (or ``start``'s); the proxy's port.
+
+    The gateway judges by ``rules`` (plus an anonymous ``/public/``: start_traefik waits for an
+    anonymous /public/ready to pass, routes loaded), else by examples/rules.toml.
+    """
     require(kind)
-    # start_traefik waits for an anonymous /public/ready to pass: routes loaded.
-    (tmp / "rules.toml").write_text(rules + '\n[[rules]]\npath_prefix = "/public/"\nallow_anonymous = true\n')
-    gateway = Server({"DATABASE_URL": database, "GATEWAY_RULES_FILE": str(tmp / "rules.toml"), "GATEWAY_PROXY": kind})
+    rules_file = EXAMPLES / "rules.toml"
+    if rules is not None:
+        rules_file = tmp / "rules.toml"
+        rules_file.write_text(rules + '\n[[rules]]\npath_prefix = "/public/"\nallow_anonymous = true\n')
+        tmp = tmp / kind
+        tmp.mkdir()
+    gateway = Server({"DATABASE_URL": database, "GATEWAY_RULES_FILE": str(rules_file), "GATEWAY_PROXY": kind} | env)
     try:
         gateway.wait_ready()
-        (tmp / kind).mkdir()
-        proc, port = (start or PROXIES[kind])(tmp / kind, gateway.port, upstream.server_address[1])
+        proc, port = (start or PROXIES[kind])(tmp, gateway.port, upstream.server_address[1])
         try:
             yield port
         finally:
@@ -712,3 +720,362 @@ async def test_envoy_subpath_is_judged_as_sent(
     assert await raw_request(gw.port, "GET", "/validate/public/x/../../admin/y", headers) == 403  # control
     assert await raw_request(gw.port, "GET", "/validate/public/x", headers) == 200  # control: anonymous
     assert await raw_request(gw.port, "GET", target, headers) == 403
+
+
+# --- Red team of the issue-14 fixes (findings A, C, G, H, L): one attack per request, by X-Marker. ---
+
+
+class Marked(BaseHTTPRequestHandler):
+    """The protected app: remembers every request that reached it, by its X-Marker."""
+
+    def _answer(self) -> None:
+        seen = {"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+        if marker := self.headers.get("x-marker"):
+            self.server.seen[marker] = seen  # type: ignore[attr-defined]
+        data = json.dumps(seen).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _answer  # noqa: N815
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+@pytest.fixture
+def app() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Marked)
+    server.seen = {}  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+class Seeded(NamedTuple):
+    """Signed session cookies: a plain user (unverified, outside example.com); one signed out of."""
+
+    user: str
+    dead: str
+
+
+@pytest.fixture
+async def seeded(db: asyncpg.Connection) -> Seeded:
+    await seed.create_schema(db)
+    user = await seed.create_session(db, await seed.create_user(db, email="mallory@outsider.test"))
+    dead = await seed.create_session(db, await seed.create_user(db, email="gone@outsider.test"))
+    await db.execute('delete from "session" where token = $1', dead)
+    return Seeded(cookie_for(user), cookie_for(dead))
+
+
+def cookie_for(token: str) -> str:
+    return f"better-auth.session_token={quote(sign(token, SECRET), safe='')}"
+
+
+async def ask(port: int, method: str, target: str, headers: list[tuple[str, str]]) -> int:
+    """``raw_request`` on a connection closed after the answer."""
+    return await raw_request(port, method, target, [*headers, ("Connection", "close")])
+
+
+@pytest.mark.parametrize("kind", list(PROXIES))
+async def test_absolute_form_host_is_the_one_judged(
+    kind: str, tmp_path: Path, database: str, app: ThreadingHTTPServer, seeded: Seeded
+) -> None:
+    """``GET http://x.internal.example.com/private/x`` with ``Host: app.test`` (red team A).
+
+    nginx serves the request line's host ($host) and examples/nginx sent the gateway the Host
+    header ($http_host): the gateway judged app.test (any signed-in user) while the app served
+    x.internal.example.com, which rules.toml keeps for verified example.com addresses. Caddy and
+    Traefik (Go) take the request line's host for both.
+    """
+    login = {"GATEWAY_LOGIN_URL": "http://127.0.0.1:9/login", "GATEWAY_REDIRECT_HOSTS": "127.0.0.1"}
+    with behind(kind, tmp_path, database, app, **login) as port:
+        plain = [("Host", INTERNAL), ("Cookie", seeded.user), ("X-Marker", "plain")]
+        assert await ask(port, "GET", "/private/x", plain) == 403  # control: the host rule
+        trick = [("Host", "app.test"), ("Cookie", seeded.user), ("X-Marker", "trick")]
+        status = await ask(port, "GET", f"http://{INTERNAL}/private/x", trick)
+        seen = app.seen.get("trick")  # type: ignore[attr-defined]
+        assert seen is None or seen["headers"]["host"] != INTERNAL, f"{status}: the app served {INTERNAL}"
+        # The port stays in the URL the gateway judges (the return URL after the login needs it).
+        async with httpx.AsyncClient(timeout=10) as c:
+            r = await c.get(f"http://127.0.0.1:{port}/page", headers={"accept": "text/html"})
+        assert r.status_code == 302
+        assert r.headers["location"] == f"http://127.0.0.1:9/login?rd=http%3A%2F%2F127.0.0.1%3A{port}%2Fpage"
+
+
+def every_identity_header() -> list[str]:
+    """Every header the gateway can send as identity (gateway/responses.py), in its own spelling."""
+    return [header for _, header in responses.Identity(remote=True).names]
+
+
+@pytest.mark.parametrize("kind", list(PROXIES))
+@pytest.mark.parametrize("remote", [False, True], ids=["plain", "remote-headers"])
+async def test_forged_identity_header_never_reaches_the_app(
+    kind: str, remote: bool, tmp_path: Path, database: str, app: ThreadingHTTPServer, seeded: Seeded
+) -> None:
+    """A client's own value of every identity header the gateway can send (X-Auth-Request-Role,
+    Remote-User, ...) never reaches the app, signed in or on an anonymous route, with
+    GATEWAY_REMOTE_HEADERS on or off (red team G: nginx and Caddy let -Role and Remote-* through)."""
+    env = {"GATEWAY_REMOTE_HEADERS": "true"} if remote else {}
+    with behind(kind, tmp_path, database, app, **env) as port:
+        for who, cookie, target in (("user", seeded.user, "/private/x"), ("anon", "", "/public/x")):
+            marker = f"{kind} {remote} {who}"
+            headers = [("Host", "app.test"), ("X-Marker", marker)]
+            headers += [(header.title(), "forged-admin") for header in every_identity_header()]
+            if cookie:
+                headers.append(("Cookie", cookie))
+            assert await ask(port, "GET", target, headers) == 200
+            seen = app.seen[marker]["headers"]  # type: ignore[attr-defined]
+            forged = sorted(h for h in every_identity_header() if seen.get(h) == "forged-admin")
+            assert not forged, f"{kind} ({who}): the app got the client's {forged}"
+
+
+@pytest.mark.parametrize("kind", ["nginx", "caddy"])
+async def test_app_never_gets_a_client_chosen_forwarded_host(
+    kind: str, tmp_path: Path, database: str, app: ThreadingHTTPServer, seeded: Seeded
+) -> None:
+    """The gateway judged ``Host: app.test``; examples/nginx left the client's ``X-Forwarded-Host:
+    x.internal.example.com`` in place, which every framework told to trust its proxy takes as the
+    host (red team L). Caddy replaces it for a client outside its trusted_proxies."""
+    with behind(kind, tmp_path, database, app) as port:
+        headers = [
+            ("Host", "app.test"),
+            ("X-Forwarded-Host", INTERNAL),
+            ("Forwarded", f"host={INTERNAL}"),
+            ("Cookie", seeded.user),
+            ("X-Marker", "xfh"),
+        ]
+        assert await ask(port, "GET", "/private/x", headers) == 200
+        seen = app.seen["xfh"]["headers"]  # type: ignore[attr-defined]
+        assert seen.get("x-forwarded-host") != INTERNAL
+        if kind == "nginx":
+            assert seen.get("x-forwarded-host") == "app.test"
+            assert "forwarded" not in seen
+
+
+def test_every_example_overwrites_every_identity_header() -> None:
+    """Each example's list of identity headers is the gateway's own (gateway/responses.py Identity),
+    so a header the gateway starts sending can't be forgotten in one of them (red team G: -Role and
+    Remote-* were). Read from the files as each proxy reads them; examples/README.md lists exactly them."""
+    headers = every_identity_header()
+    canonical = ["-".join(part.capitalize() for part in h.split("-")) for h in headers]  # Go's spelling
+
+    identity = (EXAMPLES / "nginx" / "identity.conf").read_text()
+    variables = dict(re.findall(r"^auth_request_set \$(\w+) \$upstream_http_(\w+);", identity, re.MULTILINE))
+    set_to = {
+        name.lower(): variables.get(var)
+        for name, var in re.findall(r"^proxy_set_header (\S+) \$(\w+);", identity, re.MULTILINE)
+    }
+    assert {h: set_to.get(h) for h in headers} == {h: h.replace("-", "_") for h in headers}, "nginx identity.conf"
+
+    caddyfile = (EXAMPLES / "caddy" / "Caddyfile").read_text()
+    copies = re.findall(r"^\s*copy_headers (.+)$", caddyfile, re.MULTILINE)
+    assert len(copies) == len(re.findall(r"^\s*forward_auth ", caddyfile, re.MULTILINE)) == 2
+    for line in copies:
+        assert {h.lower() for h in line.split()} >= set(headers), "Caddyfile copy_headers"
+
+    dynamic = (EXAMPLES / "traefik" / "dynamic.yml").read_text()
+    regexes = re.findall(r'^\s*authResponseHeadersRegex: "(.+)"$', dynamic, re.MULTILINE)
+    assert len(regexes) == dynamic.count("forwardAuth:") == 2
+    for regex in regexes:  # Traefik matches it against Go's canonical header names
+        assert [h for h in canonical if not re.search(regex, h)] == [], "traefik authResponseHeadersRegex"
+
+    ingress = (EXAMPLES / "ingress-nginx" / "ingress.yaml").read_text()
+    lists = re.findall(r'auth-response-headers: "(.+)"$', ingress, re.MULTILINE)
+    assert len(lists) == ingress.count("auth-url:") == 2
+    for names in lists:
+        assert {h.lower() for h in names.split(",")} >= set(headers), "ingress-nginx auth-response-headers"
+
+    envoy = (EXAMPLES / "envoy" / "envoy.yaml").read_text()
+    allowed = envoy.split("allowed_upstream_headers:", 1)[1].split("allowed_client_headers:", 1)[0]
+    patterns = re.findall(r"\{ (prefix|exact): ([\w-]+) \}", allowed)
+    for h in headers:
+        assert any(h.startswith(v) if kind == "prefix" else h == v for kind, v in patterns), f"envoy {h}"
+
+    readme = (EXAMPLES / "README.md").read_text()
+    bullet = readme.split("- **200** with every identity header", 1)[1].split("\n- ", 1)[0]
+    listed = [name.lower() for name in re.findall(r"`((?:X-Auth-Request|Remote)-[\w-]+)`", bullet)]
+    assert sorted(listed) == sorted(headers), "examples/README.md"
+
+
+def ingress_annotations() -> dict[str, str]:
+    """The first Ingress's annotations in examples/ingress-nginx/ingress.yaml."""
+    first = (EXAMPLES / "ingress-nginx" / "ingress.yaml").read_text().split("\n---", 1)[0]
+    return dict(re.findall(r'^\s+nginx\.ingress\.kubernetes\.io/([\w-]+): "(.*)"$', first, re.MULTILINE))
+
+
+def start_ingress_nginx(tmp: Path, gateway: int, app: int) -> tuple[subprocess.Popen[bytes], int]:
+    """Real nginx with what ingress-nginx's nginx.tmpl generates for the example's first Ingress:
+    its auth location (the cache keyed by server name + auth location + auth-cache-key, the
+    auth-cache-duration, X-Original-URL from $http_host) and its location (auth-response-headers
+    each set from the auth response, Host $http_host). We cannot run ingress-nginx itself here."""
+    notes = ingress_annotations()
+    port = free_port()
+    cache_valid = "".join(f"proxy_cache_valid {d.strip()};\n" for d in notes["auth-cache-duration"].split(","))
+    identity = "".join(
+        f"auth_request_set $authHeader{i} $upstream_http_{h.lower().replace('-', '_')};\n"
+        f"proxy_set_header '{h}' $authHeader{i};\n"
+        for i, h in enumerate(notes["auth-response-headers"].split(","))
+    )
+    (tmp / "nginx.conf").write_text(f"""
+user root; worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/cb; proxy_temp_path {tmp}/p; fastcgi_temp_path {tmp}/f;
+    uwsgi_temp_path {tmp}/u; scgi_temp_path {tmp}/s;
+    proxy_cache_path {tmp}/auth_cache levels=1:2 keys_zone=auth_cache:1m;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name app.test;
+        location = /_external-auth-Lw-Prefix {{
+            internal;
+            set $tmp_cache_key 'app.test/_external-auth-Lw-Prefix{notes["auth-cache-key"]}';
+            proxy_cache auth_cache;
+            {cache_valid}
+            proxy_cache_key "$tmp_cache_key";
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header X-Forwarded-Proto "";
+            proxy_set_header X-Original-URL $scheme://$http_host$request_uri;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Sent-From "nginx-ingress-controller";
+            proxy_set_header X-Real-IP $remote_addr;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Auth-Request-Redirect $request_uri;
+            proxy_buffering on;
+            proxy_http_version 1.1;
+            proxy_pass http://127.0.0.1:{gateway}/validate;
+        }}
+        location / {{
+            auth_request /_external-auth-Lw-Prefix;
+            {identity}
+            proxy_set_header Host $http_host;
+            proxy_pass http://127.0.0.1:{app};
+        }}
+    }}
+}}
+""")
+    proc = subprocess.Popen(["nginx", "-p", str(tmp), "-c", str(tmp / "nginx.conf")], stderr=subprocess.STDOUT)  # noqa: S603
+    wait_port(port, proc, tmp / "error.log")
+    return proc, port
+
+
+@pytest.mark.parametrize("rules", [True, False], ids=["rules-file", "query-policy"])
+async def test_ingress_nginx_auth_cache_never_replays_a_rule_decision(
+    rules: bool, tmp_path: Path, database: str, db: asyncpg.Connection, app: ThreadingHTTPServer, seeded: Seeded
+) -> None:
+    """examples/ingress-nginx caches the gateway's 200s keyed by credential (red team H). With a rules
+    file the answer depends on the path and method too: an anonymous ``GET /public/x`` was cached
+    under the empty credential and let every anonymous request anywhere through for 30 s, and a
+    plain user's ``GET /reports/1`` was replayed for ``DELETE /reports/1``. Without one, the key must
+    still hold every credential: an X-Session-Token's 200 must not be replayed to a request without."""
+    require("nginx")
+    env = {"DATABASE_URL": database}
+    if rules:
+        env |= {"GATEWAY_RULES_FILE": str(EXAMPLES / "rules.toml"), "GATEWAY_PROXY": "ingress-nginx"}
+    gateway = Server(env)
+    try:
+        gateway.wait_ready()
+        proc, port = start_ingress_nginx(tmp_path, gateway.port, app.server_address[1])
+        try:
+            anonymous = [("Host", "app.test"), ("X-Auth-Request-Role", "admin")]
+            if rules:
+                assert await ask(port, "GET", "/public/x", [*anonymous, ("X-Marker", "public")]) == 200
+                assert app.seen["public"]["headers"].get("x-auth-request-role", "") == ""  # type: ignore[attr-defined]
+                assert await ask(port, "GET", "/private/x", [*anonymous, ("X-Marker", "anon")]) == 401
+                user = [("Host", "app.test"), ("Cookie", seeded.user)]
+                assert await ask(port, "GET", "/reports/1", user) == 200
+                assert await ask(port, "DELETE", "/reports/1", [*user, ("X-Marker", "delete")]) == 403
+            else:
+                token = await seed.create_session(db, await seed.create_user(db, email="mobile@example.com"))
+                assert await ask(port, "GET", "/x", [("Host", "app.test"), ("X-Session-Token", token)]) == 200
+                assert await ask(port, "GET", "/x", [*anonymous, ("X-Marker", "anon")]) == 401
+                assert await ask(port, "GET", "/x", [("Host", "app.test"), ("Cookie", seeded.user)]) == 200
+            assert not {"anon", "delete"} & set(app.seen)  # type: ignore[attr-defined]
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    finally:
+        gateway.stop()
+
+
+async def through_balancer(kind: str, port: int, client: str, target: str, headers: list[tuple[str, str]]) -> int:
+    """A request of ``client`` as the load balancer the example describes passes it on: with the
+    PROXY protocol where examples/traefik/traefik.yml's entryPoint takes it, else appended to
+    X-Forwarded-For (nginx; the balancer, 127.0.0.1, is a trusted proxy of Traefik and the gateway)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    if kind == "traefik" and "proxyProtocol:" in (EXAMPLES / "traefik" / "traefik.yml").read_text():
+        head = f"PROXY TCP4 {client} 127.0.0.1 40000 {port}\r\n"
+    else:
+        head, headers = "", [*headers, ("X-Forwarded-For", client)]
+    lines = [f"GET {target} HTTP/1.1", "Host: app.test", *(f"{k}: {v}" for k, v in headers), "Connection: close"]
+    writer.write((head + "\r\n".join([*lines, "", ""])).encode("latin-1"))
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    parts = status_line.split()
+    return int(parts[1]) if len(parts) > 1 else 0
+
+
+def respelled(token: str, n: int) -> str:
+    """``token``'s signed cookie with the characters the bits of ``n`` pick percent-encoded: each a
+    new spelling (cache key) of a credential whose lookup finds nothing."""
+    value = sign(token, SECRET)
+    chars = [f"%{ord(c):02X}" if n >> i & 1 else c for i, c in enumerate(value[:32])]
+    return "better-auth.session_token=" + "".join(chars) + quote(value[32:], safe="")
+
+
+@pytest.mark.parametrize("kind", ["traefik", "nginx"])
+async def test_failure_budget_tells_clients_apart_behind_each_proxy(
+    kind: str, tmp_path: Path, database: str, db: asyncpg.Connection, app: ThreadingHTTPServer
+) -> None:
+    """Behind a load balancer, one client's failed lookups must not spend another's budget (red team C).
+
+    Traefik's ForwardAuth (without trustForwardHeader, rightly) sends the gateway only its TCP peer
+    in X-Forwarded-For: with the balancer trusted only for forwarded headers, as examples/traefik
+    had it, every client was the balancer's one address, and an attacker flooding dead cookies had
+    everybody's uncached sessions refused. With the PROXY protocol from the balancer (the example's
+    setup now) Traefik's peer is the client. nginx (control) appends the client to X-Forwarded-For.
+    The attacker is 203.0.113.7; the user, signing in meanwhile, 198.51.100.9.
+    """
+    await seed.create_schema(db)
+    victim = await seed.create_session(db, await seed.create_user(db, email="victim@outsider.test"))
+    dead = await seed.create_session(db, await seed.create_user(db, email="gone@outsider.test"))
+    await db.execute('delete from "session" where token = $1', dead)
+    with behind(kind, tmp_path, database, app, GATEWAY_RATE_LIMIT_PER_MINUTE="60") as port:
+        refused, status = await while_flooding(kind, port, dead, cookie_for(victim))
+        assert refused > 0  # the flood did spend its own budget (403 + X-Auth-Error-Status: 429)
+        assert status == 200, f"{kind}: a user's valid session refused while another address flooded"
+
+
+async def while_flooding(kind: str, port: int, dead: str, cookie: str) -> tuple[int, int]:
+    """The user at 198.51.100.9 asks with ``cookie`` while 203.0.113.7 floods respellings of ``dead``
+    (90 connections, a steady stream): how many of the flood were refused, and the user's status."""
+    stop = asyncio.Event()
+    connections = 90
+    refused = 0
+
+    async def attacker(start: int) -> None:
+        nonlocal refused
+        n = start
+        await asyncio.sleep(start * 2.0 / connections)
+        while not stop.is_set():
+            n += connections
+            flood = [("Cookie", respelled(dead, n + 1))]
+            refused += await through_balancer(kind, port, "203.0.113.7", "/private/x", flood) == 403
+
+    tasks = [asyncio.create_task(attacker(i)) for i in range(connections)]
+    try:
+        await asyncio.sleep(3.0)  # the attacker's budget spent, its line full
+        status = await through_balancer(kind, port, "198.51.100.9", "/private/x", [("Cookie", cookie)])
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return refused, status
