@@ -160,7 +160,9 @@ def _parse(raw: object) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
+        # RecursionError: a field the user wrote nested past any Python parser's limit (JSON.parse
+        # reads it). That one session is a miss; the batch it was read with is unharmed.
         return None
     if not isinstance(value, dict) or not isinstance(value.get("session"), dict):
         return None
