@@ -26,7 +26,7 @@ import msgspec
 
 _JS_SAFE = 2**53  # beyond this, JavaScript's numbers are no longer exact integers
 # A run of 16 digits may be an integer past 2**53 (or a long fraction: the careful path is right for both).
-_LONG_DIGITS = re.compile(r"\d{16}")
+_LONG_DIGITS = re.compile(r"[0-9]{16}")
 _UTC = dt.UTC
 _PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=_UTC)  # asyncpg's "tuple" format counts from here
 _PG_EPOCH_S = 946_684_800
@@ -82,23 +82,24 @@ def encode_hook(value: object) -> object:
     raise NotImplementedError(msg)
 
 
-def decode_json(text: str | bytes) -> Any:
-    """A JSON document as ``JSON.parse`` reads it; never raises (see the module docstring)."""
+def decode_json(text: str, _decode: Any = msgspec.json.decode, _search: Any = _LONG_DIGITS.search) -> Any:
+    """A JSON document as ``JSON.parse`` reads it; never raises (see the module docstring).
+
+    The hot path (a Postgres hit): one msgspec decode and one scan for long digit runs.
+    """
     try:
-        value = msgspec.json.decode(text)
+        value = _decode(text)
     except (RecursionError, msgspec.DecodeError):
         return _careful(text)
-    if _LONG_DIGITS.search(text if isinstance(text, str) else text.decode(errors="replace")) is None:
-        return value
-    return _careful(text)
+    return value if _search(text) is None else _careful(text)
 
 
-def _careful(text: str | bytes) -> Any:
+def _careful(text: str) -> Any:
     """The slow path: numbers as JavaScript's doubles, and the text itself when nothing can read it."""
     try:
         return json.loads(text, parse_int=_js_int)
     except (RecursionError, ValueError):
-        return RawJSON(text if isinstance(text, str) else text.decode(errors="replace"))
+        return RawJSON(text)
 
 
 def _js_int(text: str) -> int | float:
@@ -108,15 +109,22 @@ def _js_int(text: str) -> int | float:
     return int(value) if abs(value) <= _JS_SAFE else value
 
 
-def decode_timestamp(value: tuple[int]) -> dt.datetime | FarTime:
-    """A ``timestamp[tz]`` in asyncpg's ``tuple`` format (microseconds since 2000) as a UTC datetime."""
-    microseconds = value[0]
+def decode_timestamp(value: tuple[int], _epoch: Any = _PG_EPOCH, _delta: Any = dt.timedelta) -> dt.datetime | FarTime:
+    """A ``timestamp[tz]`` in asyncpg's ``tuple`` format (microseconds since 2000) as a UTC datetime.
+
+    Every timestamp of every Postgres hit comes through here: the common case is one addition.
+    """
+    try:
+        moment: dt.datetime = _epoch + _delta(0, 0, value[0])
+    except OverflowError:
+        return _far_timestamp(value[0])
+    return moment
+
+
+def _far_timestamp(microseconds: int) -> dt.datetime | FarTime:
     if microseconds in _PG_INFINITY:  # as asyncpg's own codec: the ends of datetime's range
         return dt.datetime.max.replace(tzinfo=_UTC) if microseconds > 0 else dt.datetime.min.replace(tzinfo=_UTC)
-    try:
-        return _PG_EPOCH + dt.timedelta(microseconds=microseconds)
-    except OverflowError:
-        return FarTime(_PG_EPOCH_S + microseconds / 1_000_000)
+    return FarTime(_PG_EPOCH_S + microseconds / 1_000_000)
 
 
 def encode_timestamp(value: dt.datetime) -> tuple[int]:
