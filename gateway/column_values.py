@@ -175,3 +175,55 @@ def _civil(days: int) -> tuple[int, int, int]:
     day = doy - (153 * mp + 2) // 5 + 1
     month = mp + 3 if mp < 10 else mp - 9  # noqa: PLR2004  (the algorithm's March-based months)
     return yoe + era * 400 + (month <= 2), month, day  # noqa: PLR2004
+
+
+# JSON's tokens (RFC 8259), for reading a document too deep to parse recursively.
+_TOKEN = re.compile(
+    r'[ \t\n\r]*(?:(?P<s>"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*")'
+    r"|(?P<v>-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null)|(?P<p>[{}\[\]:,]))"
+)
+_CLOSE = {"{": "}", "[": "]"}
+
+
+def object_members(text: str) -> dict[str, str] | None:  # noqa: C901  (one state machine, kept whole)
+    """The members of a JSON object, each value as its own text; ``None`` unless ``text`` is one valid object.
+
+    Iterative (no depth limit): how a document nested past the parsers' recursion limit is still
+    read, one member at a time, as ``JSON.parse`` reads it whole. A repeated key: the last wins.
+    """
+    members: dict[str, str] = {}
+    stack: list[str] = []  # the open containers
+    expect, key, start, pos = "object", "", 0, 0
+    while expect != "end":
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            return None
+        pos, kind, piece = match.end(), match.lastgroup, match[match.lastgroup or 0]
+        if expect == "colon":
+            if piece != ":":
+                return None
+            expect, start = "value", (pos if len(stack) == 1 else start)
+            continue
+        if expect in ("key", "key or close") and kind == "s":
+            key, expect = (json.loads(piece) if len(stack) == 1 else key), "colon"
+            continue
+        if expect == "comma or close" and piece == ",":
+            if len(stack) == 1:
+                members[key] = text[start : match.start()].strip(" \t\n\r")
+            expect = "key" if stack[-1] == "{" else "value"
+            continue
+        closing = stack and piece == _CLOSE[stack[-1]]
+        if closing and expect in ("comma or close", "key or close", "value or close"):
+            if len(stack) == 1 and expect == "comma or close":
+                members[key] = text[start : match.start()].strip(" \t\n\r")
+            stack.pop()
+        elif expect in ("value", "value or close", "object") and piece in _CLOSE and (stack or piece == "{"):
+            stack.append(piece)
+            expect = "key or close" if piece == "{" else "value or close"
+            continue
+        elif expect in ("value", "value or close") and kind in ("s", "v"):
+            pass
+        else:
+            return None
+        expect = "comma or close" if stack else "end"
+    return members if not text[pos:].strip(" \t\n\r") else None
