@@ -72,7 +72,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     cookie_cache_max_age_s: float = 300.0  # cookieCache.maxAge: how long a revocation must be remembered
     # The JWT plugin (see gateway.jwts): set the audience to accept its JWTs as bearer tokens.
     jwt_audience: str = ""  # the plugin's audience: by default Better Auth's base URL origin
-    jwt_issuer: str = ""  # the plugin's issuer (the same origin by default); empty: not checked
+    jwt_issuer: str = ""  # the plugin's issuer: by default the same origin (see jwt_claims)
     jwt_jwks_url: str = ""  # Better Auth's /api/auth/jwks; empty: read the jwks table
     jwt_jwks_table: str = "jwks"
     secondary_storage_prefix: str = "better-auth:"  # @better-auth/redis-storage's keyPrefix ("" for none)
@@ -173,6 +173,25 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         if self.secure_cookies != "auto":
             return self.secure_cookies == "true"
         return not self.base_url.lower().startswith("http://")  # https, or no base URL: secure
+
+    @property
+    def base_origin(self) -> str:
+        """The base URL's origin, as JavaScript's ``new URL(baseURL).origin`` (``""`` without one)."""
+        return url_origin(self.base_url)
+
+    @property
+    def jwt_claims(self) -> tuple[str, str]:
+        """The (audience, issuer) the JWT plugin's tokens must name; an empty audience: JWTs are not accepted.
+
+        The jwt plugin's ``verifyJWT`` checks ``iss`` and ``aud`` against ``jwt.issuer`` and
+        ``jwt.audience``, each by default the base URL's origin (Better Auth keeps
+        ``options.baseURL`` as ``new URL(baseURL).origin``): the gateway does the same. The audience
+        defaults only where the JWT path is asked for (``GATEWAY_JWT_ISSUER`` or
+        ``GATEWAY_JWT_JWKS_URL`` set): accepting JWTs, which outlive a sign-out, is never implied.
+        """
+        origin = self.base_origin
+        audience = self.jwt_audience or (origin if self.jwt_issuer or self.jwt_jwks_url else "")
+        return audience, self.jwt_issuer or (origin if audience else "")
 
     @property
     def data_cookie_names(self) -> tuple[str, ...]:
@@ -385,8 +404,11 @@ def _check_credentials(s: Settings) -> list[str]:
         problems.append("GATEWAY_BASE_URL: expected an http:// or https:// URL (Better Auth's baseURL)")
     if s.jwt_jwks_url and not s.jwt_jwks_url.startswith(("http://", "https://")):
         problems.append("GATEWAY_JWT_JWKS_URL: expected an http:// or https:// URL (Better Auth's /api/auth/jwks)")
-    if (s.jwt_issuer or s.jwt_jwks_url) and not s.jwt_audience:
-        problems.append("GATEWAY_JWT_AUDIENCE: needed to accept the JWT plugin's tokens (Better Auth's base URL)")
+    if (s.jwt_issuer or s.jwt_jwks_url) and not s.jwt_claims[0]:
+        problems.append(
+            "GATEWAY_JWT_AUDIENCE: needed to accept the JWT plugin's tokens "
+            "(or GATEWAY_BASE_URL / BETTER_AUTH_URL, whose origin is the plugin's default audience)"
+        )
     return problems
 
 
@@ -495,6 +517,21 @@ def _check_numbers(s: Settings) -> list[str]:
             "the time one token takes to come back"
         )
     return problems
+
+
+def url_origin(url: str) -> str:
+    """``new URL(url).origin``: scheme and host lowercased, a default port dropped; ``""`` if unreadable."""
+    try:
+        parts = urlsplit(url.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return ""
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not host:
+        return ""
+    host = f"[{host}]" if ":" in host else host
+    default = 80 if scheme == "http" else 443
+    return f"{scheme}://{host}" + ("" if port in (None, default) else f":{port}")
 
 
 def describe(s: Settings) -> dict[str, object]:

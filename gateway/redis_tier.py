@@ -46,6 +46,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from gateway.batching import Batcher
+from gateway.schema import fields_of, mapping_from
 from gateway.sessions import Session
 
 if TYPE_CHECKING:
@@ -164,6 +165,24 @@ def tombstone_s(settings: Settings) -> float:
     return max(settings.redis_tombstone_s, 2 * (settings.db_timeout_s + settings.redis_timeout_s))
 
 
+def mac_key(settings: Settings) -> bytes:
+    """The values' MAC key: from the secret, and from what a value's fields mean and may show.
+
+    A value holds the fields one configuration answers, read through one table mapping. Another
+    gateway sharing this Redis (or this one after a rolling restart) with other hidden fields,
+    plugins, additional fields or mappings must not answer it as its own: under its key the MAC
+    does not verify, and the value is a miss.
+    """
+    fields, m = fields_of(settings), mapping_from(settings)
+    tables = [[t.bare, sorted(t.overrides.items()), t.snake_case] for t in (m.session, m.user)]
+    configuration = msgspec.json.encode(
+        {"user": sorted(fields.user), "session": sorted(fields.session), "schema": m.db_schema}
+        | {"tables": tables, "token": m.token_field}
+    )
+    context = b"better-auth-gateway/redis-value/v2\0" + configuration
+    return hmac.digest(settings.secret.reveal().encode(), context, "sha256")
+
+
 class Lookup(NamedTuple):
     """What a read found: the session (if any usable one) and the generation it was read under."""
 
@@ -180,12 +199,14 @@ class RedisTier:
         settings: Settings,
         clock: Callable[[], float],
         observe: Callable[[float], None] | None = None,
+        event: Callable[[str], None] | None = None,
     ) -> None:
         self._client = client
         self._observe = observe or (lambda _: None)  # the time of each MGET, for the metrics
+        self._event = event or (lambda _: None)  # counts a value not cached, for the metrics
         self._prefix = prefix = f"{settings.redis_prefix}:v2:"
         self._session_prefix, self._gen_key = prefix + "s:", prefix + "gen"
-        self._mac_key = hmac.digest(settings.secret.reveal().encode(), b"better-auth-gateway/redis-value/v2", "sha256")
+        self._mac_key = mac_key(settings)
         self._ttl_s = settings.l2_ttl_s
         self._timeout_s = settings.redis_timeout_s
         self._backoff_s = settings.redis_backoff_s
@@ -228,7 +249,14 @@ class RedisTier:
         if self.degraded is not None or ttl_ms <= 0:
             return
         key = self.key(token_digest)
-        payload = _HEAD.pack(generation, not_after) + _ENCODE.encode(session)
+        try:
+            body = _ENCODE.encode(session)
+        except (TypeError, OverflowError, RecursionError):
+            # A value msgpack cannot hold (a JSON document too deep to decode, kept as text): not
+            # cached, served from Postgres each time; never an error in the lookup.
+            self._event("redis_uncacheable")
+            return
+        payload = _HEAD.pack(generation, not_after) + body
         self._later(self._writes, (key, self._mac(key, payload) + payload, ttl_ms, session.user_id))
 
     def _later(self, queue: list[Any], item: Any) -> None:
@@ -312,6 +340,7 @@ class RedisTier:
             return None  # a miss, or a tombstone
         mac, payload = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
         if not hmac.compare_digest(mac, self._mac(key, payload)):
+            # Forged, or written under another secret or field configuration (see mac_key).
             log.warning("ignored a Redis value with a bad MAC (key …%s)", key[-8:])
             return None
         value_generation, not_after = _HEAD.unpack_from(payload)

@@ -106,7 +106,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
         redis = None
         if settings.redis_url is not None:
             observe = metrics.backend_seconds.labels("redis").observe
-            redis = RedisTier(connect(settings.redis_url.reveal(), settings), settings, clock, observe)
+            redis = RedisTier(connect(settings.redis_url.reveal(), settings), settings, clock, observe, metrics.event)
             stack.push_async_callback(redis.close)
         source: SessionSource | None = store if store is not None else secondary
         assert source is not None  # noqa: S101  (one of the two was opened above)
@@ -144,13 +144,14 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
                 settings.cookie_cache, secrets, version=settings.cookie_cache_version, fields=fields_of(settings)
             )
         jwts = None
-        if settings.jwt_audience:
+        audience, issuer = settings.jwt_claims
+        if audience:
             url, timeout = settings.jwt_jwks_url, settings.db_timeout_s
             if url or store is None:
                 keys = endpoint_keys(url, timeout)
             else:
                 keys = partial(store.public_keys, settings.jwt_jwks_table)
-            jwts = JwtVerifier(keys, audience=settings.jwt_audience, issuer=settings.jwt_issuer)
+            jwts = JwtVerifier(keys, audience=audience, issuer=issuer)
         decider = Decider(verifier, tiers, cookie_cache, jwts)
         yield Resources(store, secondary, redis, tiers, decider, listener, metrics)
 

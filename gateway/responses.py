@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from typing import Any
 
 import msgspec
 
+from gateway.column_values import RawJSON, encode_hook
 from gateway.config import IDENTITY_FIELDS
 from gateway.sessions import Reason, Session
 
-JSON = msgspec.json.Encoder()
+JSON = msgspec.json.Encoder(enc_hook=encode_hook)  # a RawJSON (too deep to decode) goes out verbatim
+# Stands for a RawJSON in the standard library's output until the text replaces it: random, so
+# no stored string can hold it.
+_PLACEHOLDER = "raw-json-" + secrets.token_hex(16)
 
 # Field -> header; every one is always sent on a 200 (empty when unknown) so that a proxy which
 # only overrides headers present in the auth response still clobbers a client's forged value.
@@ -105,7 +110,19 @@ def _encode(body: dict[str, Any]) -> bytes:
     try:
         return JSON.encode(body)
     except UnicodeEncodeError:
-        return json.dumps(body, separators=(",", ":")).encode()
+        raws: list[str] = []
+
+        def keep(value: object) -> str:
+            if isinstance(value, RawJSON):
+                raws.append(value.text)
+                return _PLACEHOLDER
+            msg = f"cannot encode {type(value).__name__}"
+            raise TypeError(msg)
+
+        text = json.dumps(body, separators=(",", ":"), default=keep)
+        for raw in raws:  # in the order json.dumps met them
+            text = text.replace(f'"{_PLACEHOLDER}"', raw, 1)
+        return text.encode()
 
 
 def error(kind: str, reason: str) -> bytes:

@@ -23,6 +23,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+from gateway.column_values import decode_json, object_members
 from gateway.errors import StoreUnavailable
 from gateway.redis_tier import FAILURES
 from gateway.sessions import Session, iso_epoch
@@ -162,9 +163,29 @@ def _parse(raw: object) -> dict[str, Any] | None:
         value = json.loads(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+    except RecursionError:  # a field the user wrote, nested past the parser's limit: JSON.parse reads it
+        value = _parse_deep(raw)
     if not isinstance(value, dict) or not isinstance(value.get("session"), dict):
         return None
     return value if isinstance(value.get("user"), dict) else None
+
+
+def _parse_deep(raw: object) -> dict[str, Any] | None:
+    """A value too deep for ``json.loads``, read field by field (a field too deep is kept as its text)."""
+    try:
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    except UnicodeDecodeError:
+        return None
+    outer = object_members(text)
+    if outer is None or "session" not in outer or "user" not in outer:
+        return None
+    value = {}
+    for part in ("session", "user"):
+        members = object_members(outer[part])
+        if members is None:
+            return None
+        value[part] = {name: decode_json(member) for name, member in members.items()}
+    return value
 
 
 def _created_ms(session: dict[str, Any]) -> float:

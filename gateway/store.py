@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import asyncpg
 import msgspec
 
+from gateway import column_values
+from gateway.column_values import FarTime
 from gateway.errors import SchemaMismatch, StoreUnavailable
 from gateway.schema import COLUMNS_SQL, Mapping, Query, build_query, quote
 from gateway.sessions import Session
@@ -39,10 +41,19 @@ async def _no_reset(_: asyncpg.Connection) -> None:
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Decoders that never raise: a value a user wrote themselves (a json field 1,500 deep, a date
+    # in year 10000) must not fail the whole result, every session batched with theirs.
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(
-            typ, encoder=msgspec.json.encode, decoder=msgspec.json.decode, schema="pg_catalog", format="text"
+            typ, encoder=msgspec.json.encode, decoder=column_values.decode_json, schema="pg_catalog", format="text"
         )
+    timestamps = (column_values.encode_timestamp, column_values.decode_timestamp)
+    for typ, (encode, decode) in {
+        "timestamptz": timestamps,
+        "timestamp": timestamps,
+        "date": (column_values.encode_date, column_values.decode_date),
+    }.items():
+        await conn.set_type_codec(typ, encoder=encode, decoder=decode, schema="pg_catalog", format="tuple")
 
 
 class Store:
@@ -108,9 +119,10 @@ class Store:
             query = self._query or await self._load_query(conn)
             if len(tokens) == 1:
                 row = await conn.fetchrow(query.sql, tokens[0])
-                return {} if row is None else {tokens[0]: to_session(query, row)}
+                found = None if row is None else _row_session(query, row, 0)
+                return {} if found is None else {tokens[0]: found}
             rows = await conn.fetch(query.batch_sql, list(tokens))
-            return {row[0]: to_session(query, row, offset=1) for row in rows}
+            return {row[0]: found for row in rows if (found := _row_session(query, row, 1)) is not None}
 
         return await self._bounded(lookup)
 
@@ -204,6 +216,15 @@ class Store:
             return self._query
 
 
+def _row_session(query: Query, row: asyncpg.Record, offset: int) -> Session | None:
+    """A row that cannot be read is a miss for its token alone, never an error for the batch."""
+    try:
+        return to_session(query, row, offset)
+    except (TypeError, ValueError, OverflowError) as exc:
+        log.warning("a session row could not be read, treated as no session: %s", type(exc).__name__)
+        return None
+
+
 def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # an abandoned lookup's error is expected: don't report it as lost
@@ -242,6 +263,8 @@ def epoch(value: Any) -> float:
         return (value if value.tzinfo else value.replace(tzinfo=_UTC)).timestamp()
     if isinstance(value, int | float):  # a bigint of milliseconds (custom schemas)
         return value / 1000
+    if isinstance(value, FarTime):  # after year 9999 (or before year 1)
+        return value.epoch_s
     msg = f"not a timestamp: {value!r}"
     raise TypeError(msg)
 
@@ -259,7 +282,8 @@ def iso_string(value: dt.datetime) -> str:
 
 
 # Column values Better Auth's JSON shows as they are; checked by exact type first (the hot case).
-_AS_IS = frozenset({str, bool, int, float, dict, list, type(None)})
+# A RawJSON (a document too deep to decode) is answered verbatim and never cached in Redis.
+_AS_IS = frozenset({str, bool, int, float, dict, list, type(None), column_values.RawJSON})
 
 
 def json_value(value: Any) -> Any:
@@ -271,6 +295,8 @@ def json_value(value: Any) -> Any:
         return iso_string(value)
     if isinstance(value, dt.date):
         return value.isoformat()
+    if isinstance(value, FarTime):
+        return value.iso()
     if isinstance(value, str | bool | int | float | dict | list):  # subclasses
         return value
     return str(value)  # uuid, numeric, inet: their text form

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,5 +149,67 @@ async def test_exactly_the_cookie_name_better_auth_reads(
                 assert r.status_code == (200 if accepted else 401), cookie_name
                 if accepted:
                     assert r.headers["x-auth-request-email"] == f"{scheme}@example.com"
+    finally:
+        peer.stop()
+
+
+@pytest.mark.parametrize(
+    ("field", "kind", "value"),
+    [
+        ("prefs", "json", "DEEP"),
+        ("prefs", "json", {"x": 1e29, "y": [9007199254740993, 0.1]}),
+        ("birthday", "date", "10000-01-01"),
+    ],
+    ids=["json 1,500 deep", "json 1e29", "date in year 10000"],
+)
+async def test_what_a_user_writes_through_better_auth_is_answered_as_better_auth_does(
+    field: str,
+    kind: str,
+    value: object,
+    node_modules: Path,
+    database: str,
+    redis_url: str,
+    redis_prefix: str,
+    start_gateway: Any,
+    ba_client: httpx.AsyncClient,
+) -> None:
+    """Red team 13, end to end: a user sets their own additional field with Better Auth's update-user.
+
+    Better Auth's get-session then answers 200 with the field; the gateway (configured to answer
+    that field) answered 500 with a traceback (a decoder's recursion limit, asyncpg's year-9999
+    limit, msgpack's 2**64). It now answers what Better Auth answers, from Postgres and from Redis.
+    """
+    options = {"user": {"additionalFields": {field: {"type": kind, "required": False}}}}
+    peer = BetterAuth(database, env={"PLUGINS": "", "OPTIONS": json.dumps(options)})
+    try:
+        signed_up = await peer.sign_up(ba_client, "writer@example.com")
+        session_cookie = {"cookie": signed_up.headers["set-cookie"].split(";", 1)[0]}
+        body = json.dumps({field: value}).replace('"DEEP"', "[" * 1500 + "]" * 1500)
+        update = await ba_client.post(
+            peer.url + "/api/auth/update-user",
+            content=body,
+            headers=session_cookie | {"origin": peer.origin, "content-type": "application/json"},
+        )
+        assert update.status_code == 200, update.text
+        theirs = await ba_client.get(peer.url + "/api/auth/get-session", headers=session_cookie)
+        assert theirs.status_code == 200
+        assert f'"{field}":' in theirs.text  # as text: Python's json would not read 1,500 levels
+        assert f'"{field}":null' not in theirs.text
+        env = {
+            "DATABASE_URL": database,
+            "REDIS_URL": redis_url,
+            "GATEWAY_REDIS_PREFIX": redis_prefix,
+            "GATEWAY_USER_ADDITIONAL_FIELDS": field,
+            "GATEWAY_LISTEN": "false",  # no startup flush racing the first lookup's Redis write
+        }
+        server = start_gateway(env)
+        for _ in range(3):  # from Postgres, then from the cache
+            ours = await ba_client.get(server.url + "/api/auth/get-session", headers=session_cookie)
+            assert ours.status_code == 200, f"Better Auth answers 200, the gateway {ours.status_code}"
+            if value == "DEEP":
+                assert ours.text.count("[") == theirs.text.count("[") == 1500
+            else:
+                assert ours.json()["user"][field] == theirs.json()["user"][field]
+        assert "Traceback" not in server.output()
     finally:
         peer.stop()

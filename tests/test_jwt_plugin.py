@@ -113,6 +113,53 @@ async def test_jwt_plugin_tokens(
         peer.stop()
 
 
+@pytest.mark.parametrize(
+    "explicit",
+    [{"GATEWAY_JWT_AUDIENCE": "{origin}"}, {"GATEWAY_JWT_JWKS_URL": "{url}/api/auth/jwks"}],
+    ids=["audience set, issuer by default", "both by default (the JWKS URL asks for JWTs)"],
+)
+async def test_issuer_and_audience_default_to_the_base_urls_origin(
+    explicit: dict[str, str],
+    node_modules: Path,
+    database: str,
+    bare_db: asyncpg.Connection,
+    start_gateway: Any,
+    ba_client: httpx.AsyncClient,
+) -> None:
+    """Better Auth's ``verifyJWT`` checks ``iss`` and ``aud`` against its base URL's origin by default: as the gateway.
+
+    The gateway checked no issuer unless ``GATEWAY_JWT_ISSUER`` was set: a JWT naming another issuer
+    (signed with a key the gateway trusts) was accepted where Better Auth refuses it.
+    """
+    plugins = {"jwt": {"jwks": {"keyPairConfig": {"alg": "EdDSA"}, "disablePrivateKeyEncryption": True}}}
+    peer = BetterAuth(database, env={"PLUGINS": json.dumps(plugins)})
+    try:
+        # The base URL as an operator may write it (a path, a trailing slash): its origin counts.
+        env = {"DATABASE_URL": database, "BETTER_AUTH_URL": peer.origin + "/api/auth/"}
+        env |= {k: v.format(origin=peer.origin, url=peer.url) for k, v in explicit.items()}
+        gw = start_gateway(env)
+        signup = await peer.sign_up(ba_client, "iss@example.com")
+        cookie = {"cookie": signup.headers["set-cookie"].split(";", 1)[0]}
+        token = (await ba_client.get(peer.url + "/api/auth/token", headers=cookie)).json()["token"]
+        kid, private = await bare_db.fetchrow('SELECT "id", "privateKey" FROM "jwks"')
+        claims = jwt.decode(token, options={"verify_signature": False})
+        assert (claims["iss"], claims["aud"]) == (peer.origin, peer.origin)  # Better Auth's defaults
+        key = jwt.PyJWK(json.loads(private)).key
+
+        def signed(changes: dict[str, Any]) -> str:
+            return jwt.encode(claims | changes, key, algorithm="EdDSA", headers={"kid": kid})
+
+        cases = {"genuine": (token, 200), "same claims": (signed({}), 200)}
+        cases |= {"another issuer": (signed({"iss": "https://other.example"}), 401)}
+        cases |= {"another audience": (signed({"aud": "https://other.example"}), 401)}
+        for case, (value, status) in cases.items():
+            r = await ba_client.get(gw.url + "/validate", headers={"authorization": f"Bearer {value}"})
+            assert r.status_code == status, case
+            assert status == 200 or r.headers["x-auth-reason"] == "invalid_jwt", case
+    finally:
+        peer.stop()
+
+
 def _swap_sub(token: str) -> str:
     import base64  # noqa: PLC0415
 

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio as redis
 
+from gateway import seed
+from gateway.tokens import sign
 from tests.better_auth_peer import BetterAuth, ba_client, node_modules
-from tests.conftest import RedisServer, cookie, statuses
+from tests.conftest import SECRET, RedisServer, cookie, statuses
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -135,3 +137,52 @@ async def test_stored_fields_better_auth_does_not_return_are_never_sent(
         r = await client.get(gw.url + "/validate", headers=cookie(token))
         assert r.headers["x-auth-request-role"] == "admin"
         gw.stop()
+
+
+async def test_a_deeply_nested_json_field_in_secondary_storage_is_no_500(
+    redis_url: str, redis_prefix: str, start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """Red team 13: a user-written ``json`` field 3,000 deep, where Better Auth keeps sessions in Redis.
+
+    ``json.loads`` raised ``RecursionError`` (which ``_parse`` did not catch) and failed the whole
+    ``MGET`` batch: a 500 and a traceback for the user and every session read with theirs. The
+    value is now read field by field, as ``JSON.parse`` reads it, the deep field answered verbatim.
+    """
+    prefix = redis_prefix + ":ba:"
+    later = "2099-01-01T00:00:00.000Z"
+
+    def value(user_id: str, token: str, prefs: object) -> str:
+        stamp = "2026-01-01T00:00:00.000Z"
+        session = {"id": "s" + token[:8], "token": token, "userId": user_id, "expiresAt": later}
+        session |= {"createdAt": stamp, "updatedAt": stamp, "ipAddress": None, "userAgent": None}
+        user = {"id": user_id, "name": user_id, "email": f"{user_id}@example.com", "emailVerified": True}
+        user |= {"image": None, "createdAt": stamp, "updatedAt": stamp, "prefs": prefs}
+        return json.dumps({"session": session, "user": user}).replace('"DEEP"', "[" * 3000 + "]" * 3000)
+
+    store = redis.Redis.from_url(redis_url)
+    attacker_token = seed.generate_id()
+    victim_tokens = [seed.generate_id() for _ in range(60)]
+    try:
+        await store.set(prefix + attacker_token, value("attacker", attacker_token, "DEEP"))
+        for token in victim_tokens:
+            await store.set(prefix + token, value("bystander", token, {"theme": "dark"}))
+    finally:
+        await store.aclose()
+    env = {
+        "GATEWAY_SECONDARY_STORAGE_URL": redis_url,
+        "GATEWAY_SECONDARY_STORAGE_PREFIX": prefix,
+        "GATEWAY_USER_ADDITIONAL_FIELDS": "prefs",
+    }
+    server = start_gateway(env)
+
+    async def validate(token: str) -> int:
+        response = await client.post(server.url + "/v1/validate", json={"token": sign(token, SECRET)})
+        return int(response.status_code)
+
+    answers = await asyncio.gather(*(validate(t) for v in victim_tokens for t in (attacker_token, v)))
+    mine, theirs = answers[0::2], answers[1::2]
+    assert set(theirs) == {200}, f"bystanders read in the same MGET: {theirs.count(500)} of {len(theirs)} got 500"
+    assert set(mine) == {200}, f"the user's own deep JSON: {sorted(set(mine))}"
+    response = await client.post(server.url + "/v1/validate", json={"token": sign(attacker_token, SECRET)})
+    assert response.content.count(b"[") == 3000  # the field as stored, verbatim
+    assert "Traceback" not in server.output()

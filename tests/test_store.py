@@ -289,3 +289,96 @@ def test_dates_render_as_javascripts_to_iso_string(moment: dt.datetime) -> None:
     )
     assert iso_string(moment) == expected
     assert json_value(moment) == expected
+
+
+async def _validate_all(server: Any, client: Any, tokens: list[str]) -> list[int]:
+    """Validate the tokens all at once (one loop tick: their uncached lookups share a batch)."""
+
+    async def validate(token: str) -> int:
+        response = await client.post(server.url + "/v1/validate", json={"token": sign(token, SECRET)})
+        return int(response.status_code)
+
+    return list(await asyncio.gather(*(validate(t) for t in tokens)))
+
+
+async def test_a_deeply_nested_json_field_is_no_500_for_anyone(
+    db: asyncpg.Connection, database: str, start_gateway: Any, client: Any
+) -> None:
+    """Red team 13: a returned ``json`` field is the user's to write (update-user; ``z.json()``: any depth).
+
+    Read back with a decoder that raised ``RecursionError`` past ~1,000 levels, it was a 500 with a
+    traceback for the user and for every session looked up in the same batch (one ``= ANY($1)``
+    query). Better Auth's ``JSON.parse`` reads it: so does the gateway (answered as stored).
+    """
+    await db.execute('alter table "user" add column prefs jsonb')
+    attacker = await seed.create_user(db, email="deep@example.com")
+    victim = await seed.create_user(db, email="bystander@example.com")
+    deep = "[" * 3000 + "]" * 3000
+    await db.execute('update "user" set prefs = $1::jsonb where id = $2', deep, attacker)
+    attacker_token = await seed.create_session(db, attacker)
+    victim_tokens = [await seed.create_session(db, victim) for _ in range(60)]
+    server = start_gateway(
+        {"DATABASE_URL": database, "GATEWAY_USER_ADDITIONAL_FIELDS": "prefs", "GATEWAY_LISTEN": "false"}
+    )
+    # The attacker's requests interleaved with the bystanders' first (uncached) lookups.
+    statuses = await _validate_all(server, client, [t for v in victim_tokens for t in (attacker_token, v)])
+    mine, theirs = statuses[0::2], statuses[1::2]
+    assert set(theirs) == {200}, f"bystanders looked up in the same batch: {theirs.count(500)} of {len(theirs)} got 500"
+    assert set(mine) == {200}, f"the user's own deep JSON: {sorted(set(mine))}"
+    response = await client.post(server.url + "/v1/validate", json={"token": sign(attacker_token, SECRET)})
+    assert response.content.count(b"[") == 3000  # the document as stored, verbatim
+    assert "Traceback" not in server.output()
+
+
+async def test_a_date_field_past_year_9999_is_no_500_for_anyone(
+    db: asyncpg.Connection, database: str, start_gateway: Any, client: Any
+) -> None:
+    """Red team 13: a user-written ``date`` field in year 10000 (a valid ``timestamptz``; Better Auth answers it).
+
+    asyncpg's own codec cannot make a ``datetime`` of it and raised ``OverflowError`` for the whole
+    result: a 500 for the user and every session batched with theirs. It is answered as
+    JavaScript's ``toISOString()`` renders it.
+    """
+    await db.execute('alter table "user" add column birthday timestamptz')
+    attacker = await seed.create_user(db, email="far-future@example.com")
+    victim = await seed.create_user(db, email="bystander2@example.com")
+    await db.execute("""update "user" set birthday = '10000-01-01T00:00:00Z' where id = $1""", attacker)
+    attacker_token = await seed.create_session(db, attacker)
+    victim_tokens = [await seed.create_session(db, victim) for _ in range(60)]
+    env = {"DATABASE_URL": database, "GATEWAY_USER_ADDITIONAL_FIELDS": "birthday", "GATEWAY_LISTEN": "false"}
+    server = start_gateway(env)
+    statuses = await _validate_all(server, client, [t for v in victim_tokens for t in (attacker_token, v)])
+    mine, theirs = statuses[0::2], statuses[1::2]
+    assert set(theirs) == {200}, f"bystanders looked up in the same batch: {theirs.count(500)} of {len(theirs)} got 500"
+    assert set(mine) == {200}, f"the user's own far-future date: {sorted(set(mine))}"
+    response = await client.post(server.url + "/v1/validate", json={"token": sign(attacker_token, SECRET)})
+    assert response.json()["user"]["birthday"] == "+010000-01-01T00:00:00.000Z"  # new Date(...).toISOString()
+    assert "Traceback" not in server.output()
+
+
+@pytest.mark.parametrize(
+    ("stored", "answered"),
+    [
+        ("'10000-01-01T00:00:00Z'", "+010000-01-01T00:00:00.000Z"),
+        ("'0001-01-01T00:00:00Z'::timestamptz - interval '1 day'", "0000-12-31T00:00:00.000Z"),
+        ("'0002-01-01 BC'", "-000001-01-01T00:00:00.000Z"),
+        ("'275760-09-13T00:00:00.001Z'", None),  # past JavaScript's Date: toJSON() is null
+        ("'infinity'", "9999-12-31T23:59:59.999Z"),  # as asyncpg's own codec (datetime.max)
+    ],
+    ids=["year 10000", "year 0", "year -1", "past JavaScript", "infinity"],
+)
+async def test_timestamps_outside_pythons_range_as_javascript_renders_them(
+    db: asyncpg.Connection, gateway: Open, stored: str, answered: str | None
+) -> None:
+    """Every timestamp Postgres holds reads as ``toJSON()`` renders it, expiresAt included."""
+    await db.execute('alter table "user" add column birthday timestamptz')
+    user = await seed.create_user(db, email="dates@example.com")
+    await db.execute(f'update "user" set birthday = {stored} where id = $1', user)  # noqa: S608  (constants)
+    token = await seed.create_session(db, user)
+    far = await seed.create_session(db, user)
+    await db.execute("""update "session" set "expiresAt" = '10000-01-01Z' where token = $1""", far)
+    async with gateway(user_additional_fields="birthday") as res:
+        assert res.store is not None
+        found = await res.store.fetch_many([token, far])
+        assert found[token].user["birthday"] == answered
+        assert found[far].expires_at == 253402300800.0  # year 10000: a session that is valid
