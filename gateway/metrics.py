@@ -54,8 +54,8 @@ class Metrics:
         )
         self._events = Counter(
             "gateway_events",
-            "Other events: singleflight_join, invalidation_session, invalidation_user, invalidation_flush, "
-            "invalidation_flush_ignored, eviction, listener_connect.",
+            "Other events: singleflight_join, respelled_hit, invalidation_session, invalidation_user, "
+            "invalidation_flush, invalidation_flush_ignored, eviction, listener_connect.",
             ["event"],
             registry=r,
         )
