@@ -407,3 +407,44 @@ def test_nat64_clients_count_by_their_ipv4_address() -> None:
     assert client_of(budget, "[64:ff9b::203.0.113.7]:5") == "203.0.113.7"
     assert client_of(budget, "[64:ff9b::198.51.100.9]:5") == "198.51.100.9"
     assert client_of(budget, "[64:ff9b:1::198.51.100.9]:5") == "64:ff9b:1::/64"  # not the well-known prefix
+
+
+@pytest.mark.parametrize("endpoint", ["/validate", "/v1/validate"])
+async def test_replayed_dead_cookies_never_starve_a_valid_session(
+    db: asyncpg.Connection, database: str, start_gateway: Any, endpoint: str
+) -> None:
+    """Finding B, the budget's half: 40 signed cookies of sessions signed out of, replayed on 60
+    connections, are looked up again each negative TTL (2 s): 20 signed lookups a second against
+    one a second of refill. Newest-first among all signed credentials, each newer one took the
+    turn of a valid session not yet cached until it was refused; a token that failed now waits
+    behind signed tokens that have not."""
+    uid = await seed.create_user(db, email="user@outsider.test")
+    user = await seed.create_session(db, uid)
+    gone = await seed.create_user(db, email="gone@outsider.test")
+    dead = [await seed.create_session(db, gone) for _ in range(40)]
+    await db.execute('delete from "session" where "userId" = $1', gone)
+    gw: Server = start_gateway({"DATABASE_URL": database, "GATEWAY_RATE_LIMIT_PER_MINUTE": "60"})
+    stop = asyncio.Event()
+    refused = 0
+
+    async def attacker(c: httpx.AsyncClient, start: int) -> None:
+        nonlocal refused
+        n = start
+        await asyncio.sleep(start * 1.0 / 60)
+        while not stop.is_set():
+            n += 1
+            r = await c.get(gw.url + "/validate", headers=cookie(dead[n % len(dead)]))
+            refused += r.status_code == 403
+
+    async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=100)) as c:
+        flood = [asyncio.create_task(attacker(c, i)) for i in range(60)]
+        try:
+            await asyncio.sleep(5.0)  # the budget spent, the line full of the attacker's
+            r = await c.request(
+                "POST" if endpoint == "/v1/validate" else "GET", gw.url + endpoint, headers=cookie(user)
+            )
+        finally:
+            stop.set()
+            await asyncio.gather(*flood, return_exceptions=True)
+    assert refused > 0  # the attacker did run the budget dry
+    assert r.status_code == 200, (r.status_code, dict(r.headers))
