@@ -35,8 +35,11 @@ def judge(session: Session | None, now: float) -> Reason:
 class Turn(Protocol):
     """A request's turn at a lookup, from its address's failure budget (``budget.Turn``)."""
 
-    async def take(self, *, signed: bool) -> bool:
-        """Wait for the address's turn; ``False``: none came in time (refused, not judged)."""
+    async def take(self, *, signed: str | None) -> bool:
+        """Wait for the address's turn; ``False``: none came in time (refused, not judged).
+
+        ``signed``: the hash of the token a signature proved (``None``: a raw bearer token).
+        """
         ...
 
     def settle(self, *, spent: bool) -> None:
@@ -88,16 +91,31 @@ class Decider:
         absent = self.tiers.known_absent(credential.key) if cached is None else None
         if absent is not None:
             return Verdict(absent)
-        token = self.verifier.token(credential)
-        if isinstance(token, Reason):
-            return Verdict(token)
+        proof = self.verifier.prove(credential)
+        if isinstance(proof, Reason):
+            return Verdict(proof)
+        token, key = proof
+        known = self._respelled(key, cached) if key != credential.key else None
+        if known is not None:
+            return known
         if cached is not None:
             verdict = self._from_cookie_cache(cached, token)
             if verdict is not None:
                 return verdict
         if turn is None or self.tiers.joinable(token):  # joining a lookup in flight costs nothing more
-            return await self._look_up(credential.key, token)
-        return await self._look_up_in_turn(credential, token, turn)
+            return await self._look_up(key, token)
+        return await self._look_up_in_turn(credential, key, token, turn)
+
+    def _respelled(self, key: str, cached: str | None) -> Verdict | None:
+        """A respelling (``tokens.Proof``): what is known of its home spelling counts for it.
+
+        Only the home spelling is ever cached, so respellings can't grow or churn the caches.
+        """
+        entry = self.tiers.respelled(key)
+        if entry is not None:
+            return Verdict(Reason.ok, entry.session)
+        absent = self.tiers.known_absent(key) if cached is None else None
+        return None if absent is None else Verdict(absent)
 
     def _jwt(self, credential: Credential) -> bool:
         return self.jwts is not None and credential.kind is not Kind.cookie and looks_like_jwt(credential.value)
@@ -125,16 +143,16 @@ class Decider:
         reason = judge(session, self.tiers.l1.clock())
         return Verdict(reason, session if reason is Reason.ok else None)
 
-    async def _look_up_in_turn(self, credential: Credential, token: str, turn: Turn) -> Verdict:
+    async def _look_up_in_turn(self, credential: Credential, key: str, token: str, turn: Turn) -> Verdict:
         """A lookup in the turn the address's failure budget gives it (``gateway.budget``)."""
         # A value with a signature was proved by it (a raw bearer token has none): such
-        # credentials can't be made up, and wait before raw ones.
+        # credentials can't be made up, and wait before raw ones, told apart by their token's hash.
         signed = credential.kind is Kind.cookie or "." in credential.value
-        if not await turn.take(signed=signed):
+        if not await turn.take(signed=token_hash(token) if signed else None):
             return Verdict(Reason.rate_limited)
         spent = True  # unless it is known to have found a session: a lookup left behind still runs
         try:
-            verdict = await self._look_up(credential.key, token)
+            verdict = await self._look_up(key, token)
             # Spent on no valid session; an outage is not the address's doing.
             spent = verdict.reason not in (Reason.ok, Reason.backend_unavailable)
         finally:

@@ -54,8 +54,9 @@ class Metrics:
         )
         self._events = Counter(
             "gateway_events",
-            "Other events: singleflight_join, invalidation_session, invalidation_user, invalidation_flush, "
-            "invalidation_flush_ignored, invalidation_ignored, eviction, listener_connect, redis_uncacheable.",
+            "Other events: singleflight_join, respelled_hit, invalidation_session, invalidation_user, "
+            "invalidation_flush, invalidation_flush_ignored, invalidation_ignored, eviction, listener_connect, "
+            "redis_uncacheable.",
             ["event"],
             registry=r,
         )

@@ -145,6 +145,13 @@ class Tiers:
         self.metrics.lookup("l1", "miss" if entry is None else "hit")
         return entry
 
+    def respelled(self, key: str) -> Entry | None:
+        """A respelled credential's hit: the LRU entry of its home key (``tokens.Proof``), no I/O."""
+        entry = self.l1.get(key)
+        if entry is not None:
+            self.metrics.event("respelled_hit")
+        return entry
+
     def known_absent(self, key: str) -> Reason | None:
         """Why a credential key was recently looked up and found no valid session, if it was."""
         reason = self.negative.get(key)

@@ -168,6 +168,30 @@ def decode_uri_component(value: str) -> str:
         return value
 
 
+class Proof(NamedTuple):
+    """What a credential proves: its session token, and the key everything below the check uses.
+
+    ``key`` is the credential's *home* key: the key it would have if spelled as Better Auth writes
+    it, in the same style as sent (percent-encoded as ``encodeURIComponent`` encodes it, or not at
+    all), with the canonical signature. Better Auth accepts every percent-encoded spelling of a
+    signed value (2^n of them), every spelling of a padded signature's last character and, for a
+    bearer, any case of the scheme: keyed by spelling, each would be a new cache entry and a new
+    lookup. Keyed by its home, a respelling of a cached (or known absent) session costs an HMAC
+    and a dict lookup, and one token has at most two homes per kind.
+    """
+
+    token: str
+    key: str
+
+
+def _encode(signed: str) -> str:
+    """``encodeURIComponent`` of a ``<token>.<base64>`` value (only ``+``, ``/`` and ``=`` change)."""
+    return signed.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+
+
+_PREFIX = {Kind.cookie: "", Kind.bearer: "Bearer ", Kind.header: "x:"}
+
+
 class Verifier:
     """Turns a credential into the session token it proves, or the reason it proves nothing."""
 
@@ -180,17 +204,26 @@ class Verifier:
 
     def token(self, credential: Credential) -> str | Reason:
         """Return the token ``credential`` proves, or the ``Reason`` it is refused."""
+        proof = self.prove(credential)
+        return proof if isinstance(proof, Reason) else proof.token
+
+    def prove(self, credential: Credential) -> Proof | Reason:
+        """Return the token ``credential`` proves and its home key, or the ``Reason`` it is refused."""
         value = credential.value
-        if credential.kind is Kind.cookie:
-            return self.verify_signed(decode_uri_component(value) if "%" in value else value)
-        if "." in value:
-            return self.verify_signed(decode_uri_component(value) if "%" in value else value)
+        if credential.kind is Kind.cookie or "." in value:
+            encoded = "%" in value
+            checked = self._check_signed(decode_uri_component(value) if encoded else value)
+            if isinstance(checked, Reason):
+                return checked
+            token, mac = checked
+            signed = f"{token}.{base64.b64encode(mac).decode()}"
+            return Proof(token, _PREFIX[credential.kind] + (_encode(signed) if encoded else signed))
         if not self._accept_unsigned:
             return Reason.unsigned_token
-        return value if self.plausible(value) else Reason.malformed
+        return Proof(value, _PREFIX[credential.kind] + value) if self.plausible(value) else Reason.malformed
 
-    def verify_signed(self, value: str) -> str | Reason:
-        """Check ``<token>.<signature>`` with the current secret; return the token."""
+    def _check_signed(self, value: str) -> tuple[str, bytes] | Reason:
+        """Check ``<token>.<signature>``; return the token and its MAC."""
         dot = value.rfind(".")
         if dot < 1:
             return Reason.malformed
@@ -204,7 +237,7 @@ class Verifier:
         except ValueError:
             return Reason.malformed
         expected = hmac.digest(self._key, token.encode(), "sha256")
-        return token if hmac.compare_digest(given, expected) else Reason.bad_signature
+        return (token, expected) if hmac.compare_digest(given, expected) else Reason.bad_signature
 
     def plausible(self, token: str) -> bool:
         """Whether ``token`` could be a session token at all (checked before any I/O)."""

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -13,7 +14,8 @@ import pytest
 from gateway import seed
 from gateway.budget import Budget
 from gateway.forwarding import parse_networks
-from tests.conftest import cookie
+from gateway.tokens import sign
+from tests.conftest import SECRET, cookie
 from tests.tcp_proxy import Proxy
 
 if TYPE_CHECKING:
@@ -57,44 +59,73 @@ async def test_valid_lookups_cost_nothing_failures_are_bounded() -> None:
     """A lookup that finds a session gives its token back; failures spend them, then lookups wait for the refill."""
     budget = Budget(600, 3)  # 10 a second
     for _ in range(100):
-        assert await budget.take("a", signed=False)
+        assert await budget.take("a", signed=None)
         budget.settle("a", spent=False)
     for _ in range(3):
-        assert await budget.take("a", signed=False)
+        assert await budget.take("a", signed=None)
         budget.settle("a", spent=True)
     started = time.monotonic()
-    assert await budget.take("a", signed=False)  # waits for the next token
+    assert await budget.take("a", signed=None)  # waits for the next token
     assert 0.05 < time.monotonic() - started < 0.3
-    assert await budget.take("b", signed=False)  # another address is not concerned
+    assert await budget.take("b", signed=None)  # another address is not concerned
 
 
 async def test_signed_wait_before_raw_newest_first() -> None:
-    """With no token, credentials proved by a signature get the next turns, then raw ones, the newest first."""
+    """With no token, signed credentials get the next turns (those whose token failed lately after the
+    others), then raw ones, the newest first in each line."""
     budget = Budget(600, 1)
-    assert await budget.take("a", signed=False)
-    budget.settle("a", spent=True)
+    assert await budget.take("a", signed="dead")
+    budget.settle("a", spent=True, signed="dead")  # remembered as failed
     order: list[str] = []
 
-    async def wait(name: str, *, signed: bool) -> None:
+    async def wait(name: str, signed: str | None) -> None:
         if await budget.take("a", signed=signed):
             order.append(name)
             budget.settle("a", spent=True)
 
     tasks = []
-    for name, signed in (("raw1", False), ("raw2", False), ("signed1", True), ("signed2", True)):
-        tasks.append(asyncio.create_task(wait(name, signed=signed)))
+    lines = [("raw1", None), ("dead1", "dead"), ("raw2", None), ("signed1", "s1"), ("dead2", "dead"), ("signed2", "s2")]
+    for name, signed in lines:
+        tasks.append(asyncio.create_task(wait(name, signed)))
         await asyncio.sleep(0)
     await asyncio.gather(*tasks)
-    assert order == ["signed2", "signed1", "raw2", "raw1"]
+    assert order == ["signed2", "signed1", "dead2", "dead1", "raw2", "raw1"]
+
+
+async def test_a_flood_of_failed_signed_tokens_never_pushes_out_a_fresh_one() -> None:
+    """Finding B of the issue-14 red team: a signed token that failed (a signed-out session's cookie,
+    replayed in any spelling) waits behind signed tokens that have not failed, so a stream of it can
+    neither push a valid session not yet cached out of a full line nor take its turn."""
+    budget = Budget(60, 1, max_wait_s=1.5, max_waiting=4)  # one token a second
+    assert await budget.take("a", signed="dead")
+    budget.settle("a", spent=True, signed="dead")
+    stop = asyncio.Event()
+    waiting: list[asyncio.Task[bool]] = []
+
+    async def flood() -> None:
+        while not stop.is_set():  # a granted turn is never given back: each one failed
+            waiting.append(asyncio.create_task(budget.take("a", signed="dead")))
+            await asyncio.sleep(0.01)
+
+    attacker = asyncio.create_task(flood())
+    await asyncio.sleep(0.3)
+    started = time.monotonic()
+    granted = await budget.take("a", signed="valid")
+    elapsed = time.monotonic() - started
+    stop.set()
+    await attacker
+    await asyncio.gather(*waiting)
+    assert granted
+    assert elapsed < 1.2  # the next token, not the attacker's
 
 
 async def test_a_valid_turn_passes_its_token_on_at_once() -> None:
     """A waiting line moves at lookup speed while lookups find sessions: only failures wait for the refill."""
     budget = Budget(6, 1)  # one token every 10 s
-    assert await budget.take("a", signed=False)
+    assert await budget.take("a", signed=None)
 
     async def valid_lookup() -> bool:
-        granted = await budget.take("a", signed=False)
+        granted = await budget.take("a", signed=None)
         await asyncio.sleep(0.001)  # the lookup, which finds a session
         budget.settle("a", spent=False)
         return granted
@@ -110,12 +141,12 @@ async def test_a_valid_turn_passes_its_token_on_at_once() -> None:
 async def test_waiting_is_bounded_in_time_and_length() -> None:
     """A lookup that gets no turn within max_wait_s, or is pushed out of a full line, is refused (False)."""
     budget = Budget(6, 1, max_wait_s=0.3, max_waiting=2)  # one token every 10 s
-    assert await budget.take("a", signed=False)
+    assert await budget.take("a", signed=None)
     budget.settle("a", spent=True)
-    first = asyncio.create_task(budget.take("a", signed=False))
+    first = asyncio.create_task(budget.take("a", signed=None))
     await asyncio.sleep(0)
-    second = asyncio.create_task(budget.take("a", signed=False))
-    third = asyncio.create_task(budget.take("a", signed=False))
+    second = asyncio.create_task(budget.take("a", signed=None))
+    third = asyncio.create_task(budget.take("a", signed=None))
     assert await asyncio.wait_for(first, 0.1) is False  # pushed out by the third, at once
     started = time.monotonic()
     assert await second is False
@@ -128,7 +159,7 @@ async def test_accounts_are_bounded() -> None:
     budget = Budget(60, 2, max_clients=100)
     for i in range(2000):
         client = f"198.51.{i // 250}.{i % 250}"
-        assert await budget.take(client, signed=False)
+        assert await budget.take(client, signed=None)
         budget.settle(client, spent=True)
     assert len(budget) <= 100
 
@@ -278,3 +309,146 @@ async def test_rotating_x_real_ip_or_ipv6_does_not_escape(
             assert {r.status_code for r in replies} <= {401, 403}
             assert sent_to_postgres(watched, tokens) <= 5 + 2 * elapsed_s + 1, spoof
             await asyncio.sleep(3)  # the bucket refills
+
+
+# --- the red team of issue 14's fixes: findings B, J and M -----------------------------------------
+
+
+def respelled(token: str, n: int) -> str:
+    """The signed cookie of ``token``, the characters the bits of ``n`` pick percent-encoded.
+
+    Better Auth percent-decodes the value first: every one of the 2^32 spellings proves the token.
+    """
+    value = sign(token, SECRET)
+    chars = [f"%{ord(c):02X}" if n >> i & 1 else c for i, c in enumerate(value[:32])]
+    return "better-auth.session_token=" + "".join(chars) + quote(value[32:], safe="")
+
+
+@pytest.mark.parametrize("endpoint", ["/validate", "/v1/validate"])
+async def test_respelled_dead_cookie_floods_lock_out_a_valid_session(
+    db: asyncpg.Connection, database: str, start_gateway: Any, endpoint: str
+) -> None:
+    """Finding B: one signed cookie of a session signed out of, respelled on 90 connections from one
+    address, must not get a valid session not yet cached of that address refused (403/429).
+
+    Keyed by spelling, each respelling missed the negative cache and was a new "signed" lookup that
+    pushed the valid one out of the newest-first line. Now every spelling is one token (one home
+    key, ``tokens.Proof``): remembered as absent after its first lookup, and a token that failed
+    waits behind signed tokens that have not.
+    """
+    user = await seed.create_session(db, await seed.create_user(db, email="user@outsider.test"))
+    dead = await seed.create_session(db, await seed.create_user(db, email="gone@outsider.test"))
+    await db.execute('delete from "session" where token = $1', dead)
+    gw: Server = start_gateway({"DATABASE_URL": database, "GATEWAY_RATE_LIMIT_PER_MINUTE": "60"})
+    stop = asyncio.Event()
+    attempts = 0
+    connections = 90
+
+    async def attacker(c: httpx.AsyncClient, start: int) -> None:
+        nonlocal attempts
+        n = start
+        await asyncio.sleep(start * 2.0 / connections)  # a steady stream, not one wave every max_wait_s
+        while not stop.is_set():
+            n += 7919
+            attempts += 1
+            await c.get(gw.url + "/validate", headers={"cookie": respelled(dead, n % 2**32)})
+
+    async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=100)) as c:
+        flood = [asyncio.create_task(attacker(c, i)) for i in range(connections)]
+        try:
+            await asyncio.sleep(3.0)  # the budget would be spent, the line full of the attacker's
+            r = await c.request(
+                "POST" if endpoint == "/v1/validate" else "GET", gw.url + endpoint, headers=cookie(user)
+            )
+        finally:
+            stop.set()
+            await asyncio.gather(*flood, return_exceptions=True)
+    assert attempts > 100
+    assert r.status_code == 200, (r.status_code, dict(r.headers))
+
+
+def postgres_lookups(metrics: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("gateway_cache_lookups_total") and 'tier="postgres"' in line
+    )
+
+
+async def test_respelled_valid_cookie_does_not_escape_the_lookup_bound(
+    db: asyncpg.Connection, database: str, start_gateway: Any
+) -> None:
+    """Finding J: a valid cookie respelled 300 times from one address was 300 Postgres lookups (valid
+    lookups give their budget token back, so never counted), each spelling a new L1 entry pushing
+    other users' out. Now a respelling of a cached session is an HMAC and a dict lookup: one lookup
+    for all of them, each later one a hit on the home spelling's L1 entry (the only one made)."""
+    token = await seed.create_session(db, await seed.create_user(db, email="mallory@outsider.test"))
+    gw: Server = start_gateway(budgeted(database, l1_max_entries="1000"))
+    n = 300
+    async with httpx.AsyncClient(timeout=10) as c:
+        await asyncio.sleep(0.3)  # a flush of the metrics, for the count before
+        before = postgres_lookups((await c.get(gw.url + "/metrics")).text)
+        for i in range(n):
+            r = await c.get(gw.url + "/validate", headers={"cookie": respelled(token, i + 1)})
+            assert r.status_code == 200
+        assert (await c.get(gw.url + "/validate", headers=cookie(token))).status_code == 200  # its home spelling
+        await asyncio.sleep(0.3)
+        metrics = (await c.get(gw.url + "/metrics")).text
+    lookups = postgres_lookups(metrics) - before
+    print(f"\n{n} respellings of one valid cookie: {lookups:.0f} Postgres lookup(s)")  # noqa: T201  (the measurement)
+    assert lookups == 1
+    assert 'gateway_events_total{event="respelled_hit"} 299.0' in metrics
+
+
+def test_nat64_clients_count_by_their_ipv4_address() -> None:
+    """Finding M: behind a NAT64/SIIT ingress every IPv4 client is ``64:ff9b::a.b.c.d`` (RFC 6052);
+    by the /64 rule they were all one address, one shared failure budget."""
+    budget = Budget(60, 30)
+    assert client_of(budget, "[64:ff9b::203.0.113.7]:5") == "203.0.113.7"
+    assert client_of(budget, "[64:ff9b::198.51.100.9]:5") == "198.51.100.9"
+    assert client_of(budget, "[64:ff9b:1::198.51.100.9]:5") == "64:ff9b:1::/64"  # not the well-known prefix
+
+
+@pytest.mark.parametrize("endpoint", ["/validate", "/v1/validate"])
+async def test_replayed_dead_cookies_never_starve_a_valid_session(
+    db: asyncpg.Connection, database: str, start_gateway: Any, endpoint: str
+) -> None:
+    """Finding B, the budget's half: 25 signed cookies of sessions signed out of (each fails its
+    first lookup within the burst of 30), replayed on 90 connections. With no negative cache (as
+    with enough dead cookies cycled that each comes back after its negative TTL), each replay is a
+    signed lookup, many a second against one a second of refill. Newest-first among all signed
+    credentials, newer ones took the turns of valid sessions not yet cached until they were
+    refused; a token that failed now waits behind signed tokens that have not."""
+    uid = await seed.create_user(db, email="user@outsider.test")
+    users = [await seed.create_session(db, uid) for _ in range(3)]
+    gone = await seed.create_user(db, email="gone@outsider.test")
+    dead = [await seed.create_session(db, gone) for _ in range(25)]
+    await db.execute('delete from "session" where "userId" = $1', gone)
+    env = {"DATABASE_URL": database, "GATEWAY_RATE_LIMIT_PER_MINUTE": "60", "GATEWAY_NEGATIVE_TTL_S": "0"}
+    gw: Server = start_gateway(env)
+    stop = asyncio.Event()
+    refused = 0
+
+    async def attacker(c: httpx.AsyncClient, start: int) -> None:
+        nonlocal refused
+        n = start
+        await asyncio.sleep(start * 1.0 / 90)
+        while not stop.is_set():
+            n += 1
+            r = await c.get(gw.url + "/validate", headers=cookie(dead[n % len(dead)]))
+            refused += r.status_code == 403
+
+    method = "POST" if endpoint == "/v1/validate" else "GET"
+    answers = []
+    async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=100)) as c:
+        flood = [asyncio.create_task(attacker(c, i)) for i in range(90)]
+        try:
+            await asyncio.sleep(3.0)  # the budget spent, the line full of the attacker's
+            for user in users:  # one after the other, each not yet cached
+                r = await c.request(method, gw.url + endpoint, headers=cookie(user))
+                answers.append((r.status_code, r.headers.get("x-auth-reason")))
+        finally:
+            stop.set()
+            await asyncio.gather(*flood, return_exceptions=True)
+    assert refused > 0  # the attacker did run the budget dry
+    assert answers == [(200, None)] * 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from urllib.parse import quote
 
 import pytest
@@ -209,3 +210,31 @@ def test_every_cookie_field_is_read() -> None:
     assert cookie_header(_Fields()) is None  # type: ignore[arg-type]
     assert cookie_header(_Fields("a=1")) == "a=1"  # type: ignore[arg-type]
     assert cookie_header(_Fields("a=1", "b=2; c=3")) == "a=1; b=2; c=3"  # type: ignore[arg-type]
+
+
+def test_every_spelling_of_a_credential_has_one_home_key() -> None:
+    """Red team of issue 14, findings B and J: Better Auth accepts every percent-encoded spelling of
+    a signed value, every spelling of the signature's last character (its two unused bits) and any
+    case of ``Bearer``. After the check, the gateway keys caches by the *home* spelling: the one
+    Better Auth writes (``encodeURIComponent``), or the unencoded one for a value sent without
+    ``%``; so a token has at most two keys per kind, and Better Auth's own spelling is its own."""
+    value = signed()
+    canonical = quote(value, safe="")
+    respelled = "".join(f"%{ord(c):02X}" if i % 3 == 0 else c for i, c in enumerate(value))
+    last = value[-2]  # the 43rd character's 2 low bits carry nothing: 4 spellings decode alike
+    index = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".index(last)
+    sloppy = value[:-2] + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[index ^ 1] + "="
+    assert VERIFIER.token(Credential(sloppy, Kind.cookie, sloppy)) == TOKEN  # the unused bits are ignored
+    lower = re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), canonical)
+    for spelling in (canonical, respelled, quote(sloppy, safe=""), lower):
+        assert VERIFIER.prove(Credential(spelling, Kind.cookie, spelling)) == (TOKEN, canonical)
+    for spelling in (value, sloppy):
+        assert VERIFIER.prove(Credential(spelling, Kind.cookie, spelling)) == (TOKEN, value)
+    for header in (f"Bearer {value}", f"bEaReR   {sloppy} ", f"bearer {value}"):
+        found = find_credential(header, None, None, NAMES)
+        assert found is not None
+        assert VERIFIER.prove(found) == (TOKEN, f"Bearer {value}")
+    assert VERIFIER.prove(header_credential(f" {respelled}")) == (TOKEN, f"x:{canonical}")
+    raw = find_credential(f"BEARER {TOKEN}", None, None, NAMES)
+    assert raw is not None
+    assert VERIFIER.prove(raw) == (TOKEN, f"Bearer {TOKEN}")
