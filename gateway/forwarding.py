@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
-from urllib.parse import parse_qs, unquote_plus
+from urllib.parse import parse_qsl, unquote_plus
 
 from gateway import canonical
 
@@ -48,6 +48,7 @@ class Headers(Protocol):
 
     def get(self, key: str, /) -> str | None: ...  # noqa: D102
     def get_all(self, key: str, /) -> list[str]: ...  # noqa: D102
+    def keys(self) -> list[str]: ...  # noqa: D102
 
 
 class Original(NamedTuple):
@@ -168,7 +169,11 @@ def _from_proxy(proxy: Proxy, path: str, request: Original, headers: Headers) ->
     return _checked(method_, proto, _one(headers, "host"), uri, request.client_ip)
 
 
-_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+_OVERRIDE_HEADERS = frozenset(("x-http-method-override", "x-http-method", "x-method-override"))
+# PHP reads a query name with " " or "." (or an unmatched "[") as "_", may drop leading spaces,
+# and ends it at a NUL: "?.method=DELETE" is $_GET["_method"] (red team, round 2, finding 2).
+# Both readings of a leading space are judged: judging one method too many only refuses.
+_PHP_NAME = str.maketrans(" .[", "___")
 
 
 def method_overrides(uri: str, headers: Headers) -> frozenset[str] | None:
@@ -179,13 +184,21 @@ def method_overrides(uri: str, headers: Headers) -> frozenset[str] | None:
     it as one. The proxies pass the client's headers on to the auth request (nginx's subrequest
     carries them, Caddy and Traefik copy them, Envoy forwards those ``allowed_headers`` names), so
     they are the original request's. An override in a form body is out of sight (README).
+
+    Every spelling an app reads as an override counts: CGI and FastCGI (PHP) name a header
+    ``HTTP_X_HTTP_METHOD_OVERRIDE`` whether it was sent with ``-`` or ``_``, and PHP reads the
+    query names ``.method``, `` method``, ``[method`` as ``_method``.
     """
     names: list[str] = []
-    for header in _OVERRIDE_HEADERS:
-        names += (v for value in headers.get_all(header) for v in value.split(","))
+    for key in headers.keys():  # noqa: SIM118  (RSGIHeaders has keys(), no __iter__)
+        if key.lower().replace("_", "-") in _OVERRIDE_HEADERS:
+            names += (v for value in headers.get_all(key) for v in value.split(","))
     _, mark, query = uri.partition("?")
-    if mark and "_method" in unquote_plus(query):
-        names += parse_qs(query, keep_blank_values=True).get("_method", [])
+    if mark and "method" in unquote_plus(query):
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            name = key.split("\0", 1)[0]
+            if "_method" in (name.translate(_PHP_NAME), name.lstrip(" ").translate(_PHP_NAME)):
+                names.append(value)
     # An empty value overrides nothing anywhere; anything else must be a method.
     methods = frozenset(name.strip().upper() for name in names if name.strip())
     return None if any(canonical.method(m) is None for m in methods) else methods

@@ -113,8 +113,12 @@ def _domain_matches(domain: str, allowed: str) -> bool:
 
 
 def _host_matches(hostname: str, rule_host: str) -> bool:
-    """``.example.com`` is example.com and its subdomains (nginx's ``server_name``); else the name."""
-    return _domain_matches(hostname, rule_host) or hostname == rule_host[1:]
+    """``.example.com`` is example.com and its subdomains (nginx's ``server_name``); else the name.
+
+    Only a leading-dot rule also covers its name without the dot: ``public.example.com`` does not
+    cover ``ublic.example.com`` (red team, round 2, finding 1).
+    """
+    return _domain_matches(hostname, rule_host) or (rule_host.startswith(".") and hostname == rule_host[1:])
 
 
 def _prefix_matches(path: str, prefix: str) -> bool:

@@ -25,6 +25,9 @@ class Headers:
     def get_all(self, key: str) -> list[str]:
         return [v for k, v in self._pairs if k == key]
 
+    def keys(self) -> list[str]:
+        return [k for k, _ in self._pairs]
+
 
 def ask(
     proxy: Proxy = "",
@@ -498,3 +501,77 @@ def test_query_policy_and_rule_both_apply() -> None:
     assert anonymous is not None
     assert policy.both(anonymous, PUBLIC).allow_anonymous
     assert not policy.both(anonymous, INTERNAL).allow_anonymous
+
+
+HOST_RULES = """
+[[rules]]
+host = "public.example.com"
+allow_anonymous = true
+
+[[rules]]
+host = ".example.com"
+allowed_roles = ["admin"]
+"""
+
+
+def test_a_host_rule_covers_only_the_host_it_names(tmp_path: Path) -> None:
+    """Red team, round 2, finding 1: ``public.example.com`` (anonymous) covered ``ublic.example.com``.
+
+    ``_host_matches`` compared ``hostname == rule_host[1:]`` for every rule, dotted or not: on a
+    deployment serving ``*.example.com``, that host got the anonymous rule instead of the admins-only
+    rule that names it.
+    """
+    path = tmp_path / "rules.toml"
+    path.write_text(HOST_RULES)
+    rules = policy.load_rules(str(path))
+    for host, rule in (
+        ("public.example.com", 0),  # control
+        ("PUBLIC.example.com.", 0),
+        ("ublic.example.com", 1),
+        ("other.example.com", 1),
+        ("example.com", 1),  # the leading-dot rule covers its name without the dot
+    ):
+        assert rules.for_request(Original("GET", "https", host, "/x", "1.1.1.1")) is rules.rules[rule], host
+    for host in ("xexample.com", "ublic.example.co", "example.org"):
+        assert rules.for_request(Original("GET", "https", host, "/x", "1.1.1.1")) is policy.DEFAULT, host
+    through_nginx = ask("nginx", ("X-Original-URL", "https://ublic.example.com/x"), ("X-Original-Method", "GET"))
+    assert through_nginx is not None
+    assert rules.for_request(through_nginx) is rules.rules[1]
+
+
+@pytest.mark.parametrize(
+    ("uri", "pairs"),
+    [
+        # PHP turns "." and " " (and an unmatched "[") in a query name into "_" before Symfony or
+        # Laravel read $_GET: ?.method=DELETE is $_GET["_method"], run as a DELETE.
+        ("/items/7?.method=DELETE", ()),
+        ("/items/7?+method=DELETE", ()),
+        ("/items/7?%20method=DELETE", ()),
+        ("/items/7?%2Emethod=DELETE", ()),
+        ("/items/7?[method=DELETE", ()),
+        ("/items/7?%5Bmethod=DELETE", ()),
+        ("/items/7?a=1&+_method=DELETE", ()),  # PHP drops a leading space
+        ("/items/7?_method%00x=DELETE", ()),  # and ends a name at a NUL
+        # CGI/FastCGI turns "-" and "_" alike into "_": PHP sees HTTP_X_HTTP_METHOD_OVERRIDE.
+        ("/items/7", (("X_HTTP_METHOD_OVERRIDE", "DELETE"),)),
+        ("/items/7", (("x-http_method-override", "DELETE"),)),
+        ("/items/7", (("X_HTTP_METHOD", "DELETE"),)),
+        ("/items/7", (("X_Method_Override", "DELETE"),)),
+    ],
+)
+def test_every_spelling_php_reads_as_an_override_is_judged(
+    tmp_path: Path, uri: str, pairs: tuple[tuple[str, str], ...]
+) -> None:
+    """Red team, round 2, finding 2: ``method_overrides`` looked for the literal ``_method`` only."""
+    path = tmp_path / "rules.toml"
+    path.write_text(OVERRIDE_RULES)
+    rules = policy.load_rules(str(path))
+    original = ask("nginx", ("X-Original-URL", f"https://app.test{uri}"), ("X-Original-Method", "POST"), *pairs)
+    assert original is not None
+    assert original.methods == {"POST", "DELETE"}
+    assert rules.for_request(original) is None  # POST and DELETE, two rules: refused, never the POST alone
+    # Names PHP reads as another variable are no override.
+    for other in ("?_method[]=DELETE", "?_method[x]=DELETE", "?_METHOD=DELETE", "?x.method=DELETE", "?q=.method"):
+        plain = ask("nginx", ("X-Original-URL", f"https://app.test/items/7{other}"), ("X-Original-Method", "POST"))
+        assert plain is not None
+        assert plain.methods == {"POST"}, other

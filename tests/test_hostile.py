@@ -115,6 +115,9 @@ class _Headers:
     def get_all(self, key: str) -> list[str]:
         return [self._values[key]] if key in self._values else []
 
+    def keys(self) -> list[str]:
+        return list(self._values)
+
 
 @SLOW
 @given(

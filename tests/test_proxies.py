@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import re
@@ -117,11 +118,18 @@ def start_nginx(tmp: Path, gateway: int, app: int, *, strip: bool = False) -> tu
     return proc, port
 
 
-def start_caddy(tmp: Path, gateway: int, app: int, *, strip: bool = False) -> tuple[subprocess.Popen[bytes], int]:
+REMOTE = "Remote-User Remote-Email Remote-Name Remote-Groups"
+
+
+def start_caddy(
+    tmp: Path, gateway: int, app: int, *, strip: bool = False, remote: bool = False
+) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     text = from_example((EXAMPLES / "caddy" / "Caddyfile").read_text(), gateway, app)
     if strip:  # as the Caddyfile's comment says to
         text = text.replace("copy_headers X-Auth", "copy_headers Cookie Authorization X-Session-Token X-Auth")
+    if remote:  # with GATEWAY_REMOTE_HEADERS=true, as the Caddyfile's comment says to
+        text = re.sub(r"^(\s*copy_headers .+)$", rf"\1 {REMOTE}", text, flags=re.MULTILINE)
     (tmp / "Caddyfile").write_text("{\n\tadmin off\n\tauto_https off\n}\n\n" + text.replace(":8081 {", f":{port} {{"))
     env = os.environ | {"HOME": str(tmp), "XDG_DATA_HOME": str(tmp), "XDG_CONFIG_HOME": str(tmp)}
     log = tmp / "caddy.log"
@@ -821,7 +829,8 @@ async def test_forged_identity_header_never_reaches_the_app(
     Remote-User, ...) never reaches the app, signed in or on an anonymous route, with
     GATEWAY_REMOTE_HEADERS on or off (red team G: nginx and Caddy let -Role and Remote-* through)."""
     env = {"GATEWAY_REMOTE_HEADERS": "true"} if remote else {}
-    with behind(kind, tmp_path, database, app, **env) as port:
+    start = functools.partial(start_caddy, remote=True) if kind == "caddy" and remote else None
+    with behind(kind, tmp_path, database, app, start=start, **env) as port:
         for who, cookie, target in (("user", seeded.user, "/private/x"), ("anon", "", "/public/x")):
             marker = f"{kind} {remote} {who}"
             headers = [("Host", "app.test"), ("X-Marker", marker)]
@@ -832,6 +841,9 @@ async def test_forged_identity_header_never_reaches_the_app(
             seen = app.seen[marker]["headers"]  # type: ignore[attr-defined]
             forged = sorted(h for h in every_identity_header() if seen.get(h) == "forged-admin")
             assert not forged, f"{kind} ({who}): the app got the client's {forged}"
+            if cookie:  # control: the gateway's own values do arrive (Remote-* only when sent)
+                assert seen.get("x-auth-request-email") == "mallory@outsider.test"
+                assert seen.get("remote-email", "") == ("mallory@outsider.test" if remote else "")
 
 
 @pytest.mark.parametrize("kind", ["nginx", "caddy"])
@@ -873,10 +885,21 @@ def test_every_example_overwrites_every_identity_header() -> None:
     assert {h: set_to.get(h) for h in headers} == {h: h.replace("-", "_") for h in headers}, "nginx identity.conf"
 
     caddyfile = (EXAMPLES / "caddy" / "Caddyfile").read_text()
+    # Every identity header is removed from the client's request, before forward_auth (at the
+    # site's level: inside a handle block Caddy runs request_header after forward_auth) ...
+    snippet, site = caddyfile.split("(strip_identity) {", 1)[1].split("\n}\n", 1)
+    stripped = re.findall(r"^\trequest_header -(\S+)$", snippet, re.MULTILINE)
+    assert {h.lower() for h in stripped} >= set(headers), "Caddyfile strip_identity"
+    assert re.findall(r"^\t(import strip_identity|handle)\b", site, re.MULTILINE)[:1] == ["import strip_identity"]
+    assert site.count("import strip_identity") == 1
+    # ... and those the gateway sends on every 200 by default are copied from its answer, and only
+    # those: Caddy 2.6 sets one it did not send to the placeholder's text (red team, round 2, 5).
+    sent = {header for _, header in responses.Identity().names}
     copies = re.findall(r"^\s*copy_headers (.+)$", caddyfile, re.MULTILINE)
     assert len(copies) == len(re.findall(r"^\s*forward_auth ", caddyfile, re.MULTILINE)) == 2
     for line in copies:
-        assert {h.lower() for h in line.split()} >= set(headers), "Caddyfile copy_headers"
+        assert {h.lower() for h in line.split()} == sent, "Caddyfile copy_headers"
+    assert f"add {REMOTE} to copy_headers" in " ".join(caddyfile.replace("#", " ").split())
 
     dynamic = (EXAMPLES / "traefik" / "dynamic.yml").read_text()
     regexes = re.findall(r'^\s*authResponseHeadersRegex: "(.+)"$', dynamic, re.MULTILINE)
@@ -1073,3 +1096,55 @@ async def while_flooding(kind: str, port: int, dead: list[str], cookie: str) -> 
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
     return refused, status
+
+
+HOST_RULES = """
+[[rules]]
+host = "public.example.com"
+allow_anonymous = true
+
+[[rules]]
+host = ".example.com"
+allowed_roles = ["admin"]
+"""
+
+
+@pytest.mark.parametrize("kind", list(PROXIES))
+async def test_a_host_rule_covers_only_its_host_through_real_proxies(
+    kind: str, tmp_path: Path, database: str, app: ThreadingHTTPServer
+) -> None:
+    """Red team, round 2, finding 1, end to end: ``Host: ublic.example.com`` passed anonymously by
+    the rule for ``public.example.com``, past the admins-only rule for every other ``.example.com``."""
+    async with asyncpg.create_pool(database, min_size=1, max_size=1) as pool, pool.acquire() as conn:
+        await seed.create_schema(conn)
+    with behind(kind, tmp_path, database, app, HOST_RULES) as port:
+        named = [("Host", "public.example.com"), ("X-Marker", "named")]
+        assert await ask(port, "GET", "/x", named) == 200  # control: the anonymous rule
+        other = [("Host", "other.example.com"), ("X-Marker", "other")]
+        assert await ask(port, "GET", "/x", other) == 401  # control: the admins-only rule
+        trick = [("Host", "ublic.example.com"), ("X-Marker", "trick")]
+        status = await ask(port, "GET", "/x", trick)
+        assert (status, "trick" in app.seen) == (401, False), f"{kind}: the app served ublic.example.com"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["plain", "remote-headers"])
+async def test_caddy_sends_the_app_no_unresolved_placeholder_as_an_identity(
+    remote: bool, tmp_path: Path, database: str, app: ThreadingHTTPServer, seeded: Seeded
+) -> None:
+    """Red team, round 2, finding 5: examples/caddy copied ``Remote-*`` from the auth answer; with
+    GATEWAY_REMOTE_HEADERS off (the default) the gateway sends none, and Caddy 2.6 set each to its
+    placeholder's text: the app got ``Remote-User: {http.reverse_proxy.header.Remote-User}``, the
+    same non-empty "user" for every request, signed in or not. Checked as the example says to run
+    it, in both modes."""
+    env = {"GATEWAY_REMOTE_HEADERS": "true"} if remote else {}
+    start = functools.partial(start_caddy, remote=True) if remote else None
+    with behind("caddy", tmp_path, database, app, start=start, **env) as port:
+        for who, cookie, target in (("anonymous", "", "/public/x"), ("user", seeded.user, "/private/x")):
+            headers = [("Host", "app.test"), ("X-Marker", who)] + ([("Cookie", cookie)] if cookie else [])
+            assert await ask(port, "GET", target, headers) == 200
+            seen = app.seen[who]["headers"]  # type: ignore[attr-defined]
+            for name in every_identity_header():
+                assert "{" not in seen.get(name, ""), f"{who}, {name}: {seen.get(name)!r}"
+            for name in ("remote-user", "remote-email", "remote-name", "remote-groups"):
+                assert seen.get(name, "") == "" or (remote and who == "user"), f"{who}, {name}: {seen.get(name)!r}"
+            assert bool(seen.get("remote-user")) == (remote and who == "user")  # control: the variant's
