@@ -27,6 +27,8 @@ import msgspec
 _JS_SAFE = 2**53  # beyond this, JavaScript's numbers are no longer exact integers
 # A run of 16 digits may be an integer past 2**53 (or a long fraction: the careful path is right for both).
 _LONG_DIGITS = re.compile(r"[0-9]{16}")
+# A \uXXXX escape of a surrogate: msgspec refuses an unpaired one, json.loads keeps it in the str.
+_LONE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
 _UTC = dt.UTC
 _PG_EPOCH = dt.datetime(2000, 1, 1, tzinfo=_UTC)  # asyncpg's "tuple" format counts from here
 _PG_EPOCH_S = 946_684_800
@@ -95,11 +97,22 @@ def decode_json(text: str, _decode: Any = msgspec.json.decode, _search: Any = _L
 
 
 def _careful(text: str) -> Any:
-    """The slow path: numbers as JavaScript's doubles, and the text itself when nothing can read it."""
+    r"""The slow path: numbers as JavaScript's doubles, and the text itself when nothing can read it.
+
+    ``json.loads`` reads an unpaired surrogate escape (``"\ud800"``, which ``json`` keeps
+    verbatim and ``JSON.parse`` accepts) into a str no encoder can write (UTF-8 has no form for
+    it): such a document is kept as its text too, as Better Auth answers it.
+    """
     try:
-        return json.loads(text, parse_int=_js_int)
+        value = json.loads(text, parse_int=_js_int)
     except (RecursionError, ValueError):
         return RawJSON(text)
+    if _LONE_SURROGATE.search(text) is not None:
+        try:
+            msgspec.json.encode(value)
+        except (RecursionError, UnicodeEncodeError, msgspec.EncodeError):
+            return RawJSON(text)
+    return value
 
 
 def _js_int(text: str) -> int | float:
@@ -134,15 +147,21 @@ def encode_timestamp(value: dt.datetime) -> tuple[int]:
 
 
 def decode_date(value: tuple[int]) -> dt.date | str | None:
-    """A ``date`` in asyncpg's ``tuple`` format (days since 2000-01-01); a far one as JavaScript writes its year."""
+    """A ``date`` in asyncpg's ``tuple`` format (days since 2000-01-01); a far one as ``toISOString()`` writes it.
+
+    node-postgres reads a ``date`` as a JavaScript ``Date`` at *local* midnight, so Better Auth
+    answers ``"2020-01-01T00:00:00.000Z"`` when its process runs in UTC, and a moment on the
+    day before (or the same day) elsewhere: its answer depends on its time zone, the gateway's
+    does not. The gateway answers as a Better Auth in UTC does (``store.json_value`` writes a
+    ``datetime.date`` so too).
+    """
     days = value[0]
     if days in _DATE_INFINITY:
         return dt.date.max if days > 0 else dt.date.min
     try:
         return _PG_EPOCH_DATE + dt.timedelta(days=days)
     except OverflowError:
-        iso = js_iso((days * 86_400 + _PG_EPOCH_S) * 1000)
-        return None if iso is None else iso[: iso.index("T")]
+        return js_iso((days * 86_400 + _PG_EPOCH_S) * 1000)
 
 
 def encode_date(value: dt.date) -> tuple[int]:

@@ -293,8 +293,8 @@ def json_value(value: Any) -> Any:
         return value
     if isinstance(value, dt.datetime):
         return iso_string(value)
-    if isinstance(value, dt.date):
-        return value.isoformat()
+    if isinstance(value, dt.date):  # node-postgres reads a date as a Date at midnight: see decode_date
+        return value.isoformat() + "T00:00:00.000Z"
     if isinstance(value, FarTime):
         return value.iso()
     if isinstance(value, str | bool | int | float | dict | list):  # subclasses

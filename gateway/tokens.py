@@ -46,6 +46,7 @@ _LEGACY_TOKEN = re.compile(r"[A-Za-z0-9_\-]{1,255}")
 _TOKEN_LENGTH = 32  # generateId(32): always the length of a Better Auth >= 1.0 session token
 _SIGNATURE_LENGTH = 44  # standard base64 of 32 bytes, with its one '=' of padding
 _BEARER = "bearer "
+_COOKIE_KEY = ";"  # no cookie value contains one, and no key of another kind starts with one
 
 
 class Kind(enum.IntEnum):
@@ -61,9 +62,12 @@ class Credential(NamedTuple):
 
     ``key`` determines the outcome of the check by itself (it embeds the kind), so the
     in-process cache can be keyed on it and a hit needs no HMAC: only values that passed the
-    check are ever stored under their key. The key spaces of the kinds cannot overlap: a
-    bearer key starts with ``Bearer `` and a header key with ``x:``, which no valid cookie
-    value can.
+    check are ever stored under their key. The key spaces of the kinds cannot overlap, whatever
+    the client sends: a bearer key is the Authorization field itself, which starts with
+    ``bearer `` in some case; a header key starts with ``x:``; a cookie key starts with ``;``,
+    which neither of those can, and which no cookie value can contain (``cookie_pairs`` ends a
+    value there), so a cookie spelled as another kind's key (``Bearer <signed>``, ``x:<token>``,
+    or a raw token its kind accepts unsigned) never reaches another kind's entry.
     """
 
     key: str
@@ -86,14 +90,18 @@ def find_credential(
     if session_header:
         return header_credential(session_header)
     if cookie is not None:
-        found = (
-            _remembered_cookie_value(cookie, cookie_names)
+        return (
+            _remembered_cookie_credential(cookie, cookie_names)
             if len(cookie) <= _MEMO_MAX
-            else cookie_value(cookie, cookie_names)
+            else cookie_credential(cookie, cookie_names)
         )
-        if found:
-            return Credential(found, Kind.cookie, found)
     return None
+
+
+def cookie_credential(header: str, names: tuple[str, ...]) -> Credential | None:
+    """The session cookie of a Cookie header as a credential (its key: ``Credential``), or ``None``."""
+    found = cookie_value(header, names)
+    return Credential(_COOKIE_KEY + found, Kind.cookie, found) if found else None
 
 
 def header_credential(value: str) -> Credential:
@@ -155,7 +163,8 @@ def cookie_value(header: str, names: tuple[str, ...]) -> str | None:
 # parsing it costs 1-2 µs, remembering the answer about 0.2. Bounded in entries and in the
 # length of what is remembered, so forged headers cannot grow it.
 _MEMO_MAX = 2048
-_remembered_cookie_value = functools.lru_cache(maxsize=4096)(cookie_value)
+# The credential is remembered whole (immutable), so a cookie's key costs the hit path nothing.
+_remembered_cookie_credential = functools.lru_cache(maxsize=4096)(cookie_credential)
 
 
 def decode_uri_component(value: str) -> str:
@@ -189,7 +198,7 @@ def _encode(signed: str) -> str:
     return signed.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
 
 
-_PREFIX = {Kind.cookie: "", Kind.bearer: "Bearer ", Kind.header: "x:"}
+_PREFIX = {Kind.cookie: _COOKIE_KEY, Kind.bearer: "Bearer ", Kind.header: "x:"}
 
 
 class Verifier:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -211,5 +212,91 @@ async def test_what_a_user_writes_through_better_auth_is_answered_as_better_auth
             else:
                 assert ours.json()["user"][field] == theirs.json()["user"][field]
         assert "Traceback" not in server.output()
+    finally:
+        peer.stop()
+
+
+async def test_a_lone_surrogate_in_a_json_column_is_answered_as_better_auth_does(
+    node_modules: Path,
+    database: str,
+    redis_url: str,
+    redis_prefix: str,
+    start_gateway: Any,
+    ba_client: httpx.AsyncClient,
+) -> None:
+    """Red team, round 2, finding 4: a ``json`` field (Better Auth accepts a ``json`` column as well
+    as ``jsonb`` for it) keeps ``"\\ud800"`` verbatim. The user writes it through update-user;
+    Better Auth answers it (200, ``JSON.stringify`` escapes it); ``column_values.decode_json`` made
+    it a Python str with a lone surrogate, which no encoder (the JSON answer, Redis's msgpack) can
+    write: a 500. It is now kept as its text, answered verbatim, from Postgres every time.
+    """
+    options = {"user": {"additionalFields": {"prefs": {"type": "json", "required": False}}}}
+    peer = BetterAuth(database, env={"PLUGINS": "", "OPTIONS": json.dumps(options)})
+    try:
+        signed_up = await peer.sign_up(ba_client, "surrogate@example.com")
+        conn = await asyncpg.connect(database)
+        try:
+            await conn.execute('alter table "user" alter column prefs type json using prefs::text::json')
+        finally:
+            await conn.close()
+        session_cookie = {"cookie": signed_up.headers["set-cookie"].split(";", 1)[0]}
+        update = await ba_client.post(
+            peer.url + "/api/auth/update-user",
+            content='{"prefs": {"note": "\\ud800"}}',
+            headers=session_cookie | {"origin": peer.origin, "content-type": "application/json"},
+        )
+        assert update.status_code == 200, update.text
+        theirs = await ba_client.get(peer.url + "/api/auth/get-session", headers=session_cookie)
+        assert theirs.status_code == 200
+        assert '"prefs":{"note":"\\ud800"}' in theirs.text
+        env = {
+            "DATABASE_URL": database,
+            "REDIS_URL": redis_url,
+            "GATEWAY_REDIS_PREFIX": redis_prefix,
+            "GATEWAY_USER_ADDITIONAL_FIELDS": "prefs",
+            "GATEWAY_LISTEN": "false",  # no startup flush racing the first lookup's Redis write
+        }
+        server = start_gateway(env)
+        for _ in range(2):
+            ours = await ba_client.get(server.url + "/api/auth/get-session", headers=session_cookie)
+            assert ours.status_code == 200, f"Better Auth answers 200, the gateway {ours.status_code}"
+            assert '"note":"\\ud800"' in ours.text
+            v = await ba_client.get(server.url + "/validate", headers=session_cookie)
+            assert v.status_code == 200
+        assert "Traceback" not in server.output()
+    finally:
+        peer.stop()
+
+
+async def test_a_date_column_is_answered_as_better_auth_does(
+    node_modules: Path, database: str, start_gateway: Any, ba_client: httpx.AsyncClient
+) -> None:
+    """Red team, round 2, finding 6: Better Auth accepts a ``date`` column for a ``date`` field
+    (``get-migration``'s postgres types: timestamptz, timestamp, date). node-postgres reads a
+    ``date`` as a JavaScript ``Date`` at local midnight, so a Better Auth in UTC answers
+    ``"2020-01-01T00:00:00.000Z"``; the gateway answered ``"2020-01-01"``."""
+    options = {"user": {"additionalFields": {"birthday": {"type": "date", "required": False}}}}
+    peer = BetterAuth(database, env={"PLUGINS": "", "OPTIONS": json.dumps(options), "TZ": "UTC"})
+    try:
+        signed_up = await peer.sign_up(ba_client, "birthday@example.com")
+        conn = await asyncpg.connect(database)
+        try:
+            await conn.execute('alter table "user" alter column birthday type date')
+        finally:
+            await conn.close()
+        session_cookie = {"cookie": signed_up.headers["set-cookie"].split(";", 1)[0]}
+        update = await ba_client.post(
+            peer.url + "/api/auth/update-user",
+            json={"birthday": "2020-01-01"},
+            headers=session_cookie | {"origin": peer.origin},
+        )
+        assert update.status_code == 200, update.text
+        theirs = await ba_client.get(peer.url + "/api/auth/get-session", headers=session_cookie)
+        assert theirs.status_code == 200
+        assert theirs.json()["user"]["birthday"] == "2020-01-01T00:00:00.000Z"
+        server = start_gateway({"DATABASE_URL": database, "GATEWAY_USER_ADDITIONAL_FIELDS": "birthday"})
+        ours = await ba_client.get(server.url + "/api/auth/get-session", headers=session_cookie)
+        assert ours.status_code == 200
+        assert ours.json()["user"]["birthday"] == theirs.json()["user"]["birthday"]
     finally:
         peer.stop()

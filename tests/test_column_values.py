@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
-from gateway.column_values import RawJSON, decode_json, decode_timestamp, js_iso, object_members
+from gateway.column_values import RawJSON, decode_date, decode_json, decode_timestamp, js_iso, object_members
 
 DEEP = "[" * 1500 + "]" * 1500
 
@@ -28,6 +29,42 @@ def test_json_numbers_are_javascripts_doubles(text: str, expected: object) -> No
 
 def test_json_too_deep_for_python_is_kept_as_text() -> None:
     assert decode_json(DEEP) == RawJSON(DEEP)
+
+
+@pytest.mark.parametrize("text", ['{"note": "\\ud800"}', '["\\udfff x"]', '"a\\uDBFFb"'])
+def test_json_with_a_lone_surrogate_is_kept_as_text(text: str) -> None:
+    """``json.loads`` reads an unpaired surrogate into a str no encoder writes: kept as text (as
+    ``JSON.stringify`` writes it back, escaped) rather than failing every answer that carries it."""
+    assert decode_json(text) == RawJSON(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"note": "\\ud83d\\ude00"}', {"note": "\U0001f600"}),  # a pair: one character
+        ('{"note": "\\\\ud800"}', {"note": "\\ud800"}),  # an escaped backslash, then letters
+    ],
+    ids=["pair", "escaped backslash"],
+)
+def test_json_without_a_lone_surrogate_is_decoded(text: str, expected: object) -> None:
+    value = decode_json(text)
+    assert value == expected
+    msgspec.json.encode(value)
+
+
+@pytest.mark.parametrize(
+    ("days", "expected"),
+    [
+        (7305, "2020-01-01"),
+        (2**31 - 1, "9999-12-31"),  # 'infinity', as asyncpg's own codec
+        (2_921_940, "+010000-01-01T00:00:00.000Z"),  # past datetime: new Date(...).toISOString()
+        (-730_485, "0000-01-01T00:00:00.000Z"),  # 1 BC
+    ],
+    ids=["2020", "infinity", "year 10000", "year 0"],
+)
+def test_dates_decode_as_javascript_reads_them(days: int, expected: str) -> None:
+    decoded = decode_date((days,))
+    assert (decoded if isinstance(decoded, str) else str(decoded)) == expected
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 
 from gateway import seed
 from gateway.tokens import sign
-from tests.conftest import ROOT, SECRET
+from tests.conftest import ROOT, SECRET, seed_sessions
 
 if TYPE_CHECKING:
     import asyncpg
@@ -245,3 +245,28 @@ async def test_hit_path_keeps_better_auths_credential_rules(
     assert r.status_code == 200  # another scheme is not Better Auth's: the cookie counts
     r = await client.get(gw.url + "/validate", headers={"authorization": "bEaReR " + sign(token, SECRET)})
     assert r.status_code == 200
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+async def test_a_cookie_spelled_as_another_kinds_key_is_no_l1_hit(
+    signed: bool, database: str, start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """A cookie's value can be spelled as another kind's cache key (``Bearer <value>``,
+    ``x:<value>``); once the bearer (or ``X-Session-Token``) was checked and cached, that cookie
+    must not hit its entry: Better Auth reads it as the token ``Bearer <token>``, whose check fails
+    (red team, round 2, finding 3). Unsigned, the raw token is accepted as a bearer but never as a
+    cookie. Both the hit path (``/validate``) and the decider (``get-session``) are asked."""
+    (token,) = await seed_sessions(database, 1)
+    gw = start_gateway({"DATABASE_URL": database})
+    value = sign(token, SECRET) if signed else token
+    for kind, first in (("Bearer ", {"authorization": f"Bearer {value}"}), ("x:", {"x-session-token": value})):
+        forged = {"cookie": f"better-auth.session_token={kind}{value}"}
+        r = await client.get(gw.url + "/validate", headers=forged)
+        assert r.status_code == 401  # control: not cached yet, the check refuses it
+        r = await client.get(gw.url + "/validate", headers=first)
+        assert r.status_code == 200  # cached under its home key
+        r = await client.get(gw.url + "/validate", headers=forged)
+        assert r.status_code == 401, kind  # before: 200 from the L1
+        r = await client.get(gw.url + "/api/auth/get-session", headers=forged)
+        assert r.status_code == 200
+        assert r.json() is None, kind

@@ -382,3 +382,27 @@ async def test_timestamps_outside_pythons_range_as_javascript_renders_them(
         found = await res.store.fetch_many([token, far])
         assert found[token].user["birthday"] == answered
         assert found[far].expires_at == 253402300800.0  # year 10000: a session that is valid
+
+
+@pytest.mark.parametrize(
+    ("stored", "answered"),
+    [
+        ("'2020-01-01'", "2020-01-01T00:00:00.000Z"),
+        ("'10000-01-01'", "+010000-01-01T00:00:00.000Z"),
+        ("'0001-01-01 BC'", "0000-01-01T00:00:00.000Z"),
+    ],
+    ids=["2020", "year 10000", "year 0"],
+)
+async def test_a_date_column_reads_as_a_better_auth_in_utc_answers_it(
+    db: asyncpg.Connection, gateway: Open, stored: str, answered: str
+) -> None:
+    """Red team, round 2, finding 6: node-postgres reads a ``date`` as a ``Date`` at local midnight,
+    so Better Auth (in UTC) answers a timestamp, not a bare date; far years as ``toISOString()``."""
+    await db.execute('alter table "user" add column birthday date')
+    user = await seed.create_user(db, email="day@example.com")
+    await db.execute(f'update "user" set birthday = {stored} where id = $1', user)  # noqa: S608  (constants)
+    token = await seed.create_session(db, user)
+    async with gateway(user_additional_fields="birthday") as res:
+        assert res.store is not None
+        found = await res.store.fetch_many([token])
+        assert found[token].user["birthday"] == answered

@@ -46,7 +46,7 @@ def test_live_better_auth_cookie_verifies() -> None:
     value = quote(signed(), safe="")
     assert "%3D" in value
     cred = find_credential(None, None, f"better-auth.session_token={value}", NAMES)
-    assert cred == Credential(value, Kind.cookie, value)
+    assert cred == Credential(";" + value, Kind.cookie, value)
     assert VERIFIER.token(cred) == TOKEN
 
 
@@ -190,6 +190,29 @@ def test_keys_of_different_kinds_never_collide() -> None:
     assert len({bearer.key, header.key, cookie.key}) == 3
 
 
+@pytest.mark.parametrize("value", [TOKEN, signed()], ids=["raw", "signed"])
+def test_a_cookie_never_has_another_kinds_key(value: str) -> None:
+    """A cookie spelled as another kind's key (``Bearer <value>``, ``x:<value>``) has a key of
+    its own, as sent and once proved: no cookie key is ever a bearer's or a header's."""
+    for spelled, other in (
+        (f"Bearer {value}", find_credential(f"Bearer {value}", None, None, NAMES)),
+        (f"x:{value}", header_credential(value)),
+    ):
+        cookie = find_credential(None, None, f"better-auth.session_token={spelled}", NAMES)
+        assert cookie is not None
+        assert other is not None
+        assert cookie.key != other.key
+        proof = VERIFIER.prove(other)
+        assert not isinstance(proof, Reason)
+        assert cookie.key != proof.key
+    cookie = find_credential(None, None, f"better-auth.session_token={signed()}", NAMES)
+    assert cookie is not None
+    proof = VERIFIER.prove(cookie)
+    assert not isinstance(proof, Reason)
+    assert cookie.key == proof.key  # the home of a cookie spelled as Better Auth writes it is its key
+    assert proof.key.startswith(";")
+
+
 def test_many_cookies() -> None:
     """A header with thousands of cookies is parsed without error, and the right one found."""
     header = "; ".join(f"c{i}=v{i}" for i in range(5000)) + "; better-auth.session_token=found"
@@ -227,9 +250,9 @@ def test_every_spelling_of_a_credential_has_one_home_key() -> None:
     assert VERIFIER.token(Credential(sloppy, Kind.cookie, sloppy)) == TOKEN  # the unused bits are ignored
     lower = re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), canonical)
     for spelling in (canonical, respelled, quote(sloppy, safe=""), lower):
-        assert VERIFIER.prove(Credential(spelling, Kind.cookie, spelling)) == (TOKEN, canonical)
+        assert VERIFIER.prove(Credential(spelling, Kind.cookie, spelling)) == (TOKEN, ";" + canonical)
     for spelling in (value, sloppy):
-        assert VERIFIER.prove(Credential(spelling, Kind.cookie, spelling)) == (TOKEN, value)
+        assert VERIFIER.prove(Credential(spelling, Kind.cookie, spelling)) == (TOKEN, ";" + value)
     for header in (f"Bearer {value}", f"bEaReR   {sloppy} ", f"bearer {value}"):
         found = find_credential(header, None, None, NAMES)
         assert found is not None
