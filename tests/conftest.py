@@ -358,3 +358,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         detail = ", ".join(f"{name} {n}" for name, n in counts)
         total = sum(n for _, n in counts)
         terminalreporter.write_line(f"differential suite vs the real Better Auth: {total} cases ({detail})")
+
+
+@pytest.fixture
+async def stranger(db: asyncpg.Connection, database: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection as a role that may only connect: no privilege on any table (NOTIFY needs none)."""
+    role = "gw_stranger_" + seed.generate_id(6).lower()
+    await db.execute(f"create role {role} login password 'stranger'")
+    parts = urlsplit(database)
+    dsn = urlunsplit(parts._replace(netloc=f"{role}:stranger@{parts.hostname}:{parts.port}"))
+    conn = await asyncpg.connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+        await db.execute(f"drop role {role}")

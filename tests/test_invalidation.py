@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -271,21 +270,6 @@ async def test_every_worker_refuses_after_revocation(
     assert await statuses(gw.url, cookie(token)) == {401}
     await asyncio.sleep(0.5)
     assert await statuses(gw.url, cookie(token)) == {401}  # and never accepted again
-
-
-@pytest.fixture
-async def stranger(db: asyncpg.Connection, database: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection as a role that may only connect: no privilege on any table."""
-    role = "gw_stranger_" + seed.generate_id(6).lower()
-    await db.execute(f"create role {role} login password 'stranger'")
-    parts = urlsplit(database)
-    dsn = urlunsplit(parts._replace(netloc=f"{role}:stranger@{parts.hostname}:{parts.port}"))
-    conn = await asyncpg.connect(dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-        await db.execute(f"drop role {role}")
 
 
 async def test_a_forged_flush_is_ignored(

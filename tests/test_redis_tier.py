@@ -6,9 +6,7 @@ import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
@@ -25,6 +23,8 @@ from tests.conftest import SECRET, eventually, install_triggers
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Mapping, Sequence
     from contextlib import AbstractAsyncContextManager
+
+    import asyncpg
 
     from gateway.sessions import Session
     from gateway.store import Store
@@ -64,21 +64,6 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-@pytest.fixture
-async def stranger(db: asyncpg.Connection, database: str) -> AsyncIterator[asyncpg.Connection]:
-    """A connection as a role that may only connect: no privilege on any table (NOTIFY needs none)."""
-    role = "gw_flood_" + seed.generate_id(6).lower()
-    await db.execute(f"create role {role} login password 'stranger'")
-    parts = urlsplit(database)
-    dsn = urlunsplit(parts._replace(netloc=f"{role}:stranger@{parts.hostname}:{parts.port}"))
-    conn = await asyncpg.connect(dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-        await db.execute(f"drop role {role}")
-
-
 def cred(token: str) -> Any:
     return header_credential(sign(token, SECRET))
 
@@ -102,18 +87,7 @@ async def test_value_copied_before_revocation_and_written_back_is_refused(
     clock = Clock()
     short = {"redis_tombstone_s": 1.5, "db_timeout_s": 0.5, "l2_ttl_s": 60}  # tombstones last 1.5 s
     async with gateway(clock, **short) as res:
-        listener = res.listener
-        assert isinstance(listener, Listener)
-        await eventually(lambda: listener.connected)
-        assert (await res.decider.decide(cred(token))).reason is Reason.ok
-        assert res.redis is not None
-        key = res.redis.key(token_hash(token))
-        copy = await written(redis, key)  # taken while the session is valid
-        await db.execute('delete from "session" where token = $1', token)  # sign-out
-        await eventually(lambda: listener.notifications == 1)
-        await listener.settled()
-        assert await redis.get(key) == TOMBSTONE
-        await eventually(lambda: _gone(redis, key), within=5)  # the tombstone lapses
+        _, key, copy = await copied_then_signed_out(db, res, redis, token)
         clock.offset = later_s
         await redis.set(key, copy, px=600_000)  # and the copy goes back in
         assert (await res.decider.decide(cred(token))).reason is Reason.unknown_session
@@ -123,6 +97,26 @@ async def test_value_copied_before_revocation_and_written_back_is_refused(
 
 async def _gone(redis: aioredis.Redis, key: str) -> bool:
     return await redis.get(key) is None
+
+
+async def copied_then_signed_out(
+    db: asyncpg.Connection, res: Resources, redis: aioredis.Redis, token: str, *, lapse_within: float = 5
+) -> tuple[Listener, str, bytes]:
+    """Someone with write access to Redis copies a session's value while it is valid; the user signs
+    out, every tier hears it, and the revocation's tombstone lapses. The listener, the key, the copy."""
+    listener = res.listener
+    assert isinstance(listener, Listener)
+    await eventually(lambda: listener.connected)
+    assert (await res.decider.decide(cred(token))).reason is Reason.ok
+    assert res.redis is not None
+    key = res.redis.key(token_hash(token))
+    copy = await written(redis, key)  # taken while the session is valid
+    await db.execute('delete from "session" where token = $1', token)  # sign-out
+    await eventually(lambda: listener.notifications == 1)
+    await listener.settled()
+    assert await redis.get(key) == TOMBSTONE
+    await eventually(lambda: _gone(redis, key), within=lapse_within)  # the tombstone lapses
+    return listener, key, copy
 
 
 async def test_a_notify_flood_cannot_push_a_revocation_out_for_a_replayed_value(
@@ -142,18 +136,7 @@ async def test_a_notify_flood_cannot_push_a_revocation_out_for_a_replayed_value(
     # A generous Redis budget (2 s): the flood must not degrade Redis (which would bump the generation).
     short = {"redis_tombstone_s": 1.5, "db_timeout_s": 0.5, "redis_timeout_s": 2.0, "l2_ttl_s": 60}
     async with gateway(clock, **short) as res:
-        listener = res.listener
-        assert isinstance(listener, Listener)
-        await eventually(lambda: listener.connected)
-        assert (await res.decider.decide(cred(token))).reason is Reason.ok
-        assert res.redis is not None
-        key = res.redis.key(token_hash(token))
-        copy = await written(redis, key)  # taken while the session is valid
-        await db.execute('delete from "session" where token = $1', token)  # sign-out
-        await eventually(lambda: listener.notifications == 1)
-        await listener.settled()
-        assert await redis.get(key) == TOMBSTONE
-        await eventually(lambda: _gone(redis, key), within=15)  # the tombstone lapses (5 s)
+        listener, key, copy = await copied_then_signed_out(db, res, redis, token, lapse_within=15)
         clock.offset = 11  # well inside the value's own 60 s
         # The flood: paced batches of digests of the triggers' shape, from a role with no privilege.
         sent, batch = 0, 1000
@@ -189,18 +172,8 @@ async def test_a_process_started_after_a_revocation_never_serves_the_replayed_va
     gen_key = f"{redis_prefix}:v2:gen"
     short = {"redis_tombstone_s": 1.5, "db_timeout_s": 0.5, "l2_ttl_s": 60}
     async with gateway(**short) as old:
-        listener = old.listener
-        assert isinstance(listener, Listener)
-        await eventually(lambda: listener.connected)
-        assert (await old.decider.decide(cred(token))).reason is Reason.ok
-        assert old.redis is not None
-        key = old.redis.key(token_hash(token))
-        copy = await written(redis, key)  # taken while the session is valid
-        generation = int(await redis.get(gen_key) or 0)
-        await db.execute('delete from "session" where token = $1', token)  # sign-out, heard by the old process
-        await eventually(lambda: listener.notifications == 1)
-        await listener.settled()
-        await eventually(lambda: _gone(redis, key), within=5)  # the tombstone lapses
+        _, key, copy = await copied_then_signed_out(db, res=old, redis=redis, token=token)
+        generation = int(await redis.get(gen_key) or 0)  # a sign-out bumps none: the copy's generation
     await redis.set(gen_key, generation - 1)  # someone with write access lowers it by one
     async with gateway(**short) as new:  # a new process starts and listens (and bumps)
         new_listener = new.listener
