@@ -154,6 +154,43 @@ async def test_exactly_the_cookie_name_better_auth_reads(
         peer.stop()
 
 
+async def written_by_the_user(
+    database: str,
+    client: httpx.AsyncClient,
+    field: str,
+    kind: str,
+    body: str,
+    *,
+    column: str | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[dict[str, str], httpx.Response]:
+    """A real Better Auth with one additional user field (``column``: its type changed to that, as
+    Better Auth also accepts); a user signs up and writes ``body`` through update-user. Their session
+    cookie and Better Auth's own get-session answer, after it (asserted 200)."""
+    options = {"user": {"additionalFields": {field: {"type": kind, "required": False}}}}
+    peer = BetterAuth(database, env={"PLUGINS": "", "OPTIONS": json.dumps(options)} | (env or {}))
+    try:
+        signed_up = await peer.sign_up(client, f"{field.lower()}@example.com")
+        if column is not None:
+            conn = await asyncpg.connect(database)
+            try:
+                await conn.execute(f'alter table "user" alter column {field} type {column}')
+            finally:
+                await conn.close()
+        session_cookie = {"cookie": signed_up.headers["set-cookie"].split(";", 1)[0]}
+        update = await client.post(
+            peer.url + "/api/auth/update-user",
+            content=body,
+            headers=session_cookie | {"origin": peer.origin, "content-type": "application/json"},
+        )
+        assert update.status_code == 200, update.text
+        theirs = await client.get(peer.url + "/api/auth/get-session", headers=session_cookie)
+        assert theirs.status_code == 200
+        return session_cookie, theirs
+    finally:
+        peer.stop()
+
+
 @pytest.mark.parametrize(
     ("field", "kind", "value"),
     [
@@ -180,40 +217,26 @@ async def test_what_a_user_writes_through_better_auth_is_answered_as_better_auth
     that field) answered 500 with a traceback (a decoder's recursion limit, asyncpg's year-9999
     limit, msgpack's 2**64). It now answers what Better Auth answers, from Postgres and from Redis.
     """
-    options = {"user": {"additionalFields": {field: {"type": kind, "required": False}}}}
-    peer = BetterAuth(database, env={"PLUGINS": "", "OPTIONS": json.dumps(options)})
-    try:
-        signed_up = await peer.sign_up(ba_client, "writer@example.com")
-        session_cookie = {"cookie": signed_up.headers["set-cookie"].split(";", 1)[0]}
-        body = json.dumps({field: value}).replace('"DEEP"', "[" * 1500 + "]" * 1500)
-        update = await ba_client.post(
-            peer.url + "/api/auth/update-user",
-            content=body,
-            headers=session_cookie | {"origin": peer.origin, "content-type": "application/json"},
-        )
-        assert update.status_code == 200, update.text
-        theirs = await ba_client.get(peer.url + "/api/auth/get-session", headers=session_cookie)
-        assert theirs.status_code == 200
-        assert f'"{field}":' in theirs.text  # as text: Python's json would not read 1,500 levels
-        assert f'"{field}":null' not in theirs.text
-        env = {
-            "DATABASE_URL": database,
-            "REDIS_URL": redis_url,
-            "GATEWAY_REDIS_PREFIX": redis_prefix,
-            "GATEWAY_USER_ADDITIONAL_FIELDS": field,
-            "GATEWAY_LISTEN": "false",  # no startup flush racing the first lookup's Redis write
-        }
-        server = start_gateway(env)
-        for _ in range(3):  # from Postgres, then from the cache
-            ours = await ba_client.get(server.url + "/api/auth/get-session", headers=session_cookie)
-            assert ours.status_code == 200, f"Better Auth answers 200, the gateway {ours.status_code}"
-            if value == "DEEP":
-                assert ours.text.count("[") == theirs.text.count("[") == 1500
-            else:
-                assert ours.json()["user"][field] == theirs.json()["user"][field]
-        assert "Traceback" not in server.output()
-    finally:
-        peer.stop()
+    body = json.dumps({field: value}).replace('"DEEP"', "[" * 1500 + "]" * 1500)
+    session_cookie, theirs = await written_by_the_user(database, ba_client, field, kind, body)
+    assert f'"{field}":' in theirs.text  # as text: Python's json would not read 1,500 levels
+    assert f'"{field}":null' not in theirs.text
+    env = {
+        "DATABASE_URL": database,
+        "REDIS_URL": redis_url,
+        "GATEWAY_REDIS_PREFIX": redis_prefix,
+        "GATEWAY_USER_ADDITIONAL_FIELDS": field,
+        "GATEWAY_LISTEN": "false",  # no startup flush racing the first lookup's Redis write
+    }
+    server = start_gateway(env)
+    for _ in range(3):  # from Postgres, then from the cache
+        ours = await ba_client.get(server.url + "/api/auth/get-session", headers=session_cookie)
+        assert ours.status_code == 200, f"Better Auth answers 200, the gateway {ours.status_code}"
+        if value == "DEEP":
+            assert ours.text.count("[") == theirs.text.count("[") == 1500
+        else:
+            assert ours.json()["user"][field] == theirs.json()["user"][field]
+    assert "Traceback" not in server.output()
 
 
 async def test_a_lone_surrogate_in_a_json_column_is_answered_as_better_auth_does(
@@ -230,42 +253,26 @@ async def test_a_lone_surrogate_in_a_json_column_is_answered_as_better_auth_does
     it a Python str with a lone surrogate, which no encoder (the JSON answer, Redis's msgpack) can
     write: a 500. It is now kept as its text, answered verbatim, from Postgres every time.
     """
-    options = {"user": {"additionalFields": {"prefs": {"type": "json", "required": False}}}}
-    peer = BetterAuth(database, env={"PLUGINS": "", "OPTIONS": json.dumps(options)})
-    try:
-        signed_up = await peer.sign_up(ba_client, "surrogate@example.com")
-        conn = await asyncpg.connect(database)
-        try:
-            await conn.execute('alter table "user" alter column prefs type json using prefs::text::json')
-        finally:
-            await conn.close()
-        session_cookie = {"cookie": signed_up.headers["set-cookie"].split(";", 1)[0]}
-        update = await ba_client.post(
-            peer.url + "/api/auth/update-user",
-            content='{"prefs": {"note": "\\ud800"}}',
-            headers=session_cookie | {"origin": peer.origin, "content-type": "application/json"},
-        )
-        assert update.status_code == 200, update.text
-        theirs = await ba_client.get(peer.url + "/api/auth/get-session", headers=session_cookie)
-        assert theirs.status_code == 200
-        assert '"prefs":{"note":"\\ud800"}' in theirs.text
-        env = {
-            "DATABASE_URL": database,
-            "REDIS_URL": redis_url,
-            "GATEWAY_REDIS_PREFIX": redis_prefix,
-            "GATEWAY_USER_ADDITIONAL_FIELDS": "prefs",
-            "GATEWAY_LISTEN": "false",  # no startup flush racing the first lookup's Redis write
-        }
-        server = start_gateway(env)
-        for _ in range(2):
-            ours = await ba_client.get(server.url + "/api/auth/get-session", headers=session_cookie)
-            assert ours.status_code == 200, f"Better Auth answers 200, the gateway {ours.status_code}"
-            assert '"note":"\\ud800"' in ours.text
-            v = await ba_client.get(server.url + "/validate", headers=session_cookie)
-            assert v.status_code == 200
-        assert "Traceback" not in server.output()
-    finally:
-        peer.stop()
+    body = '{"prefs": {"note": "\\ud800"}}'
+    session_cookie, theirs = await written_by_the_user(
+        database, ba_client, "prefs", "json", body, column="json using prefs::text::json"
+    )
+    assert '"prefs":{"note":"\\ud800"}' in theirs.text
+    env = {
+        "DATABASE_URL": database,
+        "REDIS_URL": redis_url,
+        "GATEWAY_REDIS_PREFIX": redis_prefix,
+        "GATEWAY_USER_ADDITIONAL_FIELDS": "prefs",
+        "GATEWAY_LISTEN": "false",  # no startup flush racing the first lookup's Redis write
+    }
+    server = start_gateway(env)
+    for _ in range(2):
+        ours = await ba_client.get(server.url + "/api/auth/get-session", headers=session_cookie)
+        assert ours.status_code == 200, f"Better Auth answers 200, the gateway {ours.status_code}"
+        assert '"note":"\\ud800"' in ours.text
+        v = await ba_client.get(server.url + "/validate", headers=session_cookie)
+        assert v.status_code == 200
+    assert "Traceback" not in server.output()
 
 
 async def test_a_date_column_is_answered_as_better_auth_does(
@@ -275,28 +282,11 @@ async def test_a_date_column_is_answered_as_better_auth_does(
     (``get-migration``'s postgres types: timestamptz, timestamp, date). node-postgres reads a
     ``date`` as a JavaScript ``Date`` at local midnight, so a Better Auth in UTC answers
     ``"2020-01-01T00:00:00.000Z"``; the gateway answered ``"2020-01-01"``."""
-    options = {"user": {"additionalFields": {"birthday": {"type": "date", "required": False}}}}
-    peer = BetterAuth(database, env={"PLUGINS": "", "OPTIONS": json.dumps(options), "TZ": "UTC"})
-    try:
-        signed_up = await peer.sign_up(ba_client, "birthday@example.com")
-        conn = await asyncpg.connect(database)
-        try:
-            await conn.execute('alter table "user" alter column birthday type date')
-        finally:
-            await conn.close()
-        session_cookie = {"cookie": signed_up.headers["set-cookie"].split(";", 1)[0]}
-        update = await ba_client.post(
-            peer.url + "/api/auth/update-user",
-            json={"birthday": "2020-01-01"},
-            headers=session_cookie | {"origin": peer.origin},
-        )
-        assert update.status_code == 200, update.text
-        theirs = await ba_client.get(peer.url + "/api/auth/get-session", headers=session_cookie)
-        assert theirs.status_code == 200
-        assert theirs.json()["user"]["birthday"] == "2020-01-01T00:00:00.000Z"
-        server = start_gateway({"DATABASE_URL": database, "GATEWAY_USER_ADDITIONAL_FIELDS": "birthday"})
-        ours = await ba_client.get(server.url + "/api/auth/get-session", headers=session_cookie)
-        assert ours.status_code == 200
-        assert ours.json()["user"]["birthday"] == theirs.json()["user"]["birthday"]
-    finally:
-        peer.stop()
+    session_cookie, theirs = await written_by_the_user(
+        database, ba_client, "birthday", "date", '{"birthday": "2020-01-01"}', column="date", env={"TZ": "UTC"}
+    )
+    assert theirs.json()["user"]["birthday"] == "2020-01-01T00:00:00.000Z"
+    server = start_gateway({"DATABASE_URL": database, "GATEWAY_USER_ADDITIONAL_FIELDS": "birthday"})
+    ours = await ba_client.get(server.url + "/api/auth/get-session", headers=session_cookie)
+    assert ours.status_code == 200
+    assert ours.json()["user"]["birthday"] == theirs.json()["user"]["birthday"]
