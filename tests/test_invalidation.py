@@ -132,10 +132,12 @@ def gateway(database: str, redis_url: str, redis_prefix: str) -> Any:
     return open_
 
 
-async def listening(res: Resources) -> None:
+async def listening(res: Resources) -> Listener:
+    """The worker's listener, once connected."""
     listener = res.listener
-    assert listener is not None
+    assert isinstance(listener, Listener)
     await eventually(lambda: listener.connected, within=5)
+    return listener
 
 
 def cred(token: str) -> Any:
@@ -279,9 +281,7 @@ async def test_a_forged_flush_is_ignored(
     await install_triggers(database)
     token = await seed.create_session(db, await seed.create_user(db, email="forged@example.com"))
     async with gateway() as res:
-        await listening(res)
-        listener = res.listener
-        assert isinstance(listener, Listener)
+        listener = await listening(res)
         assert (await res.decider.decide(cred(token))).reason is Reason.ok
         epoch = res.tiers.epoch
         for _ in range(50):
@@ -337,9 +337,7 @@ async def test_forged_session_notifications_do_not_flush_the_shared_tier(
     await install_triggers(database)
     token = await seed.create_session(db, await seed.create_user(db, email="flush-by-s@example.com"))
     async with gateway() as res:
-        await listening(res)
-        listener = res.listener
-        assert isinstance(listener, Listener)
+        listener = await listening(res)
         assert res.redis is not None
         client = aioredis.Redis.from_url(redis_url)
         try:
@@ -373,9 +371,7 @@ async def test_notifications_not_of_the_triggers_shape_are_ignored(
     await install_triggers(database)
     token = await seed.create_session(db, await seed.create_user(db, email="shape@example.com"))
     async with gateway() as res:
-        await listening(res)
-        listener = res.listener
-        assert isinstance(listener, Listener)
+        listener = await listening(res)
         assert (await res.decider.decide(cred(token))).reason is Reason.ok
         epoch = res.tiers.epoch
         digest = token_hash(token)
