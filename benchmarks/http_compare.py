@@ -34,7 +34,7 @@ import asyncpg
 import httpx
 
 from benchmarks.revocation import git_commit
-from gateway import seed
+from gateway.postgres import seed
 from tests.conftest import SECRET, create_database, drop_database, free_port, install_triggers
 
 RESULTS = Path(__file__).parent / "results"

@@ -27,8 +27,8 @@ from urllib.parse import quote
 import asyncpg
 import psutil
 
-from gateway import seed
-from gateway.tokens import sign
+from gateway.credentials.tokens import sign
+from gateway.postgres import seed
 from tests.conftest import SECRET, Server, create_database, drop_database, install_triggers
 
 RESULTS = Path(__file__).parent / "results"

@@ -13,11 +13,12 @@ import asyncpg
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from gateway import seed
-from gateway.config import load_settings
-from gateway.redis_tier import RedisTier, connect, token_hash
-from gateway.schema import mapping_from
-from gateway.store import Store
+from gateway.config.settings import load_settings
+from gateway.credentials.tokens import token_hash
+from gateway.postgres import seed
+from gateway.postgres.schema import mapping_from
+from gateway.postgres.store import Store
+from gateway.redis.tier import RedisTier, connect
 from tests.conftest import SECRET, create_database, drop_database
 
 if TYPE_CHECKING:
@@ -103,7 +104,7 @@ def test_postgres_query_per_key(benchmark: Any, loop: asyncio.AbstractEventLoop,
 @pytest.mark.benchmark(group="postgres: 200 concurrent lookups")
 def test_postgres_batched_any(benchmark: Any, loop: asyncio.AbstractEventLoop, seeded: dict[str, Any]) -> None:
     """The gateway: lookups of one tick become one `= ANY($1)` query (the tiers' batcher)."""
-    from gateway.batching import Batcher  # noqa: PLC0415
+    from gateway.lookup.batching import Batcher  # noqa: PLC0415
 
     store, tokens = seeded["store"], seeded["tokens"]
     batcher = Batcher(store.fetch_many, 256)

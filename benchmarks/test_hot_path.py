@@ -15,14 +15,13 @@ import msgspec
 import psutil
 import pytest
 
-from gateway.decision import Decider
-from gateway.lru import LRU
-from gateway.redis_tier import token_hash
-from gateway.responses import Identity
-from gateway.seed import generate_id
-from gateway.sessions import Session
-from gateway.tiers import Entry, Tiers
-from gateway.tokens import Credential, Kind, Verifier, find_credential, sign
+from gateway.core.lru import LRU
+from gateway.core.sessions import Session
+from gateway.credentials.tokens import Credential, Kind, Verifier, find_credential, sign, token_hash
+from gateway.http.responses import Identity
+from gateway.lookup.decision import Decider
+from gateway.lookup.tiers import Entry, Tiers
+from gateway.postgres.seed import generate_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence

@@ -11,25 +11,25 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.cookie_cache import CookieCache
-from gateway.decision import Decider
-from gateway.errors import BackendUnavailable, SchemaMismatch
-from gateway.invalidation import Listener
-from gateway.jwts import JwtVerifier, endpoint_keys
-from gateway.metrics import Metrics
-from gateway.redis_tier import FAILURES as REDIS_FAILURES
-from gateway.redis_tier import RedisTier, connect, tombstone_s
-from gateway.schema import fields_of, mapping_from
-from gateway.secondary_storage import KeyspaceListener, SecondaryStorage
-from gateway.store import Store
-from gateway.tiers import Tiers
-from gateway.tokens import Verifier
+from gateway.core.errors import BackendUnavailable, SchemaMismatch
+from gateway.credentials.cookie_cache import CookieCache
+from gateway.credentials.jwts import JwtVerifier, endpoint_keys
+from gateway.credentials.tokens import Verifier
+from gateway.lookup.decision import Decider
+from gateway.lookup.tiers import Tiers
+from gateway.postgres.listener import Listener
+from gateway.postgres.schema import fields_of, mapping_from
+from gateway.postgres.store import Store
+from gateway.redis.secondary_storage import KeyspaceListener, SecondaryStorage
+from gateway.redis.tier import FAILURES as REDIS_FAILURES
+from gateway.redis.tier import RedisTier, connect, tombstone_s
+from gateway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from gateway.config import Settings
-    from gateway.tiers import SessionSource
+    from gateway.config.settings import Settings
+    from gateway.lookup.tiers import SessionSource
 
 log = logging.getLogger("gateway")
 

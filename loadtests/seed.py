@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway import seed
+from gateway.postgres import seed
 
 
 async def create(dsn: str, users: int, per_user: int) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 import pytest
 
-from gateway import seed
+from gateway.postgres import seed
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -286,8 +286,8 @@ def redis_prefix() -> str:
 
 async def install_triggers(dsn: str, **overrides: object) -> None:
     """Install the invalidation triggers as ``gateway install-triggers`` does."""
-    from gateway.config import load_settings  # noqa: PLC0415
-    from gateway.dbadmin import run_sql, trigger_sql  # noqa: PLC0415
+    from gateway.config.settings import load_settings  # noqa: PLC0415
+    from gateway.postgres.admin import run_sql, trigger_sql  # noqa: PLC0415
 
     settings = load_settings({"DATABASE_URL": dsn}, overrides, need=frozenset({"database"}))
     await run_sql(settings, trigger_sql(settings))
@@ -328,7 +328,7 @@ def cookie(token: str, secret: str = SECRET) -> dict[str, str]:
     """The Cookie header a browser sends after Better Auth's sign-in (signed with ``secret``)."""
     from urllib.parse import quote  # noqa: PLC0415
 
-    from gateway.tokens import sign  # noqa: PLC0415
+    from gateway.credentials.tokens import sign  # noqa: PLC0415
 
     return {"cookie": f"better-auth.session_token={quote(sign(token, secret), safe='')}"}
 
@@ -345,7 +345,7 @@ async def seed_sessions(dsn: str, n: int) -> list[str]:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say how many differential cases ran (tests/test_differential.py records them per test)."""
+    """Say how many differential cases ran (tests/e2e/test_differential.py records them per test)."""
     counts = [
         (report.nodeid.rpartition("[")[2].rstrip("]"), int(value))
         for outcome in ("passed", "failed")

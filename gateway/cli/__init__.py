@@ -1,0 +1,1 @@
+"""The entry points: ``gateway serve | check-config | install-triggers | demo``."""

@@ -1,0 +1,165 @@
+"""The ``gateway`` command: ``serve``, ``check-config``, ``install-triggers`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway import __version__
+from gateway.config.settings import Settings, cookie_note, describe, load_settings
+from gateway.core.errors import ConfigError
+from gateway.postgres.admin import budget_warning, run_sql, trigger_sql
+from gateway.postgres.store import UNAVAILABLE
+from gateway.telemetry.logs import configure_logging
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+EXIT_CONFIG = 2
+log = logging.getLogger("gateway")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = argparse.ArgumentParser(prog="gateway", description="Validate Better Auth sessions, fast.")
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (
+        ("serve", "serve the gateway (configuration from the environment)"),
+        ("demo", "serve against an embedded Postgres with a seeded demo session"),
+    ):
+        cmd = commands.add_parser(name, help=help_text)
+        cmd.add_argument("--host", help="listen address (GATEWAY_HOST)")
+        cmd.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
+        cmd.add_argument("--workers", type=int, help="worker processes (GATEWAY_WORKERS)")
+    commands.add_parser("check-config", help="validate the configuration, print every problem, exit non-zero if any")
+    triggers = commands.add_parser("install-triggers", help="install the invalidation triggers (idempotent)")
+    triggers.add_argument("--print", action="store_true", help="print the SQL instead of running it")
+    triggers.add_argument("--uninstall", action="store_true", help="remove the triggers and their functions")
+    args = parser.parse_args(argv)
+    configure_logging(fmt="text")
+    if args.command == "check-config":
+        return check_config()
+    if args.command == "install-triggers":
+        return install_triggers(print_only=args.print, uninstall=args.uninstall)
+    if args.command == "demo":
+        from gateway.cli.demo import run_demo  # noqa: PLC0415  (pgserver is only needed here)
+
+        return run_demo(args.host, args.port, args.workers)
+    settings = settings_or_none(_cli_overrides(args))
+    return EXIT_CONFIG if settings is None else serve(settings)
+
+
+def _cli_overrides(args: argparse.Namespace) -> dict[str, object]:
+    return {k: v for k in ("host", "port", "workers") if (v := getattr(args, k)) is not None}
+
+
+def settings_or_none(
+    overrides: Mapping[str, object] | None = None, need: frozenset[str] = frozenset({"secret", "database"})
+) -> Settings | None:
+    """Load the settings, or print every problem to stderr and return ``None``."""
+    try:
+        return load_settings(overrides=overrides, need=need)
+    except ConfigError as exc:
+        print("gateway: invalid configuration:", file=sys.stderr)  # noqa: T201
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)  # noqa: T201
+        return None
+
+
+def check_config() -> int:
+    """Print the effective configuration (secrets masked) or every problem; 0 if usable."""
+    settings = settings_or_none()
+    if settings is None:
+        return EXIT_CONFIG
+    for key, value in describe(settings).items():
+        print(f"{key} = {value}")  # noqa: T201
+    warning = budget_warning(settings)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)  # noqa: T201
+    note = cookie_note(settings)
+    if note:
+        print(f"note: {note}", file=sys.stderr)  # noqa: T201
+    print("configuration OK")  # noqa: T201
+    return 0
+
+
+def install_triggers(*, print_only: bool, uninstall: bool) -> int:
+    """Print or run the trigger SQL (``--print`` needs no database)."""
+    settings = settings_or_none(need=frozenset() if print_only else frozenset({"database"}))
+    if settings is None:
+        return EXIT_CONFIG
+    sql = trigger_sql(settings, uninstall=uninstall)
+    if print_only:
+        print(sql, end="")  # noqa: T201
+        return 0
+    try:
+        asyncio.run(run_sql(settings, sql))
+    except (*UNAVAILABLE, OSError) as exc:
+        print(f"gateway: install-triggers failed: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    print("invalidation triggers " + ("removed" if uninstall else "installed"))  # noqa: T201
+    return 0
+
+
+def _prepare_metrics(settings: Settings) -> None:
+    """Set up prometheus-client's multiprocess mode before the workers start.
+
+    A fresh folder for the workers' numbers, and the separate metrics port, served by this
+    (main) process.
+    """
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="gateway-metrics-")
+    for stale in Path(folder).glob("*.db"):  # a previous run's numbers would be added in
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    if settings.metrics_port:
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server  # noqa: PLC0415
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+
+
+def serve(settings: Settings) -> int:
+    """Serve the app with granian (RSGI, uvloop, HTTP/1.1) until interrupted."""
+    from granian import Granian  # noqa: PLC0415
+    from granian.constants import HTTPModes, Interfaces, Loops  # noqa: PLC0415
+    from granian.http import HTTP1Settings  # noqa: PLC0415
+
+    # Workers rebuild the settings from the environment: pass the command-line values on.
+    os.environ["GATEWAY_HOST"], os.environ["GATEWAY_PORT"] = settings.host, str(settings.port)
+    os.environ["GATEWAY_WORKERS"] = str(settings.workers)
+    configure_logging(settings.log_level, settings.log_format)
+    log.info("effective configuration", extra={"config": describe(settings)})
+    note = cookie_note(settings)
+    if note:
+        log.warning(note)
+    _prepare_metrics(settings)
+    Granian(
+        "gateway.http.app:create_app",
+        factory=True,
+        address=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        interface=Interfaces.RSGI,
+        loop=Loops.uvloop,
+        http=HTTPModes.http1,
+        websockets=False,
+        http1_settings=HTTP1Settings(
+            max_buffer_size=settings.max_header_bytes,
+            header_read_timeout=round(settings.header_read_timeout_s * 1000),
+        ),
+        runtime_threads=1,
+        # backpressure counts connections, not requests: keep it above the proxies' keep-alive pools.
+        backpressure=max(1024, settings.pool_max_size * 64),
+        log_access=False,
+        # SIGTERM: stop accepting, let in-flight requests finish, kill what is left after the grace.
+        workers_kill_timeout=max(1, round(settings.shutdown_grace_s)),
+    ).serve()
+    return 0

@@ -1,0 +1,1 @@
+"""The one typed configuration: read from the environment once, checked all at once."""

@@ -1,0 +1,285 @@
+"""The original request behind a forward-auth call, from what the proxy in front sets. No I/O.
+
+``reference/forward-auth.md`` §6.2. ``GATEWAY_PROXY`` names the proxy, and only the headers that
+proxy itself sets, overwriting whatever the client sent, describe the original request:
+
+- ``nginx``, ``ingress-nginx``: ``X-Original-URL`` + ``X-Original-Method`` (``proxy_set_header``);
+- ``traefik``: ``X-Forwarded-Method``, ``-Proto``, ``-Host``, ``-Uri``;
+- ``caddy``: ``X-Forwarded-Method``, ``-Proto``, ``-Uri`` and ``Host`` (forward_auth keeps it);
+- ``envoy``: the ``/validate/<path>`` sub-path, the request's method and ``Host``, and
+  ``X-Forwarded-Proto`` (``headers_to_add``).
+
+Every other convention's headers are the client's there (Caddy and Traefik copy the client's
+headers into the auth request; nginx does unless the config overwrites them) and are never read.
+A missing, repeated or unparsable header, or a path or host that ``canonical`` refuses, gives
+``None``: the request cannot be judged, and a rule must not guess. So does a method override
+(``method_overrides``) that names no method.
+
+Without ``GATEWAY_PROXY`` (allowed only without a rules file) nothing decides on the original
+request: it only names the page to return to after the login, so the first convention present
+is read as before (a client can only misdirect its own redirect, and the host is allow-listed).
+
+Forwarded headers count only when the TCP peer is a trusted proxy (``GATEWAY_TRUSTED_PROXIES``,
+loopback by default). The client IP is the right-most ``X-Forwarded-For`` entry that is not a
+trusted proxy, else the peer (``X-Real-IP`` is never believed: a proxy that doesn't set it passes
+the client's on).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import TYPE_CHECKING, Literal, NamedTuple
+from urllib.parse import parse_qsl, unquote_plus
+
+from gateway.http import canonical
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from gateway.credentials.tokens import Headers
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Proxy = Literal["", "nginx", "ingress-nginx", "traefik", "caddy", "envoy"]
+PROXIES: tuple[Proxy, ...] = ("nginx", "ingress-nginx", "traefik", "caddy", "envoy")
+
+
+class Original(NamedTuple):
+    """The request a proxy asks about: each part checked by ``canonical``, kept as sent."""
+
+    method: str
+    scheme: str
+    host: str
+    uri: str  # path and query
+    client_ip: str
+    overrides: frozenset[str] = frozenset()  # methods an override names (``method_overrides``)
+
+    @property
+    def url(self) -> str:
+        """The absolute URL, as a browser would go back to it."""
+        return f"{self.scheme}://{self.host}{self.uri}"
+
+    @property
+    def path(self) -> str:
+        """The path as sent, without the query."""
+        return self.uri.split("?", 1)[0]
+
+    @property
+    def hostname(self) -> str:
+        """The host as rules compare it: lower case, no trailing dot, no port."""
+        return canonical.hostname(self.host) or ""
+
+    @property
+    def methods(self) -> frozenset[str]:
+        """Every method the app may run the request as: the one sent, and any an override names."""
+        return self.overrides | {self.method} if self.overrides else frozenset((self.method,))
+
+    @property
+    def paths(self) -> frozenset[str]:
+        """Every reading of the path a rule must agree on (``canonical.readings``)."""
+        return canonical.readings(self.path)
+
+
+def parse_networks(text: str) -> tuple[Network, ...]:
+    """Parse ``"127.0.0.0/8, ::1, 10.0.0.0/8"``; raise ``ValueError`` naming a bad entry."""
+    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_ip(text: str) -> Address | None:
+    """An address from an ``X-Forwarded-For`` entry or a peer string (``ip:port``, ``[v6]:port``).
+
+    Memoised: the same few peers and hops come back on every request, and ``ipaddress`` parsing
+    costs several microseconds (bounded, so forged headers cannot grow it).
+    """
+    text = text.strip()
+    if text.startswith("["):
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:  # v4 with a port
+        text = text.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def trusted(address: Address | None, networks: Sequence[Network]) -> bool:
+    """Whether an address is one of the trusted proxies."""
+    return address is not None and any(address in net for net in networks)
+
+
+def original_request(  # noqa: PLR0913  (the request's parts, each named)
+    *,
+    proxy: Proxy,
+    method: str,
+    scheme: str,
+    path: str,
+    query: str,
+    peer: str,
+    headers: Headers,
+    networks: Sequence[Network],
+) -> Original | None:
+    """The original request of a forward-auth call, or ``None`` if it cannot be known for sure.
+
+    From an untrusted peer it is the request itself, unless a proxy is configured: then nothing
+    the peer says can be believed (see the module docstring).
+    """
+    peer_ip = parse_ip(peer)
+    if proxy == "envoy" and ("?" in path or "#" in path):
+        return None  # decoded by granian: see _from_envoy
+    request = Original(method, scheme, headers.get("host") or "", path + (f"?{query}" if query else ""), "")
+    if not trusted(peer_ip, networks):
+        return None if proxy else _checked(*request[:4], str(peer_ip or ""))
+    request = request._replace(client_ip=client_ip(peer_ip, headers.get, networks))
+    if not proxy:
+        return _guess(request, headers) if path == "/validate" or path.startswith("/validate/") else None
+    original = _from_proxy(proxy, path, request, headers)
+    if original is None:
+        return None
+    overrides = method_overrides(original.uri, headers)
+    if overrides is None:
+        return None
+    return original._replace(overrides=overrides) if overrides else original
+
+
+def _from_proxy(proxy: Proxy, path: str, request: Original, headers: Headers) -> Original | None:
+    if proxy == "envoy":
+        return _from_envoy(request, headers)
+    if path != "/validate":
+        return None  # the auth URL is the proxy's configuration: a sub-path is not ours to read
+    if proxy in ("nginx", "ingress-nginx"):
+        url, original_method = _one(headers, "x-original-url"), _one(headers, "x-original-method")
+        return _from_original_url(url, original_method, request.client_ip)
+    if proxy == "traefik":
+        method_, proto, host, uri = (
+            _one(headers, f"x-forwarded-{name}") for name in ("method", "proto", "host", "uri")
+        )
+        return _checked(method_, proto, host, uri, request.client_ip)
+    # Caddy: forward_auth passes the original Host on unchanged, and sets X-Forwarded-Host from it
+    # only for a peer outside its trusted_proxies; behind a trusted load balancer it keeps the
+    # client's (red team of issue 14, K). Host is the one no client chooses.
+    method_, proto, uri = (_one(headers, f"x-forwarded-{name}") for name in ("method", "proto", "uri"))
+    return _checked(method_, proto, _one(headers, "host"), uri, request.client_ip)
+
+
+_OVERRIDE_HEADERS = frozenset(("x-http-method-override", "x-http-method", "x-method-override"))
+# PHP reads a query name with " " or "." (or an unmatched "[") as "_", may drop leading spaces,
+# and ends it at a NUL: "?.method=DELETE" is $_GET["_method"] (red team, round 2, finding 2).
+# Both readings of a leading space are judged: judging one method too many only refuses.
+_PHP_NAME = str.maketrans(" .[", "___")
+
+
+def method_overrides(uri: str, headers: Headers) -> frozenset[str] | None:
+    """The methods the original request's overrides name; ``None`` if one is no method.
+
+    Symfony, Laravel, Rails, Express's method-override and ASP.NET run ``POST`` with
+    ``X-HTTP-Method-Override: DELETE`` (or ``?_method=DELETE``) as a ``DELETE``: a rule must judge
+    it as one. The proxies pass the client's headers on to the auth request (nginx's subrequest
+    carries them, Caddy and Traefik copy them, Envoy forwards those ``allowed_headers`` names), so
+    they are the original request's. An override in a form body is out of sight (README).
+
+    Every spelling an app reads as an override counts: CGI and FastCGI (PHP) name a header
+    ``HTTP_X_HTTP_METHOD_OVERRIDE`` whether it was sent with ``-`` or ``_``, and PHP reads the
+    query names ``.method``, `` method``, ``[method`` as ``_method``.
+    """
+    names: list[str] = []
+    for key in headers.keys():  # noqa: SIM118  (RSGIHeaders has keys(), no __iter__)
+        if key.lower().replace("_", "-") in _OVERRIDE_HEADERS:
+            names += (v for value in headers.get_all(key) for v in value.split(","))
+    _, mark, query = uri.partition("?")
+    if mark and "method" in unquote_plus(query):
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            name = key.split("\0", 1)[0]
+            if "_method" in (name.translate(_PHP_NAME), name.lstrip(" ").translate(_PHP_NAME)):
+                names.append(value)
+    # An empty value overrides nothing anywhere; anything else must be a method.
+    methods = frozenset(name.strip().upper() for name in names if name.strip())
+    return None if any(canonical.method(m) is None for m in methods) else methods
+
+
+def _from_envoy(request: Original, headers: Headers) -> Original | None:
+    """``path_prefix: /validate``: Envoy asks about ``/validate<original path>``, method and Host kept.
+
+    granian hands the path over percent-decoded (RSGI has no raw path): ``%3F`` arrives as ``?``,
+    which would end the path early, and ``%23`` as ``#`` (red team of issue 14, F). The query
+    comes apart, so a ``?`` or ``#`` in the path can only have been encoded: refused. Decoding
+    cannot be undone for the rest either (``%2F`` is ``/``, ``%25`` is ``%``, ``%2E`` is ``.``),
+    but each of those only adds slashes, dots and escapes that the readings resolve as the app
+    would after decoding (``canonical.readings``); what decodes to an escape it refuses
+    (``%252F``) stays refused.
+    """
+    proto, host = _one(headers, "x-forwarded-proto"), _one(headers, "host")
+    if not request.uri.startswith("/validate/") or not proto or not host:
+        return None
+    return _checked(request.method, proto, host, request.uri[len("/validate") :], request.client_ip)
+
+
+def _one(headers: Headers, name: str) -> str | None:
+    """A header the proxy sets exactly once; repeated means it did not overwrite the client's."""
+    values = headers.get_all(name)
+    return values[0] if len(values) == 1 and values[0] else None
+
+
+def _checked(method: str | None, scheme: str | None, host: str | None, uri: str | None, client: str) -> Original | None:
+    if not method or canonical.method(method) is None or scheme not in ("http", "https"):
+        return None
+    if not host or not uri or canonical.hostname(host) is None or canonical.uri(uri) is None:
+        return None
+    return Original(method, scheme, host, uri, client)
+
+
+def _from_original_url(url: str | None, method: str | None, client: str) -> Original | None:
+    """``scheme://host/path?query`` split the one way: the host ends at the first ``/``."""
+    scheme, sep, rest = (url or "").partition("://")
+    if not sep or method is None:
+        return None
+    slash = rest.find("/")
+    if slash < 0:
+        return None
+    return _checked(method, scheme.lower(), rest[:slash], rest[slash:], client)
+
+
+def _guess(request: Original, headers: Headers) -> Original | None:
+    """No proxy configured: the first convention present, for the return URL only (see above)."""
+
+    def first(name: str) -> str | None:
+        value = headers.get(name)
+        return value.strip() if value else None
+
+    method, scheme, host, uri, client, _ = request
+    proto = first("x-forwarded-proto") or scheme
+    if uri.startswith("/validate/"):
+        return _checked(method, proto, host, uri[len("/validate") :], client)
+    if url := first("x-original-url"):
+        return _from_original_url(url, first("x-original-method") or "GET", client)
+    if (forwarded_uri := first("x-forwarded-uri")) or first("x-forwarded-host"):
+        forwarded_host = first("x-forwarded-host") or host
+        return _checked(first("x-forwarded-method") or method, proto, forwarded_host, forwarded_uri or "/", client)
+    if original_uri := first("x-original-uri"):
+        return _checked(method, proto, host, original_uri, client)
+    return _checked(*request[:5])
+
+
+def client_ip(peer: Address | None, header: Callable[[str], str | None], networks: Sequence[Network]) -> str:
+    """The right-most untrusted hop of ``X-Forwarded-For``, else the peer (``X-Real-IP`` is anyone's)."""
+    return str(forwarded_client(header("x-forwarded-for"), networks) or peer or "")
+
+
+def forwarded_client(value: str | None, proxies: Sequence[Network]) -> Address | None:
+    """The right-most ``X-Forwarded-For`` hop that is not a trusted proxy.
+
+    Each proxy appends the address it was called from, so reading from the right, every hop up
+    to the first untrusted one was written by a trusted proxy, and that one is the client. Text
+    that is no address was not written by a proxy: the hop to its right sent it. With every hop
+    trusted, the left-most is the client (an internal caller).
+    """
+    nearest = None
+    for hop in reversed(value.split(",")) if value else ():
+        address = parse_ip(hop)
+        if address is None:
+            break
+        if not trusted(address, proxies):
+            return address
+        nearest = address
+    return nearest

@@ -1,0 +1,130 @@
+"""What the HTTP adapter sends: identity headers, deny headers and JSON bodies, built once.
+
+Constant header lists are made at import or construction time; the allow headers of a session
+are made once per cache entry, so a cache hit sends a list that already exists.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+
+import msgspec
+
+from gateway.config.settings import IDENTITY_FIELDS
+from gateway.core.column_values import RawJSON, encode_hook
+from gateway.core.sessions import Reason, Session
+
+JSON = msgspec.json.Encoder(enc_hook=encode_hook)  # a RawJSON (too deep to decode) goes out verbatim
+# Stands for a RawJSON in the standard library's output until the text replaces it: random, so
+# no stored string can hold it.
+_PLACEHOLDER = "raw-json-" + secrets.token_hex(16)
+
+# Field -> header; every one is always sent on a 200 (empty when unknown) so that a proxy which
+# only overrides headers present in the auth response still clobbers a client's forged value.
+DEFAULT_IDENTITY = {field: "x-auth-request-" + field.replace("_", "-") for field in IDENTITY_FIELDS}
+REMOTE_ALIASES = {"user": "remote-user", "email": "remote-email", "name": "remote-name", "groups": "remote-groups"}
+JSON_TYPE = ("content-type", "application/json")
+NO_STORE = ("cache-control", "no-store")
+# A header value may not carry control characters (CR/LF would split the response), and
+# granian sends values as Latin-1: anything else is percent-encoded, as oauth2-proxy does.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f]|[^\x00-\xff]")
+
+
+def header_value(value: Any) -> str:
+    """Render a field for a response header; ``None`` becomes the empty string."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    if _UNSAFE.search(text) is None:
+        return text
+    # surrogatepass: a lone surrogate (JSON can carry one, "\ud800") is percent-encoded like the rest.
+    return _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode("utf-8", "surrogatepass")), text)
+
+
+class Identity:
+    """Renders a session as the identity headers of a 200 (names configurable, aliases optional)."""
+
+    def __init__(self, renamed: dict[str, str] | None = None, *, remote: bool = False) -> None:
+        names = DEFAULT_IDENTITY | {k: v.lower() for k, v in (renamed or {}).items()}
+        pairs = list(names.items())
+        if remote:
+            pairs += list(REMOTE_ALIASES.items())
+        self.names: tuple[tuple[str, str], ...] = tuple(pairs)
+        self.anonymous = [(header, "") for _, header in self.names]
+
+    def headers(self, session: Session) -> list[tuple[str, str]]:
+        """Every identity header for ``session``."""
+        user = session.user
+        fields = {
+            "user": user.get("id"),
+            "email": user.get("email"),
+            "name": user.get("name"),
+            "session_id": session.session.get("id"),
+            "role": session.role,
+            "groups": session.role,  # Better Auth's admin plugin keeps roles comma-separated
+        }
+        return [(header, header_value(fields[field])) for field, header in self.names]
+
+
+class Denials:
+    """The deny responses' headers, one list per reason, built once."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        realm = 'Bearer realm="better-auth-gateway"'
+        self.unavailable = [NO_STORE, ("retry-after", str(retry_after_s))]
+        self.unauthenticated = {
+            reason: [
+                ("www-authenticate", realm if reason is Reason.no_credentials else realm + ', error="invalid_token"'),
+                NO_STORE,
+                ("x-auth-reason", reason.value),
+            ]
+            for reason in Reason
+        }
+        self.forbidden = [NO_STORE, ("x-auth-reason", "forbidden")]
+        self.json_unavailable = [JSON_TYPE, *self.unavailable]
+        self.json_unauthenticated = {r: [JSON_TYPE, *h] for r, h in self.unauthenticated.items()}
+
+
+def identity(session: Session) -> bytes:
+    """The body of ``POST /v1/validate`` on success: user and session, without the token.
+
+    A JWT of the JWT plugin has no session behind it: ``"session": null``.
+    """
+    return _encode({"user": session.user, "session": session.session or None})
+
+
+def better_auth_session(session: Session, token: str) -> bytes:
+    """The body Better Auth's ``GET /api/auth/get-session`` returns for a valid session."""
+    return _encode({"session": {**session.session, "token": token}, "user": session.user})
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    """JSON for an answer; a lone surrogate in some string is escaped (``\ud800``), as ``JSON.stringify`` does.
+
+    Strings from JSON (a cookie cache, secondary storage, a JWT) may hold one, which UTF-8 cannot
+    encode: msgspec refuses them, the standard library escapes them.
+    """
+    try:
+        return JSON.encode(body)
+    except UnicodeEncodeError:
+        raws: list[str] = []
+
+        def keep(value: object) -> str:
+            if isinstance(value, RawJSON):
+                raws.append(value.text)
+                return _PLACEHOLDER
+            msg = f"cannot encode {type(value).__name__}"
+            raise TypeError(msg)
+
+        text = json.dumps(body, separators=(",", ":"), default=keep)
+        for raw in raws:  # in the order json.dumps met them
+            text = text.replace(f'"{_PLACEHOLDER}"', raw, 1)
+        return text.encode()
+
+
+def error(kind: str, reason: str) -> bytes:
+    """A JSON error body: ``{"error": kind, "reason": reason}``."""
+    return JSON.encode({"error": kind, "reason": reason})

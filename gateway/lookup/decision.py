@@ -1,0 +1,173 @@
+"""The decision: is this credential a valid Better Auth session? Knows nothing of HTTP."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.core.errors import BackendUnavailable
+from gateway.core.sessions import Reason, Session, Verdict
+from gateway.credentials.jwts import looks_like_jwt
+from gateway.credentials.tokens import Kind, token_hash
+
+if TYPE_CHECKING:
+    from gateway.credentials.cookie_cache import CookieCache
+    from gateway.credentials.jwts import JwtVerifier
+    from gateway.credentials.tokens import Credential, Verifier
+    from gateway.lookup.tiers import Tiers
+
+
+def judge(session: Session | None, now: float) -> Reason:
+    """Better Auth's read-time rules for a looked-up session (``api/routes/session.ts``).
+
+    Valid iff the row and its user exist and ``expiresAt`` is not in the past; the gateway also
+    refuses a user the admin plugin has banned (``banned`` and ``banExpires`` unset or ahead).
+    """
+    if session is None:
+        return Reason.unknown_session
+    if session.expires_at < now:
+        return Reason.expired
+    if session.banned_until > now:
+        return Reason.banned
+    return Reason.ok
+
+
+class Turn(Protocol):
+    """A request's turn at a lookup, from its address's failure budget (``budget.Turn``)."""
+
+    async def take(self, *, signed: str | None) -> bool:
+        """Wait for the address's turn; ``False``: none came in time (refused, not judged).
+
+        ``signed``: the hash of the token a signature proved (``None``: a raw bearer token).
+        """
+        ...
+
+    def settle(self, *, spent: bool) -> None:
+        """End the lookup; ``spent`` if it found no valid session."""
+        ...
+
+
+# Remembered as absent for the negative TTL: what a lookup found that no later lookup will change
+# within it (Better Auth never makes an expired session valid again: it deletes it). A ban is not
+# remembered: an unban must count at once.
+_ABSENT = frozenset({Reason.unknown_session, Reason.expired})
+
+
+class Decider:
+    """Checks a credential locally, then looks its session up through the tiers."""
+
+    def __init__(
+        self,
+        verifier: Verifier,
+        tiers: Tiers,
+        cookie_cache: CookieCache | None = None,
+        jwts: JwtVerifier | None = None,
+    ) -> None:
+        self.verifier = verifier
+        self.tiers = tiers
+        self.cookie_cache = cookie_cache
+        self.jwts = jwts
+
+    async def decide(  # noqa: PLR0911  (one per outcome)
+        self, credential: Credential | None, *, allow_jwt: bool = False, turn: Turn | None = None
+    ) -> Verdict:
+        """Return the verdict for ``credential`` (``None``: the request carried none).
+
+        ``allow_jwt``: a bearer JWT of the JWT plugin counts too (not on Better Auth's own
+        get-session, which knows no such credential). ``turn``: the failure budget of the
+        request's address, consulted only when a lookup is needed (``Reason.rate_limited`` if
+        no turn came); everything answered without one never waits.
+        """
+        if credential is None:
+            return Verdict(Reason.no_credentials)
+        if allow_jwt and self._jwt(credential):
+            return await self._from_jwt(credential.value)
+        entry = self.tiers.cached(credential.key)
+        if entry is not None:
+            return Verdict(Reason.ok, entry.session)
+        # Better Auth reads its cookie cache before its store: a session it vouches for counts
+        # even when a lookup found none a moment ago.
+        cached = credential.cached if self.cookie_cache is not None else None
+        absent = self.tiers.known_absent(credential.key) if cached is None else None
+        if absent is not None:
+            return Verdict(absent)
+        proof = self.verifier.prove(credential)
+        if isinstance(proof, Reason):
+            return Verdict(proof)
+        token, key = proof
+        known = self._respelled(key, cached) if key != credential.key else None
+        if known is not None:
+            return known
+        if cached is not None:
+            verdict = self._from_cookie_cache(cached, token)
+            if verdict is not None:
+                return verdict
+        if turn is None or self.tiers.joinable(token):  # joining a lookup in flight costs nothing more
+            return await self._look_up(key, token)
+        return await self._look_up_in_turn(credential, key, token, turn)
+
+    def _respelled(self, key: str, cached: str | None) -> Verdict | None:
+        """A respelling (``tokens.Proof``): what is known of its home spelling counts for it.
+
+        Only the home spelling is ever cached, so respellings can't grow or churn the caches.
+        """
+        entry = self.tiers.respelled(key)
+        if entry is not None:
+            return Verdict(Reason.ok, entry.session)
+        absent = self.tiers.known_absent(key) if cached is None else None
+        return None if absent is None else Verdict(absent)
+
+    def _jwt(self, credential: Credential) -> bool:
+        return self.jwts is not None and credential.kind is not Kind.cookie and looks_like_jwt(credential.value)
+
+    async def _from_jwt(self, token: str) -> Verdict:
+        assert self.jwts is not None  # noqa: S101  (checked by the caller)
+        result = await self.jwts.verify(token)
+        if result is Reason.backend_unavailable:  # the key source is down: 503, never 401
+            self.tiers.metrics.lookup("jwt", "error")
+            return Verdict(result)
+        self.tiers.metrics.lookup("jwt", "miss" if isinstance(result, Reason) else "hit")
+        if isinstance(result, Reason):
+            return Verdict(result)
+        return Verdict(Reason.ok, result)
+
+    def _from_cookie_cache(self, cached: str, token: str) -> Verdict | None:
+        """Better Auth's cookie cache, trusted as Better Auth trusts it, unless heard revoked since."""
+        assert self.cookie_cache is not None  # noqa: S101  (checked by the caller)
+        session = self.cookie_cache.open(cached, token)
+        metrics = self.tiers.metrics
+        if session is None or self.tiers.revoked_lately(token_hash(token), session.user_id):
+            metrics.lookup("cookie_cache", "miss")
+            return None
+        metrics.lookup("cookie_cache", "hit")
+        reason = judge(session, self.tiers.l1.clock())
+        return Verdict(reason, session if reason is Reason.ok else None)
+
+    async def _look_up_in_turn(self, credential: Credential, key: str, token: str, turn: Turn) -> Verdict:
+        """A lookup in the turn the address's failure budget gives it (``gateway.http.budget``)."""
+        # A value with a signature was proved by it (a raw bearer token has none): such
+        # credentials can't be made up, and wait before raw ones, told apart by their token's hash.
+        signed = credential.kind is Kind.cookie or "." in credential.value
+        if not await turn.take(signed=token_hash(token) if signed else None):
+            return Verdict(Reason.rate_limited)
+        spent = True  # unless it is known to have found a session: a lookup left behind still runs
+        try:
+            verdict = await self._look_up(key, token)
+            # Spent on no valid session; an outage is not the address's doing.
+            spent = verdict.reason not in (Reason.ok, Reason.backend_unavailable)
+        finally:
+            turn.settle(spent=spent)
+        return verdict
+
+    async def _look_up(self, key: str, token: str) -> Verdict:
+        try:
+            loaded = await self.tiers.load(token)
+        except BackendUnavailable:
+            return Verdict(Reason.backend_unavailable)
+        session = loaded.session
+        reason = judge(session, self.tiers.l1.clock())
+        if session is not None and reason is Reason.ok:
+            self.tiers.remember(key, loaded)
+            return Verdict(Reason.ok, session)
+        if reason in _ABSENT:
+            self.tiers.remember_absent(key, reason)
+        return Verdict(reason)

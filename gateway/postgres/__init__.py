@@ -1,0 +1,1 @@
+"""The Postgres adapter: Better Auth's tables as the source of truth, the triggers and their LISTEN."""

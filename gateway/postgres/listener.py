@@ -1,0 +1,197 @@
+"""The listener: a dedicated Postgres connection that ``LISTEN``s for revocations and evicts.
+
+- Its own connection, never a pooled one: a pool's reset runs ``UNLISTEN *``.
+- A dead connection is noticed promptly: asyncpg's termination callback, plus a ``SELECT 1``
+  every ``listener_check_s`` for deaths that send nothing (a cut cable).
+- Notifications sent while it was away are lost, so on every (re)connect, once ``LISTEN`` is in
+  place, it flushes the caches: the LRU is cleared and Redis's generation bumped.
+- Every worker of every instance runs one (each has an LRU of its own): the Postgres connection
+  budget is ``instances * workers * (GATEWAY_POOL_MAX_SIZE + 1)``.
+- Anyone who can connect to the database can ``NOTIFY`` (it takes no privilege). A forged ``s:``
+  or ``u:`` only evicts; a forged ``*`` would flush every cache of every worker, as often as it is
+  sent. So ``*`` (the triggers' word for a ``TRUNCATE``) is believed only with proof the sender
+  cannot forge: a ``TRUNCATE`` gives the table a new file (``pg_relation_filenode``), which only a
+  role allowed to truncate or rewrite the table can cause. A ``*`` with neither table's file
+  changed since last seen is ignored (counted, logged once per connection); when the files can't
+  be read, it is believed (forgetting is always safe). One check at a time: a flood costs one
+  catalogue query after another, never a flush.
+- Payloads not of the triggers' shape (``s:`` and 64 hex digits, ``u:`` and an id) are ignored:
+  a forged one costs no memory of revocations. The shared tier's part of the rest goes out in
+  batches (``Tiers``): a flood of forged ``s:`` costs a few pipelines, never Redis's budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from gateway.postgres.schema import mapping_from
+from gateway.postgres.store import UNAVAILABLE
+from gateway.postgres.triggers import INSTALLED_SQL, installed_names
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from gateway.config.settings import Settings
+    from gateway.lookup.tiers import Tiers
+
+log = logging.getLogger("gateway.postgres.listener")
+_FIRST_RETRY_S = 0.1
+_MAX_RETRY_S = 5.0
+_DIGEST = re.compile(r"[0-9a-f]{64}")  # sha256 hex, as the triggers write it
+_FILENODES_SQL = "SELECT pg_relation_filenode($1::regclass), pg_relation_filenode($2::regclass)"
+
+
+class Listener:
+    """Keeps a ``LISTEN`` connection up and turns notifications into evictions."""
+
+    def __init__(self, settings: Settings, tiers: Tiers) -> None:
+        assert settings.database_url is not None  # noqa: S101  (config.validate guarantees it)
+        self._dsn = settings.database_url.reveal()
+        self._channel = settings.channel
+        self._check_s = settings.listener_check_s
+        self._timeout_s = settings.db_timeout_s
+        self._tiers = tiers
+        mapping = mapping_from(settings)
+        self._tables = (mapping.session.name, mapping.user.name)
+        self._filenodes: tuple[object, ...] | None = None  # the tables' files when last looked at
+        self._checking: asyncio.Future[Any] | None = None  # the one check of a '*' under way
+        self._recheck = False  # another '*' came during it
+        self._ignored_logged = False
+        self._unknown_logged = False
+        self._lock = asyncio.Lock()  # one query at a time on the connection
+        self._task: asyncio.Task[None] | None = None
+        self._work: set[asyncio.Future[Any]] = set()
+        self.connected = False
+        self.triggers_installed: bool | None = None
+        self.connections = 0  # (re)connections made, for tests and metrics
+        self.notifications = 0
+        self.flushes_ignored = 0  # '*' without a truncated table: forged
+
+    def start(self) -> None:
+        """Start listening in the background (and keep at it until ``close``)."""
+        self._task = asyncio.ensure_future(self._run())
+
+    async def close(self) -> None:
+        """Stop listening and close the connection."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.settled()
+
+    async def settled(self) -> None:
+        """Wait until the shared tier's part of every notification heard so far is done."""
+        await asyncio.gather(*self._work, return_exceptions=True)
+
+    async def _run(self) -> None:
+        delay = _FIRST_RETRY_S
+        while True:
+            try:
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=self._timeout_s,
+                    server_settings={"application_name": "better-auth-gateway-listener"},
+                )
+            except UNAVAILABLE as exc:
+                log.warning("listener cannot connect (retrying in %.1fs): %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY_S)
+                continue
+            delay = _FIRST_RETRY_S
+            try:
+                await self._serve(conn)
+            except UNAVAILABLE as exc:
+                log.warning("listener connection lost: %s", exc)
+            finally:
+                self.connected = False
+                conn.terminate()
+            log.warning("listener disconnected; reconnecting")
+            await asyncio.sleep(_FIRST_RETRY_S)
+
+    async def _serve(self, conn: asyncpg.Connection) -> None:
+        dead = asyncio.Event()
+        conn.add_termination_listener(lambda _: dead.set())
+        await conn.add_listener(self._channel, self._on_notification)
+        # The tables' files before the flush: a TRUNCATE after this read is proven by a change,
+        # one before it is covered by the flush.
+        self._ignored_logged = self._unknown_logged = False
+        self._filenodes = await self._read_filenodes(conn)
+        # LISTEN is in place: from here on nothing is missed, so what came before can go.
+        await self._tiers.flush()
+        await self._check_triggers(conn)
+        self.connected = True
+        self.connections += 1
+        self._tiers.metrics.event("listener_connect")
+        log.info("listening on %r (connection %d)", self._channel, self.connections)
+        while not dead.is_set():
+            try:
+                await asyncio.wait_for(dead.wait(), self._check_s)
+            except TimeoutError:
+                async with self._lock:
+                    await conn.execute("SELECT 1", timeout=self._timeout_s)  # raises if the link is dead
+
+    async def _check_triggers(self, conn: asyncpg.Connection) -> None:
+        found = await conn.fetchval(INSTALLED_SQL, installed_names(), timeout=self._timeout_s)
+        self.triggers_installed = found > 0
+        if not self.triggers_installed:
+            log.warning(
+                "no invalidation triggers found: revoked sessions stay cached until their TTL "
+                "(run `gateway install-triggers`)"
+            )
+
+    def _on_notification(self, conn: asyncpg.Connection, _pid: int, _channel: str, payload: str) -> None:
+        self.notifications += 1
+        kind, _, value = payload.partition(":")
+        work: Awaitable[object] | None
+        if kind == "s" and _DIGEST.fullmatch(value):
+            work = self._tiers.invalidate_token(value)
+        elif kind == "u" and value:
+            work = self._tiers.invalidate_user(value)
+        elif payload == "*":
+            if self._checking is not None and not self._checking.done():
+                self._recheck = True  # the check under way looks again when it ends
+                return
+            work = self._checking = asyncio.ensure_future(self._flush_if_truncated(conn))
+        else:
+            self._tiers.metrics.event("invalidation_ignored")
+            if not self._unknown_logged:  # once per connection: anyone may send these
+                self._unknown_logged = True
+                log.warning("ignored a notification on %r not of the triggers' shape", self._channel)
+            return
+        if work is not None:  # the shared tier's part runs in the background
+            future = asyncio.ensure_future(work)
+            self._work.add(future)
+            future.add_done_callback(self._work.discard)
+
+    async def _flush_if_truncated(self, conn: asyncpg.Connection) -> None:
+        """Flush for a ``*`` if a table was truncated since last seen; look again for a ``*`` that came meanwhile."""
+        while True:
+            self._recheck = False
+            if await self._truncated(conn):
+                await self._tiers.flush()
+            if not self._recheck:
+                return
+
+    async def _truncated(self, conn: asyncpg.Connection) -> bool:
+        before, self._filenodes = self._filenodes, await self._read_filenodes(conn)
+        if before is None or self._filenodes is None or not all(self._filenodes) or before != self._filenodes:
+            return True  # changed, or can't tell (unreadable, partitioned): believe it
+        self.flushes_ignored += 1
+        self._tiers.metrics.event("invalidation_flush_ignored")
+        if not self._ignored_logged:
+            self._ignored_logged = True
+            log.warning("ignored a '*' on %r with no table truncated: not sent by the triggers", self._channel)
+        return False
+
+    async def _read_filenodes(self, conn: asyncpg.Connection) -> tuple[object, ...] | None:
+        try:
+            async with self._lock:
+                row = await conn.fetchrow(_FILENODES_SQL, *self._tables, timeout=self._timeout_s)
+        except UNAVAILABLE as exc:
+            log.warning("cannot read the tables' files, so every '*' is believed: %s", exc)
+            return None
+        return None if row is None else tuple(row)

@@ -1,0 +1,1 @@
+"""Metrics and logs: counters cheap enough for the hit path, decision lines without tokens."""

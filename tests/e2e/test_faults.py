@@ -1,0 +1,159 @@
+"""Fault injection with the real server: Postgres restarted, cut mid-query, slow, its pool exhausted.
+
+In every case: no 5xx but the documented 503, no revoked session accepted, recovery by itself.
+(Redis killed under load: test_degradation; the LISTEN connection killed repeatedly: test_invalidation.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import pytest
+
+from tests.conftest import cookie, eventually, install_triggers, seed_sessions
+from tests.support.tcp_proxy import Proxy
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    import httpx
+
+    from tests.conftest import Server
+
+
+async def status(client: httpx.AsyncClient, gw: Server, token: str) -> int:
+    return (await client.get(gw.url + "/validate", headers=cookie(token))).status_code
+
+
+@pytest.fixture
+def own_postgres(tmp_path: Path) -> Iterator[Any]:
+    """A Postgres of the test's own (pgserver), which the test stops and starts again."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver  # noqa: PLC0415
+
+    class Handle:
+        def __init__(self) -> None:
+            self.server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+            self.dsn = self.server.get_uri()
+
+        def stop(self) -> None:
+            self.server.cleanup()
+
+        def start(self) -> None:
+            self.server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+            assert self.server.get_uri() == self.dsn
+
+    handle = Handle()
+    yield handle
+    handle.stop()
+
+
+async def test_postgres_restarted(own_postgres: Any, start_gateway: Any, client: httpx.AsyncClient) -> None:
+    """Postgres restarts: cached sessions keep working, uncached get 503, then the pool and the listener
+    recover, and the L1 is flushed, so a session deleted before the listener was back is refused."""
+    dsn = own_postgres.dsn
+    warm, deleted_meanwhile, cold = await seed_sessions(dsn, 3)
+    await install_triggers(dsn)
+    env = {"DATABASE_URL": dsn, "GATEWAY_DB_TIMEOUT_S": "0.5", "GATEWAY_LISTENER_CHECK_S": "0.3"}
+    gw: Server = start_gateway(env)
+    await eventually(lambda: _listening(client, gw), within=5)
+    assert await status(client, gw, warm) == 200
+    assert await status(client, gw, deleted_meanwhile) == 200
+    await asyncio.to_thread(own_postgres.stop)
+    assert await status(client, gw, warm) == 200  # from L1
+    r = await client.get(gw.url + "/validate", headers=cookie(cold))
+    assert r.status_code == 503
+    assert r.headers["retry-after"]
+    assert (await client.get(gw.url + "/readyz")).status_code == 503
+    await asyncio.to_thread(own_postgres.start)
+    conn = await asyncpg.connect(dsn)  # before the listener is back: its notification is lost
+    await conn.execute('delete from "session" where token = $1', deleted_meanwhile)
+    await conn.close()
+    await eventually(lambda: _is(client, gw, deleted_meanwhile, 401), within=5)  # the reconnect flushed L1
+    await eventually(lambda: _is(client, gw, cold, 200), within=5)
+    assert await status(client, gw, warm) == 200
+    await eventually(lambda: _listening(client, gw), within=5)
+
+
+async def _listening(client: httpx.AsyncClient, gw: Server) -> bool:
+    r = await client.get(gw.url + "/readyz")
+    return r.status_code == 200 and "listener" in r.json()["ok"]
+
+
+async def _is(client: httpx.AsyncClient, gw: Server, token: str, expected: int) -> bool:
+    return await status(client, gw, token) == expected
+
+
+async def test_link_cut_mid_query(database: str, start_gateway: Any, client: httpx.AsyncClient) -> None:
+    """The link to Postgres goes silent mid-query (a black hole): a bounded wait, then 503; recovery after."""
+    tokens = await seed_sessions(database, 2)
+    proxy = await Proxy(database).start()
+    try:
+        env = {"DATABASE_URL": proxy.dsn(), "GATEWAY_DB_TIMEOUT_S": "0.5", "GATEWAY_STARTUP_WAIT_S": "0"}
+        gw: Server = start_gateway(env)
+        await eventually(lambda: _is(client, gw, tokens[0], 200), within=5)
+        proxy.stalled = True
+        started = time.monotonic()
+        r = await client.get(gw.url + "/validate", headers=cookie(tokens[1]))
+        waited = time.monotonic() - started
+        assert r.status_code == 503
+        assert waited < 2.0  # the 0.5 s budget, not a hang
+        proxy.stalled = False
+        proxy.cut()  # the stalled connections are dead; new ones work
+        proxy.restore()
+        await eventually(lambda: _is(client, gw, tokens[1], 200), within=5)
+    finally:
+        await proxy.close()
+
+
+async def test_slow_postgres_answers_within_budget(
+    database: str, start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """A lock holds lookups up: shorter than the budget, the answer is right; longer, 503 within it."""
+    tokens = await seed_sessions(database, 3)
+    gw: Server = start_gateway({"DATABASE_URL": database, "GATEWAY_DB_TIMEOUT_S": "1.0"})
+    lock = await asyncpg.connect(database)
+    for hold, expected in ((0.3, 200), (3.0, 503)):
+        token = tokens.pop()
+        transaction = lock.transaction()
+        await transaction.start()
+        await lock.execute('lock table "session" in access exclusive mode')
+        release = asyncio.get_running_loop().call_later(hold, lambda t=transaction: asyncio.ensure_future(t.commit()))
+        started = time.monotonic()
+        r = await client.get(gw.url + "/validate", headers=cookie(token))
+        assert r.status_code == expected
+        assert time.monotonic() - started < 1.0 + 0.5  # never past the budget (plus scheduling)
+        await asyncio.sleep(max(0.0, hold - (time.monotonic() - started)) + 0.1)
+        release.cancel()
+    await lock.close()
+    assert await status(client, gw, tokens.pop()) == 200  # recovered
+
+
+async def test_pool_exhausted(database: str, start_gateway: Any, client: httpx.AsyncClient) -> None:
+    """Every pooled connection stuck: further lookups get 503 within the budget, not a queue; then recovery."""
+    tokens = await seed_sessions(database, 12)
+    env = {"DATABASE_URL": database, "GATEWAY_DB_TIMEOUT_S": "0.8", "GATEWAY_POOL_MAX_SIZE": "1"}
+    gw: Server = start_gateway(env)
+    lock = await asyncpg.connect(database)
+    transaction = lock.transaction()
+    await transaction.start()
+    await lock.execute('lock table "session" in access exclusive mode')
+    started = time.monotonic()
+
+    async def later(i: int) -> int:
+        await asyncio.sleep(i * 0.05)  # separate ticks: separate batches, each wanting the one connection
+        return await status(client, gw, tokens[i])
+
+    answers = await asyncio.gather(*(later(i) for i in range(10)))
+    assert set(answers) == {503}
+    assert time.monotonic() - started < 0.8 + 10 * 0.05 + 1.0
+    await transaction.commit()
+    await lock.close()
+    await eventually(lambda: _is(client, gw, tokens[10], 200), within=5)
+    assert await status(client, gw, tokens[11]) == 200

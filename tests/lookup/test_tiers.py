@@ -1,0 +1,304 @@
+"""One behaviour suite, run against every tier configuration; then what only the tiers do."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.config.settings import load_settings
+from gateway.core.sessions import Reason
+from gateway.credentials.tokens import header_credential, sign, token_hash
+from gateway.lookup.tiers import Tiers
+from gateway.postgres import seed
+from gateway.resources import Resources, open_resources
+from tests.conftest import SECRET, eventually
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from contextlib import AbstractAsyncContextManager
+
+    import asyncpg
+
+    from gateway.core.sessions import Session
+
+    Open = Callable[..., AbstractAsyncContextManager[Resources]]
+
+TIERS = {
+    "postgres only": {"l1_max_entries": 0},
+    "l1 + postgres": {},
+    "redis + postgres": {"l1_max_entries": 0, "redis": True},
+    "l1 + redis + postgres": {"redis": True},
+}
+
+
+@pytest.fixture
+def gateway(database: str, redis_url: str, redis_prefix: str) -> Open:
+    """Open the gateway's resources; ``redis=True`` adds the shared tier (a prefix of the test's own).
+
+    The listener is off: these tests are about the tiers (its start would flush them at a moment
+    of its choosing); test_invalidation covers it.
+    """
+
+    def open_(**overrides: Any) -> AbstractAsyncContextManager[Resources]:
+        env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET}
+        if overrides.pop("redis", False):
+            env["REDIS_URL"] = overrides.pop("redis_url", redis_url)
+        return open_resources(load_settings(env, {"redis_prefix": redis_prefix, "listen": False} | overrides))
+
+    return open_
+
+
+def cred(token: str) -> Any:
+    return header_credential(sign(token, SECRET))
+
+
+@pytest.mark.parametrize("tiers", TIERS.values(), ids=TIERS.keys())
+async def test_every_tier_gives_the_same_verdicts(db: asyncpg.Connection, gateway: Open, tiers: dict[str, Any]) -> None:
+    """Valid, unknown, expired, banned and forged give the same verdicts whichever tiers are on, cold and warm."""
+    uid = await seed.create_user(db, email="tiers@example.com", role="user")
+    banned = await seed.create_user(db, email="banned@example.com", banned=True)
+    valid = await seed.create_session(db, uid)
+    cases = {
+        valid: Reason.ok,
+        seed.generate_id(): Reason.unknown_session,
+        await seed.create_session(db, uid, expires_in=dt.timedelta(seconds=-1)): Reason.expired,
+        await seed.create_session(db, banned): Reason.banned,
+    }
+    async with gateway(**tiers) as res:
+        for _ in range(2):  # cold, then warm
+            for token, reason in cases.items():
+                assert (await res.decider.decide(cred(token))).reason is reason
+            assert (await res.decider.decide(header_credential(sign(valid, "x" * 40)))).reason is Reason.bad_signature
+            await asyncio.sleep(0.05)  # let the background Redis writes land
+        verdict = await res.decider.decide(cred(valid))
+    assert verdict.session is not None
+    assert verdict.session.user["email"] == "tiers@example.com"
+
+
+async def test_redis_hit_needs_no_postgres(db: asyncpg.Connection, gateway: Open) -> None:
+    """A session found in Postgres by one gateway is served to another from Redis, with no query."""
+    token = await seed.create_session(db, await seed.create_user(db, email="shared@example.com"))
+    async with gateway(redis=True) as first:
+        assert (await first.decider.decide(cred(token))).reason is Reason.ok
+        assert first.store.queries == 1
+        await asyncio.sleep(0.05)
+    async with gateway(redis=True) as second:
+        assert (await second.decider.decide(cred(token))).reason is Reason.ok
+        assert second.store.queries == 0
+
+
+async def test_keys_are_hashed_and_values_hold_no_token(
+    db: asyncpg.Connection, gateway: Open, redis_url: str, redis_prefix: str
+) -> None:
+    """Redis keys are <prefix>:v2:s:<sha256(token)>; nothing in the keyspace contains a token."""
+    tokens = [await seed.create_session(db, await seed.create_user(db, email=f"k{i}@example.com")) for i in range(5)]
+    async with gateway(redis=True) as res:
+        for token in tokens:
+            assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        await asyncio.sleep(0.1)
+    client = aioredis.Redis.from_url(redis_url)
+    keys = [k async for k in client.scan_iter(match=f"{redis_prefix}:v2:s:*")]
+    assert sorted(k.decode() for k in keys) == sorted(f"{redis_prefix}:v2:s:{token_hash(t)}" for t in tokens)
+    everything = [k async for k in client.scan_iter()]
+    for key in everything:
+        kind = await client.type(key)
+        value = await client.get(key) if kind == b"string" else b""
+        members = await client.smembers(key) if kind == b"set" else set()  # the per-user index
+        for token in tokens:
+            assert token.encode() not in key
+            assert token.encode() not in (value or b"")
+            assert not any(token.encode() in m for m in members)
+    ttl = await client.pttl(keys[0])
+    assert 0 < ttl <= 300_000
+    await client.aclose()
+
+
+async def test_planted_value_without_valid_mac_is_ignored(
+    db: asyncpg.Connection, gateway: Open, redis_url: str, redis_prefix: str
+) -> None:
+    """A value written to Redis by someone without the secret is a miss: no session is minted."""
+    uid = await seed.create_user(db, email="real@example.com")
+    real = await seed.create_session(db, uid)
+    forged_token = seed.generate_id()
+    async with gateway(redis=True) as res:
+        assert (await res.decider.decide(cred(real))).reason is Reason.ok
+        await asyncio.sleep(0.05)
+        client = aioredis.Redis.from_url(redis_url)
+        genuine = await client.get(f"{redis_prefix}:v2:s:{token_hash(real)}")
+        assert genuine is not None
+        # Replay a genuine value under another token's key, and flip one byte of the genuine one.
+        await client.set(f"{redis_prefix}:v2:s:{token_hash(forged_token)}", genuine)
+        await client.set(f"{redis_prefix}:v2:s:{token_hash(real)}", genuine[:-1] + bytes([genuine[-1] ^ 1]))
+        await client.aclose()
+    async with gateway(redis=True) as fresh:
+        assert (await fresh.decider.decide(cred(forged_token))).reason is Reason.unknown_session
+        assert (await fresh.decider.decide(cred(real))).reason is Reason.ok
+        assert fresh.store.queries == 2  # both fell through to Postgres
+
+
+async def test_redis_ttl_never_past_expiry(
+    db: asyncpg.Connection, gateway: Open, redis_url: str, redis_prefix: str
+) -> None:
+    """The Redis TTL is the smaller of the L2 TTL and the time to the session's expiresAt."""
+    token = await seed.create_session(
+        db, await seed.create_user(db, email="ttl@example.com"), expires_in=dt.timedelta(seconds=20)
+    )
+    async with gateway(redis=True) as res:
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        await asyncio.sleep(0.05)
+    client = aioredis.Redis.from_url(redis_url)
+    ttl = await client.pttl(f"{redis_prefix}:v2:s:{token_hash(token)}")
+    await client.aclose()
+    assert 15_000 < ttl <= 20_000
+
+
+async def test_concurrent_misses_batch_into_few_queries(db: asyncpg.Connection, gateway: Open) -> None:
+    """100 different cold sessions asked for at once cost a handful of queries, not 100."""
+    uid = await seed.create_user(db, email="batch@example.com")
+    tokens = [await seed.create_session(db, uid) for _ in range(100)]
+    async with gateway(redis=True) as res:
+        verdicts = await asyncio.gather(*(res.decider.decide(cred(t)) for t in tokens))
+        assert {v.reason for v in verdicts} == {Reason.ok}
+        assert res.store.queries <= 3
+        assert {v.session.session["id"] for v in verdicts if v.session} == set(
+            await db.fetchval('select array_agg(id) from "session" where "userId" = $1', uid)
+        )
+
+
+async def test_single_flight_with_redis(db: asyncpg.Connection, gateway: Open) -> None:
+    """300 concurrent requests for one cold session: one query; 300 forged: none."""
+    token = await seed.create_session(db, await seed.create_user(db, email="sf@example.com"))
+    async with gateway(redis=True) as res:
+        verdicts = await asyncio.gather(*(res.decider.decide(cred(token)) for _ in range(300)))
+        assert {v.reason for v in verdicts} == {Reason.ok}
+        forged = header_credential(sign(token, "y" * 40))
+        await asyncio.gather(*(res.decider.decide(forged) for _ in range(300)))
+        assert res.store.queries == 1
+
+
+async def test_negative_entries(db: asyncpg.Connection, gateway: Open) -> None:
+    """A repeated unknown raw token costs one query until its short negative TTL ends; the set is bounded."""
+    unknown = seed.generate_id()
+    async with gateway(negative_ttl_s=2, negative_max_entries=100) as res:
+        for _ in range(50):
+            assert (await res.decider.decide(header_credential(unknown))).reason is Reason.unknown_session
+        assert res.store.queries == 1
+        res.tiers.l1.clock = res.tiers.negative.clock = lambda: time.time() + 3
+        assert (await res.decider.decide(header_credential(unknown))).reason is Reason.unknown_session
+        assert res.store.queries == 2
+        for _ in range(300):
+            await res.decider.decide(header_credential(seed.generate_id()))
+        assert len(res.tiers.negative) == 100
+
+
+async def test_negative_entry_never_outlives_a_new_session(db: asyncpg.Connection, gateway: Open) -> None:
+    """The negative TTL is capped by the positive one."""
+    async with gateway(l1_ttl_s=1, negative_ttl_s=60) as res:
+        assert res.tiers._negative_ttl_s == 1
+
+
+async def test_redis_down_degrades_to_postgres(db: asyncpg.Connection, gateway: Open, own_redis: Any) -> None:
+    """With Redis gone, verdicts stay right (from Postgres), Redis is skipped, and it comes back by itself."""
+    token = await seed.create_session(db, await seed.create_user(db, email="down@example.com"))
+    async with gateway(redis=True, redis_url=own_redis.url, l1_max_entries=0, redis_backoff_s=0.1) as res:
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        own_redis.kill()
+        started = time.monotonic()
+        for _ in range(20):
+            assert (await res.decider.decide(cred(token))).reason is Reason.ok
+            assert (await res.decider.decide(cred(seed.generate_id()))).reason is Reason.unknown_session
+        assert time.monotonic() - started < 5
+        assert res.redis is not None
+        assert res.redis.degraded is not None
+        assert "redis" in (await res.pings()).degraded
+        own_redis.start()
+        redis_tier = res.redis
+        await eventually(lambda: redis_tier.degraded is None, within=5)
+        assert "redis" in (await res.pings()).ok
+
+
+async def test_paused_redis_costs_at_most_the_budget(db: asyncpg.Connection, gateway: Open, own_redis: Any) -> None:
+    """A Redis that stops answering costs a request at most the Redis budget, then is skipped."""
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    token = await seed.create_session(db, await seed.create_user(db, email="slow@example.com"))
+    async with gateway(redis=True, redis_url=own_redis.url, l1_max_entries=0, redis_timeout_s=0.2) as res:
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            assert (await res.decider.decide(cred(token))).reason is Reason.ok
+            assert time.monotonic() - started < 1.5
+            started = time.monotonic()
+            assert (await res.decider.decide(cred(token))).reason is Reason.ok
+            assert time.monotonic() - started < 0.5  # skipped now: straight to Postgres
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+
+
+class _Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _NoSource:
+    async def fetch_many(self, tokens: Sequence[str]) -> Mapping[str, Session]:
+        raise AssertionError(tokens)  # never asked
+
+
+def test_a_revocation_pushed_out_of_memory_makes_every_redis_value_untrusted() -> None:
+    """Red team 13, finding 2: past 100,000 revocations in force, one more distrusts Redis until the oldest lapses.
+
+    The memory of revoked tokens and users (bounded) used to drop its oldest entry silently, and
+    with it the only thing refusing a replayed Redis value once the tombstone had lapsed.
+    """
+    clock = _Clock()
+    tiers = Tiers(
+        _NoSource(),
+        None,
+        max_entries=1,
+        ttl_s=1,
+        negative_max_entries=1,
+        negative_ttl_s=1,
+        revoked_for_s=60,
+        clock=clock,
+    )
+    victim, bystander = token_hash("victim"), token_hash("bystander")
+    tiers.invalidate_token(victim)
+    clock.now += 10
+    for i in range(100_000):
+        tiers.invalidate_token(token_hash(f"forged{i}"))
+    assert tiers.revoked_lately(victim, "u1")  # pushed out, still in force: everything is suspect
+    assert tiers.revoked_lately(bystander, "u2")
+    clock.now += 50.5  # the victim's revocation has lapsed: trusted again
+    assert not tiers.revoked_lately(bystander, "u2")
+    assert tiers.revoked_lately(token_hash("forged99999"), "u2")  # the ones still held still count
+    clock.now += 61  # pushing out lapsed entries forgets nothing in force
+    for i in range(100_000):
+        tiers.invalidate_user(f"forged{i}")
+    assert not tiers.revoked_lately(bystander, "u2")
+    tiers.invalidate_user("one too many")  # but one more pushes out one in force
+    assert tiers.revoked_lately(bystander, "u2")
+
+
+def test_a_long_user_id_is_remembered_revoked_by_its_hash() -> None:
+    """A user id of 8,000 bytes (what anyone's NOTIFY can send) is remembered in 67 characters and still counts."""
+    clock = _Clock()
+    tiers = Tiers(_NoSource(), None, max_entries=1, ttl_s=1, negative_max_entries=1, negative_ttl_s=1, clock=clock)
+    long_id, digest = "x" * 7998, token_hash("t")
+    tiers.invalidate_user(long_id)
+    assert tiers.revoked_lately(digest, long_id)
+    assert not tiers.revoked_lately(digest, long_id[:-1])
+    assert not tiers.revoked_lately(digest, "x" * 64)
+    assert max(len(name) for name in tiers._revoked._data) == len("u:#") + 64  # its memory

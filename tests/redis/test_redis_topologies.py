@@ -1,0 +1,117 @@
+"""REDIS_URL for a real 3-node Redis Cluster and for Sentinel, both started by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+
+from gateway.config.settings import load_settings
+from gateway.core.sessions import Reason
+from gateway.credentials.tokens import header_credential, sign, token_hash
+from gateway.postgres import seed
+from gateway.resources import open_resources
+from tests.conftest import SECRET, RedisServer, free_port, redis_server_binary
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    import asyncpg
+
+SLOTS = 16384
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[list[RedisServer]]:
+    """Three masters with --cluster-enabled, joined by redis-cli --cluster create (or the same by hand)."""
+    nodes = []
+    for i in range(3):
+        (tmp_path / str(i)).mkdir()
+        # The bus port defaults to port + 10000, which a free port may push past 65535.
+        bus = ("--cluster-port", str(free_port()))
+        nodes.append(RedisServer(tmp_path / str(i), "--cluster-enabled", "yes", "--cluster-node-timeout", "2000", *bus))
+    try:
+        addresses = [f"127.0.0.1:{n.port}" for n in nodes]
+        if shutil.which("redis-cli"):
+            cmd = ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"]
+            subprocess.run(cmd, check=True, capture_output=True, timeout=30)  # noqa: S603
+        else:  # what --cluster create does: share the slots out, then introduce the nodes
+            clients = [redis.Redis(port=n.port) for n in nodes]
+            for i, c in enumerate(clients):
+                c.execute_command("CLUSTER ADDSLOTSRANGE", i * SLOTS // 3, (i + 1) * SLOTS // 3 - 1)
+            for n in nodes[1:]:
+                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", n.port)
+        deadline = time.monotonic() + 20
+        while any(redis.Redis(port=n.port).execute_command("CLUSTER INFO")["cluster_state"] != "ok" for n in nodes):
+            assert time.monotonic() < deadline, "the cluster did not converge"
+            time.sleep(0.1)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path, own_redis: RedisServer) -> Iterator[int]:
+    """A Sentinel watching ``own_redis`` as master ``gwmaster``; yields its port."""
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(f"port {port}\nbind 127.0.0.1\nsentinel monitor gwmaster 127.0.0.1 {own_redis.port} 1\n")
+    proc = subprocess.Popen([redis_server_binary(), str(conf), "--sentinel"], stdout=subprocess.DEVNULL)  # noqa: S603
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis(port=port).execute_command("SENTINEL get-master-addr-by-name gwmaster"):
+                    break
+            except redis.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "sentinel did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def seeded(db: asyncpg.Connection, n: int) -> list[str]:
+    uid = await seed.create_user(db, email=f"{seed.generate_id(6)}@example.com")
+    return [await seed.create_session(db, uid) for _ in range(n)]
+
+
+async def decide_all(settings: Any, tokens: list[str]) -> tuple[set[Reason], int]:
+    async with open_resources(settings) as res:
+        verdicts = await asyncio.gather(*(res.decider.decide(header_credential(sign(t, SECRET))) for t in tokens))
+        await asyncio.sleep(0.1)  # background writes
+        return {v.reason for v in verdicts}, res.store.queries
+
+
+async def test_redis_cluster(db: asyncpg.Connection, database: str, cluster: list[RedisServer]) -> None:
+    """With a cluster URL, sessions spread over the nodes and a fresh gateway reads all of them back in one go."""
+    tokens = await seeded(db, 30)
+    url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster[:2])
+    env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": url}
+    settings = load_settings(env, {"listen": False})  # a listener's first connect flushes Redis
+    assert await decide_all(settings, tokens) == ({Reason.ok}, 1)
+    assert await decide_all(settings, tokens) == ({Reason.ok}, 0)  # every one from the cluster
+    sizes = [len(list(redis.Redis(port=n.port).scan_iter(match="bagw:v2:s:*"))) for n in cluster]
+    assert sum(sizes) == 30
+    assert all(sizes)
+
+
+async def test_redis_sentinel(db: asyncpg.Connection, database: str, own_redis: RedisServer, sentinel: int) -> None:
+    """With a Sentinel URL, the gateway finds the master through Sentinel and caches there."""
+    tokens = await seeded(db, 3)
+    url = f"redis+sentinel://127.0.0.1:{sentinel}/gwmaster/0"
+    env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": url}
+    settings = load_settings(env, {"listen": False})
+    assert await decide_all(settings, tokens) == ({Reason.ok}, 1)
+    assert await decide_all(settings, tokens) == ({Reason.ok}, 0)
+    master = redis.Redis(port=own_redis.port)
+    assert all(master.exists(f"bagw:v2:s:{token_hash(t)}") for t in tokens)
