@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
     from gateway.config.settings import Settings
-    from gateway.lookup.tiers import SessionSource
+    from gateway.lookup.protocols import SessionSource
 
 log = logging.getLogger("gateway")
 

@@ -6,8 +6,9 @@ Expected outcomes (a forged, unknown or expired token) are values, not exception
     GatewayError
     ├── ConfigError(GatewayError, ValueError)   the settings are missing or invalid
     └── BackendUnavailable                      a backend could not answer in time
-        └── StoreUnavailable                    Postgres (the source of truth) could not answer
-            └── SchemaMismatch                  Postgres answers, but Better Auth's tables aren't as mapped
+        ├── StoreUnavailable                    the session source (Postgres) could not answer
+        │   └── SchemaMismatch                  Postgres answers, but Better Auth's tables aren't as mapped
+        └── CacheUnavailable                    the shared cache (Redis) could not answer: degrade, never 503
 """
 
 from __future__ import annotations
@@ -35,3 +36,7 @@ class StoreUnavailable(BackendUnavailable):
 
 class SchemaMismatch(StoreUnavailable):
     """The mapped tables or columns are not there: a configuration problem, not an outage."""
+
+
+class CacheUnavailable(BackendUnavailable):
+    """The shared cache could not answer: lookups go on to the session source, readiness degrades."""

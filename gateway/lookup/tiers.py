@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.core.errors import BackendUnavailable
 from gateway.core.lru import LRU
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
     from gateway.core.sessions import Reason, Session
+    from gateway.lookup.protocols import SessionSource, SharedCache
 
 
 # How long a revoked token or user makes Redis values naming it untrusted: longer than the shared
@@ -47,45 +48,6 @@ _REVOKED_FOR_S = 10.0
 _REVOKED_MAX = 100_000
 _REVOKE_CHUNK = 500  # revocations per request to the shared tier: well inside its time budget
 _LONG_ID = 64  # a user id longer than this is remembered by its hash: anyone's NOTIFY can send 8,000 bytes
-
-
-class Lookup(NamedTuple):
-    """What a read found: the session (if any usable one) and the generation it was read under."""
-
-    session: Session | None
-    generation: int
-
-
-class SessionSource(Protocol):
-    """The source of truth (``store.Store``)."""
-
-    def fetch_many(self, tokens: Sequence[str]) -> Awaitable[Mapping[str, Session]]:
-        """Sessions by token; raise ``BackendUnavailable`` when the source can't answer."""
-        ...
-
-
-class SharedCache(Protocol):
-    """A cache shared between processes (``redis_tier.RedisTier``), keyed by token hash."""
-
-    def get(self, token_digest: str) -> Awaitable[Lookup | None]:
-        """The cached session and the generation read, or ``None`` when unavailable; never raises."""
-        ...
-
-    def put(self, token_digest: str, session: Session, generation: int) -> None:
-        """Cache ``session`` (maybe in the background); never raises."""
-        ...
-
-    def revoke(self, token_digests: Sequence[str]) -> Awaitable[object]:
-        """Make these sessions unservable from the shared cache; never raises."""
-        ...
-
-    def revoke_users(self, user_ids: Sequence[str]) -> Awaitable[object]:
-        """Make every session of these users unservable from the shared cache; never raises."""
-        ...
-
-    def bump_generation(self) -> Awaitable[bool]:
-        """Make everything cached so far unusable; never raises."""
-        ...
 
 
 class Entry:

@@ -1,0 +1,73 @@
+"""The core's ports: what the lookup needs from its adapters, as protocols.
+
+The adapters (``gateway.postgres``, ``gateway.redis``) implement them; the core never imports an
+adapter. ``tests/support`` has in-memory implementations for the core's unit tests.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Mapping, Sequence
+
+    from gateway.core.sessions import Session
+
+
+class Lookup(NamedTuple):
+    """What a read found: the session (if any usable one) and the generation it was read under."""
+
+    session: Session | None
+    generation: int
+
+
+class SessionSource(Protocol):
+    """The source of truth: Postgres (``postgres.store``) or Better Auth's secondary storage."""
+
+    def fetch_many(self, tokens: Sequence[str]) -> Awaitable[Mapping[str, Session]]:
+        """Sessions by token; raise ``StoreUnavailable`` (a ``BackendUnavailable``) when the source can't answer."""
+        ...
+
+
+class SharedCache(Protocol):
+    """A cache shared between processes (``redis.tier.RedisTier``), keyed by token hash."""
+
+    def get(self, token_digest: str) -> Awaitable[Lookup | None]:
+        """The cached session and the generation read, or ``None`` when unavailable; never raises."""
+        ...
+
+    def put(self, token_digest: str, session: Session, generation: int) -> None:
+        """Cache ``session`` (maybe in the background); never raises."""
+        ...
+
+    def revoke(self, token_digests: Sequence[str]) -> Awaitable[object]:
+        """Make these sessions unservable from the shared cache; never raises."""
+        ...
+
+    def revoke_users(self, user_ids: Sequence[str]) -> Awaitable[object]:
+        """Make every session of these users unservable from the shared cache; never raises."""
+        ...
+
+    def bump_generation(self) -> Awaitable[bool]:
+        """Make everything cached so far unusable; never raises."""
+        ...
+
+
+class Invalidator(Protocol):
+    """What the invalidation listeners (Postgres ``LISTEN``, Redis keyspace events) tell the caches.
+
+    ``lookup.tiers.Tiers`` implements it. Each call evicts at once in this process; the returned
+    awaitable (if any) is the shared tier's part of the work, to await or not.
+    """
+
+    def invalidate_token(self, digest: str) -> Awaitable[object] | None:
+        """A session ended: its token's sha256 hex digest."""
+        ...
+
+    def invalidate_user(self, user_id: str) -> Awaitable[object] | None:
+        """Every session of a user ended or changed (banned, deleted, updated)."""
+        ...
+
+    def flush(self) -> Awaitable[None]:
+        """Notifications may have been missed: forget everything cached."""
+        ...
