@@ -1,4 +1,4 @@
-"""The floor: a bare granian RSGI app answering 200 with no work (reference/performance.md)."""
+"""The floor: a bare granian RSGI app answering 200 with no work (docs/performance.md §1)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """A bounded, TTL-aware LRU with an injected clock; no asyncio, no I/O.
 
 An ``OrderedDict`` with ``move_to_end`` on every hit: measured here at ~15 ns more than a plain
-``dict.get`` per hit (``reference/performance.md`` has the alternatives), so a true LRU costs
+``dict.get`` per hit (``docs/performance.md`` §6 has the alternatives), so a true LRU costs
 nothing worth approximating away.
 """
 

@@ -1,7 +1,7 @@
 """Better Auth's cookie cache (``session_data``), checked locally: a valid one needs no lookup.
 
 Opt-in (``GATEWAY_COOKIE_CACHE=compact|jwt|jwe``, the strategy Better Auth is configured with);
-``reference/better-auth.md`` §3 has the formats. Better Auth accepts a cached payload only if
+``docs/better-auth.md`` §3 has the formats. Better Auth accepts a cached payload only if
 its signature (or decryption) holds, it names the very session token the request proved,
 its ``version`` is the configured one, its window (``maxAge``) is still open, and the session
 has not expired; the gateway applies the same rules, nothing looser.

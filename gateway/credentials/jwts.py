@@ -2,7 +2,7 @@
 
 ``GET /api/auth/token`` (and the ``set-auth-jwt`` header) hands out short-lived JWTs signed with
 the key pairs in Better Auth's ``jwks`` table (EdDSA by default; ES256, ES512, RS256, PS256);
-``GET /api/auth/jwks`` publishes the public halves (``reference/better-auth.md`` §5). With
+``GET /api/auth/jwks`` publishes the public halves (``docs/better-auth.md`` §5). With
 ``GATEWAY_JWT_AUDIENCE`` set, ``Authorization: Bearer <JWT>`` on ``/validate`` and
 ``/v1/validate`` is verified here: the key named by ``kid``, the algorithm that key is for,
 ``exp`` (no leeway, as jose), ``aud`` and, when configured, ``iss``. The claims carry the whole

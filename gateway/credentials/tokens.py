@@ -1,6 +1,6 @@
 """Credentials: find them in a request, check them exactly as Better Auth does. No I/O.
 
-Better Auth's rules (``reference/better-auth.md`` §2 and §4, better-call ``parseCookies`` and
+Better Auth's rules (``docs/better-auth.md`` §2 and §4, better-call ``parseCookies`` and
 ``getSignedCookie``, the bearer plugin):
 
 - cookie ``<prefix>.session_token``, or ``__Secure-<prefix>.session_token`` on an https

@@ -1,4 +1,4 @@
-"""``/validate``: the decision endpoint every reverse proxy calls (``reference/forward-auth.md`` §6).
+"""``/validate``: the decision endpoint every reverse proxy calls (``docs/forward-auth.md`` §6).
 
 The hit path (no policy, no query, a cached session) sends a header list that already exists.
 Everything else — policy, redirect mode, credential stripping — works from the original request

@@ -1,6 +1,6 @@
 """The original request behind a forward-auth call, from what the proxy in front sets. No I/O.
 
-``reference/forward-auth.md`` §6.2. ``GATEWAY_PROXY`` names the proxy, and only the headers that
+``docs/forward-auth.md`` §6.2. ``GATEWAY_PROXY`` names the proxy, and only the headers that
 proxy itself sets, overwriting whatever the client sent, describe the original request:
 
 - ``nginx``, ``ingress-nginx``: ``X-Original-URL`` + ``X-Original-Method`` (``proxy_set_header``);

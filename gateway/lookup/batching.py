@@ -1,7 +1,7 @@
 """Coalesce concurrent lookups into few bulk calls: one ``MGET``, one ``= ANY($1)`` query.
 
 A cache miss costs a round trip; a round trip per key is what makes a Redis or Postgres client
-the bottleneck (``reference/performance.md``: ~66 µs of client CPU per redis-py GET). Keys asked
+the bottleneck (``docs/performance.md`` §2: ~66 µs of client CPU per redis-py GET). Keys asked
 for in the same loop tick go out together; and while ``max_inflight`` bulk calls are already on
 their way, new keys wait for one of them to come back and then go out together. Under light load
 every key leaves at once (no added latency); under heavy load batches grow by themselves, so the

@@ -1,7 +1,7 @@
 """Where Better Auth's tables and fields live: presets plus per-name overrides, and the SQL.
 
 Better Auth names fields in camelCase (``expiresAt``); how they land in Postgres depends on the
-adapter (``reference/better-auth.md`` §1.4):
+adapter (``docs/better-auth.md`` §1.4):
 
 - ``default`` (Kysely, ``npx auth migrate``) and ``prisma``: columns keep the field names, quoted;
 - ``drizzle``: snake_case columns (``expires_at``);

@@ -1,6 +1,6 @@
 """Postgres, the source of truth: one prepared join on Better Auth's own tables, read-only.
 
-The pool skips asyncpg's reset on release (``reference/performance.md`` §3): a second round trip
+The pool skips asyncpg's reset on release (``docs/performance.md`` §3): a second round trip
 per lookup, and only needed when connections carry session state. Ours never do: the gateway
 runs nothing but SELECTs on pooled connections (LISTEN has a connection of its own).
 """

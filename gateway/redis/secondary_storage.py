@@ -1,4 +1,4 @@
-"""Better Auth's ``secondaryStorage`` in Redis as the source of truth (``reference/better-auth.md`` §6).
+"""Better Auth's ``secondaryStorage`` in Redis as the source of truth (``docs/better-auth.md`` §6).
 
 Where Better Auth keeps sessions only in Redis, a session is the key ``<prefix><token>`` (with
 ``@better-auth/redis-storage`` the prefix is ``better-auth:``; a hand-written storage often has
