@@ -208,3 +208,34 @@ def test_readme_layout_matches_the_tree() -> None:
     assert unlisted == [], f"in the tree, but not in the README's Layout: {unlisted}"
     extra = sorted(listed - tree())
     assert extra == [], f"listed under gateway/, but not a package or module: {extra}"
+
+
+CITED_ROOTS = ("gateway", "tests", "examples", "benchmarks", "loadtests", "scripts", "docs")
+CITED_FILES = ("README.md", "SECURITY.md", "CHANGELOG.md", "Dockerfile", "pyproject.toml")
+OUTSIDE = re.compile(r"\breference/[\w-]+\.md\b")  # the notes the first sessions wrote, not in the repository
+INSIDE = re.compile(r"(?<![\w/.-])docs/[\w-]+\.md\b")
+
+
+def cited_texts() -> dict[str, str]:
+    """``{path: text}`` of every text file whose comments or prose may cite a document."""
+    paths = [ROOT / name for name in CITED_FILES if (ROOT / name).is_file()]
+    for root in CITED_ROOTS:
+        paths += [
+            path
+            for path in (ROOT / root).rglob("*")
+            if path.is_file()
+            and not {"node_modules", "__pycache__", "results"} & set(path.parts)
+            and path.suffix in {".py", ".md", ".toml", ".conf", ".yml", ".yaml", ".sh", ".mjs", ""}
+        ]
+    return {path.relative_to(ROOT).as_posix(): path.read_text(encoding="utf-8", errors="replace") for path in paths}
+
+
+def test_citations_stay_in_the_repository() -> None:
+    """No comment or document cites a note outside the repository; every docs/ page cited exists."""
+    texts = cited_texts()
+    outside = {path: OUTSIDE.findall(text) for path, text in texts.items() if OUTSIDE.search(text)}
+    assert outside == {}, f"citations of notes outside the repository (write them into docs/): {outside}"
+    cited = {page for text in texts.values() for page in INSIDE.findall(text)}
+    assert "docs/better-auth.md" in cited
+    missing = sorted(page for page in cited if not (ROOT / page).is_file())
+    assert missing == [], f"cited, but not in docs/: {missing}"
