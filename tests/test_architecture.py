@@ -1,7 +1,7 @@
 """The architecture holds: the import contract, module sizes, no cycles, mirrored tests, the README.
 
 The README's "Layout" section is checked against the tree. Its format: the first fenced block
-under ``## Layout``, one entry a line, ``<indent><name>[  <description>]``:
+under ``## Layout``, one entry a line, ``<indent><name>   <description>``:
 
 - the indent is two spaces a level; an entry lies inside the nearest entry above it that is
   indented less (which must be a directory); an entry with no indent is relative to the
