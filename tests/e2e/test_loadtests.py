@@ -14,7 +14,10 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from gateway.postgres import seed
-from tests.conftest import ROOT, SECRET, install_triggers, wait_listening
+from tests.support import ROOT
+from tests.support.credentials import SECRET
+from tests.support.postgres import install_triggers
+from tests.support.server import wait_listening
 
 if TYPE_CHECKING:
     from pathlib import Path
