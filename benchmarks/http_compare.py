@@ -35,7 +35,9 @@ import httpx
 
 from benchmarks.revocation import git_commit
 from gateway.postgres import seed
-from tests.conftest import SECRET, create_database, drop_database, free_port, install_triggers
+from tests.support.credentials import SECRET
+from tests.support.ports import free_port
+from tests.support.postgres import create_database, drop_database, install_triggers
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).parent.parent

@@ -22,14 +22,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import asyncpg
 import psutil
 
-from gateway.credentials.tokens import sign
 from gateway.postgres import seed
-from tests.conftest import SECRET, Server, create_database, drop_database, install_triggers
+from tests.support.credentials import cookie_pair
+from tests.support.postgres import create_database, drop_database, install_triggers
+from tests.support.server import running_gateway
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -73,30 +73,29 @@ async def measure(rounds: int, workers: int) -> list[float]:
     db = await asyncpg.connect(dsn)
     await seed.create_schema(db)
     await install_triggers(dsn)
-    server = Server({"DATABASE_URL": dsn, "REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": "gwbench"}, workers)
+    env = {"DATABASE_URL": dsn, "REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": "gwbench"}
     try:
-        server.wait_ready()
-        await asyncio.sleep(1)  # every worker's listener connects (and flushes) once
-        procs = psutil.Process(server.proc.pid).children(recursive=True)
-        conns = await connections_per_worker(server.port, procs)
-        uid = await seed.create_user(db, email="bench@example.com")
-        latencies = []
-        for _ in range(rounds):
-            token = await seed.create_session(db, uid)
-            cookie = f"better-auth.session_token={quote(sign(token, SECRET), safe='')}"
-            assert {await c.status(cookie) for c in conns.values()} == {200}
-            await db.execute('delete from "session" where token = $1', token)
-            committed = time.perf_counter()
+        with running_gateway(env, workers) as server:
+            await asyncio.sleep(1)  # every worker's listener connects (and flushes) once
+            procs = psutil.Process(server.proc.pid).children(recursive=True)
+            conns = await connections_per_worker(server.port, procs)
+            uid = await seed.create_user(db, email="bench@example.com")
+            latencies = []
+            for _ in range(rounds):
+                token = await seed.create_session(db, uid)
+                cookie = cookie_pair(token)
+                assert {await c.status(cookie) for c in conns.values()} == {200}
+                await db.execute('delete from "session" where token = $1', token)
+                committed = time.perf_counter()
 
-            async def refused(conn: Connection, cookie: str = cookie) -> float:
-                while await conn.status(cookie) != 401:
-                    pass
-                return time.perf_counter()
+                async def refused(conn: Connection, cookie: str = cookie) -> float:
+                    while await conn.status(cookie) != 401:
+                        pass
+                    return time.perf_counter()
 
-            latencies.append(max(await asyncio.gather(*(refused(c) for c in conns.values()))) - committed)
-        return latencies
+                latencies.append(max(await asyncio.gather(*(refused(c) for c in conns.values()))) - committed)
+            return latencies
     finally:
-        server.stop()
         await db.close()
         await drop_database(admin_dsn, dsn)
 

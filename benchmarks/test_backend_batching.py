@@ -19,7 +19,8 @@ from gateway.postgres import seed
 from gateway.postgres.schema import mapping_from
 from gateway.postgres.store import Store
 from gateway.redis.tier import RedisTier, connect
-from tests.conftest import SECRET, create_database, drop_database
+from tests.support.credentials import SECRET
+from tests.support.postgres import create_database, drop_database
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator

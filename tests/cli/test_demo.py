@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import httpx
 import psutil
 
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 if TYPE_CHECKING:
     from pathlib import Path

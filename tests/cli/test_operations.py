@@ -21,10 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.credentials.tokens import sign
 from gateway.postgres import seed
-from tests.conftest import ROOT, SECRET, cookie, eventually, install_triggers
+from tests.support import ROOT
+from tests.support.credentials import SECRET, cookie
+from tests.support.postgres import install_triggers
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
-    from tests.conftest import Server
+    from tests.support.server import Server
 
 
 async def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from gateway.config.settings import ConfigError, Secret, describe, load_settings
-from tests.conftest import ROOT
+from gateway.config.settings import Secret, describe, load_settings
+from gateway.core.errors import ConfigError
+from tests.support import ROOT
 
 BASE = {"DATABASE_URL": "postgresql://gw:hunter2@db/app", "BETTER_AUTH_SECRET": "x" * 32}
 

@@ -10,6 +10,7 @@ tampered, foreign-version or missing one.
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import json
 import re
@@ -20,8 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.credentials.cookie_cache import CookieCache, data_cookie
-from tests.conftest import eventually, install_triggers, wait_listening
-from tests.support.better_auth import BetterAuth, ba_client, node_modules
+from tests.support.better_auth import BetterAuth
+from tests.support.postgres import install_triggers
+from tests.support.server import wait_listening
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable
@@ -31,9 +34,8 @@ if TYPE_CHECKING:
     import httpx
 
     from gateway.credentials.cookie_cache import Strategy
-    from tests.conftest import Server
+    from tests.support.server import Server
 
-__all__ = ["ba_client", "node_modules"]  # fixtures, used by name
 
 DATA = "better-auth.session_data"
 
@@ -109,7 +111,8 @@ async def test_cookie_cache_strategies(
             r = await ba_client.get(gw.url + "/validate", headers=header(jar))
             assert r.status_code == 200
             assert r.headers["x-auth-request-email"] in ("ada@example.com", "long@example.com")
-            await eventually(lambda h=hits: _more(cookie_cache_hits(ba_client, gw), h))  # counted (and flushed)
+            counted = functools.partial(lambda h: _more(cookie_cache_hits(ba_client, gw), h), hits)
+            await eventually(counted)  # counted (and flushed)
             assert await postgres_lookups(ba_client, gw) == queries  # no query at all
 
         # Behind everyone's back (no triggers here): the sessions are gone from the database.

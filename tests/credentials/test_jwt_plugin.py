@@ -21,9 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from gateway.core.sessions import Reason
 from gateway.credentials.jwts import JwtVerifier
 from gateway.postgres import seed
-from tests.conftest import cookie, eventually, free_port
-from tests.support.better_auth import BetterAuth, ba_client, node_modules
+from tests.support.better_auth import BetterAuth
+from tests.support.credentials import cookie
+from tests.support.ports import free_port
 from tests.support.tcp_proxy import Proxy
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -31,9 +33,7 @@ if TYPE_CHECKING:
     import asyncpg
     import httpx
 
-    from tests.conftest import Server
-
-__all__ = ["ba_client", "node_modules"]  # fixtures, used by name
+    from tests.support.server import Server
 
 
 def other_key(alg: str) -> Any:
@@ -190,7 +190,10 @@ async def test_unusable_keys_and_sources_are_skipped_not_fatal() -> None:
     """A malformed key beside a good one is ignored; a source that fails keeps the keys already known."""
     key = ed25519.Ed25519PrivateKey.generate()
     good = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key())) | {"kid": "good", "alg": "EdDSA"}
-    answers: list[Any] = [[{"kty": "OKP", "crv": "Ed25519", "x": "!!", "kid": "bad"}, good], OSError("down")]
+    answers: list[list[dict[str, Any]] | OSError] = [
+        [{"kty": "OKP", "crv": "Ed25519", "x": "!!", "kid": "bad"}, good],
+        OSError("down"),
+    ]
 
     async def source() -> list[dict[str, Any]]:
         answer = answers.pop(0)
@@ -270,7 +273,8 @@ async def test_keys_never_loaded_is_unavailable_then_recovers() -> None:
 
 
 def _jwk(key: ed25519.Ed25519PrivateKey, kid: str) -> dict[str, Any]:
-    return json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key())) | {"kid": kid, "alg": "EdDSA"}
+    public: dict[str, Any] = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key()))
+    return public | {"kid": kid, "alg": "EdDSA"}
 
 
 AUDIENCE = "https://app.example"

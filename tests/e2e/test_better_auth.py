@@ -9,17 +9,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import httpx
 import pytest
 
-from tests.conftest import Server, eventually, every_worker_listening, install_triggers, statuses
-from tests.support.better_auth import BetterAuth, node_modules, stateless_client
+from tests.support.better_auth import BetterAuth, stateless_client
+from tests.support.postgres import install_triggers
+from tests.support.server import Server, every_worker_listening, statuses
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import Iterator
     from pathlib import Path
 
-__all__ = ["node_modules"]  # a fixture, used by name
+    import httpx
 
 
 @pytest.fixture
@@ -27,13 +28,6 @@ def better_auth(node_modules: Path, database: str) -> Iterator[BetterAuth]:
     peer = BetterAuth(database)
     yield peer
     peer.stop()
-
-
-@pytest.fixture
-async def ba_client() -> AsyncIterator[httpx.AsyncClient]:
-    """A client that keeps no cookies: every test states the credential it sends."""
-    async with httpx.AsyncClient(timeout=10, cookies=None) as c:
-        yield c
 
 
 def set_cookie_pair(response: httpx.Response) -> tuple[str, str]:
@@ -47,7 +41,6 @@ def set_cookie_pair(response: httpx.Response) -> tuple[str, str]:
 
 
 async def validate(client: httpx.AsyncClient, gw: Server, headers: dict[str, str]) -> httpx.Response:
-    client.cookies.clear()
     return await client.get(gw.url + "/validate", headers=headers)
 
 

@@ -11,12 +11,14 @@ import pytest
 from gateway.client import GatewayClient, GatewayUnavailable, Identity, SyncGatewayClient
 from gateway.credentials.tokens import sign
 from gateway.postgres import seed
-from tests.conftest import ROOT, SECRET, cookie, free_port
+from tests.support import ROOT
+from tests.support.credentials import SECRET, cookie
+from tests.support.ports import free_port
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from tests.conftest import Server
+    from tests.support.server import Server
 
 
 @pytest.fixture
@@ -40,6 +42,7 @@ async def test_async_client(gateway: Server, admin: tuple[str, str]) -> None:
             assert identity.user.id == uid
             assert identity.user.email == "ada@example.com"
             assert identity.user.roles == ("admin", "user")
+            assert identity.session is not None
             assert identity.session.user_id == uid
             assert identity.session.expires_at.tzinfo is not None
         assert await client.validate(seed.generate_id()) is None

@@ -18,8 +18,11 @@ from urllib.parse import quote
 import pytest
 
 from gateway.credentials.tokens import sign
-from tests.conftest import SECRET, eventually, install_triggers, wait_listening
-from tests.support.better_auth import BetterAuth, ba_client, node_modules
+from tests.support.better_auth import BetterAuth
+from tests.support.credentials import SECRET
+from tests.support.postgres import install_triggers
+from tests.support.server import wait_listening
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -27,9 +30,8 @@ if TYPE_CHECKING:
     import asyncpg
     import httpx
 
-    from tests.conftest import Server
+    from tests.support.server import Server
 
-__all__ = ["ba_client", "node_modules"]  # fixtures, used by name
 
 OLD_SECRET = "an-older-secret-that-was-rotated-out-0123456789"
 # Drizzle's generator: snake_case columns; usePlural: plural tables. Given to Better Auth as
@@ -199,7 +201,8 @@ class Peers:
             assert decision.headers["x-auth-request-session-id"] == theirs.json()["session"]["id"]
         else:
             assert decision.status_code == 401
-        return theirs.json()
+        answer: dict[str, Any] | None = theirs.json()
+        return answer
 
     async def _refused(self, headers: dict[str, str]) -> bool:
         return (await self.client.get(self.gw.url + "/validate", headers=headers)).status_code == 401

@@ -6,13 +6,18 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from gateway.postgres import seed
-from tests.conftest import cookie, eventually, free_port, seed_sessions, wait_listening
+from tests.support.credentials import cookie
+from tests.support.ports import free_port
+from tests.support.postgres import seed_sessions
+from tests.support.server import wait_listening
 from tests.support.tcp_proxy import Proxy
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     import httpx
 
-    from tests.conftest import RedisServer, Server
+    from tests.support.redis import RedisServer
+    from tests.support.server import Server
 
 
 async def test_two_processes_share_redis(

@@ -50,8 +50,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from gateway.config.settings import Settings
 from gateway.credentials.cookie_cache import _jwe_key, _thumbprint
-from tests.conftest import SECRET
-from tests.support.better_auth import PASSWORD, BetterAuth, node_modules, stateless_client
+from tests.support.better_auth import PASSWORD, BetterAuth, stateless_client
+from tests.support.credentials import SECRET
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -59,7 +59,6 @@ if TYPE_CHECKING:
 
     import httpx
 
-__all__ = ["node_modules"]  # a fixture, used by name
 
 SEED = int(os.environ.get("GATEWAY_DIFFERENTIAL_SEED", "13"))
 OTHER_SECRET = "another-secret-of-the-same-length-0123456789abcd"

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 
-from tests.conftest import cookie, eventually, install_triggers, seed_sessions
+from tests.support.credentials import cookie
+from tests.support.postgres import install_triggers, seed_sessions
 from tests.support.tcp_proxy import Proxy
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 
     import httpx
 
-    from tests.conftest import Server
+    from tests.support.server import Server
 
 
 async def status(client: httpx.AsyncClient, gw: Server, token: str) -> int:
@@ -35,18 +37,18 @@ def own_postgres(tmp_path: Path) -> Iterator[Any]:
     """A Postgres of the test's own (pgserver), which the test stops and starts again."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import pgserver  # noqa: PLC0415
+        from pgserver.postgres_server import get_server  # noqa: PLC0415
 
     class Handle:
         def __init__(self) -> None:
-            self.server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+            self.server = get_server(tmp_path / "pg", cleanup_mode="stop")
             self.dsn = self.server.get_uri()
 
         def stop(self) -> None:
             self.server.cleanup()
 
         def start(self) -> None:
-            self.server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+            self.server = get_server(tmp_path / "pg", cleanup_mode="stop")
             assert self.server.get_uri() == self.dsn
 
     handle = Handle()
@@ -124,7 +126,7 @@ async def test_slow_postgres_answers_within_budget(
         transaction = lock.transaction()
         await transaction.start()
         await lock.execute('lock table "session" in access exclusive mode')
-        release = asyncio.get_running_loop().call_later(hold, lambda t=transaction: asyncio.ensure_future(t.commit()))
+        release = asyncio.get_running_loop().call_later(hold, lambda t: asyncio.ensure_future(t.commit()), transaction)
         started = time.monotonic()
         r = await client.get(gw.url + "/validate", headers=cookie(token))
         assert r.status_code == expected

@@ -14,7 +14,10 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from gateway.postgres import seed
-from tests.conftest import ROOT, SECRET, install_triggers, wait_listening
+from tests.support import ROOT
+from tests.support.credentials import SECRET
+from tests.support.postgres import install_triggers
+from tests.support.server import wait_listening
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 def run_load_test(url: str, dsn: str, out: Path, duration: str = "6s") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "BETTER_AUTH"))}
     env |= {"DATABASE_URL": dsn, "BETTER_AUTH_SECRET": SECRET, "PYTHON": sys.executable}
-    env |= {"GATEWAY_SECURE_COOKIES": "false"}  # as the gateways of the tests (conftest.Server)
+    env |= {"GATEWAY_SECURE_COOKIES": "false"}  # as the gateways of the tests (tests/support/server.py)
     return subprocess.run(  # noqa: S603  (our own script)
         [str(ROOT / "loadtests" / "run.sh"), "--host", url, "--duration", duration, "--out", str(out), "--users", "20"],
         env=env,

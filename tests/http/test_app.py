@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import socket
 import time
 from typing import TYPE_CHECKING, Any
@@ -15,7 +16,12 @@ import pytest
 
 from gateway.credentials.tokens import sign
 from gateway.postgres import seed
-from tests.conftest import SECRET, Server, create_database, drop_database, eventually, free_port, install_triggers
+from tests.support.credentials import SECRET
+from tests.support.credentials import cookie as session_cookie
+from tests.support.ports import free_port
+from tests.support.postgres import create_database, drop_database, install_triggers
+from tests.support.server import Server, running_gateway
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -39,10 +45,9 @@ async def app_db(postgres_admin_dsn: str) -> AsyncIterator[str]:
 @pytest.fixture(scope="module")
 def server(app_db: str) -> Iterator[Server]:
     """A real gateway process on the module's database."""
-    srv = Server({"DATABASE_URL": app_db, "GATEWAY_L1_TTL_S": "1"})
-    srv.wait_ready()
-    yield srv
-    assert srv.stop() in (0, -15)
+    with running_gateway({"DATABASE_URL": app_db, "GATEWAY_L1_TTL_S": "1"}) as srv:
+        yield srv
+    assert srv.stop() in (0, -15)  # a clean exit (stop() again returns its status)
 
 
 @pytest.fixture
@@ -58,9 +63,8 @@ async def new_session(conn: asyncpg.Connection, **user: Any) -> tuple[str, str]:
     return uid, await seed.create_session(conn, uid)
 
 
-def cookie(token: str, name: str = "better-auth.session_token", secret: str = SECRET) -> dict[str, str]:
-    """The Cookie header a browser sends after Better Auth's sign-in."""
-    return {"cookie": f"theme=dark; {name}={quote(sign(token, secret), safe='')}; other=1"}
+cookie = functools.partial(session_cookie, among_others=True)
+"""The session cookie between two others, as browsers send it: the gateway must find it there."""
 
 
 async def test_valid_cookie_gets_identity_headers(

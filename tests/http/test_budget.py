@@ -15,7 +15,7 @@ from gateway.credentials.tokens import sign
 from gateway.http.budget import Budget
 from gateway.http.original import parse_networks
 from gateway.postgres import seed
-from tests.conftest import SECRET, cookie
+from tests.support.credentials import SECRET, cookie
 from tests.support.tcp_proxy import Proxy
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     import asyncpg
 
-    from tests.conftest import Server
+    from tests.support.server import Server
 
 LOOPBACK = parse_networks("127.0.0.0/8,::1/128")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -10,7 +11,10 @@ import pytest
 
 from gateway.credentials.tokens import sign
 from gateway.postgres import seed
-from tests.conftest import ROOT, SECRET, seed_sessions
+from tests.support import ROOT
+from tests.support.credentials import SECRET
+from tests.support.credentials import cookie as session_cookie
+from tests.support.postgres import seed_sessions
 
 if TYPE_CHECKING:
     import asyncpg
@@ -20,8 +24,8 @@ LOGIN = "https://app.example.com/login"
 PAGE = {"accept": "text/html,application/xhtml+xml", "sec-fetch-mode": "navigate"}
 
 
-def cookie(token: str) -> dict[str, str]:
-    return {"cookie": f"theme=dark; better-auth.session_token={quote(sign(token, SECRET), safe='')}; other=1"}
+cookie = functools.partial(session_cookie, among_others=True)
+"""The session cookie between two others, as browsers send it: the gateway must find it there."""
 
 
 @pytest.fixture

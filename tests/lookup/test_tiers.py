@@ -10,23 +10,23 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.config.settings import load_settings
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import header_credential, sign, token_hash
 from gateway.lookup.tiers import Tiers
 from gateway.postgres import seed
-from gateway.resources import Resources, open_resources
-from tests.conftest import SECRET, eventually
+from tests.support.credentials import cred
+from tests.support.resources import open_gateway
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Mapping, Sequence
     from contextlib import AbstractAsyncContextManager
 
     import asyncpg
 
     from gateway.core.sessions import Session
-
-    Open = Callable[..., AbstractAsyncContextManager[Resources]]
+    from gateway.resources import Resources
+    from tests.support.resources import Open
 
 TIERS = {
     "postgres only": {"l1_max_entries": 0},
@@ -44,17 +44,12 @@ def gateway(database: str, redis_url: str, redis_prefix: str) -> Open:
     of its choosing); test_invalidation covers it.
     """
 
-    def open_(**overrides: Any) -> AbstractAsyncContextManager[Resources]:
-        env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET}
-        if overrides.pop("redis", False):
-            env["REDIS_URL"] = overrides.pop("redis_url", redis_url)
-        return open_resources(load_settings(env, {"redis_prefix": redis_prefix, "listen": False} | overrides))
+    def open_(*, redis: bool = False, **overrides: Any) -> AbstractAsyncContextManager[Resources]:
+        shared = overrides.pop("redis_url", redis_url) if redis else None
+        defaults: dict[str, Any] = {"redis_prefix": redis_prefix, "listen": False}
+        return open_gateway(database, redis_url=shared, **(defaults | overrides))
 
     return open_
-
-
-def cred(token: str) -> Any:
-    return header_credential(sign(token, SECRET))
 
 
 @pytest.mark.parametrize("tiers", TIERS.values(), ids=TIERS.keys())
@@ -84,10 +79,12 @@ async def test_redis_hit_needs_no_postgres(db: asyncpg.Connection, gateway: Open
     """A session found in Postgres by one gateway is served to another from Redis, with no query."""
     token = await seed.create_session(db, await seed.create_user(db, email="shared@example.com"))
     async with gateway(redis=True) as first:
+        assert first.store is not None
         assert (await first.decider.decide(cred(token))).reason is Reason.ok
         assert first.store.queries == 1
         await asyncio.sleep(0.05)
     async with gateway(redis=True) as second:
+        assert second.store is not None
         assert (await second.decider.decide(cred(token))).reason is Reason.ok
         assert second.store.queries == 0
 
@@ -130,12 +127,13 @@ async def test_planted_value_without_valid_mac_is_ignored(
         await asyncio.sleep(0.05)
         client = aioredis.Redis.from_url(redis_url)
         genuine = await client.get(f"{redis_prefix}:v2:s:{token_hash(real)}")
-        assert genuine is not None
+        assert isinstance(genuine, bytes)  # the client does not decode
         # Replay a genuine value under another token's key, and flip one byte of the genuine one.
         await client.set(f"{redis_prefix}:v2:s:{token_hash(forged_token)}", genuine)
         await client.set(f"{redis_prefix}:v2:s:{token_hash(real)}", genuine[:-1] + bytes([genuine[-1] ^ 1]))
         await client.aclose()
     async with gateway(redis=True) as fresh:
+        assert fresh.store is not None
         assert (await fresh.decider.decide(cred(forged_token))).reason is Reason.unknown_session
         assert (await fresh.decider.decide(cred(real))).reason is Reason.ok
         assert fresh.store.queries == 2  # both fell through to Postgres
@@ -162,6 +160,7 @@ async def test_concurrent_misses_batch_into_few_queries(db: asyncpg.Connection, 
     uid = await seed.create_user(db, email="batch@example.com")
     tokens = [await seed.create_session(db, uid) for _ in range(100)]
     async with gateway(redis=True) as res:
+        assert res.store is not None
         verdicts = await asyncio.gather(*(res.decider.decide(cred(t)) for t in tokens))
         assert {v.reason for v in verdicts} == {Reason.ok}
         assert res.store.queries <= 3
@@ -174,6 +173,7 @@ async def test_single_flight_with_redis(db: asyncpg.Connection, gateway: Open) -
     """300 concurrent requests for one cold session: one query; 300 forged: none."""
     token = await seed.create_session(db, await seed.create_user(db, email="sf@example.com"))
     async with gateway(redis=True) as res:
+        assert res.store is not None
         verdicts = await asyncio.gather(*(res.decider.decide(cred(token)) for _ in range(300)))
         assert {v.reason for v in verdicts} == {Reason.ok}
         forged = header_credential(sign(token, "y" * 40))
@@ -185,6 +185,7 @@ async def test_negative_entries(db: asyncpg.Connection, gateway: Open) -> None:
     """A repeated unknown raw token costs one query until its short negative TTL ends; the set is bounded."""
     unknown = seed.generate_id()
     async with gateway(negative_ttl_s=2, negative_max_entries=100) as res:
+        assert res.store is not None
         for _ in range(50):
             assert (await res.decider.decide(header_credential(unknown))).reason is Reason.unknown_session
         assert res.store.queries == 1

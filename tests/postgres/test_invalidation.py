@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -12,17 +13,22 @@ import redis.asyncio as aioredis
 
 from gateway.config.settings import load_settings
 from gateway.core.sessions import Reason
-from gateway.credentials.tokens import header_credential, sign, token_hash
+from gateway.credentials.tokens import header_credential, token_hash
 from gateway.postgres import seed
 from gateway.postgres.listener import Listener
-from gateway.resources import Resources, open_resources
-from tests.conftest import SECRET, cookie, eventually, every_worker_listening, install_triggers, statuses
+from tests.support.credentials import cookie, cred
+from tests.support.postgres import install_triggers
+from tests.support.resources import open_gateway
+from tests.support.server import every_worker_listening, statuses
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-    from contextlib import AbstractAsyncContextManager
 
     import httpx
+
+    from gateway.resources import Resources
+    from tests.support.resources import Open
 
 CHANNEL = "better_auth_gateway"
 KILL_LISTENER = (
@@ -123,12 +129,11 @@ async def test_drizzle_layout_triggers(database: str) -> None:
 
 
 @pytest.fixture
-def gateway(database: str, redis_url: str, redis_prefix: str) -> Any:
-    def open_(**overrides: Any) -> AbstractAsyncContextManager[Resources]:
-        env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": redis_url}
-        return open_resources(load_settings(env, {"redis_prefix": redis_prefix, "listener_check_s": 0.2} | overrides))
-
-    return open_
+def gateway(database: str, redis_url: str, redis_prefix: str) -> Open:
+    """Open the gateway's resources with Redis (a prefix of the test's own) and a listener checked often."""
+    return functools.partial(
+        open_gateway, database, redis_url=redis_url, redis_prefix=redis_prefix, listener_check_s=0.2
+    )
 
 
 async def listening(res: Resources) -> Listener:
@@ -137,10 +142,6 @@ async def listening(res: Resources) -> Listener:
     assert isinstance(listener, Listener)
     await eventually(lambda: listener.connected, within=5)
     return listener
-
-
-def cred(token: str) -> Any:
-    return header_credential(sign(token, SECRET))
 
 
 async def refused_within(res: Resources, token: str, reason: Reason, seconds: float) -> float:
@@ -193,7 +194,7 @@ async def test_user_changes_are_reported_at_once(db: asyncpg.Connection, databas
     token = await seed.create_session(db, uid)
     async with gateway() as res:
         await listening(res)
-        assert (await res.decider.decide(cred(token))).session.user["email"] == "old@example.com"  # type: ignore[union-attr]
+        assert (await res.decider.decide(cred(token))).session.user["email"] == "old@example.com"
         await db.execute('update "user" set email = $2, role = $3 where id = $1', uid, "new@example.com", "admin")
 
         async def updated() -> bool:
@@ -214,7 +215,10 @@ async def test_killed_listener_reconnects_and_flushes(db: asyncpg.Connection, da
         for token in tokens:
             assert (await res.decider.decide(cred(token))).reason is Reason.ok
         for round_ in range(3):  # repeatedly
-            await eventually(lambda r=round_: res.listener is not None and res.listener.connections == r + 1, within=3)
+            await eventually(
+                functools.partial(lambda r: res.listener is not None and res.listener.connections == r + 1, round_),
+                within=3,
+            )
             await listening(res)
             killed = await db.fetchval(KILL_LISTENER)
             assert killed == 1

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import math
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
@@ -15,31 +14,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config.settings import load_settings
 from gateway.core.errors import StoreUnavailable
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import header_credential, sign
 from gateway.postgres import seed
 from gateway.postgres.store import iso_string, json_value
-from gateway.resources import Resources, open_resources
-from tests.conftest import SECRET, free_port
-
-Open = Callable[..., AbstractAsyncContextManager[Resources]]
+from tests.support.credentials import SECRET, cred
+from tests.support.ports import free_port
+from tests.support.resources import Open, open_gateway
 
 
 @pytest.fixture
 def gateway(database: str) -> Open:
-    """Open the gateway's resources on the test database with setting overrides."""
-
-    def open_(**overrides: Any) -> AbstractAsyncContextManager[Resources]:
-        env = {"DATABASE_URL": overrides.pop("dsn", database), "BETTER_AUTH_SECRET": SECRET}
-        return open_resources(load_settings(env, {"listen": False} | overrides))  # test_invalidation has it
-
-    return open_
-
-
-def cred(token: str) -> Any:
-    return header_credential(sign(token, SECRET))
+    """Open the gateway's resources on the test database (another with ``dsn=``) with setting overrides."""
+    return functools.partial(open_gateway, dsn=database, listen=False)  # test_invalidation has the listener
 
 
 async def test_valid_session_has_better_auths_fields(db: asyncpg.Connection, gateway: Open) -> None:
@@ -221,6 +209,7 @@ async def test_legacy_schema_session_id_is_the_token(database: str, gateway: Ope
 async def test_missing_table_names_the_setting(database: str, gateway: Open) -> None:
     """A database without Better Auth's tables fails closed with a message naming the setting."""
     async with gateway() as res:
+        assert res.store is not None
         with pytest.raises(StoreUnavailable, match="GATEWAY_"):
             await res.store.ping()
         assert (await res.decider.decide(cred(seed.generate_id()))).reason is Reason.backend_unavailable
@@ -240,6 +229,7 @@ async def test_concurrent_misses_share_one_query(db: asyncpg.Connection, gateway
     """300 concurrent requests for one cold session cost one query; 300 forged ones cost none."""
     token = await seed.create_session(db, await seed.create_user(db, email="crowd@example.com"))
     async with gateway() as res:
+        assert res.store is not None
         verdicts = await asyncio.gather(*(res.decider.decide(cred(token)) for _ in range(300)))
         assert {v.reason for v in verdicts} == {Reason.ok}
         assert res.store.queries == 1
@@ -254,6 +244,7 @@ async def test_cache_hit_needs_no_query_and_respects_expiry(db: asyncpg.Connecti
     uid = await seed.create_user(db, email="cache@example.com")
     token = await seed.create_session(db, uid, expires_in=dt.timedelta(seconds=1))
     async with gateway(l1_ttl_s=3600) as res:
+        assert res.store is not None
         assert (await res.decider.decide(cred(token))).reason is Reason.ok
         assert (await res.decider.decide(cred(token))).reason is Reason.ok
         assert res.store.queries == 1
@@ -267,6 +258,7 @@ async def test_ban_without_expiry_is_forever(db: asyncpg.Connection, gateway: Op
     uid = await seed.create_user(db, email="forever@example.com", banned=True)
     token = await seed.create_session(db, uid)
     async with gateway() as res:
+        assert res.store is not None
         session = await res.store.fetch(token)
     assert session is not None
     assert math.isinf(session.banned_until)

@@ -3,33 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 import redis.asyncio as aioredis
 
 from gateway.config.settings import load_settings
 from gateway.core.sessions import Reason
-from gateway.credentials.tokens import header_credential, sign, token_hash
+from gateway.credentials.tokens import token_hash
 from gateway.lookup.tiers import Tiers
 from gateway.postgres import seed
 from gateway.postgres.listener import Listener
 from gateway.redis.tier import TOMBSTONE, tombstone_s
-from gateway.resources import Resources, open_resources
-from tests.conftest import SECRET, eventually, install_triggers
+from tests.support.credentials import SECRET, cred
+from tests.support.postgres import install_triggers
+from tests.support.resources import open_gateway
+from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-    from contextlib import AbstractAsyncContextManager
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
     import asyncpg
 
     from gateway.core.sessions import Session
     from gateway.postgres.store import Store
-
-    Open = Callable[..., AbstractAsyncContextManager[Resources]]
+    from gateway.resources import Resources
+    from tests.support.resources import Open
 
 CHANNEL = "better_auth_gateway"
 
@@ -48,12 +50,9 @@ class Clock:
 def gateway(database: str, redis_url: str, redis_prefix: str) -> Open:
     """Open the gateway's resources with Redis (a prefix of the test's own) and an injectable clock."""
 
-    def open_(clock: Callable[[], float] = time.time, **overrides: Any) -> AbstractAsyncContextManager[Resources]:
-        env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": redis_url}
-        settings = load_settings(env, {"redis_prefix": redis_prefix, "listener_check_s": 0.2} | overrides)
-        return open_resources(settings, clock)
-
-    return open_
+    return functools.partial(
+        open_gateway, database, redis_url=redis_url, redis_prefix=redis_prefix, listener_check_s=0.2
+    )
 
 
 @pytest.fixture
@@ -64,13 +63,11 @@ async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-def cred(token: str) -> Any:
-    return header_credential(sign(token, SECRET))
-
-
 async def written(redis: aioredis.Redis, key: str) -> bytes:
     """The value at ``key`` once a background write has put one there."""
-    return bytes(await eventually(lambda: redis.get(key)))
+    value = await eventually(lambda: redis.get(key))
+    assert isinstance(value, bytes)  # the client does not decode
+    return value
 
 
 @pytest.mark.parametrize(
@@ -86,7 +83,7 @@ async def test_value_copied_before_revocation_and_written_back_is_refused(
     token = await seed.create_session(db, await seed.create_user(db, email="replay@example.com"))
     clock = Clock()
     short = {"redis_tombstone_s": 1.5, "db_timeout_s": 0.5, "l2_ttl_s": 60}  # tombstones last 1.5 s
-    async with gateway(clock, **short) as res:
+    async with gateway(clock=clock, **short) as res:
         _, key, copy = await copied_then_signed_out(db, res, redis, token)
         clock.offset = later_s
         await redis.set(key, copy, px=600_000)  # and the copy goes back in
@@ -135,7 +132,8 @@ async def test_a_notify_flood_cannot_push_a_revocation_out_for_a_replayed_value(
     clock = Clock()
     # A generous Redis budget (2 s): the flood must not degrade Redis (which would bump the generation).
     short = {"redis_tombstone_s": 1.5, "db_timeout_s": 0.5, "redis_timeout_s": 2.0, "l2_ttl_s": 60}
-    async with gateway(clock, **short) as res:
+    async with gateway(clock=clock, **short) as res:
+        assert res.redis is not None
         listener, key, copy = await copied_then_signed_out(db, res, redis, token, lapse_within=15)
         clock.offset = 11  # well inside the value's own 60 s
         # The flood: paced batches of digests of the triggers' shape, from a role with no privilege.
@@ -149,7 +147,7 @@ async def test_a_notify_flood_cannot_push_a_revocation_out_for_a_replayed_value(
                 sent + batch - 1,
             )
             sent += batch
-            await eventually(lambda n=sent: listener.notifications == 1 + n, within=30)
+            await eventually(functools.partial(lambda n: listener.notifications == 1 + n, sent), within=30)
             await listener.settled()
         assert res.redis.degraded is None  # Redis never degraded: the generation never moved
         await redis.set(key, copy, px=600_000)  # the copy goes back in

@@ -16,7 +16,9 @@ from gateway.core.sessions import Reason
 from gateway.credentials.tokens import header_credential, sign, token_hash
 from gateway.postgres import seed
 from gateway.resources import open_resources
-from tests.conftest import SECRET, RedisServer, free_port, redis_server_binary
+from tests.support.credentials import SECRET
+from tests.support.ports import free_port
+from tests.support.redis import RedisServer, redis_server_binary
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -87,6 +89,7 @@ async def seeded(db: asyncpg.Connection, n: int) -> list[str]:
 
 async def decide_all(settings: Any, tokens: list[str]) -> tuple[set[Reason], int]:
     async with open_resources(settings) as res:
+        assert res.store is not None
         verdicts = await asyncio.gather(*(res.decider.decide(header_credential(sign(t, SECRET))) for t in tokens))
         await asyncio.sleep(0.1)  # background writes
         return {v.reason for v in verdicts}, res.store.queries

@@ -19,15 +19,15 @@ import redis.asyncio as redis
 
 from gateway.credentials.tokens import sign
 from gateway.postgres import seed
-from tests.conftest import SECRET, RedisServer, cookie, statuses
-from tests.support.better_auth import BetterAuth, ba_client, node_modules
+from tests.support.better_auth import BetterAuth
+from tests.support.credentials import SECRET, cookie
+from tests.support.redis import RedisServer
+from tests.support.server import statuses
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     import httpx
-
-__all__ = ["ba_client", "node_modules"]  # fixtures, used by name
 
 
 @pytest.mark.parametrize(
@@ -153,7 +153,7 @@ async def test_a_deeply_nested_json_field_in_secondary_storage_is_no_500(
 
     def value(user_id: str, token: str, prefs: object) -> str:
         stamp = "2026-01-01T00:00:00.000Z"
-        session = {"id": "s" + token[:8], "token": token, "userId": user_id, "expiresAt": later}
+        session: dict[str, str | None] = {"id": "s" + token[:8], "token": token, "userId": user_id, "expiresAt": later}
         session |= {"createdAt": stamp, "updatedAt": stamp, "ipAddress": None, "userAgent": None}
         user = {"id": user_id, "name": user_id, "email": f"{user_id}@example.com", "emailVerified": True}
         user |= {"image": None, "createdAt": stamp, "updatedAt": stamp, "prefs": prefs}

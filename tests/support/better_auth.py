@@ -7,24 +7,14 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
-from tests.conftest import SECRET, free_port
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+from tests.support.credentials import SECRET
+from tests.support.ports import free_port
 
 PEER = Path(__file__).parent.parent / "better_auth"
-
-
-@pytest.fixture
-async def ba_client() -> AsyncIterator[httpx.AsyncClient]:
-    """A client that keeps no cookies (see ``stateless_client``)."""
-    async with stateless_client() as c:
-        yield c
 
 
 def stateless_client() -> httpx.AsyncClient:
@@ -43,9 +33,12 @@ class _NoCookies(http.cookiejar.CookieJar):
 PASSWORD = "correct-horse-battery-staple"
 
 
-@pytest.fixture(scope="session")
-def node_modules() -> Path:
-    """The pinned Better Auth install (``npm ci`` on first use)."""
+def install_peer() -> Path:
+    """The pinned Better Auth install (``npm ci`` on first use); skip, or fail, without Node.js.
+
+    Without ``node`` the tests that need the peer skip, unless ``GATEWAY_TEST_REQUIRE_NODE`` is set
+    (CI): then they fail.
+    """
     if shutil.which("node") is None:
         if os.environ.get("GATEWAY_TEST_REQUIRE_NODE"):
             pytest.fail("node is required (GATEWAY_TEST_REQUIRE_NODE is set) but not installed")
