@@ -82,7 +82,7 @@ def session(user_id: str = "u1", *, expires_at: float = math.inf, banned_until: 
         if math.isinf(expires_at)
         else dt.datetime.fromtimestamp(expires_at, dt.UTC)
     )
-    expires = moment.isoformat().replace("+00:00", "Z")
+    expires = moment.strftime("%Y-%m-%dT%H:%M:%S.000Z")  # as Better Auth writes dates
     return Session(
         expires_at=expires_at,
         banned_until=banned_until,
