@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import TYPE_CHECKING
 
@@ -87,6 +88,7 @@ class Tiers:
         self._negative_ttl_s = min(negative_ttl_s, ttl_s)
         self._source: Batcher[str, Session] = Batcher(self._timed(source.fetch_many), batch_max_size)
         self._flights = Flights(self.revocations)
+        self._joined = functools.partial(self.metrics.event, "singleflight_join")
         self._outbox = Outbox(shared) if shared is not None else None
         self._by_digest: dict[str, set[str]] = {}
         self._by_user: dict[str, set[str]] = {}
@@ -133,15 +135,8 @@ class Tiers:
         Raises:
             BackendUnavailable: the source could not answer and the shared cache had no session.
         """
-        if digest is None:
-            digest = token_hash(token)
-        known = digest
-        return await self._flights.run(
-            token,
-            digest,
-            lambda since: self._load(token, known, since),
-            lambda: self.metrics.event("singleflight_join"),
-        )
+        hashed = token_hash(token) if digest is None else digest
+        return await self._flights.run(token, hashed, lambda since: self._load(token, hashed, since), self._joined)
 
     async def _load(self, token: str, digest: str, since: int) -> Session | None:
         if self.shared is None:

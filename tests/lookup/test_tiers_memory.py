@@ -89,6 +89,21 @@ async def test_the_value_written_carries_the_generation_read_before_the_source()
     assert (await world.shared.get(DIGEST)) == (None, 1)
 
 
+async def test_concurrent_loads_of_one_token_share_one_read_of_each_tier() -> None:
+    """Twenty callers of one cold token: one shared read, one source query, nineteen joins counted."""
+    world = World()
+    assert world.shared is not None
+    world.source.gate.close()
+    loads = [asyncio.ensure_future(world.tiers.load(TOKEN)) for _ in range(20)]
+    await world.source.gate.arrived()
+    assert world.tiers.joinable(TOKEN)
+    world.source.gate.open()
+    assert all(loaded.session is world.alice for loaded in await asyncio.gather(*loads))
+    assert world.source.calls == [[TOKEN]]
+    assert len(world.shared.puts) == 1
+    assert world.tiers.metrics._counts[("e", "singleflight_join")] == 19
+
+
 async def test_lru_ttl_and_expiry_with_an_injected_clock() -> None:
     """An LRU entry lasts the LRU TTL, never past the session's expiresAt."""
     world = World(shared=False)
