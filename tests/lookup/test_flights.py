@@ -66,8 +66,9 @@ async def test_a_cancelled_caller_cancels_only_its_own_wait() -> None:
     fetch.gate.close()
     first = asyncio.ensure_future(group.run("t", DIGEST, fetch))
     await fetch.gate.arrived()
-    second = asyncio.ensure_future(group.run("t", DIGEST, fetch))
-    await asyncio.sleep(0)  # let the second caller join (one loop step, not a wait for time)
+    joined = asyncio.Event()
+    second = asyncio.ensure_future(group.run("t", DIGEST, fetch, joined.set))
+    await joined.wait()
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
@@ -130,8 +131,9 @@ async def test_a_joiner_whose_user_was_revoked_meanwhile_asks_again() -> None:
     fetch.gate.close()
     early = asyncio.ensure_future(group.run("t", DIGEST, fetch))
     await fetch.gate.arrived()
-    late = asyncio.ensure_future(group.run("t", DIGEST, fetch))
-    await asyncio.sleep(0)  # let it join (one loop step)
+    joined = asyncio.Event()
+    late = asyncio.ensure_future(group.run("t", DIGEST, fetch, joined.set))
+    await joined.wait()
     revocations.user("u1")
     fetch.gate.open()
     assert (await early).invalidations == 0  # its caller decides what to do with it (tiers: not cached)
