@@ -166,6 +166,21 @@ async def test_a_revocation_during_a_lookup_is_never_cached_past(revoke: str) ->
     assert world.shared.puts == []
 
 
+async def test_a_shared_value_read_across_a_revocation_is_not_trusted() -> None:
+    """A revocation heard during the shared read: the value it brings back goes unused, the source decides."""
+    world = World()
+    assert world.shared is not None
+    world.shared.values[DIGEST] = (world.alice, 0)
+    world.shared.gate.close()
+    load = asyncio.ensure_future(world.tiers.load(TOKEN))
+    await world.shared.gate.arrived()
+    world.tiers.invalidate_token(DIGEST)
+    world.source.sessions.pop(TOKEN)
+    world.shared.gate.open()
+    assert (await load).session is None
+    assert world.source.calls == [[TOKEN]]
+
+
 async def test_revocations_of_others_during_a_lookup_cost_it_nothing() -> None:
     """Anyone may NOTIFY: another token's or user's revocation does not stop a lookup from being cached."""
     world = World()
