@@ -64,7 +64,7 @@ def test_a_revocation_heard_again_is_dated_by_the_latest() -> None:
     assert memory.stale(since, VICTIM, None)
 
 
-def test_a_revocation_pushed_out_while_in_force_makes_everything_suspect_until_it_lapses() -> None:
+def test_a_revocation_pushed_out_of_memory_makes_every_redis_value_untrusted() -> None:
     """Red team 13, finding 2: one revocation in force too many distrusts every token until the dropped one lapses.
 
     The memory used to drop its oldest entry silently, and with it the only thing refusing a
