@@ -1,7 +1,18 @@
 """The core's ports: what the lookup needs from its adapters, as protocols.
 
 The adapters (``gateway.postgres``, ``gateway.redis``) implement them; the core never imports an
-adapter. ``tests/support`` has in-memory implementations for the core's unit tests.
+adapter. ``tests/support/memory.py`` has in-memory implementations for the core's unit tests.
+
+The shared cache keeps a *generation*: a number every process using it reads with each value
+and writes with each value, bumped (``bump_generation``) whenever revocations may have been
+missed, so that everything cached before is a miss for everyone. It is not the local count of
+invalidations a process has heard (``lookup.revocations.Revocations.invalidations``), which
+dates a lookup in that one process.
+
+Four values carry a session, each with its own bookkeeping: ``SharedRead`` (what the shared
+cache held, and the generation read), ``flights.Loaded`` (what a lookup found, dated by the local
+invalidation count), ``tiers.Entry`` (what the in-process LRU holds) and ``sessions.Verdict``
+(what a decision says).
 """
 
 from __future__ import annotations
@@ -14,8 +25,12 @@ if TYPE_CHECKING:
     from gateway.core.sessions import Session
 
 
-class Lookup(NamedTuple):
-    """What a read found: the session (if any usable one) and the generation it was read under."""
+class SharedRead(NamedTuple):
+    """What a read of the shared cache found: the session (if any usable one) and the generation read.
+
+    ``generation`` is passed back to ``SharedCache.put`` when the session is then read from the
+    source, so that a bump in between leaves the value written unusable.
+    """
 
     session: Session | None
     generation: int
@@ -32,12 +47,15 @@ class SessionSource(Protocol):
 class SharedCache(Protocol):
     """A cache shared between processes (``redis.tier.RedisTier``), keyed by token hash."""
 
-    def get(self, token_digest: str) -> Awaitable[Lookup | None]:
+    def get(self, token_digest: str) -> Awaitable[SharedRead | None]:
         """The cached session and the generation read, or ``None`` when unavailable; never raises."""
         ...
 
     def put(self, token_digest: str, session: Session, generation: int) -> None:
-        """Cache ``session`` (maybe in the background); never raises."""
+        """Cache ``session`` under ``generation`` (maybe in the background); never raises.
+
+        A put never replaces a revocation (``revoke``, ``revoke_users``) still in force.
+        """
         ...
 
     def revoke(self, token_digests: Sequence[str]) -> Awaitable[object]:
@@ -49,7 +67,7 @@ class SharedCache(Protocol):
         ...
 
     def bump_generation(self) -> Awaitable[bool]:
-        """Make everything cached so far unusable; never raises."""
+        """Make everything cached so far unusable, for every process; ``False`` if it could not; never raises."""
         ...
 
 

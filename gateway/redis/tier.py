@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 
 from gateway.core.sessions import Session
 from gateway.lookup.batching import Batcher
-from gateway.lookup.protocols import Lookup
+from gateway.lookup.protocols import SharedRead as Lookup
 from gateway.postgres.schema import fields_of, mapping_from
 
 if TYPE_CHECKING:
