@@ -18,12 +18,10 @@ from tests.support.resources import open_gateway
 from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
     from contextlib import AbstractAsyncContextManager
 
     import asyncpg
 
-    from gateway.core.sessions import Session
     from gateway.resources import Resources
     from tests.support.resources import Open
 
