@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from gateway.config.settings import ConfigError, Secret, describe, load_settings
+from gateway.config import ConfigError, Secret, describe, load_settings
 from tests.conftest import ROOT
 
 BASE = {"DATABASE_URL": "postgresql://gw:hunter2@db/app", "BETTER_AUTH_SECRET": "x" * 32}

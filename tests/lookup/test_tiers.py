@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import header_credential, sign, token_hash
 from gateway.lookup.tiers import Tiers

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 from gateway.core.errors import StoreUnavailable
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import header_credential, sign
