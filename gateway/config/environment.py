@@ -70,18 +70,8 @@ def load_settings(
     problems: list[str] = []
     _read_secret_files(env, problems)
     values: dict[str, object] = {}
-    fields = {f.name: f for f in msgspec.structs.fields(Settings)}
     _read_better_auth_names(env, values, problems)
-    for name, raw in env.items():
-        if not name.startswith(_ENV_PREFIX) or name.startswith("GATEWAY_TEST_"):
-            continue
-        field = name[len(_ENV_PREFIX) :].lower()
-        if field not in fields or field in _NOT_VARIABLES:
-            problems.append(f"{name}: unknown setting")
-            continue
-        value = _convert(name, field, raw, fields[field].type, problems)
-        if value is not _INVALID:
-            values[field] = value
+    _read_gateway_names(env, values, problems)
     for field, value in (overrides or {}).items():
         parsed = value
         if isinstance(value, str) and field in _PARSERS:
@@ -137,6 +127,21 @@ def _read_better_auth_names(env: dict[str, str], values: dict[str, object], prob
         values["secrets"] = _parse_versioned_secrets(env["BETTER_AUTH_SECRETS"], problems)
     elif env.get("BETTER_AUTH_SECRET") or env.get("AUTH_SECRET"):
         values["secrets"] = (Secret(env.get("BETTER_AUTH_SECRET") or env["AUTH_SECRET"]),)
+
+
+def _read_gateway_names(env: dict[str, str], values: dict[str, object], problems: list[str]) -> None:
+    """Every ``GATEWAY_<FIELD>`` as its field's type; any other ``GATEWAY_*`` name is unknown."""
+    fields = {f.name: f.type for f in msgspec.structs.fields(Settings)}
+    for name, raw in env.items():
+        if not name.startswith(_ENV_PREFIX) or name.startswith("GATEWAY_TEST_"):
+            continue
+        field = name[len(_ENV_PREFIX) :].lower()
+        if field not in fields or field in _NOT_VARIABLES:
+            problems.append(f"{name}: unknown setting")
+            continue
+        value = _convert(name, field, raw, fields[field], problems)
+        if value is not _INVALID:
+            values[field] = value
 
 
 def _parse_versioned_secrets(raw: str, problems: list[str]) -> tuple[Secret, ...]:
@@ -198,9 +203,8 @@ def _derive(values: dict[str, object]) -> None:
         except ValueError:  # the checks name a bad login URL
             login_host = None
         values["redirect_hosts"] = (login_host,) if login_host else ()
-    text = {k: str(values.get(k, "")) for k in _FIELD_SETTINGS}
     with contextlib.suppress(KeyError):  # an unknown plugin: the checks name it
-        values["returned_fields"] = returned_fields(*(text[k] for k in _FIELD_SETTINGS))
+        values["returned_fields"] = returned_fields(*(str(values.get(k, "")) for k in _FIELD_SETTINGS))
 
 
 _FIELD_SETTINGS = (
