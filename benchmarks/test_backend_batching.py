@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 from gateway.credentials.tokens import token_hash
 from gateway.postgres import seed
 from gateway.postgres.schema import mapping_from

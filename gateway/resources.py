@@ -18,7 +18,7 @@ from gateway.credentials.tokens import Verifier
 from gateway.lookup.decision import Decider
 from gateway.lookup.tiers import Tiers
 from gateway.postgres.listener import Listener
-from gateway.postgres.schema import fields_of, mapping_from
+from gateway.postgres.schema import mapping_from
 from gateway.postgres.store import Store
 from gateway.redis.secondary_storage import KeyspaceListener, SecondaryStorage
 from gateway.redis.tier import FAILURES as REDIS_FAILURES
@@ -28,7 +28,7 @@ from gateway.telemetry.metrics import Metrics
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
 
-    from gateway.config.settings import Settings
+    from gateway.config import Secret, Settings
     from gateway.lookup.protocols import SessionSource
 
 log = logging.getLogger("gateway")
@@ -93,13 +93,14 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
     async with contextlib.AsyncExitStack() as stack:
         metrics = Metrics()
         store, secondary, ttl_s = None, None, settings.l1_ttl_s
+        source: SessionSource
         if settings.secondary_storage_url is not None:
-            secondary = await _open_secondary(settings, stack)
+            source = secondary = await _open_secondary(settings.secondary_storage_url, settings, stack)
             if not await secondary.notifications_on():
                 log.warning("Redis keyspace notifications are off: revocations reach the LRU within 1 s, not at once")
                 ttl_s = min(ttl_s, 1.0)
         else:
-            store = Store(settings, mapping_from(settings))
+            source = store = Store(settings, mapping_from(settings))
             await store.open()
             stack.push_async_callback(store.close)
             await _wait_for_postgres(store, settings.startup_wait_s)
@@ -108,8 +109,6 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             observe = metrics.backend_seconds.labels("redis").observe
             redis = RedisTier(connect(settings.redis_url.reveal(), settings), settings, clock, observe, metrics.event)
             stack.push_async_callback(redis.close)
-        source: SessionSource | None = store if store is not None else secondary
-        assert source is not None  # noqa: S101  (one of the two was opened above)
         tiers = Tiers(
             source,
             redis,
@@ -141,7 +140,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
         if settings.cookie_cache != "off":
             secrets = tuple(s.reveal() for s in settings.secrets)
             cookie_cache = CookieCache(
-                settings.cookie_cache, secrets, version=settings.cookie_cache_version, fields=fields_of(settings)
+                settings.cookie_cache, secrets, version=settings.cookie_cache_version, fields=settings.returned_fields
             )
         jwts = None
         audience, issuer = settings.jwt_claims
@@ -166,11 +165,12 @@ def _revoked_for_s(settings: Settings) -> float:
     return max(windows)
 
 
-async def _open_secondary(settings: Settings, stack: contextlib.AsyncExitStack) -> SecondaryStorage:
-    assert settings.secondary_storage_url is not None  # noqa: S101  (checked by the caller)
-    client = connect(settings.secondary_storage_url.reveal(), settings)
+async def _open_secondary(url: Secret, settings: Settings, stack: contextlib.AsyncExitStack) -> SecondaryStorage:
+    client = connect(url.reveal(), settings)
     assert not isinstance(client, RedisCluster)  # noqa: S101  (refused by the settings' checks)
-    storage = SecondaryStorage(client, settings.secondary_storage_prefix, settings.redis_timeout_s, fields_of(settings))
+    storage = SecondaryStorage(
+        client, settings.secondary_storage_prefix, settings.redis_timeout_s, settings.returned_fields
+    )
     stack.push_async_callback(storage.close)
     return storage
 

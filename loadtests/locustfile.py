@@ -33,7 +33,7 @@ from urllib.parse import quote
 import psycopg  # cooperates with gevent (psycopg >= 3.1.14), which locust runs on
 from locust import FastHttpUser, between, constant, events, task
 
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 from gateway.credentials.tokens import sign
 from gateway.postgres.seed import generate_id
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import __version__
-from gateway.config.settings import Settings, cookie_note, describe, load_settings
+from gateway.config import Settings, cookie_note, describe, load_settings
 from gateway.core.errors import ConfigError
+from gateway.http.policy import rules_file_problems
 from gateway.postgres.admin import budget_warning, run_sql, trigger_sql
 from gateway.postgres.store import UNAVAILABLE
 from gateway.telemetry.logs import configure_logging
@@ -61,11 +62,19 @@ def _cli_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def settings_or_none(
-    overrides: Mapping[str, object] | None = None, need: frozenset[str] = frozenset({"secret", "database"})
+    overrides: Mapping[str, object] | None = None,
+    need: frozenset[str] = frozenset({"secret", "database"}),
+    *,
+    serving: bool = True,
 ) -> Settings | None:
-    """Load the settings, or print every problem to stderr and return ``None``."""
+    """Load the settings, or print every problem to stderr and return ``None``.
+
+    ``serving``: also check what the HTTP adapter reads when it starts (the rules file), so that
+    a bad one stops ``serve`` before it serves and ``check-config`` lists it.
+    """
+    checks = (rules_file_problems,) if serving else ()
     try:
-        return load_settings(overrides=overrides, need=need)
+        return load_settings(overrides=overrides, need=need, checks=checks)
     except ConfigError as exc:
         print("gateway: invalid configuration:", file=sys.stderr)  # noqa: T201
         for problem in exc.problems:
@@ -92,7 +101,7 @@ def check_config() -> int:
 
 def install_triggers(*, print_only: bool, uninstall: bool) -> int:
     """Print or run the trigger SQL (``--print`` needs no database)."""
-    settings = settings_or_none(need=frozenset() if print_only else frozenset({"database"}))
+    settings = settings_or_none(need=frozenset() if print_only else frozenset({"database"}), serving=False)
     if settings is None:
         return EXIT_CONFIG
     sql = trigger_sql(settings, uninstall=uninstall)

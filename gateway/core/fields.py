@@ -59,6 +59,10 @@ PLUGINS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # Read for decisions whenever the columns exist; returned only if declared (admin plugin).
 DECISION_USER_FIELDS = ("role", "banned", "banExpires")
 
+# What an answer says about who is signed in, beyond the JSON body: the identity a proxy passes
+# upstream (``GATEWAY_IDENTITY_HEADERS`` renames its headers; ``config`` checks the names).
+IDENTITY_FIELDS = ("user", "email", "name", "session_id", "role", "groups")
+
 
 class Fields(NamedTuple):
     """The user and session fields Better Auth returns for one configuration."""

@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING, cast
 
 import msgspec
 
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 from gateway.core.sessions import Reason
 from gateway.credentials.cookie_cache import data_cookie
 from gateway.credentials.tokens import Credential, Kind, cookie_header, find_credential, header_credential
-from gateway.http import responses
+from gateway.http import policy, responses
 from gateway.http.budget import Budget
 from gateway.http.forward_auth import ForwardAuth
-from gateway.http.original import parse_networks
 from gateway.resources import Resources, open_resources
 from gateway.telemetry.logs import DecisionLog, configure_logging
 from gateway.telemetry.metrics import CONTENT_TYPE
@@ -28,7 +27,7 @@ if TYPE_CHECKING:
     from granian._granian import RSGIHTTPProtocol as HTTPProtocol
     from granian.rsgi import Scope
 
-    from gateway.config.settings import Settings
+    from gateway.config import Settings
     from gateway.core.sessions import Verdict
     from gateway.credentials.tokens import Headers
 
@@ -218,8 +217,8 @@ def budget_from(settings: Settings) -> Budget:
     return Budget(
         settings.rate_limit_per_minute,
         settings.rate_limit_burst,
-        proxies=parse_networks(settings.trusted_proxies),
-        exempt=parse_networks(settings.rate_limit_exempt),
+        proxies=settings.trusted_proxies,
+        exempt=settings.rate_limit_exempt,
         ipv4_prefix=settings.rate_limit_ipv4_prefix,
         ipv6_prefix=settings.rate_limit_ipv6_prefix,
         max_wait_s=settings.rate_limit_max_wait_s,
@@ -229,6 +228,6 @@ def budget_from(settings: Settings) -> Budget:
 
 def create_app() -> App:
     """Build the app from the environment: granian's factory, called once in each worker."""
-    settings = load_settings()
+    settings = load_settings(checks=(policy.rules_file_problems,))
     configure_logging(settings.log_level, settings.log_format)
     return App(settings)

@@ -46,12 +46,13 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from gateway.core.lru import LRU
-from gateway.http.original import forwarded_client, parse_ip, trusted
+from gateway.core.networks import parse_ip
+from gateway.http.original import forwarded_client, trusted
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from gateway.http.original import Address, Network
+    from gateway.core.networks import Address, Network
 
 
 class _Account:

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import cookie_header, find_credential
 from gateway.http import policy, responses
-from gateway.http.original import Original, original_request, parse_networks
+from gateway.http.original import Original, original_request
 from gateway.http.stripping import Stripper
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from granian._granian import RSGIHTTPProtocol as HTTPProtocol
     from granian.rsgi import Scope
 
-    from gateway.config.settings import Settings
+    from gateway.config import Settings
     from gateway.core.sessions import Session, Verdict
     from gateway.credentials.tokens import Credential, Headers
     from gateway.http.budget import Budget
@@ -51,7 +51,7 @@ class ForwardAuth:
         # nginx relays only 401 and 403 from an auth endpoint: the 429 travels in a header.
         self._rate_limited = [*_RATE_LIMITED, ("retry-after", str(budget.retry_after_s))]
         self._names = settings.cookie_names
-        self._networks = parse_networks(settings.trusted_proxies)
+        self._networks = settings.trusted_proxies
         self._proxy = settings.proxy
         self._identity = responses.Identity(settings.identity_headers, remote=settings.remote_headers)
         self._deny = responses.Denials(settings.retry_after_s)
@@ -59,8 +59,7 @@ class ForwardAuth:
         self._strip = Stripper(settings) if settings.strip_credentials else None
         self._login = settings.login_url
         self._param = settings.redirect_param
-        hosts = settings.redirect_hosts or urlsplit(settings.login_url).hostname or ""
-        self._redirect_hosts = tuple(h.strip().lower() for h in hosts.split(",") if h.strip())
+        self._redirect_hosts = settings.redirect_hosts  # lower case; by default the login URL's host
         # Decision logging needs the full path (it times and fingerprints every answer).
         self._simple = self._rules is None and self._strip is None and not log.enabled
 

@@ -27,11 +27,10 @@ the client's on).
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from typing import TYPE_CHECKING, Literal, NamedTuple
 from urllib.parse import parse_qsl, unquote_plus
 
+from gateway.core.networks import Address, Network, parse_ip
 from gateway.http import canonical
 
 if TYPE_CHECKING:
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
 
     from gateway.credentials.tokens import Headers
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Proxy = Literal["", "nginx", "ingress-nginx", "traefik", "caddy", "envoy"]
 PROXIES: tuple[Proxy, ...] = ("nginx", "ingress-nginx", "traefik", "caddy", "envoy")
 
@@ -79,29 +76,6 @@ class Original(NamedTuple):
     def paths(self) -> frozenset[str]:
         """Every reading of the path a rule must agree on (``canonical.readings``)."""
         return canonical.readings(self.path)
-
-
-def parse_networks(text: str) -> tuple[Network, ...]:
-    """Parse ``"127.0.0.0/8, ::1, 10.0.0.0/8"``; raise ``ValueError`` naming a bad entry."""
-    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_ip(text: str) -> Address | None:
-    """An address from an ``X-Forwarded-For`` entry or a peer string (``ip:port``, ``[v6]:port``).
-
-    Memoised: the same few peers and hops come back on every request, and ``ipaddress`` parsing
-    costs several microseconds (bounded, so forged headers cannot grow it).
-    """
-    text = text.strip()
-    if text.startswith("["):
-        text = text[1:].split("]", 1)[0]
-    elif text.count(":") == 1:  # v4 with a port
-        text = text.split(":", 1)[0]
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
 
 
 def trusted(address: Address | None, networks: Sequence[Network]) -> bool:

@@ -53,6 +53,7 @@ import msgspec
 from gateway.http import canonical
 
 if TYPE_CHECKING:
+    from gateway.config import Settings
     from gateway.core.sessions import Session
     from gateway.http.original import Original
 
@@ -256,3 +257,19 @@ def load_rules(path: str) -> Rules:
             rule = msgspec.structs.replace(rule, methods=rule.methods | {"HEAD"})  # noqa: PLW2901
         checked.append(rule)
     return Rules(tuple(checked))
+
+
+def rules_file_problems(settings: Settings) -> list[str]:
+    """What is wrong with ``GATEWAY_RULES_FILE`` (empty without one, or when it loads).
+
+    The HTTP adapter's own check, run with config's wherever settings are loaded to serve
+    (``gateway serve``, ``gateway check-config``, each worker's ``create_app``): a bad file stops
+    the gateway before it serves, listed with every other problem.
+    """
+    if not settings.rules_file:
+        return []
+    try:
+        load_rules(settings.rules_file)
+    except ValueError as exc:
+        return [f"GATEWAY_RULES_FILE: {exc}"]
+    return []

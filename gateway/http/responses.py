@@ -13,8 +13,8 @@ from typing import Any
 
 import msgspec
 
-from gateway.config.settings import IDENTITY_FIELDS
 from gateway.core.column_values import RawJSON, encode_hook
+from gateway.core.fields import IDENTITY_FIELDS
 from gateway.core.sessions import Reason, Session
 
 JSON = msgspec.json.Encoder(enc_hook=encode_hook)  # a RawJSON (too deep to decode) goes out verbatim

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from gateway.credentials.tokens import JS_WHITESPACE, cookie_header
 
 if TYPE_CHECKING:
-    from gateway.config.settings import Settings
+    from gateway.config import Settings
     from gateway.credentials.tokens import Headers
 
 

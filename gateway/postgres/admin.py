@@ -12,7 +12,7 @@ from gateway.postgres.store import UNAVAILABLE
 from gateway.postgres.triggers import install_sql, uninstall_sql
 
 if TYPE_CHECKING:
-    from gateway.config.settings import Settings
+    from gateway.config import Settings
 
 
 def trigger_sql(settings: Settings, *, uninstall: bool = False) -> str:

@@ -36,7 +36,7 @@ from gateway.postgres.triggers import INSTALLED_SQL, installed_names
 if TYPE_CHECKING:
     from collections.abc import Awaitable
 
-    from gateway.config.settings import Settings
+    from gateway.config import Settings
     from gateway.lookup.tiers import Tiers
 
 log = logging.getLogger("gateway.postgres.listener")

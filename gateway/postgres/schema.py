@@ -17,10 +17,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, NamedTuple
 
-from gateway.core.fields import DECISION_USER_FIELDS, Fields, returned_fields
+from gateway.core.fields import DECISION_USER_FIELDS
 
 if TYPE_CHECKING:
-    from gateway.config.settings import Settings
+    from gateway.config import Settings
 
 # The fields the gateway needs; of the rest, only those Better Auth returns are read
 # (gateway.core.fields), and the few it decides with (DECISION_USER_FIELDS).
@@ -82,7 +82,7 @@ def mapping_from(settings: Settings) -> Mapping:
     suffix = "s" if settings.use_plural else ""
     prefix = quote(settings.db_schema) + "." if settings.db_schema else ""
 
-    returned = fields_of(settings)
+    returned = settings.returned_fields
 
     def table(override: str, default: str, fields: dict[str, str], names: frozenset[str]) -> Table:
         bare = override or default + suffix
@@ -93,14 +93,6 @@ def mapping_from(settings: Settings) -> Mapping:
         table(settings.session_table, "session", settings.session_fields, returned.session),
         table(settings.user_table, "user", settings.user_fields, returned.user),
         settings.token_field,
-    )
-
-
-def fields_of(settings: Settings) -> Fields:
-    """The fields Better Auth returns in the configuration the settings describe."""
-    s = settings
-    return returned_fields(
-        s.plugins, s.user_additional_fields, s.session_additional_fields, s.user_hidden_fields, s.session_hidden_fields
     )
 
 

@@ -26,7 +26,7 @@ from gateway.postgres.schema import COLUMNS_SQL, Mapping, Query, build_query, qu
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from gateway.config.settings import Settings
+    from gateway.config import Settings
 
 log = logging.getLogger("gateway.postgres.store")
 

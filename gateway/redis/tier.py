@@ -48,12 +48,12 @@ from redis.exceptions import RedisError
 from gateway.core.sessions import Session
 from gateway.lookup.batching import Batcher
 from gateway.lookup.protocols import SharedRead as Lookup
-from gateway.postgres.schema import fields_of, mapping_from
+from gateway.postgres.schema import mapping_from
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
 
-    from gateway.config.settings import Settings
+    from gateway.config import Settings
 
 log = logging.getLogger("gateway.redis")
 
@@ -169,7 +169,7 @@ def mac_key(settings: Settings) -> bytes:
     plugins, additional fields or mappings must not answer it as its own: under its key the MAC
     does not verify, and the value is a miss.
     """
-    fields, m = fields_of(settings), mapping_from(settings)
+    fields, m = settings.returned_fields, mapping_from(settings)
     tables = [[t.bare, sorted(t.overrides.items()), t.snake_case] for t in (m.session, m.user)]
     configuration = msgspec.json.encode(
         {"user": sorted(fields.user), "session": sorted(fields.session), "schema": m.db_schema}

@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from gateway.config.settings import Settings
+from gateway.config import Settings
 from gateway.credentials.cookie_cache import _jwe_key, _thumbprint
 from tests.support.better_auth import PASSWORD, BetterAuth, stateless_client
 from tests.support.credentials import SECRET

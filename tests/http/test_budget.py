@@ -11,9 +11,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from gateway.core.networks import parse_networks
 from gateway.credentials.tokens import sign
 from gateway.http.budget import Budget
-from gateway.http.original import parse_networks
 from gateway.postgres import seed
 from tests.support.credentials import SECRET, cookie
 from tests.support.tcp_proxy import Proxy

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.core.networks import parse_networks
 from gateway.core.sessions import Session
 from gateway.http import policy
-from gateway.http.original import Original, Proxy, original_request, parse_networks
+from gateway.http.original import Original, Proxy, original_request
 
 LOOPBACK = parse_networks("127.0.0.0/8,::1/128")
 

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from gateway.core.networks import parse_networks
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import Credential, Kind, Verifier, cookie_value, decode_uri_component, sign
 from gateway.http import canonical
-from gateway.http.original import PROXIES, Proxy, original_request, parse_networks
+from gateway.http.original import PROXIES, Proxy, original_request
 from gateway.postgres import seed
 from tests.support.credentials import SECRET, cookie, cookie_pair
 

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import header_credential, token_hash
 from gateway.postgres import seed

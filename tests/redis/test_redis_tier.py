@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import token_hash
 from gateway.lookup.tiers import Tiers

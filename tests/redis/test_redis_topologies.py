@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import header_credential, sign, token_hash
 from gateway.postgres import seed

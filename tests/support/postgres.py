@@ -39,7 +39,7 @@ async def drop_database(admin_dsn: str, dsn: str) -> None:
 
 async def install_triggers(dsn: str, **overrides: object) -> None:
     """Install the invalidation triggers as ``gateway install-triggers`` does (``overrides``: settings)."""
-    from gateway.config.settings import load_settings  # noqa: PLC0415
+    from gateway.config import load_settings  # noqa: PLC0415
     from gateway.postgres.admin import run_sql, trigger_sql  # noqa: PLC0415
 
     settings = load_settings({"DATABASE_URL": dsn}, overrides, need=frozenset({"database"}))

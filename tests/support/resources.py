@@ -7,7 +7,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from gateway.config.settings import load_settings
+from gateway.config import load_settings
 from gateway.resources import Resources, open_resources
 from tests.support.credentials import SECRET
 
