@@ -18,7 +18,7 @@ IDENTITY = ("x-auth-request-user", "x-auth-request-email", "x-auth-request-name"
 class Echo(BaseHTTPRequestHandler):
     """``GET`` anything: the identity headers as JSON."""
 
-    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+    def do_GET(self) -> None:
         """Answer with the identity this request arrived with."""
         body = json.dumps({name: self.headers.get(name, "") for name in IDENTITY} | {"path": self.path}).encode()
         self.send_response(200)

@@ -11,6 +11,7 @@ validates, its identity reaches the app, and a sign-out is refused at once.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -165,10 +166,11 @@ async def test_compose_parts_sign_in_validate_reach_the_app_and_sign_out(
     assert "{{" not in page.text
     # The one-shot service: `gateway install-triggers` on the tables Better Auth's migrations made.
     env = {"PATH": str(Path(sys.executable).parent), "DATABASE_URL": database}
-    triggers = subprocess.run(  # noqa: S603
-        [sys.executable, "-m", "gateway", "install-triggers"], env=env, capture_output=True, text=True, check=False
+    triggers = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "install-triggers", env=env, stderr=asyncio.subprocess.PIPE
     )
-    assert triggers.returncode == 0, triggers.stderr
+    _, stderr = await triggers.communicate()
+    assert triggers.returncode == 0, stderr.decode()
     gateway = compose()["services"]["gateway"]["environment"]
     keep = ("GATEWAY_PROXY", "GATEWAY_WORKERS")
     server = start_gateway(

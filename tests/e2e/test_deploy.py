@@ -123,7 +123,7 @@ def test_deployment_probes_and_security_context() -> None:
     # The root filesystem is read-only: the workers' metrics (PROMETHEUS_MULTIPROC_DIR) go to /tmp.
     mounts = {m["mountPath"]: m["name"] for m in gateway["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert "emptyDir" in volumes[mounts["/tmp"]]  # noqa: S108  (the container's own /tmp)
     config = manifest("ConfigMap")["data"]
     grace = float(config["GATEWAY_SHUTDOWN_GRACE_S"])
     assert spec["terminationGracePeriodSeconds"] > grace + 5  # the grace, after the preStop pause
@@ -139,9 +139,8 @@ def assert_secrets_are_files(spec: dict[str, Any], names: tuple[str, ...]) -> No
     (container,) = spec["containers"]
     env = environment(container)
     volumes = {v["name"]: v for v in spec["volumes"]}
-    secret_dirs = {
-        m["mountPath"]: volumes[m["name"]]["secret"] for m in container["volumeMounts"] if "secret" in volumes[m["name"]]
-    }
+    mounted = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    secret_dirs = {path: volume["secret"] for path, volume in mounted.items() if "secret" in volume}
     for name in names:
         assert name not in env, f"{name} in the environment"
         path = Path(env[name + "_FILE"]["value"])
@@ -199,4 +198,4 @@ def test_dockerfile_has_oci_labels_and_a_pinned_base() -> None:
     assert 'org.opencontainers.image.licenses="MIT"' in dockerfile
     (base,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.MULTILINE)
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base
-    assert all(line.split()[1] in {"${PYTHON_IMAGE}"} for line in re.findall(r"^FROM .*$", dockerfile, re.MULTILINE))
+    assert all(line.split()[1] == "${PYTHON_IMAGE}" for line in re.findall(r"^FROM .*$", dockerfile, re.MULTILINE))
