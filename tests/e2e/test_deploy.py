@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +201,24 @@ def test_dockerfile_has_oci_labels_and_a_pinned_base() -> None:
     (base,) = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.MULTILINE)
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base
     assert all(line.split()[1] == "${PYTHON_IMAGE}" for line in re.findall(r"^FROM .*$", dockerfile, re.MULTILINE))
+
+
+def test_bench_script_names_what_is_missing(tmp_path: Path) -> None:
+    """``scripts/bench`` without wrk stops at once (exit 2, naming it), before making any venv."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("bash", "dirname"):
+        (tools / tool).symlink_to(shutil.which(tool) or tool)
+    result = subprocess.run(  # noqa: S603  (our own script)
+        [str(tools / "bash"), str(ROOT / "scripts" / "bench")],
+        env={"PATH": str(tools)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "wrk is not installed" in result.stderr
+    bench = (ROOT / "scripts" / "bench").read_text()
+    assert "--group bench" in bench
+    assert "-m benchmarks.http_compare" in bench
