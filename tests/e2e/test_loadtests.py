@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.postgres import seed
 from tests.support import ROOT
+from tests.support.better_auth import BetterAuth
 from tests.support.credentials import SECRET
 from tests.support.postgres import install_triggers
 from tests.support.server import wait_listening
@@ -78,3 +79,59 @@ async def test_load_test_fails_when_revoked_sessions_are_served(
     assert result.returncode != 0
     assert "FAIL" in result.stdout
     assert json.loads((tmp_path / "summary.json").read_text())["accepted_revoked"] > 0
+
+
+def run_seeder(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "BETTER_AUTH"))} | {"DATABASE_URL": dsn}
+    return subprocess.run(  # noqa: S603  (our own module)
+        [sys.executable, "-m", "loadtests.seed", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+
+
+SCHEMA_SQL = """
+select table_name, column_name, data_type, is_nullable, column_default from information_schema.columns
+where table_schema = 'public' order by table_name, column_name
+"""
+INDEXES_SQL = "select indexname, indexdef from pg_indexes where schemaname = 'public' order by indexname"
+ROWS_SQL = """select 'user', "id" from "user" union all select 'session', "token" from "session" order by 1, 2"""
+
+
+async def test_seeder_never_alters_a_better_auth_database_and_removes_its_rows(
+    node_modules: Path, database: str, bare_db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """On tables the real Better Auth migrated (no plugins), seeding adds rows only; dropping removes all of them."""
+    auth = BetterAuth(database, env={"PLUGINS": ""})  # its migrations: Better Auth's own schema, no plugin columns
+    auth.stop()
+    user = await seed.create_user(bare_db, email="someone@example.com")  # a real user, who must stay
+    await seed.create_session(bare_db, user)
+    schema, indexes = await bare_db.fetch(SCHEMA_SQL), await bare_db.fetch(INDEXES_SQL)
+    rows = await bare_db.fetch(ROWS_SQL)
+
+    out = str(tmp_path / "seed.json")
+    created = run_seeder(database, "create", "--out", out, "--users", "3", "--sessions-per-user", "2")
+    assert created.returncode == 0, created.stderr
+    assert len(await bare_db.fetch(ROWS_SQL)) == len(rows) + 3 + 6
+    assert await bare_db.fetch(SCHEMA_SQL) == schema  # no plugin column added (role, banned, ...)
+    dropped = run_seeder(database, "drop", out)
+    assert dropped.returncode == 0, dropped.stderr
+    assert await bare_db.fetch(ROWS_SQL) == rows
+    assert await bare_db.fetch(SCHEMA_SQL) == schema
+    assert await bare_db.fetch(INDEXES_SQL) == indexes
+
+
+async def test_seeder_refuses_a_database_without_better_auths_tables(
+    database: str, bare_db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """An empty database, or tables in another layout, are refused with a reason; nothing is created or written."""
+    empty = run_seeder(database, "create", "--out", str(tmp_path / "seed.json"))
+    assert empty.returncode == 2
+    assert "no Better Auth table" in empty.stderr
+    assert "migrations" in empty.stderr
+    assert await bare_db.fetchval("select count(*) from information_schema.tables where table_schema = 'public'") == 0
+    await seed.create_schema(bare_db, "drizzle")  # snake_case columns: not what the seeder writes
+    other = run_seeder(database, "create", "--out", str(tmp_path / "seed.json"))
+    assert other.returncode == 2
+    assert "lacks" in other.stderr
+    assert "emailVerified" in other.stderr
+    assert await bare_db.fetchval('select count(*) from "user"') == 0
+    assert not (tmp_path / "seed.json").exists()
