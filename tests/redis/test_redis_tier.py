@@ -16,7 +16,8 @@ from gateway.credentials.tokens import header_credential, sign, token_hash
 from gateway.lookup.tiers import Tiers
 from gateway.postgres import seed
 from gateway.postgres.listener import Listener
-from gateway.redis.tier import TOMBSTONE, tombstone_s
+from gateway.redis.scripts import TOMBSTONE
+from gateway.redis.tier import tombstone_s
 from gateway.resources import Resources, open_resources
 from tests.conftest import SECRET, eventually, install_triggers
 
@@ -68,9 +69,13 @@ def cred(token: str) -> Any:
     return header_credential(sign(token, SECRET))
 
 
-async def written(redis: aioredis.Redis, key: str) -> bytes:
-    """The value at ``key`` once a background write has put one there."""
-    return bytes(await eventually(lambda: redis.get(key)))
+async def written(res: Resources, redis: aioredis.Redis, token: str) -> bytes:
+    """The value the gateway's background write put in Redis for ``token`` (there is one)."""
+    assert res.redis is not None
+    await res.redis.drain()
+    value = await redis.get(res.redis.key(token_hash(token)))
+    assert value is not None
+    return bytes(value)
 
 
 @pytest.mark.parametrize(
@@ -110,7 +115,7 @@ async def copied_then_signed_out(
     assert (await res.decider.decide(cred(token))).reason is Reason.ok
     assert res.redis is not None
     key = res.redis.key(token_hash(token))
-    copy = await written(redis, key)  # taken while the session is valid
+    copy = await written(res, redis, token)  # taken while the session is valid
     await db.execute('delete from "session" where token = $1', token)  # sign-out
     await eventually(lambda: listener.notifications == 1)
     await listener.settled()
@@ -194,7 +199,7 @@ async def test_a_lowered_generation_is_ignored(
         assert res.redis is not None
         gen_key = f"{redis_prefix}:v2:gen"
         assert (await res.decider.decide(cred(token))).reason is Reason.ok
-        await written(redis, res.redis.key(token_hash(token)))
+        await written(res, redis, token)
         before = int(await redis.get(gen_key) or 0)
         # Deleted while nobody listened; the listener's reconnect flushes: the value is retired.
         await db.execute('delete from "session" where token = $1', token)
@@ -208,7 +213,7 @@ async def test_a_lowered_generation_is_ignored(
         # And the tier works again: a new session is written and served from Redis.
         fresh = await seed.create_session(db, await seed.create_user(db, email="after@example.com"))
         assert (await res.decider.decide(cred(fresh))).reason is Reason.ok
-        await written(redis, res.redis.key(token_hash(fresh)))
+        await written(res, redis, fresh)
         res.tiers.l1.clear()
         assert (await res.decider.decide(cred(fresh))).reason is Reason.ok
         assert res.store.queries == 3
@@ -235,7 +240,7 @@ async def test_a_garbage_generation_degrades_to_postgres(
         gen_key = f"{redis_prefix}:v2:gen"
         for token in tokens:
             assert (await res.decider.decide(cred(token))).reason is Reason.ok
-            await written(redis, res.redis.key(token_hash(token)))
+            await written(res, redis, token)
         await redis.set(gen_key, garbage)
         with caplog.at_level(logging.WARNING, logger="gateway.redis"):
             verdicts = await asyncio.gather(*(res.decider.decide(cred(t)) for t in tokens * 3))
@@ -440,7 +445,7 @@ async def test_a_large_number_in_a_json_field_is_answered_and_cached(
         assert verdict.session.user["prefs"] == {"x": 1e29, "y": 9007199254740992}  # JavaScript's doubles
         assert type(verdict.session.user["prefs"]["x"]) is float
         assert res.redis is not None
-        await written(redis, res.redis.key(token_hash(token)))  # cached as any other value
+        await written(res, redis, token)  # cached as any other value
 
 
 async def test_a_value_redis_cannot_hold_is_not_cached_and_no_error(
