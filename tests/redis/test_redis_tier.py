@@ -74,8 +74,8 @@ async def written(res: Resources, redis: aioredis.Redis, token: str) -> bytes:
     assert res.redis is not None
     await res.redis.drain()
     value = await redis.get(res.redis.key(token_hash(token)))
-    assert value is not None
-    return bytes(value)
+    assert isinstance(value, bytes)
+    return value
 
 
 @pytest.mark.parametrize(
@@ -156,6 +156,7 @@ async def test_a_notify_flood_cannot_push_a_revocation_out_for_a_replayed_value(
             sent += batch
             await eventually(lambda n=sent: listener.notifications == 1 + n, within=30)
             await listener.settled()
+        assert res.redis is not None
         assert res.redis.degraded is None  # Redis never degraded: the generation never moved
         await redis.set(key, copy, px=600_000)  # the copy goes back in
         verdict = await res.decider.decide(cred(token))

@@ -44,17 +44,22 @@ def cluster(tmp_path: Path) -> Iterator[list[RedisServer]]:
         else:  # what --cluster create does: share the slots out, then introduce the nodes
             clients = [redis.Redis(port=n.port) for n in nodes]
             for i, c in enumerate(clients):
-                c.execute_command("CLUSTER ADDSLOTSRANGE", i * SLOTS // 3, (i + 1) * SLOTS // 3 - 1)
+                c.execute_command("CLUSTER ADDSLOTSRANGE", i * SLOTS // 3, (i + 1) * SLOTS // 3 - 1)  # type: ignore[no-untyped-call]
             for n in nodes[1:]:
-                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", n.port)
+                clients[0].execute_command("CLUSTER MEET", "127.0.0.1", n.port)  # type: ignore[no-untyped-call]
         deadline = time.monotonic() + 20
-        while any(redis.Redis(port=n.port).execute_command("CLUSTER INFO")["cluster_state"] != "ok" for n in nodes):
+        while any(_cluster_state(n.port) != "ok" for n in nodes):
             assert time.monotonic() < deadline, "the cluster did not converge"
             time.sleep(0.1)
         yield nodes
     finally:
         for n in nodes:
             n.kill()
+
+
+def _cluster_state(port: int) -> str:
+    with redis.Redis(port=port) as client:
+        return str(client.execute_command("CLUSTER INFO")["cluster_state"])
 
 
 @pytest.fixture
@@ -68,7 +73,7 @@ def sentinel(tmp_path: Path, own_redis: RedisServer) -> Iterator[int]:
         deadline = time.monotonic() + 10
         while True:
             try:
-                if redis.Redis(port=port).execute_command("SENTINEL get-master-addr-by-name gwmaster"):
+                if redis.Redis(port=port).execute_command("SENTINEL get-master-addr-by-name gwmaster"):  # type: ignore[no-untyped-call]
                     break
             except redis.ConnectionError:
                 pass
@@ -90,6 +95,7 @@ async def decide_all(settings: Any, tokens: list[str]) -> tuple[set[Reason], int
         verdicts = await asyncio.gather(*(res.decider.decide(header_credential(sign(t, SECRET))) for t in tokens))
         assert res.redis is not None
         await res.redis.drain()  # the background writes
+        assert res.store is not None
         return {v.reason for v in verdicts}, res.store.queries
 
 
