@@ -10,14 +10,8 @@
   tombstoned: a lookup that read a user just before a role change cannot put the old one back
   (``scripts``).
 - ``<prefix>:v2:gen`` is a generation number, read with every ``MGET``: a value from another
-  generation is a miss. It is bumped whenever revocations may have been missed (a listener
-  reconnected, Redis came back), which makes everything cached before unusable at once. It is
-  not signed (``INCR`` must stay atomic), so a process never goes back: a generation lower than
-  the highest it has seen, or one that is not a number, makes that read a miss and is set back
-  (a flushed Redis recovers this way; a rolled-back one cannot revive what a bump retired). A
-  bump is at least Redis's clock in milliseconds, so a process that has seen nothing yet (just
-  started) still bumps past every generation a value written before it could carry (unless the
-  counter was pushed ahead of the clock by someone who can write to Redis: ``SECURITY.md``).
+  generation is a miss. Bumping it makes everything cached before unusable at once; a process
+  never lets it go back (``generation``).
 - Reads made in the same loop tick go out as one ``MGET``, writes as one pipeline: the redis-py
   client, not Redis, is the cost of a round trip. ``drain()`` awaits the writes queued so far.
 - Redis failing never fails a request: the tier turns into misses, stops trying (``degraded``)
@@ -40,8 +34,9 @@ from gateway.lookup.batching import Batcher
 from gateway.lookup.protocols import Lookup
 from gateway.redis import client as redis_client
 from gateway.redis.backoff import Backoff
-from gateway.redis.scripts import INDEX_UNLESS_REVOKED, RAISE_GENERATION, REVOKE_USER, SET_UNLESS_REVOKED, TOMBSTONE
-from gateway.redis.values import Values, mac_key, parse_generation
+from gateway.redis.generation import Generation
+from gateway.redis.scripts import INDEX_UNLESS_REVOKED, REVOKE_USER, SET_UNLESS_REVOKED, TOMBSTONE
+from gateway.redis.values import Values, mac_key
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -85,15 +80,14 @@ class RedisTier:
         self._observe = observe or (lambda _: None)
         self._event = event or (lambda _: None)
         self._prefix = prefix = f"{settings.redis_prefix}:v2:"
-        self._session_prefix, self._gen_key = prefix + "s:", prefix + "gen"
+        self._session_prefix = prefix + "s:"
+        self.generation = Generation(client, prefix + "gen")
         self._values = Values(mac_key(settings.secret.reveal(), configuration))
         self._ttl_s = settings.l2_ttl_s
         self._timeout_s = settings.redis_timeout_s
         self._backoff = Backoff(settings.redis_backoff_s, _MAX_BACKOFF_S, random)
         self._tombstone_ms = int(tombstone_s(settings) * 1000)
         self._clock = clock
-        # The highest generation seen: never go back below it (see the module docstring).
-        self.generation_floor = 0
         self._repair: asyncio.Task[bool] | None = None
         self._mget = client.mget_nonatomic if isinstance(client, RedisCluster) else client.mget
         self._reads: Batcher[str, Lookup] = Batcher(self._read_many, settings.batch_max_size)
@@ -163,7 +157,7 @@ class RedisTier:
 
     async def bump_generation(self) -> bool:
         """Make every value cached so far unusable; ``False`` if Redis could not be told (never raises)."""
-        return await self._guarded(self._raise_generation(1))
+        return await self._guarded(self.generation.bump())
 
     async def ping(self) -> None:
         """Return once Redis answers ``PING``.
@@ -181,19 +175,9 @@ class RedisTier:
         await asyncio.gather(*self._background, return_exceptions=True)
         await redis_client.close(self._client)
 
-    async def _raise_generation(self, step: int) -> None:
-        """Move Redis's generation above (``step`` 1) or up to (0) the highest one seen; never down."""
-        floor = self.generation_floor
-        now, found, garbage = await self._client.eval(RAISE_GENERATION, 1, self._gen_key, floor, step)
-        if garbage or (found < floor and (found >= 0 or floor > 0)):
-            # Nothing of ours lowers it: Redis was flushed (or restarted empty), or someone wrote it.
-            was = "not a number" if garbage else "missing" if found < 0 else f"{found}"
-            log.warning("the Redis generation was %s (the highest seen here: %d); set to %d", was, floor, now)
-        self.generation_floor = max(self.generation_floor, int(now))
-
     def _repair_generation(self) -> None:
         if self._repair is None or self._repair.done():
-            self._repair = self._in_background(self._guarded(self._raise_generation(0)))
+            self._repair = self._in_background(self._guarded(self.generation.repair()))
 
     async def _tombstone(self, digests: list[str]) -> None:
         if digests:
@@ -218,25 +202,17 @@ class RedisTier:
         task.add_done_callback(self._background.discard)
         return task
 
-    def _generation(self, raw: object) -> int | None:
-        """The generation read, or ``None`` if it is below the highest seen or is not a number."""
-        generation = parse_generation(raw)
-        if generation is None or generation < self.generation_floor:
-            return None
-        self.generation_floor = generation
-        return generation
-
     async def _read_many(self, keys: Sequence[str]) -> Mapping[str, Lookup]:
         started = time.perf_counter()
         try:
             async with redis_client.answering(self._timeout_s, CacheUnavailable):
-                gen_raw, *values = await self._mget([self._gen_key, *keys])
+                gen_raw, *values = await self._mget([self.generation.key, *keys])
         except CacheUnavailable as exc:
             self._degrade(exc)
             return {}
         finally:
             self._observe(time.perf_counter() - started)
-        generation = self._generation(gen_raw)
+        generation = self.generation.read(gen_raw)
         if generation is None:
             # Rolled back, or garbage: trust nothing read with it (the callers count these as
             # errors and ask Postgres), and set it back in the background. An MGET that raced
@@ -283,7 +259,7 @@ class RedisTier:
                 await self.ping()
                 # Revocations made while Redis was unreachable never reached it.
                 async with redis_client.answering(self._timeout_s, CacheUnavailable):
-                    await self._raise_generation(1)
+                    await self.generation.bump()
             except CacheUnavailable:
                 continue
             log.info("Redis is back")

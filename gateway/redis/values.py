@@ -4,7 +4,7 @@
   the secret and the configuration (``mac_key``): whoever can write to Redis still cannot mint a
   session, or move one to another token's key. A bad MAC is a miss.
 - The generation is the one read before the session was looked up: a value of another
-  generation is a miss (``RedisTier``'s docstring tells why generations move).
+  generation is a miss (``generation`` tells why generations move).
 - The not-after time (the write's time plus the L2 TTL, never past ``expiresAt``) is checked on
   every read, so a value copied out of Redis and written back later is a miss once its own TTL
   would have ended it.
@@ -25,7 +25,6 @@ log = logging.getLogger("gateway.redis")
 _MAC_BYTES = 16  # 128-bit tag
 _HEAD = struct.Struct(">Qd")  # the generation, and the not-after time (Unix seconds)
 _HEAD_END = _MAC_BYTES + _HEAD.size
-_MAX_GEN_DIGITS = 15  # below 2**53: exact in Lua's numbers too
 _ENCODE = msgspec.msgpack.Encoder()
 _DECODE = msgspec.msgpack.Decoder(Session)
 # Bumping this retires every value written before (their MACs stop verifying).
@@ -42,15 +41,6 @@ def mac_key(secret: str, configuration: bytes) -> bytes:
     key the MAC does not verify, and the value is a miss.
     """
     return hmac.digest(secret.encode(), _CONTEXT + configuration, "sha256")
-
-
-def parse_generation(raw: object) -> int | None:
-    """The generation as read from Redis (missing is 0); ``None`` if it is not a small non-negative integer."""
-    if raw is None:
-        return 0
-    if isinstance(raw, bytes) and raw.isdigit() and len(raw) <= _MAX_GEN_DIGITS:
-        return int(raw)
-    return None
 
 
 class Values:

@@ -59,13 +59,6 @@ async def dead_tier(redis_prefix: str) -> AsyncIterator[RedisTier]:
     await tier.close()
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
 async def test_drain_returns_once_every_queued_write_is_in_redis(tier: RedisTier, redis: aioredis.Redis) -> None:
     """Writes queued in one tick are all in Redis when ``drain()`` returns: nothing to sleep for."""
     for n in range(20):
@@ -118,7 +111,7 @@ async def test_recovery_backs_off_with_jitter_then_bumps_the_generation(own_redi
     redis = aioredis.Redis.from_url(own_redis.url)
     try:
         assert await tier.bump_generation()
-        before = tier.generation_floor
+        before = tier.generation.floor
         own_redis.kill()
         assert await tier.get(digest(1)) is None  # degrades, and the probe starts
         assert tier.degraded is not None
@@ -126,7 +119,7 @@ async def test_recovery_backs_off_with_jitter_then_bumps_the_generation(own_redi
         own_redis.start()
         await eventually(lambda: tier.degraded is None, within=5)
         assert int(await redis.get("gwt:v2:gen") or 0) > before  # what was cached before is retired
-        tier.put(digest(2), session(2), tier.generation_floor)
+        tier.put(digest(2), session(2), tier.generation.floor)
         await tier.drain()
         found = await tier.get(digest(2))
         assert found is not None

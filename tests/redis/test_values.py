@@ -1,4 +1,4 @@
-"""The shared tier's value format: sealed with a MAC over key and value, dated, and of one generation."""
+"""The shared tier's value format: sealed with a MAC over key, configuration and value, dated, of one generation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from gateway.config.settings import load_settings
 from gateway.core.sessions import Session
 from gateway.redis.scripts import TOMBSTONE
-from gateway.redis.values import Values, mac_key, parse_generation
+from gateway.redis.values import Values, mac_key
 from gateway.resources import value_configuration
 
 ENV = {"DATABASE_URL": "postgresql://x/y", "BETTER_AUTH_SECRET": "s" * 32}
@@ -56,18 +56,6 @@ def test_a_session_msgpack_cannot_hold_is_not_sealed(values: Values) -> None:
     """An integer past 64 bits (or anything msgpack refuses) is not cached: ``None``, not an exception."""
     huge = Session(expires_at=time.time() + 60, banned_until=0.0, session={"id": "s"}, user={"id": "u", "n": 2**70})
     assert values.seal(KEY, huge, 0, time.time() + 60) is None
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        *[(None, 0), (b"0", 0), (b"1732950000123", 1732950000123), (b"9" * 15, int("9" * 15))],
-        *[(b"9" * 16, None), (b"-1", None), (b"1.5", None), (b"", None), (b"x", None), ("12", None)],
-    ],
-)
-def test_only_a_small_non_negative_integer_is_a_generation(raw: object, expected: int | None) -> None:
-    """A missing generation is 0; anything but up to 15 digits is garbage (``None``)."""
-    assert parse_generation(raw) == expected
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,39 @@
+"""Fixtures of the shared tier's tests: the gateway's resources on a Redis prefix of the test's own."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gateway.config.settings import load_settings
+from gateway.resources import Resources, open_resources
+from tests.conftest import SECRET
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+    from contextlib import AbstractAsyncContextManager
+
+    from tests.redis.support import Open
+
+
+@pytest.fixture
+def gateway(database: str, redis_url: str, redis_prefix: str) -> Open:
+    """Open the gateway's resources with Redis (a prefix of the test's own) and an injectable clock."""
+
+    def open_(clock: Callable[[], float] = time.time, **overrides: Any) -> AbstractAsyncContextManager[Resources]:
+        env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": redis_url}
+        settings = load_settings(env, {"redis_prefix": redis_prefix, "listener_check_s": 0.2} | overrides)
+        return open_resources(settings, clock)
+
+    return open_
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """A client of the test's own: what someone with write access to Redis can do."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()

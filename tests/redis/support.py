@@ -1,0 +1,43 @@
+"""What the shared tier's gateway-level tests share: a movable clock, credentials, awaited writes."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from gateway.credentials.tokens import header_credential, sign, token_hash
+from tests.conftest import SECRET
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractAsyncContextManager
+
+    import redis.asyncio as aioredis
+
+    from gateway.resources import Resources
+
+    Open = Callable[..., AbstractAsyncContextManager[Resources]]
+
+
+class Clock:
+    """Wall-clock time plus an offset the test moves: TTLs pass without sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def cred(token: str) -> Any:
+    """A bearer credential for ``token``, signed as Better Auth signs it."""
+    return header_credential(sign(token, SECRET))
+
+
+async def written(res: Resources, redis: aioredis.Redis, token: str) -> bytes:
+    """The value the gateway's background write put in Redis for ``token`` (there is one)."""
+    assert res.redis is not None
+    await res.redis.drain()
+    value = await redis.get(res.redis.key(token_hash(token)))
+    assert isinstance(value, bytes)
+    return value
