@@ -344,7 +344,8 @@ async def test_forged_session_notifications_do_not_flush_the_shared_tier(
         try:
             gen_key = f"{redis_prefix}:v2:gen"
             assert (await res.decider.decide(cred(token))).reason is Reason.ok
-            await eventually(lambda: client.get(res.redis.key(token_hash(token))))
+            await res.redis.drain()
+            assert await client.get(res.redis.key(token_hash(token))) is not None
             before = await client.get(gen_key)
             await stranger.execute(
                 "select count(pg_notify($1, 's:' || encode(sha256(('forged' || g)::bytea), 'hex'))) "
