@@ -31,9 +31,10 @@ def connect(url: str, *, timeout_s: float, pool_max_size: int) -> Redis | RedisC
     """Make a client for ``url`` (no I/O until the first command).
 
     ``redis[s]://`` or ``unix://`` (one server), ``redis[s]+cluster://host:port[,...]`` (Redis
-    Cluster, any nodes to start from), ``redis[s]+sentinel://host:port[,...]/<service>[/<db>]``
-    (the master Sentinel names for the service). Every socket operation is bounded by
-    ``timeout_s``; the client never retries on its own (the callers' budgets and back-off decide).
+    Cluster, any nodes to start from), ``redis[s]+sentinel://host[:port][,...]/<service>[/<db>]``
+    (the master Sentinel names for the service; a Sentinel's port is 26379 unless given). Every
+    socket operation is bounded by ``timeout_s``; the client never retries on its own (the
+    callers' budgets and back-off decide).
     """
     common: dict[str, Any] = {
         "socket_timeout": timeout_s,
@@ -43,14 +44,14 @@ def connect(url: str, *, timeout_s: float, pool_max_size: int) -> Redis | RedisC
     scheme, _, rest = url.partition("://")
     tls = scheme.startswith("rediss")
     if scheme.endswith("+cluster"):
-        nodes = [ClusterNode(*_host_port(n)) for n in rest.split("/")[0].split("@")[-1].split(",")]
+        nodes = [ClusterNode(*_host_port(n, 6379)) for n in rest.split("/")[0].split("@")[-1].split(",")]
         creds = _credentials(rest)
         return RedisCluster(startup_nodes=nodes, ssl=tls, max_connections=pool_max_size, **creds, **common)
     if scheme.endswith("+sentinel"):
         hosts, _, path = rest.partition("/")
         service, _, db = path.partition("/")
         creds = _credentials(hosts)
-        sentinels = [_host_port(n) for n in hosts.split("@")[-1].split(",")]
+        sentinels = [_host_port(n, 26379) for n in hosts.split("@")[-1].split(",")]
         sentinel = Sentinel(sentinels, sentinel_kwargs=common, **common)  # type: ignore[no-untyped-call]
         master: Redis = sentinel.master_for(service, db=int(db or 0), ssl=tls, **creds)
         return master
@@ -85,9 +86,16 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _host_port(node: str) -> tuple[str, int]:
-    host, _, port = node.rpartition(":")
-    return host.strip("[]"), int(port or 6379)
+def _host_port(node: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+    if node.startswith("["):
+        host, _, port = node[1:].partition("]")
+        port = port.removeprefix(":")
+    else:
+        host, colon, port = node.rpartition(":")
+        if not colon:
+            host, port = node, ""
+    return host, int(port or default_port)
 
 
 def _credentials(netloc: str) -> dict[str, Any]:
