@@ -18,7 +18,9 @@ from gateway.credentials.tokens import token_hash
 from gateway.postgres import seed
 from gateway.postgres.schema import mapping_from
 from gateway.postgres.store import Store
-from gateway.redis.tier import RedisTier, connect
+from gateway.redis.client import connect
+from gateway.redis.tier import RedisTier
+from gateway.resources import value_configuration
 from tests.support.credentials import SECRET
 from tests.support.postgres import create_database, drop_database
 
@@ -52,10 +54,11 @@ def seeded(loop: asyncio.AbstractEventLoop, postgres_admin_dsn: str, redis_url: 
         )
         store = Store(settings, mapping_from(settings))
         await store.open()
-        tier = RedisTier(connect(redis_url, settings), settings, lambda: 0.0)
+        client = connect(redis_url, timeout_s=settings.redis_timeout_s, pool_max_size=settings.redis_pool_max_size)
+        tier = RedisTier(client, settings, value_configuration(settings), lambda: 0.0)
         for token, session in (await store.fetch_many(tokens)).items():
             tier.put(token_hash(token), session, 0)  # generation 0: none bumped yet
-        await asyncio.sleep(0.2)
+        await tier.drain()
         return {"tokens": tokens, "store": store, "tier": tier, "settings": settings, "dsn": dsn}
 
     async def teardown(res: dict[str, Any]) -> None:

@@ -9,9 +9,10 @@ import time
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
+import msgspec
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.core.errors import BackendUnavailable, SchemaMismatch
+from gateway.core.errors import BackendUnavailable, CacheUnavailable, SchemaMismatch
 from gateway.credentials.cookie_cache import CookieCache
 from gateway.credentials.jwts import JwtVerifier, endpoint_keys
 from gateway.credentials.tokens import Verifier
@@ -20,13 +21,16 @@ from gateway.lookup.tiers import Tiers
 from gateway.postgres.listener import Listener
 from gateway.postgres.schema import mapping_from
 from gateway.postgres.store import Store
-from gateway.redis.secondary_storage import KeyspaceListener, SecondaryStorage
-from gateway.redis.tier import FAILURES as REDIS_FAILURES
-from gateway.redis.tier import RedisTier, connect, tombstone_s
+from gateway.redis.client import connect
+from gateway.redis.keyspace import KeyspaceListener
+from gateway.redis.secondary_storage import SecondaryStorage
+from gateway.redis.tier import RedisTier, tombstone_s
 from gateway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from redis.asyncio import Redis
 
     from gateway.config import Secret, Settings
     from gateway.lookup.protocols import SessionSource
@@ -66,8 +70,8 @@ class Resources(NamedTuple):
         if self.redis is not None:
             try:
                 await self.redis.ping()
-            except REDIS_FAILURES as exc:
-                ready.degraded["redis"] = f"{type(exc).__name__}: {exc}"
+            except CacheUnavailable as exc:
+                ready.degraded["redis"] = str(exc)
             else:
                 if self.redis.degraded is None:
                     ready.ok.append("redis")
@@ -106,8 +110,10 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             await _wait_for_postgres(store, settings.startup_wait_s)
         redis = None
         if settings.redis_url is not None:
+            client = _connect_redis(settings.redis_url.reveal(), settings)
             observe = metrics.backend_seconds.labels("redis").observe
-            redis = RedisTier(connect(settings.redis_url.reveal(), settings), settings, clock, observe, metrics.event)
+            configuration = value_configuration(settings)
+            redis = RedisTier(client, settings, configuration, clock, observe=observe, event=metrics.event)
             stack.push_async_callback(redis.close)
         tiers = Tiers(
             source,
@@ -128,7 +134,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
         )
         listener: Listener | KeyspaceListener | None = None
         if secondary is not None and ttl_s == settings.l1_ttl_s:
-            listener = KeyspaceListener(secondary, tiers, settings.redis_backoff_s)
+            listener = KeyspaceListener(secondary, tiers, settings.redis_backoff_s, event=metrics.event)
         elif store is not None and settings.listen:
             listener = Listener(settings, tiers)
         if listener is not None:
@@ -155,6 +161,21 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
         yield Resources(store, secondary, redis, tiers, decider, listener, metrics)
 
 
+def value_configuration(settings: Settings) -> bytes:
+    """What the shared tier's values mean and may show, as the bytes their MAC key binds (``redis.values``).
+
+    The answered fields and the table mapping they are read through: a gateway configured
+    otherwise computes another key, and takes another's values for misses. Changing these bytes
+    for an unchanged configuration retires every value in Redis (one cold start).
+    """
+    fields, m = settings.returned_fields, mapping_from(settings)
+    tables = [[t.bare, sorted(t.overrides.items()), t.snake_case] for t in (m.session, m.user)]
+    return msgspec.json.encode(
+        {"user": sorted(fields.user), "session": sorted(fields.session), "schema": m.db_schema}
+        | {"tables": tables, "token": m.token_field}
+    )
+
+
 def _revoked_for_s(settings: Settings) -> float:
     """How long a revoked token or user is remembered: as long as anything cached before could be offered."""
     windows = [10.0]
@@ -166,13 +187,17 @@ def _revoked_for_s(settings: Settings) -> float:
 
 
 async def _open_secondary(url: Secret, settings: Settings, stack: contextlib.AsyncExitStack) -> SecondaryStorage:
-    client = connect(url.reveal(), settings)
+    client = _connect_redis(url.reveal(), settings)
     assert not isinstance(client, RedisCluster)  # noqa: S101  (refused by the settings' checks)
     storage = SecondaryStorage(
         client, settings.secondary_storage_prefix, settings.redis_timeout_s, settings.returned_fields
     )
     stack.push_async_callback(storage.close)
     return storage
+
+
+def _connect_redis(url: str, settings: Settings) -> Redis | RedisCluster:
+    return connect(url, timeout_s=settings.redis_timeout_s, pool_max_size=settings.redis_pool_max_size)
 
 
 async def _wait_for_postgres(store: Store, budget_s: float) -> None:

@@ -7,17 +7,13 @@ as revoked when ``revoked-sessions-before-<userId>`` holds a time after the sess
 ``createdAt`` (bulk revocations: ban, revoke-sessions, password change). The gateway reads both,
 batched (one ``MGET`` for the tokens, one for their users), and never writes.
 
-Revocations reach the LRU through Redis keyspace notifications (``notify-keyspace-events``
-with ``K``, ``g``, ``$`` and ``x``, or ``KA``): a session key deleted, expired or rewritten, or a
-``revoked-sessions-before-`` key set, evicts at once. Where they are off the LRU keeps sessions
-for one second at most, and ``/readyz`` says so.
+Revocations reach the LRU through Redis keyspace notifications (``keyspace.KeyspaceListener``).
+Where they are off the LRU keeps sessions for one second at most, and ``/readyz`` says so.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -26,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.core.column_values import decode_json, object_members
 from gateway.core.errors import StoreUnavailable
 from gateway.core.sessions import Session, iso_epoch
-from gateway.redis.tier import FAILURES
+from gateway.redis.client import answering
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -34,14 +30,12 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from gateway.core.fields import Fields
-    from gateway.lookup.tiers import Tiers
 
 log = logging.getLogger("gateway.redis.secondary_storage")
 
 REVOKED_BEFORE = "revoked-sessions-before-"
 ACTIVE_SESSIONS = "active-sessions-"
-# The keyspace events that end or change what a session key says.
-_EVICTING = frozenset({"del", "expired", "evicted", "set", "rename_from", "unlink"})
+_SOURCE = "Better Auth's secondary storage"
 
 
 class SecondaryStorage:
@@ -57,14 +51,11 @@ class SecondaryStorage:
 
     async def fetch_many(self, tokens: Sequence[str]) -> dict[str, Session]:
         """The live sessions among ``tokens``, as Better Auth's ``findSession`` reads them."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                values = await self.client.mget([self.prefix + t for t in tokens])
-                found = {t: parsed for t, v in zip(tokens, values, strict=True) if (parsed := _parse(v)) is not None}
-                users = sorted({str(p["user"].get("id")) for p in found.values()})
-                revoked = await self.client.mget([self.prefix + REVOKED_BEFORE + u for u in users]) if users else []
-        except FAILURES as exc:
-            raise StoreUnavailable(f"Better Auth's secondary storage: {type(exc).__name__}: {exc}") from exc
+        async with answering(self._timeout_s, StoreUnavailable, _SOURCE):
+            values = await self.client.mget([self.prefix + t for t in tokens])
+            found = {t: parsed for t, v in zip(tokens, values, strict=True) if (parsed := _parse(v)) is not None}
+            users = sorted({str(p["user"].get("id")) for p in found.values()})
+            revoked = await self.client.mget([self.prefix + REVOKED_BEFORE + u for u in users]) if users else []
         before = {u: float(r) for u, r in zip(users, revoked, strict=True) if r is not None and _is_number(r)}
         sessions = {}
         for token, value in found.items():
@@ -77,83 +68,28 @@ class SecondaryStorage:
         return sessions
 
     async def ping(self) -> None:
-        """Raise ``StoreUnavailable`` if Redis does not answer within the budget."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await self.client.ping()
-        except FAILURES as exc:
-            raise StoreUnavailable(f"Better Auth's secondary storage: {type(exc).__name__}: {exc}") from exc
+        """Return once Redis answers ``PING``.
+
+        Raises:
+            StoreUnavailable: Redis did not answer within the budget (the cause chained).
+        """
+        async with answering(self._timeout_s, StoreUnavailable, _SOURCE):
+            await self.client.ping()
 
     async def notifications_on(self) -> bool:
         """Whether Redis publishes the keyspace events revocations are heard by."""
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with answering(self._timeout_s, StoreUnavailable, _SOURCE):
                 config = await self.client.config_get("notify-keyspace-events")
-        except FAILURES as exc:
+        except StoreUnavailable as exc:
             log.warning("cannot read notify-keyspace-events (%s): assuming keyspace notifications are off", exc)
             return False
-        kinds = set(_text(config.get("notify-keyspace-events") or ""))
+        kinds = set(text(config.get("notify-keyspace-events") or ""))
         return "K" in kinds and ("A" in kinds or {"g", "$", "x"} <= kinds)
 
     async def close(self) -> None:
         """Close the connections."""
         await self.client.aclose()
-
-
-class KeyspaceListener:
-    """Evicts from the LRU what Redis says changed: Better Auth's revocations in secondary storage."""
-
-    def __init__(self, storage: SecondaryStorage, tiers: Tiers, backoff_s: float) -> None:
-        self._storage = storage
-        self._tiers = tiers
-        db = storage.client.connection_pool.connection_kwargs.get("db", 0)
-        self._pattern = f"__keyspace@{db}__:{_glob_escape(storage.prefix)}*"
-        self._channel_head = len(f"__keyspace@{db}__:")
-        self._backoff_s = backoff_s
-        self._task: asyncio.Task[None] | None = None
-        self.connected = False
-
-    def start(self) -> None:
-        """Listen in the background until ``close``."""
-        self._task = asyncio.ensure_future(self._run())
-
-    async def close(self) -> None:
-        """Stop listening."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._listen()
-            except FAILURES as exc:
-                log.warning("keyspace notifications lost (%s): retrying in %.1fs", exc, self._backoff_s)
-            self.connected = False
-            await asyncio.sleep(self._backoff_s)
-
-    async def _listen(self) -> None:
-        pubsub = self._storage.client.pubsub()
-        try:
-            await pubsub.psubscribe(self._pattern)
-            self.connected = True
-            await self._tiers.flush()  # what changed while nobody listened is unknown
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None:
-                    self._handle(_text(message["channel"]), _text(message["data"]))
-        finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-    def _handle(self, channel: str, event: str) -> None:
-        if event not in _EVICTING:
-            return
-        key = channel[self._channel_head + len(self._storage.prefix) :]
-        if key.startswith(REVOKED_BEFORE):
-            self._tiers.invalidate_user(key[len(REVOKED_BEFORE) :])
-        elif not key.startswith(ACTIVE_SESSIONS):
-            self._tiers.invalidate_token(hashlib.sha256(key.encode()).hexdigest())
 
 
 def _parse(raw: object) -> dict[str, Any] | None:
@@ -204,9 +140,6 @@ def _is_number(raw: object) -> bool:
     return True
 
 
-def _text(value: object) -> str:
+def text(value: object) -> str:
+    """A value Redis returned, as text (bytes decoded, anything undecodable replaced)."""
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+import redis.asyncio as aioredis
+
+from gateway.credentials.tokens import token_hash
 from gateway.postgres import seed
 from tests.support.credentials import cookie
 from tests.support.ports import free_port
@@ -37,6 +40,15 @@ async def test_two_processes_share_redis(
     assert r.headers["x-auth-request-user"]
     never_seen = cookie(seed.generate_id())
     assert (await client.get(second.url + "/validate", headers=never_seen)).status_code == 503
+
+
+async def in_redis(url: str, key: str) -> None:
+    """Wait until another process's background write put a value at ``key``."""
+    redis = aioredis.Redis.from_url(url)
+    try:
+        await eventually(lambda: redis.exists(key), within=3)
+    finally:
+        await redis.aclose()
 
 
 async def _status_is(
@@ -113,7 +125,7 @@ async def test_postgres_cut_off(
         for token in (warm, warm_in_redis_only):
             assert (await client.get(gw.url + "/validate", headers=cookie(token))).status_code == 200
         assert (await client.get(other.url + "/validate", headers=cookie(warm))).status_code == 200
-        await asyncio.sleep(0.1)  # background Redis writes
+        await in_redis(redis_url, f"{redis_prefix}:v2:s:{token_hash(warm_in_redis_only)}")  # the background write
         proxy.cut()
         assert (await client.get(gw.url + "/validate", headers=cookie(warm))).status_code == 200  # L1
         r = await client.get(other.url + "/validate", headers=cookie(warm_in_redis_only))  # Redis

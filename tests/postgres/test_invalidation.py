@@ -171,7 +171,8 @@ async def test_revocations_evict_l1_and_redis_at_once(db: asyncpg.Connection, da
         await listening(redis_only)
         for token in (signed_out, expired, banned_user, banned):
             assert (await res.decider.decide(cred(token))).reason is Reason.ok
-        await asyncio.sleep(0.05)  # the Redis writes
+        assert res.redis is not None
+        await res.redis.drain()  # the Redis writes
         for token in (signed_out, banned):
             assert (await redis_only.decider.decide(cred(token))).reason is Reason.ok
         assert redis_only.store.queries == 0  # warm in Redis too
@@ -311,7 +312,8 @@ async def test_a_real_truncate_still_flushes_everything(
         await listening(redis_only)
         for token in tokens:
             assert (await res.decider.decide(cred(token))).reason is Reason.ok
-        await asyncio.sleep(0.05)  # the Redis writes
+        assert res.redis is not None
+        await res.redis.drain()  # the Redis writes
         for token in tokens:
             assert (await redis_only.decider.decide(cred(token))).reason is Reason.ok
         await stranger.execute(f"notify {CHANNEL}, '*'")
@@ -346,7 +348,8 @@ async def test_forged_session_notifications_do_not_flush_the_shared_tier(
         try:
             gen_key = f"{redis_prefix}:v2:gen"
             assert (await res.decider.decide(cred(token))).reason is Reason.ok
-            await eventually(lambda: client.get(res.redis.key(token_hash(token))))
+            await res.redis.drain()
+            assert await client.get(res.redis.key(token_hash(token))) is not None
             before = await client.get(gen_key)
             await stranger.execute(
                 "select count(pg_notify($1, 's:' || encode(sha256(('forged' || g)::bytea), 'hex'))) "

@@ -50,13 +50,18 @@ def cluster(tmp_path: Path) -> Iterator[list[RedisServer]]:
             for n in nodes[1:]:
                 clients[0].execute_command("CLUSTER MEET", "127.0.0.1", n.port)
         deadline = time.monotonic() + 20
-        while any(redis.Redis(port=n.port).execute_command("CLUSTER INFO")["cluster_state"] != "ok" for n in nodes):
+        while any(_cluster_state(n.port) != "ok" for n in nodes):
             assert time.monotonic() < deadline, "the cluster did not converge"
             time.sleep(0.1)
         yield nodes
     finally:
         for n in nodes:
             n.kill()
+
+
+def _cluster_state(port: int) -> str:
+    with redis.Redis(port=port) as client:
+        return str(client.execute_command("CLUSTER INFO")["cluster_state"])
 
 
 @pytest.fixture
@@ -91,7 +96,9 @@ async def decide_all(settings: Any, tokens: list[str]) -> tuple[set[Reason], int
     async with open_resources(settings) as res:
         assert res.store is not None
         verdicts = await asyncio.gather(*(res.decider.decide(header_credential(sign(t, SECRET))) for t in tokens))
-        await asyncio.sleep(0.1)  # background writes
+        assert res.redis is not None
+        await res.redis.drain()  # the background writes
+        assert res.store is not None
         return {v.reason for v in verdicts}, res.store.queries
 
 

@@ -153,7 +153,7 @@ async def test_a_deeply_nested_json_field_in_secondary_storage_is_no_500(
 
     def value(user_id: str, token: str, prefs: object) -> str:
         stamp = "2026-01-01T00:00:00.000Z"
-        session: dict[str, str | None] = {"id": "s" + token[:8], "token": token, "userId": user_id, "expiresAt": later}
+        session: dict[str, object] = {"id": "s" + token[:8], "token": token, "userId": user_id, "expiresAt": later}
         session |= {"createdAt": stamp, "updatedAt": stamp, "ipAddress": None, "userAgent": None}
         user = {"id": user_id, "name": user_id, "email": f"{user_id}@example.com", "emailVerified": True}
         user |= {"image": None, "createdAt": stamp, "updatedAt": stamp, "prefs": prefs}

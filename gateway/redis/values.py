@@ -1,0 +1,87 @@
+"""The shared tier's value format: ``MAC || generation || not-after || msgpack(Session)``.
+
+- The MAC is an HMAC-SHA256 (cut to 128 bits) over the key and the rest of the value, keyed from
+  the secret and the configuration (``mac_key``): whoever can write to Redis still cannot mint a
+  session, or move one to another token's key. A bad MAC is a miss.
+- The generation is the one read before the session was looked up: a value of another
+  generation is a miss (``generation`` tells why generations move).
+- The not-after time (the write's time plus the L2 TTL, never past ``expiresAt``) is checked on
+  every read, so a value copied out of Redis and written back later is a miss once its own TTL
+  would have ended it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import struct
+
+import msgspec
+
+from gateway.core.sessions import Session
+
+log = logging.getLogger("gateway.redis")
+
+_MAC_BYTES = 16  # 128-bit tag
+_HEAD = struct.Struct(">Qd")  # the generation, and the not-after time (Unix seconds)
+_HEAD_END = _MAC_BYTES + _HEAD.size
+_ENCODE = msgspec.msgpack.Encoder()
+_DECODE = msgspec.msgpack.Decoder(Session)
+# Bumping this retires every value written before (their MACs stop verifying).
+_CONTEXT = b"better-auth-gateway/redis-value/v2\0"
+
+
+def mac_key(secret: str, configuration: bytes) -> bytes:
+    """The values' MAC key: from the secret, and from what a value's fields mean and may show.
+
+    ``configuration`` describes the fields one configuration answers and the table mapping they
+    are read through (the composition root builds it: ``gateway.resources.value_configuration``).
+    Another gateway sharing this Redis (or this one after a rolling restart) with other hidden
+    fields, plugins, additional fields or mappings must not answer a value as its own: under its
+    key the MAC does not verify, and the value is a miss.
+    """
+    return hmac.digest(secret.encode(), _CONTEXT + configuration, "sha256")
+
+
+class Values:
+    """Seals sessions into values and opens them again, under one MAC key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def seal(self, key: str, session: Session, generation: int, not_after: float) -> bytes | None:
+        """The value to store at ``key``; ``None`` if msgpack cannot hold the session.
+
+        (A JSON document too deep to decode, kept as text, is such a session: it is served from
+        the source each time, never an error in the lookup.)
+        """
+        try:
+            body = _ENCODE.encode(session)
+        except (TypeError, OverflowError, RecursionError):
+            return None
+        payload = _HEAD.pack(generation, not_after) + body
+        return self._mac(key, payload) + payload
+
+    def open(self, key: str, raw: object, generation: int, now: float) -> Session | None:
+        """The session in a value read at ``key``; ``None`` for a miss, a tombstone or anything not ours now.
+
+        Not ours now: a bad MAC, another generation than ``generation``, a not-after time at or
+        before ``now``, or a body that does not decode.
+        """
+        if not isinstance(raw, bytes) or len(raw) <= _HEAD_END:
+            return None  # a miss, or a tombstone
+        mac, payload = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
+        if not hmac.compare_digest(mac, self._mac(key, payload)):
+            # Forged, or written under another secret or field configuration (see mac_key).
+            log.warning("ignored a Redis value with a bad MAC (key …%s)", key[-8:])
+            return None
+        value_generation, not_after = _HEAD.unpack_from(payload)
+        if value_generation != generation or not_after <= now:  # retired, or written back after its time
+            return None
+        try:
+            return _DECODE.decode(payload[_HEAD.size :])
+        except msgspec.DecodeError:
+            return None
+
+    def _mac(self, key: str, payload: bytes) -> bytes:
+        return hmac.digest(self._key, key.encode() + b"\0" + payload, "sha256")[:_MAC_BYTES]

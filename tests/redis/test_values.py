@@ -1,0 +1,92 @@
+"""The shared tier's value format: sealed with a MAC over key, configuration and value, dated, of one generation."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gateway.config import load_settings
+from gateway.core.sessions import Session
+from gateway.redis.scripts import TOMBSTONE
+from gateway.redis.values import Values, mac_key
+from gateway.resources import value_configuration
+
+ENV = {"DATABASE_URL": "postgresql://x/y", "BETTER_AUTH_SECRET": "s" * 32}
+KEY = "bagw:v2:s:" + "ab" * 32
+SESSION = Session(
+    expires_at=time.time() + 3600,
+    banned_until=0.0,
+    session={"id": "s1", "userId": "u1"},
+    user={"id": "u1", "email": "ada@example.com"},
+    role="admin",
+)
+
+
+@pytest.fixture
+def values() -> Values:
+    return Values(mac_key("secret", b"configuration"))
+
+
+def test_a_sealed_value_opens_to_the_session(values: Values) -> None:
+    """What ``seal`` writes, ``open`` reads back at the same key, generation and before its time."""
+    raw = values.seal(KEY, SESSION, 7, time.time() + 60)
+    assert raw is not None
+    assert values.open(KEY, raw, 7, time.time()) == SESSION
+
+
+def test_a_value_is_refused_when_anything_changed(values: Values) -> None:
+    """Another key, generation, secret or configuration, a flipped bit, a lapsed time: a miss, never an error."""
+    now = time.time()
+    raw = values.seal(KEY, SESSION, 7, now + 60)
+    assert raw is not None
+    assert values.open(KEY[:-1] + "c", raw, 7, now) is None  # moved to another token's key
+    assert values.open(KEY, raw, 8, now) is None  # another generation
+    assert values.open(KEY, raw, 7, now + 60) is None  # written back after its time
+    assert Values(mac_key("other secret", b"configuration")).open(KEY, raw, 7, now) is None
+    assert Values(mac_key("secret", b"other configuration")).open(KEY, raw, 7, now) is None
+    for i in (0, 20, len(raw) - 1):
+        flipped = raw[:i] + bytes([raw[i] ^ 1]) + raw[i + 1 :]
+        assert values.open(KEY, flipped, 7, now) is None
+    for junk in (None, TOMBSTONE, b"", raw[:24], "text", 42):
+        assert values.open(KEY, junk, 7, now) is None
+
+
+def test_a_session_msgpack_cannot_hold_is_not_sealed(values: Values) -> None:
+    """An integer past 64 bits (or anything msgpack refuses) is not cached: ``None``, not an exception."""
+    huge = Session(expires_at=time.time() + 60, banned_until=0.0, session={"id": "s"}, user={"id": "u", "n": 2**70})
+    assert values.seal(KEY, huge, 0, time.time() + 60) is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, "6554719423875cf56d14e511e2ae661bf920b662969fc1fa81e70d1672c63466"),
+        (
+            {"user_hidden_fields": "email", "db_schema": "auth"},
+            "eec5e050ed5bdcccf4638479a1e3bccf79c9c4c58538088eb0bdd050c40bc1ec",
+        ),
+    ],
+    ids=["defaults", "a field hidden, another schema"],
+)
+def test_the_mac_key_is_the_one_values_in_redis_were_written_under(overrides: dict[str, str], expected: str) -> None:
+    """The MAC key of a configuration is the same bytes as before the tier moved: cached values stay valid."""
+    settings = load_settings(ENV, overrides)
+    assert mac_key(settings.secret.reveal(), value_configuration(settings)).hex() == expected
+
+
+def test_the_mac_key_binds_the_answered_fields_and_the_mapping() -> None:
+    """Each of fields, plugins, schema and token column changes the key (another gateway's values are misses)."""
+    changes = [
+        {},
+        {"user_hidden_fields": "email"},
+        {"session_hidden_fields": "ipAddress"},
+        {"user_additional_fields": "prefs"},
+        {"db_schema": "auth"},
+        {"token_field": "id"},
+    ]
+    keys = set()
+    for overrides in changes:
+        settings = load_settings(ENV, overrides)
+        keys.add(mac_key(settings.secret.reveal(), value_configuration(settings)))
+    assert len(keys) == len(changes)
