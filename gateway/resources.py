@@ -99,7 +99,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
                 log.warning("Redis keyspace notifications are off: revocations reach the LRU within 1 s, not at once")
                 ttl_s = min(ttl_s, 1.0)
         else:
-            store = Store(settings, mapping_from(settings))
+            store = Store(settings, mapping_from(settings), metrics.event)
             await store.open()
             stack.push_async_callback(store.close)
             await _wait_for_postgres(store, settings.startup_wait_s)
@@ -131,7 +131,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
         if secondary is not None and ttl_s == settings.l1_ttl_s:
             listener = KeyspaceListener(secondary, tiers, settings.redis_backoff_s)
         elif store is not None and settings.listen:
-            listener = Listener(settings, tiers)
+            listener = _postgres_listener(settings, store, tiers, metrics)
         if listener is not None:
             listener.start()
             stack.push_async_callback(listener.close)
@@ -154,6 +154,15 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             jwts = JwtVerifier(keys, audience=audience, issuer=issuer)
         decider = Decider(verifier, tiers, cookie_cache, jwts)
         yield Resources(store, secondary, redis, tiers, decider, listener, metrics)
+
+
+def _postgres_listener(settings: Settings, store: Store, tiers: Tiers, metrics: Metrics) -> Listener:
+    """The LISTEN listener; with a replica, the store checks replica hits on the primary after each flush."""
+    if settings.read_database_url is None:
+        return Listener(settings, tiers, metrics)
+    window = _revoked_for_s(settings)
+    store.doubt_with(tiers.revoked_lately)
+    return Listener(settings, tiers, metrics, on_flush=lambda: store.distrust_replica(window))
 
 
 def _revoked_for_s(settings: Settings) -> float:

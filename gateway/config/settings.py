@@ -52,6 +52,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Better Auth's secondaryStorage in Redis as the session store, instead of Postgres
     # (GATEWAY_SECONDARY_STORAGE_URL; see gateway.redis.secondary_storage).
     secondary_storage_url: Secret | None = None
+    # Postgres by role (issue 16): lookups on a replica (misses checked on DATABASE_URL, the
+    # primary); LISTEN on the primary itself, never through a pooler.
+    read_database_url: Secret | None = None
+    listen_database_url: Secret | None = None
     secrets: tuple[Secret, ...] = ()
 
     # Credentials.
@@ -141,6 +145,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Postgres.
     pool_max_size: int = 10
     db_timeout_s: float = 2.0
+    # PgBouncer (transaction mode) in front of lookups: auto (detect), true, false, or prepared
+    # (1.21+ with max_prepared_statements: asyncpg keeps its statement cache).
+    db_pgbouncer: Literal["auto", "true", "false", "prepared"] = "auto"
     retry_after_s: int = 5
     batch_max_size: int = 256  # most tokens in one MGET or one `= ANY($1)` query
 
@@ -261,6 +268,9 @@ def _read_better_auth_names(env: dict[str, str], values: dict[str, object], prob
             values[name] = Secret(url)
     if secondary := env.pop("GATEWAY_SECONDARY_STORAGE_URL", None):
         values["secondary_storage_url"] = Secret(secondary)
+    for name in ("read_database_url", "listen_database_url"):
+        if url := env.pop(f"GATEWAY_{name.upper()}", None):
+            values[name] = Secret(url)
     if env.get("BETTER_AUTH_URL") and "GATEWAY_BASE_URL" not in env:  # Better Auth's env fallback
         values["base_url"] = env["BETTER_AUTH_URL"]
     if env.get("BETTER_AUTH_SECRETS"):
@@ -344,8 +354,15 @@ def _check_stores(s: Settings, need: frozenset[str]) -> list[str]:
     secondary = s.secondary_storage_url.reveal() if s.secondary_storage_url is not None else None
     if s.database_url is None and "database" in need and secondary is None:
         problems.append("DATABASE_URL: not set (the Postgres database Better Auth writes its sessions to)")
-    elif s.database_url is not None and not s.database_url.reveal().startswith(("postgres://", "postgresql://")):
-        problems.append("DATABASE_URL: expected a postgres:// or postgresql:// URL")
+    for var, pg in (
+        ("DATABASE_URL", s.database_url),
+        ("GATEWAY_READ_DATABASE_URL", s.read_database_url),
+        ("GATEWAY_LISTEN_DATABASE_URL", s.listen_database_url),
+    ):
+        if pg is not None and not pg.reveal().startswith(("postgres://", "postgresql://")):
+            problems.append(f"{var}: expected a postgres:// or postgresql:// URL")
+    if s.database_url is None and (s.read_database_url or s.listen_database_url) and not problems:
+        problems.append("DATABASE_URL: needed with GATEWAY_READ/LISTEN_DATABASE_URL (the primary)")
     for var, url in (("REDIS_URL", s.redis_url), ("GATEWAY_SECONDARY_STORAGE_URL", secondary)):
         if url is not None and not url.startswith(REDIS_SCHEMES):
             problems.append(f"{var}: expected one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")
@@ -537,7 +554,9 @@ def url_origin(url: str) -> str:
 def describe(s: Settings) -> dict[str, object]:
     """Return the effective settings with every secret masked, for logs and ``check-config``."""
     out = msgspec.structs.asdict(s)
-    out["database_url"] = mask_dsn(s.database_url.reveal()) if s.database_url else None
+    for name in ("database_url", "read_database_url", "listen_database_url"):
+        url = getattr(s, name)
+        out[name] = mask_dsn(url.reveal()) if url else None
     out["redis_url"] = mask_dsn(s.redis_url.reveal()) if s.redis_url else None
     secondary = s.secondary_storage_url
     out["secondary_storage_url"] = mask_dsn(secondary.reveal()) if secondary else None

@@ -20,7 +20,7 @@ from gateway.core.errors import StoreUnavailable
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import header_credential, sign
 from gateway.postgres import seed
-from gateway.postgres.store import iso_string, json_value
+from gateway.postgres.rows import iso_string, json_value
 from gateway.resources import Resources, open_resources
 from tests.conftest import SECRET, free_port
 
