@@ -99,7 +99,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
                 log.warning("Redis keyspace notifications are off: revocations reach the LRU within 1 s, not at once")
                 ttl_s = min(ttl_s, 1.0)
         else:
-            store = Store(settings, mapping_from(settings), metrics.event)
+            store = Store(settings, mapping_from(settings), metrics.event, clock)
             await store.open()
             stack.push_async_callback(store.close)
             await _wait_for_postgres(store, settings.startup_wait_s)

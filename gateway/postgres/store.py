@@ -56,7 +56,7 @@ class Store:
         settings: Settings,
         mapping: Mapping,
         event: Callable[[str], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._mapping = mapping

@@ -94,7 +94,7 @@ async def test_the_statement_timeout_holds_through_pgbouncer(
 
 
 async def _none_waiting(db: asyncpg.Connection, sql: str) -> bool:
-    return await db.fetchval(sql) == 0
+    return bool(await db.fetchval(sql) == 0)
 
 
 async def test_probe_tells_pgbouncer_from_postgres_even_when_told_to_ignore_it(database: str) -> None:
