@@ -99,7 +99,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
                 log.warning("Redis keyspace notifications are off: revocations reach the LRU within 1 s, not at once")
                 ttl_s = min(ttl_s, 1.0)
         else:
-            store = Store(settings, mapping_from(settings), metrics.event, clock)
+            store = Store(settings, mapping_from(settings), metrics.event)
             await store.open()
             stack.push_async_callback(store.close)
             await _wait_for_postgres(store, settings.startup_wait_s)
@@ -157,12 +157,11 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
 
 
 def _postgres_listener(settings: Settings, store: Store, tiers: Tiers, metrics: Metrics) -> Listener:
-    """The LISTEN listener; with a replica, the store checks replica hits on the primary after each flush."""
+    """The LISTEN listener; with a replica, the store checks its hits on the primary when in doubt."""
     if settings.read_database_url is None:
         return Listener(settings, tiers, metrics)
-    window = _revoked_for_s(settings)
-    store.doubt_with(tiers.revoked_lately)
-    return Listener(settings, tiers, metrics, on_flush=lambda: store.distrust_replica(window))
+    store.doubt_with(tiers.revoked_lately)  # revoked lately: the replica may not show it yet
+    return Listener(settings, tiers, metrics, on_flush=store.distrust_replica)
 
 
 def _revoked_for_s(settings: Settings) -> float:

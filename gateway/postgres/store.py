@@ -8,19 +8,20 @@ lags its primary, so what it says is checked there before it can hurt:
 - **A hit** may be a session revoked a moment ago: the primary's ``NOTIFY`` can arrive before the
   replica replays the ``DELETE``, and a lookup begun after the notification (which the tiers'
   epoch logic lets cache) would read the row back. So a hit whose token or user was heard revoked
-  lately (``doubt_with``), or any hit for a while after the listener flushed (notifications may
-  have been missed, ``distrust_replica``), is read again on the primary, whose answer wins.
+  lately (``doubt_with``) is read again on the primary, whose answer wins.
+- **After a flush** (the listener reconnected: notifications may have been missed, and the
+  replica may still show what they were about), every hit is read again on the primary until the
+  replica has replayed the primary's WAL as of then (``distrust_replica``): one LSN comparison
+  per batch until it has, usually the first.
 
-Nothing read from the replica is trusted past what the primary says, so replica lag can cost a
-query, never refuse a fresh session nor revive a revoked one, as long as the lag stays under the
-doubt window (the time the tiers remember a revocation, at least 10 s).
+So replica lag can cost a query, never refuse a fresh session nor revive a revoked one, as long
+as the lag stays under the time the tiers remember a revocation (at least 10 s).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.errors import SchemaMismatch, StoreUnavailable
@@ -56,16 +57,15 @@ class Store:
         settings: Settings,
         mapping: Mapping,
         event: Callable[[str], None] | None = None,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._mapping = mapping
         self._event = event or (lambda _: None)
-        self._clock = clock
         self._read: LazyPool | None = None
         self._primary: LazyPool | None = None  # only with a replica
         self._doubt: Callable[[str, str], bool] = lambda _digest, _user: False
-        self._distrust_until = 0.0
+        self._distrusted = False  # every replica hit is checked, until the replica caught up
+        self._caught_up_to: str | None = None  # the primary's WAL position to catch up to
         self._query: Query | None = None
         self._query_lock = asyncio.Lock()
         self.queries = 0  # lookups sent to Postgres, for tests and metrics
@@ -96,9 +96,12 @@ class Store:
         """Have replica hits whose ``doubt(token_digest, user_id)`` is true read again on the primary."""
         self._doubt = doubt
 
-    def distrust_replica(self, seconds: float) -> None:
-        """Read every replica hit again on the primary for ``seconds`` (notifications may have been missed)."""
-        self._distrust_until = max(self._distrust_until, self._clock() + seconds)
+    def distrust_replica(self) -> None:
+        """Read every replica hit again on the primary until the replica has replayed the primary's WAL as of now.
+
+        Called after each flush: revocations whose notifications were missed are committed by now.
+        """
+        self._distrusted, self._caught_up_to = True, None
 
     async def fetch(self, token: str) -> Session | None:
         """Return the session whose token is ``token`` joined to its user, or ``None``.
@@ -119,7 +122,8 @@ class Store:
         if self._primary is None:
             return found
         missed = [token for token in tokens if token not in found]
-        doubted = [token for token, session in found.items() if self._doubted(token, session)]
+        distrusted = bool(found) and self._distrusted and not await self._caught_up()
+        doubted = [token for token, session in found.items() if distrusted or self._doubted(token, session)]
         if not missed and not doubted:
             return found
         self.primary_retries += 1
@@ -132,9 +136,17 @@ class Store:
         return found | fresh
 
     def _doubted(self, token: str, session: Session) -> bool:
-        if self._distrust_until and self._clock() < self._distrust_until:
-            return True
         return self._doubt(token_hash(token), session.user_id)
+
+    async def _caught_up(self) -> bool:
+        """Whether the replica has replayed the primary's WAL as of the last flush (or later)."""
+        target = self._caught_up_to
+        if target is None:
+            target = self._caught_up_to = await (await _get(self._primary)).run(_wal_position)
+        replayed = await (await _get(self._read)).run(lambda conn: _replayed(conn, target))
+        if replayed and self._caught_up_to == target:  # not distrusted again meanwhile
+            self._distrusted = False
+        return replayed
 
     async def _lookup(self, pool: LazyPool | None, tokens: Sequence[str]) -> dict[str, Session]:
         async def lookup(conn: asyncpg.Connection) -> dict[str, Session]:
@@ -198,6 +210,16 @@ class Store:
                         ", ".join(self._query.unreturned),
                     )
             return self._query
+
+
+async def _wal_position(conn: asyncpg.Connection) -> str:
+    return str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+
+
+async def _replayed(conn: asyncpg.Connection, lsn: str) -> bool:
+    # NULL when the server is no standby (promoted, or the primary itself): nothing to wait for.
+    sql = "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, true)"
+    return bool(await conn.fetchval(sql, lsn))
 
 
 async def _get(pool: LazyPool | None) -> Pool:
