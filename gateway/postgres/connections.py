@@ -5,14 +5,15 @@ the driver's exception chained: callers catch the core's error, never asyncpg's.
 
 Two ways to reach Postgres (``pooler.py`` decides which):
 
-- **Directly** (or through a session-mode pooler): the statement timeout is a startup parameter,
+- **Directly**: the statement timeout is a startup parameter,
   and asyncpg keeps its prepared statements.
 - **Through PgBouncer in transaction mode**: PgBouncer refuses startup parameters it does not know
   (``statement_timeout`` among them), and before 1.21 keeps no prepared statement past a
-  transaction. So the timeout is set per transaction (``SET LOCAL``, in the same round trip as
-  ``BEGIN``), each lookup runs in a transaction of its own (the statement it prepares is used on
-  the server connection it was prepared on), and asyncpg's statement cache is off, unless the
-  operator says PgBouncer keeps prepared statements (1.21+, ``max_prepared_statements``).
+  transaction. So each lookup runs in a transaction of its own with the timeout set for it alone
+  (``SET LOCAL``, in the same round trip as ``BEGIN``), and asyncpg's statement cache is off (it
+  then sends each statement's parse with its execution, so both reach the same server
+  connection), unless the operator says PgBouncer keeps prepared statements (1.21+ with
+  ``max_prepared_statements``: ``GATEWAY_DB_PGBOUNCER=prepared``).
 
 The pool skips asyncpg's reset on release: a second round trip per lookup, and only needed when
 connections carry session state. Ours never do: the gateway runs nothing but SELECTs on pooled
