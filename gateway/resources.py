@@ -104,7 +104,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
                 log.warning("Redis keyspace notifications are off: revocations reach the LRU within 1 s, not at once")
                 ttl_s = min(ttl_s, 1.0)
         else:
-            source = store = Store(settings, mapping_from(settings))
+            source = store = Store(settings, mapping_from(settings), metrics.event)
             await store.open()
             stack.push_async_callback(store.close)
             await _wait_for_postgres(store, settings.startup_wait_s)
@@ -136,7 +136,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
         if secondary is not None and ttl_s == settings.l1_ttl_s:
             listener = KeyspaceListener(secondary, tiers, settings.redis_backoff_s, event=metrics.event)
         elif store is not None and settings.listen:
-            listener = Listener(settings, tiers)
+            listener = _postgres_listener(settings, store, tiers, metrics)
         if listener is not None:
             listener.start()
             stack.push_async_callback(listener.close)
@@ -174,6 +174,14 @@ def value_configuration(settings: Settings) -> bytes:
         {"user": sorted(fields.user), "session": sorted(fields.session), "schema": m.db_schema}
         | {"tables": tables, "token": m.token_field}
     )
+
+
+def _postgres_listener(settings: Settings, store: Store, tiers: Tiers, metrics: Metrics) -> Listener:
+    """The LISTEN listener; with a replica, the store checks its hits on the primary when in doubt."""
+    if settings.read_database_url is None:
+        return Listener(settings, tiers, metrics)
+    store.doubt_with(tiers.revoked_lately)  # revoked lately: the replica may not show it yet
+    return Listener(settings, tiers, metrics, on_flush=store.distrust_replica)
 
 
 def _revoked_for_s(settings: Settings) -> float:

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 from gateway import __version__
 from gateway.config import Settings, cookie_note, describe, load_settings
-from gateway.core.errors import ConfigError
+from gateway.core.errors import ConfigError, StoreUnavailable
 from gateway.http.policy import rules_file_problems
-from gateway.postgres.admin import budget_warning, run_sql, trigger_sql
-from gateway.postgres.store import UNAVAILABLE
+from gateway.postgres.admin import budget_lines, run_sql, trigger_sql
+from gateway.postgres.pooler import require_direct
 from gateway.telemetry.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -39,14 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--host", help="listen address (GATEWAY_HOST)")
         cmd.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
         cmd.add_argument("--workers", type=int, help="worker processes (GATEWAY_WORKERS)")
-    commands.add_parser("check-config", help="validate the configuration, print every problem, exit non-zero if any")
+    check = commands.add_parser("check-config", help="validate the configuration, print every problem; non-zero if any")
+    check.add_argument("--instances", type=int, default=1, help="instances to state the connection budget for")
     triggers = commands.add_parser("install-triggers", help="install the invalidation triggers (idempotent)")
     triggers.add_argument("--print", action="store_true", help="print the SQL instead of running it")
     triggers.add_argument("--uninstall", action="store_true", help="remove the triggers and their functions")
     args = parser.parse_args(argv)
     configure_logging(fmt="text")
     if args.command == "check-config":
-        return check_config()
+        return check_config(args.instances)
     if args.command == "install-triggers":
         return install_triggers(print_only=args.print, uninstall=args.uninstall)
     if args.command == "demo":
@@ -82,14 +83,20 @@ def settings_or_none(
         return None
 
 
-def check_config() -> int:
+def check_config(instances: int = 1) -> int:
     """Print the effective configuration (secrets masked) or every problem; 0 if usable."""
     settings = settings_or_none()
     if settings is None:
         return EXIT_CONFIG
     for key, value in describe(settings).items():
         print(f"{key} = {value}")  # noqa: T201
-    warning = budget_warning(settings)
+    if settings.secondary_storage_url is None:
+        if not _listen_url_direct(settings):
+            return EXIT_CONFIG
+        statement, warning = budget_lines(settings, max(1, instances))
+        print(statement)  # noqa: T201
+    else:
+        warning = None
     if warning:
         print(f"warning: {warning}", file=sys.stderr)  # noqa: T201
     note = cookie_note(settings)
@@ -97,6 +104,20 @@ def check_config() -> int:
         print(f"note: {note}", file=sys.stderr)  # noqa: T201
     print("configuration OK")  # noqa: T201
     return 0
+
+
+def _listen_url_direct(settings: Settings) -> bool:
+    """Refuse (with the fix) a LISTEN URL that reaches a pooler; say nothing if Postgres is away."""
+    url = settings.listen_database_url or settings.database_url
+    if not settings.listen or url is None:
+        return True
+    variable = "GATEWAY_LISTEN_DATABASE_URL" if settings.listen_database_url else "DATABASE_URL"
+    try:
+        asyncio.run(require_direct(url.reveal(), settings.db_timeout_s, variable))
+    except ConfigError as exc:
+        print(f"gateway: invalid configuration:\n  - {exc}", file=sys.stderr)  # noqa: T201
+        return False
+    return True
 
 
 def install_triggers(*, print_only: bool, uninstall: bool) -> int:
@@ -110,7 +131,7 @@ def install_triggers(*, print_only: bool, uninstall: bool) -> int:
         return 0
     try:
         asyncio.run(run_sql(settings, sql))
-    except (*UNAVAILABLE, OSError) as exc:
+    except StoreUnavailable as exc:
         print(f"gateway: install-triggers failed: {exc}", file=sys.stderr)  # noqa: T201
         return 1
     print("invalidation triggers " + ("removed" if uninstall else "installed"))  # noqa: T201
@@ -144,6 +165,8 @@ def serve(settings: Settings) -> int:
     # Workers rebuild the settings from the environment: pass the command-line values on.
     os.environ["GATEWAY_HOST"], os.environ["GATEWAY_PORT"] = settings.host, str(settings.port)
     os.environ["GATEWAY_WORKERS"] = str(settings.workers)
+    if settings.secondary_storage_url is None and not _listen_url_direct(settings):
+        return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     log.info("effective configuration", extra={"config": describe(settings)})
     note = cookie_note(settings)

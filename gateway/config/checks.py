@@ -60,8 +60,15 @@ def _check_stores(s: Settings, need: frozenset[str]) -> list[str]:
     secondary = s.secondary_storage_url.reveal() if s.secondary_storage_url is not None else None
     if s.database_url is None and "database" in need and secondary is None:
         problems.append("DATABASE_URL: not set (the Postgres database Better Auth writes its sessions to)")
-    elif s.database_url is not None and not s.database_url.reveal().startswith(("postgres://", "postgresql://")):
-        problems.append("DATABASE_URL: expected a postgres:// or postgresql:// URL")
+    for var, pg in (
+        ("DATABASE_URL", s.database_url),
+        ("GATEWAY_READ_DATABASE_URL", s.read_database_url),
+        ("GATEWAY_LISTEN_DATABASE_URL", s.listen_database_url),
+    ):
+        if pg is not None and not pg.reveal().startswith(("postgres://", "postgresql://")):
+            problems.append(f"{var}: expected a postgres:// or postgresql:// URL")
+    if s.database_url is None and (s.read_database_url or s.listen_database_url) and not problems:
+        problems.append("DATABASE_URL: needed with GATEWAY_READ/LISTEN_DATABASE_URL (the primary)")
     for var, url in (("REDIS_URL", s.redis_url), ("GATEWAY_SECONDARY_STORAGE_URL", secondary)):
         if url is not None and not url.startswith(REDIS_SCHEMES):
             problems.append(f"{var}: expected one of {', '.join(s + '://' for s in REDIS_SCHEMES)}")

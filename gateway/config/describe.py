@@ -30,7 +30,9 @@ def url_origin(url: str) -> str:
 def describe(s: Settings) -> dict[str, object]:
     """Return the effective settings with every secret masked, for logs and ``check-config``."""
     out = msgspec.structs.asdict(s)
-    out["database_url"] = mask_dsn(s.database_url.reveal()) if s.database_url else None
+    for name in ("database_url", "read_database_url", "listen_database_url"):
+        url = getattr(s, name)
+        out[name] = mask_dsn(url.reveal()) if url else None
     out["redis_url"] = mask_dsn(s.redis_url.reveal()) if s.redis_url else None
     secondary = s.secondary_storage_url
     out["secondary_storage_url"] = mask_dsn(secondary.reveal()) if secondary else None

@@ -44,9 +44,14 @@ SECRET_VARIABLES = (
     "REDIS_URL",
     "GATEWAY_REDIS_URL",
     "GATEWAY_SECONDARY_STORAGE_URL",
+    "GATEWAY_READ_DATABASE_URL",
+    "GATEWAY_LISTEN_DATABASE_URL",
 )
 # Fields not read from a GATEWAY_* variable of their own: Better Auth's names, and what is worked out.
-_NOT_VARIABLES = frozenset({"database_url", "redis_url", "secondary_storage_url", "secrets", "returned_fields"})
+_NOT_VARIABLES = frozenset(
+    {"database_url", "redis_url", "secondary_storage_url", "read_database_url", "listen_database_url"}
+    | {"secrets", "returned_fields"}
+)
 
 
 def load_settings(
@@ -121,6 +126,9 @@ def _read_better_auth_names(env: dict[str, str], values: dict[str, object], prob
             values[name] = Secret(url)
     if secondary := env.pop("GATEWAY_SECONDARY_STORAGE_URL", None):
         values["secondary_storage_url"] = Secret(secondary)
+    for name in ("read_database_url", "listen_database_url"):
+        if url := env.pop(f"GATEWAY_{name.upper()}", None):
+            values[name] = Secret(url)
     if env.get("BETTER_AUTH_URL") and "GATEWAY_BASE_URL" not in env:  # Better Auth's env fallback
         values["base_url"] = env["BETTER_AUTH_URL"]
     if env.get("BETTER_AUTH_SECRETS"):

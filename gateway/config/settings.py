@@ -46,6 +46,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Better Auth's secondaryStorage in Redis as the session store, instead of Postgres
     # (GATEWAY_SECONDARY_STORAGE_URL; see gateway.redis.secondary_storage).
     secondary_storage_url: Secret | None = None
+    # Postgres by role (issue 16): lookups on a replica (misses checked on DATABASE_URL, the
+    # primary); LISTEN on the primary itself, never through a pooler.
+    read_database_url: Secret | None = None
+    listen_database_url: Secret | None = None
     secrets: tuple[Secret, ...] = ()
 
     # Credentials.
@@ -138,6 +142,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Postgres.
     pool_max_size: int = 10
     db_timeout_s: float = 2.0
+    # PgBouncer (transaction mode) in front of lookups: auto (detect), true, false, or prepared
+    # (1.21+ with max_prepared_statements: asyncpg keeps its statement cache).
+    db_pgbouncer: Literal["auto", "true", "false", "prepared"] = "auto"
     retry_after_s: int = 5
     batch_max_size: int = 256  # most tokens in one MGET or one `= ANY($1)` query
 

@@ -152,7 +152,7 @@ def decode_date(value: tuple[int]) -> dt.date | str | None:
     node-postgres reads a ``date`` as a JavaScript ``Date`` at *local* midnight, so Better Auth
     answers ``"2020-01-01T00:00:00.000Z"`` when its process runs in UTC, and a moment on the
     day before (or the same day) elsewhere: its answer depends on its time zone, the gateway's
-    does not. The gateway answers as a Better Auth in UTC does (``store.json_value`` writes a
+    does not. The gateway answers as a Better Auth in UTC does (``postgres.rows.json_value`` writes a
     ``datetime.date`` so too).
     """
     days = value[0]

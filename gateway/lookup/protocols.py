@@ -89,3 +89,24 @@ class Invalidator(Protocol):
     def flush(self) -> Awaitable[None]:
         """Notifications may have been missed: forget everything cached."""
         ...
+
+
+class Listener(Protocol):
+    """An invalidation listener (Postgres ``LISTEN``, Redis keyspace events): one shape for both.
+
+    It feeds an ``Invalidator`` in the background from ``start`` until ``close``, reconnecting by
+    itself; ``connected`` says whether it hears notifications now (``/readyz`` reports it).
+    """
+
+    @property
+    def connected(self) -> bool:
+        """Whether notifications are heard now (while not, revocations wait for the caches' TTLs)."""
+        ...
+
+    def start(self) -> None:
+        """Start listening in the background."""
+        ...
+
+    def close(self) -> Awaitable[None]:
+        """Stop listening and release the connection."""
+        ...

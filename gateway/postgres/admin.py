@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-import asyncpg
-
+from gateway.core.errors import StoreUnavailable
+from gateway.postgres.connections import connect, store_errors
 from gateway.postgres.schema import mapping_from
-from gateway.postgres.store import UNAVAILABLE
+from gateway.postgres.store import PRIMARY_POOL_MAX
 from gateway.postgres.triggers import install_sql, uninstall_sql
 
 if TYPE_CHECKING:
     from gateway.config import Settings
+
+_RESERVED = 3  # Postgres's default superuser_reserved_connections
 
 
 def trigger_sql(settings: Settings, *, uninstall: bool = False) -> str:
@@ -22,46 +24,74 @@ def trigger_sql(settings: Settings, *, uninstall: bool = False) -> str:
 
 
 async def run_sql(settings: Settings, sql: str) -> None:
-    """Run a script (one transaction: it carries its own BEGIN/COMMIT) on ``DATABASE_URL``."""
+    """Run a script (one transaction: it carries its own BEGIN/COMMIT) on ``DATABASE_URL``, the primary.
+
+    Raises:
+        StoreUnavailable: Postgres could not be reached, or refused the script.
+    """
     assert settings.database_url is not None  # noqa: S101  (loaded with need={"database"})
-    conn = await asyncpg.connect(settings.database_url.reveal(), timeout=settings.db_timeout_s)
+    conn = await connect(settings.database_url.reveal(), settings.db_timeout_s)
     try:
-        await conn.execute(sql)
+        with store_errors():
+            await conn.execute(sql)
     finally:
-        await conn.close()
+        conn.terminate()
 
 
-def connection_budget(settings: Settings, instances: int = 1) -> tuple[int, str]:
-    """The Postgres connections the gateway may hold, and how that number is made."""
-    per_worker = settings.pool_max_size + (1 if settings.listen else 0)
-    total = instances * settings.workers * per_worker
-    how = f"{settings.workers} worker(s) x ({settings.pool_max_size} pooled + {int(settings.listen)} listener)"
-    return total, how
+class Budget(NamedTuple):
+    """The Postgres connections N instances of the gateway may hold, and how that number is made."""
+
+    total: int
+    how: str
+
+
+def connection_budget(settings: Settings, instances: int = 1) -> Budget:
+    """``instances x workers x (pool [+ primary pool] + listener)``: each worker holds its own."""
+    s = settings
+    parts = [(s.pool_max_size, "lookups" + (" on the replica" if s.read_database_url else ""))]
+    if s.read_database_url is not None:
+        parts.append((min(PRIMARY_POOL_MAX, s.pool_max_size), "replica misses on the primary"))
+    if s.listen:
+        parts.append((1, "listener"))
+    per_worker = sum(n for n, _ in parts)
+    terms = " + ".join(f"{n} {name}" for n, name in parts)
+    how = f"{instances} instance(s) x {s.workers} worker(s) x ({terms})"
+    return Budget(instances * s.workers * per_worker, how)
 
 
 async def max_connections(settings: Settings) -> int | None:
-    """Postgres's ``max_connections``, or ``None`` if it can't be reached."""
-    if settings.database_url is None:
+    """The primary's ``max_connections`` (through the listener's URL: Postgres itself), or ``None``."""
+    url = settings.listen_database_url or settings.database_url
+    if url is None:
         return None
     try:
-        conn = await asyncpg.connect(settings.database_url.reveal(), timeout=settings.db_timeout_s)
-    except UNAVAILABLE:
+        conn = await connect(url.reveal(), settings.db_timeout_s)
+    except StoreUnavailable:
         return None
     try:
-        return int(await conn.fetchval("SHOW max_connections"))
+        with store_errors():
+            async with conn.transaction():  # one server connection, even through a pooler
+                return int(await conn.fetchval("SHOW max_connections"))
+    except StoreUnavailable:
+        return None
     finally:
-        await conn.close()
+        conn.terminate()
 
 
-def budget_warning(settings: Settings) -> str | None:
-    """A warning when one instance alone would use most of Postgres's connections."""
-    total, how = connection_budget(settings)
+def budget_lines(settings: Settings, instances: int = 1) -> tuple[str, str | None]:
+    """What ``check-config`` says of the connection budget: the statement, and a warning if any."""
+    budget = connection_budget(settings, instances)
+    statement = f"connection budget: {budget.total} Postgres connections at most = {budget.how}"
     limit = asyncio.run(max_connections(settings))
     if limit is None:
-        return f"could not reach Postgres to check its max_connections against {total} ({how})"
-    if total > limit // 2:
-        return (
-            f"this instance may hold {total} Postgres connections ({how}), over half of max_connections={limit}; "
-            "each further instance adds as many: lower GATEWAY_POOL_MAX_SIZE or GATEWAY_WORKERS"
+        return statement, f"could not reach Postgres to check its max_connections against {budget.total}"
+    # One instance: leave room for more (and Better Auth's own); several: they must fit at all.
+    room = limit // 2 if instances == 1 else limit - _RESERVED
+    if budget.total > room:
+        return statement, (
+            f"{budget.total} connections would be over {'half of ' if instances == 1 else ''}"
+            f"Postgres's max_connections={limit}: "
+            "lower GATEWAY_POOL_MAX_SIZE or GATEWAY_WORKERS, or put PgBouncer in front for lookups "
+            "(its default_pool_size then bounds what reaches Postgres)"
         )
-    return None
+    return statement, None

@@ -5,8 +5,10 @@
   every ``listener_check_s`` for deaths that send nothing (a cut cable).
 - Notifications sent while it was away are lost, so on every (re)connect, once ``LISTEN`` is in
   place, it flushes the caches: the LRU is cleared and Redis's generation bumped.
-- Every worker of every instance runs one (each has an LRU of its own): the Postgres connection
-  budget is ``instances * workers * (GATEWAY_POOL_MAX_SIZE + 1)``.
+- Every worker of every instance runs one (each has an LRU of its own): see ``admin.connection_budget``.
+- It connects to the primary itself (``GATEWAY_LISTEN_DATABASE_URL``, else ``DATABASE_URL``): a
+  replica hears no ``NOTIFY`` and a transaction-mode pooler drops the ``LISTEN``, so a URL that
+  reaches a pooler is refused (``pooler.connect_direct``). Reconnects back off with full jitter.
 - Anyone who can connect to the database can ``NOTIFY`` (it takes no privilege). A forged ``s:``
   or ``u:`` only evicts; a forged ``*`` would flush every cache of every worker, as often as it is
   sent. So ``*`` (the triggers' word for a ``TRUNCATE``) is believed only with proof the sender
@@ -27,17 +29,21 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
+from gateway.core.backoff import Backoff
+from gateway.core.errors import ConfigError, StoreUnavailable
+from gateway.postgres.connections import APPLICATION, store_errors
+from gateway.postgres.pooler import connect_direct
 from gateway.postgres.schema import mapping_from
-from gateway.postgres.store import UNAVAILABLE
 from gateway.postgres.triggers import INSTALLED_SQL, installed_names
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
+
+    import asyncpg
 
     from gateway.config import Settings
-    from gateway.lookup.tiers import Tiers
+    from gateway.lookup.protocols import Invalidator
+    from gateway.telemetry.metrics import Metrics
 
 log = logging.getLogger("gateway.postgres.listener")
 _FIRST_RETRY_S = 0.1
@@ -47,15 +53,33 @@ _FILENODES_SQL = "SELECT pg_relation_filenode($1::regclass), pg_relation_filenod
 
 
 class Listener:
-    """Keeps a ``LISTEN`` connection up and turns notifications into evictions."""
+    """Keeps a ``LISTEN`` connection up and turns notifications into evictions.
 
-    def __init__(self, settings: Settings, tiers: Tiers) -> None:
-        assert settings.database_url is not None  # noqa: S101  (config.validate guarantees it)
-        self._dsn = settings.database_url.reveal()
+    ``invalidator`` hears what to evict (``lookup.tiers.Tiers``); ``on_flush`` (if given) is told
+    each time everything was flushed (on every connect, and for a proven ``TRUNCATE``); ``backoff``
+    spaces the reconnects (jittered, see ``core.backoff``).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        invalidator: Invalidator,
+        metrics: Metrics,
+        *,
+        on_flush: Callable[[], None] | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        dsn = settings.listen_database_url or settings.database_url
+        assert dsn is not None  # noqa: S101  (config.validate guarantees it)
+        self._dsn = dsn.reveal()
+        self._variable = "GATEWAY_LISTEN_DATABASE_URL" if settings.listen_database_url else "DATABASE_URL"
         self._channel = settings.channel
         self._check_s = settings.listener_check_s
         self._timeout_s = settings.db_timeout_s
-        self._tiers = tiers
+        self._invalidator = invalidator
+        self._metrics = metrics
+        self._on_flush = on_flush or (lambda: None)
+        self._backoff = backoff or Backoff(_FIRST_RETRY_S, _MAX_RETRY_S)
         mapping = mapping_from(settings)
         self._tables = (mapping.session.name, mapping.user.name)
         self._filenodes: tuple[object, ...] | None = None  # the tables' files when last looked at
@@ -88,29 +112,30 @@ class Listener:
         await asyncio.gather(*self._work, return_exceptions=True)
 
     async def _run(self) -> None:
-        delay = _FIRST_RETRY_S
         while True:
             try:
-                conn = await asyncpg.connect(
-                    self._dsn,
-                    timeout=self._timeout_s,
-                    server_settings={"application_name": "better-auth-gateway-listener"},
-                )
-            except UNAVAILABLE as exc:
-                log.warning("listener cannot connect (retrying in %.1fs): %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_RETRY_S)
+                conn = await connect_direct(self._dsn, self._timeout_s, APPLICATION + "-listener", self._variable)
+            except StoreUnavailable as exc:
+                await self._pause(f"listener cannot connect: {exc}")
                 continue
-            delay = _FIRST_RETRY_S
+            except ConfigError as exc:  # refused at startup too (cli): here if the URL changed hands since
+                await self._pause(f"listener refused its URL: {exc}", logging.ERROR)
+                continue
             try:
-                await self._serve(conn)
-            except UNAVAILABLE as exc:
+                with store_errors():
+                    await self._serve(conn)
+            except StoreUnavailable as exc:
                 log.warning("listener connection lost: %s", exc)
             finally:
                 self.connected = False
                 conn.terminate()
-            log.warning("listener disconnected; reconnecting")
-            await asyncio.sleep(_FIRST_RETRY_S)
+            await self._pause("listener disconnected")
+
+    async def _pause(self, reason: str, level: int = logging.WARNING) -> None:
+        """Wait the next back-off delay (jittered, growing until a connection works), saying why."""
+        delay = self._backoff.next()
+        log.log(level, "%s; reconnecting in %.2fs", reason, delay)
+        await asyncio.sleep(delay)
 
     async def _serve(self, conn: asyncpg.Connection) -> None:
         dead = asyncio.Event()
@@ -121,11 +146,12 @@ class Listener:
         self._ignored_logged = self._unknown_logged = False
         self._filenodes = await self._read_filenodes(conn)
         # LISTEN is in place: from here on nothing is missed, so what came before can go.
-        await self._tiers.flush()
+        await self._flush()
         await self._check_triggers(conn)
         self.connected = True
         self.connections += 1
-        self._tiers.metrics.event("listener_connect")
+        self._backoff.reset()
+        self._metrics.event("listener_connect")
         log.info("listening on %r (connection %d)", self._channel, self.connections)
         while not dead.is_set():
             try:
@@ -133,6 +159,10 @@ class Listener:
             except TimeoutError:
                 async with self._lock:
                     await conn.execute("SELECT 1", timeout=self._timeout_s)  # raises if the link is dead
+
+    async def _flush(self) -> None:
+        await self._invalidator.flush()
+        self._on_flush()
 
     async def _check_triggers(self, conn: asyncpg.Connection) -> None:
         found = await conn.fetchval(INSTALLED_SQL, installed_names(), timeout=self._timeout_s)
@@ -148,16 +178,16 @@ class Listener:
         kind, _, value = payload.partition(":")
         work: Awaitable[object] | None
         if kind == "s" and _DIGEST.fullmatch(value):
-            work = self._tiers.invalidate_token(value)
+            work = self._invalidator.invalidate_token(value)
         elif kind == "u" and value:
-            work = self._tiers.invalidate_user(value)
+            work = self._invalidator.invalidate_user(value)
         elif payload == "*":
             if self._checking is not None and not self._checking.done():
                 self._recheck = True  # the check under way looks again when it ends
                 return
             work = self._checking = asyncio.ensure_future(self._flush_if_truncated(conn))
         else:
-            self._tiers.metrics.event("invalidation_ignored")
+            self._metrics.event("invalidation_ignored")
             if not self._unknown_logged:  # once per connection: anyone may send these
                 self._unknown_logged = True
                 log.warning("ignored a notification on %r not of the triggers' shape", self._channel)
@@ -172,7 +202,7 @@ class Listener:
         while True:
             self._recheck = False
             if await self._truncated(conn):
-                await self._tiers.flush()
+                await self._flush()
             if not self._recheck:
                 return
 
@@ -181,7 +211,7 @@ class Listener:
         if before is None or self._filenodes is None or not all(self._filenodes) or before != self._filenodes:
             return True  # changed, or can't tell (unreadable, partitioned): believe it
         self.flushes_ignored += 1
-        self._tiers.metrics.event("invalidation_flush_ignored")
+        self._metrics.event("invalidation_flush_ignored")
         if not self._ignored_logged:
             self._ignored_logged = True
             log.warning("ignored a '*' on %r with no table truncated: not sent by the triggers", self._channel)
@@ -190,8 +220,9 @@ class Listener:
     async def _read_filenodes(self, conn: asyncpg.Connection) -> tuple[object, ...] | None:
         try:
             async with self._lock:
-                row = await conn.fetchrow(_FILENODES_SQL, *self._tables, timeout=self._timeout_s)
-        except UNAVAILABLE as exc:
+                with store_errors():
+                    row = await conn.fetchrow(_FILENODES_SQL, *self._tables, timeout=self._timeout_s)
+        except StoreUnavailable as exc:
             log.warning("cannot read the tables' files, so every '*' is believed: %s", exc)
             return None
         return None if row is None else tuple(row)

@@ -1,59 +1,47 @@
 """Postgres, the source of truth: one prepared join on Better Auth's own tables, read-only.
 
-The pool skips asyncpg's reset on release (``docs/performance.md`` §3): a second round trip
-per lookup, and only needed when connections carry session state. Ours never do: the gateway
-runs nothing but SELECTs on pooled connections (LISTEN has a connection of its own).
+Lookups go to ``DATABASE_URL``, or to a read replica (``GATEWAY_READ_DATABASE_URL``). A replica
+lags its primary, so what it says is checked there before it can hurt:
+
+- **A miss** may be a session created a moment ago: the tokens the replica did not find are asked
+  of the primary (one query per batch, counted as ``replica_retry``) before they become a 401.
+- **A hit** may be a session revoked a moment ago: the primary's ``NOTIFY`` can arrive before the
+  replica replays the ``DELETE``, and a lookup begun after the notification (which the tiers'
+  epoch logic lets cache) would read the row back. So a hit whose token or user was heard revoked
+  lately (``doubt_with``) is read again on the primary, whose answer wins.
+- **After a flush** (the listener reconnected: notifications may have been missed, and the
+  replica may still show what they were about), every hit is read again on the primary until the
+  replica has replayed the primary's WAL as of then (``distrust_replica``): one LSN comparison
+  per batch until it has, usually the first.
+
+So replica lag can cost a query, never refuse a fresh session nor revive a revoked one, as long
+as the lag stays under the time the tiers remember a revocation (at least 10 s).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import json
 import logging
-import math
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
-import msgspec
-
-from gateway.core import column_values
-from gateway.core.column_values import FarTime
 from gateway.core.errors import SchemaMismatch, StoreUnavailable
-from gateway.core.sessions import Session
-from gateway.postgres.schema import COLUMNS_SQL, Mapping, Query, build_query, quote
+from gateway.credentials.tokens import token_hash
+from gateway.postgres.jwks import keys_sql, read_keys
+from gateway.postgres.pooler import LazyPool
+from gateway.postgres.rows import row_session
+from gateway.postgres.schema import COLUMNS_SQL, Mapping, Query, build_query
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Callable, Sequence
+
+    import asyncpg
 
     from gateway.config import Settings
+    from gateway.core.sessions import Session
+    from gateway.postgres.connections import Pool
 
 log = logging.getLogger("gateway.postgres.store")
-
-# Failures that mean "Postgres could not answer", as opposed to a bug in the gateway.
-UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
-_UTC = dt.UTC
-T = TypeVar("T")
-
-
-async def _no_reset(_: asyncpg.Connection) -> None:
-    """Replace asyncpg's per-release reset: pooled connections never carry session state."""
-
-
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    # Decoders that never raise: a value a user wrote themselves (a json field 1,500 deep, a date
-    # in year 10000) must not fail the whole result, every session batched with theirs.
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(
-            typ, encoder=msgspec.json.encode, decoder=column_values.decode_json, schema="pg_catalog", format="text"
-        )
-    timestamps = (column_values.encode_timestamp, column_values.decode_timestamp)
-    for typ, (encode, decode) in {
-        "timestamptz": timestamps,
-        "timestamp": timestamps,
-        "date": (column_values.encode_date, column_values.decode_date),
-    }.items():
-        await conn.set_type_codec(typ, encoder=encode, decoder=decode, schema="pg_catalog", format="tuple")
+PRIMARY_POOL_MAX = 2  # with a replica: the primary only answers its misses and doubts
 
 
 class Store:
@@ -64,40 +52,56 @@ class Store:
     Postgres is away, and recovers by itself.
     """
 
-    def __init__(self, settings: Settings, mapping: Mapping) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        mapping: Mapping,
+        event: Callable[[str], None] | None = None,
+    ) -> None:
         self._settings = settings
         self._mapping = mapping
-        self._pool: asyncpg.Pool | None = None
+        self._event = event or (lambda _: None)
+        self._read: LazyPool | None = None
+        self._primary: LazyPool | None = None  # only with a replica
+        self._doubt: Callable[[str, str], bool] = lambda _digest, _user: False
+        self._distrusted = False  # every replica hit is checked, until the replica caught up
+        self._caught_up_to: str | None = None  # the primary's WAL position to catch up to
         self._query: Query | None = None
         self._query_lock = asyncio.Lock()
         self.queries = 0  # lookups sent to Postgres, for tests and metrics
+        self.primary_retries = 0  # of them, replica answers checked on the primary
 
     async def open(self) -> None:
-        """Create the pool (connections are made as needed)."""
+        """Create the pools (connections are made as needed)."""
         s = self._settings
         assert s.database_url is not None  # noqa: S101  (config.validate guarantees it)
-        self._pool = await asyncpg.create_pool(
-            s.database_url.reveal(),
-            min_size=0,
-            max_size=s.pool_max_size,
-            reset=_no_reset,
-            init=_init_connection,
-            timeout=s.db_timeout_s,
-            server_settings={
-                "application_name": "better-auth-gateway",
-                # Postgres abandons a query we have stopped waiting for.
-                "statement_timeout": str(max(1, int(s.db_timeout_s * 1000))),
-            },
-        )
+        primary = s.database_url.reveal()
+        if s.read_database_url is not None:
+            self._read = self._pool(s.read_database_url.reveal(), s.pool_max_size)
+            self._primary = self._pool(primary, min(PRIMARY_POOL_MAX, s.pool_max_size))
+        else:
+            self._read = self._pool(primary, s.pool_max_size)
+
+    def _pool(self, dsn: str, max_size: int) -> LazyPool:
+        s = self._settings
+        return LazyPool(dsn, s.db_pgbouncer, max_size=max_size, timeout_s=s.db_timeout_s)
 
     async def close(self) -> None:
-        """Close the pool, waiting at most the lookup budget for queries in flight."""
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            try:
-                await asyncio.wait_for(pool.close(), self._settings.db_timeout_s)
-            except TimeoutError:
-                pool.terminate()
+        """Close the pools, waiting at most the lookup budget for queries in flight."""
+        for pool in (self._read, self._primary):
+            if pool is not None:
+                await pool.close()
+
+    def doubt_with(self, doubt: Callable[[str, str], bool]) -> None:
+        """Have replica hits whose ``doubt(token_digest, user_id)`` is true read again on the primary."""
+        self._doubt = doubt
+
+    def distrust_replica(self) -> None:
+        """Read every replica hit again on the primary until the replica has replayed the primary's WAL as of now.
+
+        Called after each flush: revocations whose notifications were missed are committed by now.
+        """
+        self._distrusted, self._caught_up_to = True, None
 
     async def fetch(self, token: str) -> Session | None:
         """Return the session whose token is ``token`` joined to its user, or ``None``.
@@ -111,89 +115,81 @@ class Store:
         """Look many tokens up in one query; tokens with no session are absent from the result.
 
         Raises:
-            StoreUnavailable: Postgres did not answer within the configured budget.
+            StoreUnavailable: Postgres (the replica, or the primary when asked) did not answer in time.
         """
         self.queries += 1
+        found = await self._lookup(self._read, tokens)
+        if self._primary is None:
+            return found
+        missed = [token for token in tokens if token not in found]
+        distrusted = bool(found) and self._distrusted and not await self._caught_up()
+        doubted = [token for token, session in found.items() if distrusted or self._doubted(token, session)]
+        if not missed and not doubted:
+            return found
+        self.primary_retries += 1
+        self._event("replica_retry")
+        fresh = await self._lookup(self._primary, missed + doubted)
+        for token in doubted:  # the primary's answer wins, absent or not
+            del found[token]
+        if any(token in fresh for token in missed):
+            self._event("replica_lag_hidden")  # a session the replica did not have yet
+        return found | fresh
 
+    def _doubted(self, token: str, session: Session) -> bool:
+        return self._doubt(token_hash(token), session.user_id)
+
+    async def _caught_up(self) -> bool:
+        """Whether the replica has replayed the primary's WAL as of the last flush (or later)."""
+        target = self._caught_up_to
+        if target is None:
+            target = self._caught_up_to = await (await _get(self._primary)).run(_wal_position)
+        replayed = await (await _get(self._read)).run(lambda conn: _replayed(conn, target))
+        if replayed and self._caught_up_to == target:  # not distrusted again meanwhile
+            self._distrusted = False
+        return replayed
+
+    async def _lookup(self, pool: LazyPool | None, tokens: Sequence[str]) -> dict[str, Session]:
         async def lookup(conn: asyncpg.Connection) -> dict[str, Session]:
             query = self._query or await self._load_query(conn)
             if len(tokens) == 1:
                 row = await conn.fetchrow(query.sql, tokens[0])
-                found = None if row is None else _row_session(query, row, 0)
+                found = None if row is None else row_session(query, row, 0)
                 return {} if found is None else {tokens[0]: found}
             rows = await conn.fetch(query.batch_sql, list(tokens))
-            return {row[0]: found for row in rows if (found := _row_session(query, row, 1)) is not None}
+            return {row[0]: found for row in rows if (found := row_session(query, row, 1)) is not None}
 
-        return await self._bounded(lookup)
+        return await (await _get(pool)).run(lookup)
 
     async def public_keys(self, table: str) -> list[dict[str, Any]]:
-        """The JWT plugin's public keys from its table, as its ``/jwks`` endpoint lists them.
+        """The JWT plugin's public keys (``jwks.read_keys``), from the primary: a key made a moment ago counts.
 
-        Each is the stored public JWK with ``kid`` (the row's id) and, where the row has them,
-        ``alg`` and ``crv``. The private key column is never read.
+        Raises:
+            StoreUnavailable: Postgres did not answer within the configured budget.
         """
-        schema = self._settings.db_schema
-        name = (quote(schema) + "." if schema else "") + quote(table)
-        # to_jsonb: whichever of the optional columns (alg, crv) this version's table has.
-        sql = f"SELECT to_jsonb(k) - 'privateKey' AS row FROM {name} AS k"  # noqa: S608  (validated, quoted identifiers)
-
-        async def read(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-            keys = []
-            for record in await conn.fetch(sql):
-                row = record["row"]  # jsonb: decoded by the pool's codec
-                extra = {k: row[k] for k in ("alg", "crv") if row.get(k)}
-                keys.append(extra | json.loads(row["publicKey"]) | {"kid": row["id"]})
-            return keys
-
-        return await self._bounded(read)
+        sql = keys_sql(self._settings.db_schema, table)
+        pool = await _get(self._primary or self._read)
+        return await pool.run(lambda conn: read_keys(conn, sql))
 
     async def ping(self) -> None:
-        """Run ``SELECT 1`` and check the mapped tables; raise ``StoreUnavailable`` if either fails."""
+        """Run ``SELECT 1`` (on the replica and the primary) and check the mapped tables.
+
+        Raises:
+            StoreUnavailable: either server did not answer, or the tables are not as mapped.
+        """
 
         async def check(conn: asyncpg.Connection) -> None:
             await conn.fetchval("SELECT 1")
             if self._query is None:
                 await self._load_query(conn)
 
-        await self._bounded(check)
-
-    async def _bounded(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run ``work`` on a pooled connection, giving up after the budget whatever the link does.
-
-        A cancelled asyncpg query waits for the server to confirm the cancel, which a dead link
-        never does: instead, past the budget the connection is terminated (its socket closed) and
-        the caller gets ``StoreUnavailable`` at once.
-        """
-        held: list[asyncpg.Connection] = []
-
-        async def run() -> T:
-            async with self._pool_or_raise().acquire() as conn:
-                held.append(conn)
-                try:
-                    return await work(conn)
-                finally:
-                    held.clear()  # the work is over: from here the pool owns the connection again
-
-        task = asyncio.ensure_future(run())
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), self._settings.db_timeout_s)
-        except UNAVAILABLE as exc:
-            if not task.done():
-                for conn in held:
-                    conn.terminate()
-                task.add_done_callback(_retrieve)
-            raise StoreUnavailable(_describe(exc)) from exc
+        for pool in (self._read, self._primary):
+            if pool is not None:
+                await (await _get(pool)).run(check)
 
     def pool_sizes(self) -> tuple[int, int]:
-        """Connections open in the pool, and how many of them are idle."""
-        pool = self._pool
-        return (0, 0) if pool is None else (pool.get_size(), pool.get_idle_size())
-
-    def _pool_or_raise(self) -> asyncpg.Pool:
-        if self._pool is None:
-            msg = "the Postgres pool is not open (used before open() or after close())"
-            raise StoreUnavailable(msg)
-        return self._pool
+        """Connections open in the pools, and how many of them are idle."""
+        sizes = [pool.sizes() for pool in (self._read, self._primary) if pool is not None]
+        return sum(s[0] for s in sizes), sum(s[1] for s in sizes)
 
     async def _load_query(self, conn: asyncpg.Connection) -> Query:
         """Read the two tables' columns from the catalogue (once) and build the lookup."""
@@ -216,87 +212,18 @@ class Store:
             return self._query
 
 
-def _row_session(query: Query, row: asyncpg.Record, offset: int) -> Session | None:
-    """A row that cannot be read is a miss for its token alone, never an error for the batch."""
-    try:
-        return to_session(query, row, offset)
-    except (TypeError, ValueError, OverflowError) as exc:
-        log.warning("a session row could not be read, treated as no session: %s", type(exc).__name__)
-        return None
+async def _wal_position(conn: asyncpg.Connection) -> str:
+    return str(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # an abandoned lookup's error is expected: don't report it as lost
+async def _replayed(conn: asyncpg.Connection, lsn: str) -> bool:
+    # NULL when the server is no standby (promoted, or the primary itself): nothing to wait for.
+    sql = "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, true)"
+    return bool(await conn.fetchval(sql, lsn))
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "Postgres did not answer in time"
-    return f"Postgres: {type(exc).__name__}: {exc}"
-
-
-def to_session(query: Query, row: asyncpg.Record, offset: int = 0) -> Session:
-    """Turn a row of ``query`` into a ``Session`` with Better Auth's field names and JSON values.
-
-    ``offset`` skips leading columns (the batched query selects the token first). Columns read
-    only to decide (a role or ban Better Auth does not return) never reach the answer's fields.
-    """
-    raw = list(row)[offset:]
-    n, at = len(query.session_fields), query.positions
-    values = [json_value(v) for v in raw[: n + len(query.user_fields)]]
-    role = raw[at["role"]] if "role" in at else None
-    banned = raw[at["banned"]] if "banned" in at else None
-    ban_expires = raw[at["banExpires"]] if "banExpires" in at else None
-    return Session(
-        expires_at=epoch(raw[at["expiresAt"]]),
-        banned_until=0.0 if banned is not True else math.inf if ban_expires is None else epoch(ban_expires),
-        session=dict(zip(query.session_fields, values[:n], strict=True)),
-        user=dict(zip(query.user_fields, values[n:], strict=True)),
-        role=role if isinstance(role, str) else None,
-    )
-
-
-def epoch(value: Any) -> float:
-    """Seconds since the epoch of a timestamp column (naive values are UTC, as Better Auth writes them)."""
-    if isinstance(value, dt.datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=_UTC)).timestamp()
-    if isinstance(value, int | float):  # a bigint of milliseconds (custom schemas)
-        return value / 1000
-    if isinstance(value, FarTime):  # after year 9999 (or before year 1)
-        return value.epoch_s
-    msg = f"not a timestamp: {value!r}"
-    raise TypeError(msg)
-
-
-def iso_string(value: dt.datetime) -> str:
-    """JavaScript's ``toISOString()``: UTC, milliseconds (truncated), ``Z``; naive values are UTC.
-
-    msgspec writes RFC 3339 six times faster than ``isoformat``: the seconds, then six digits of
-    fraction when there is one, then ``Z`` for UTC.
-    """
-    if value.tzinfo is not None and value.tzinfo is not _UTC:
-        value = value.astimezone(_UTC)
-    text: str = msgspec.to_builtins(value)
-    return text[:19] + (text[19:23] if value.microsecond else ".000") + "Z"
-
-
-# Column values Better Auth's JSON shows as they are; checked by exact type first (the hot case).
-# A RawJSON (a document too deep to decode) is answered verbatim and never cached in Redis.
-_AS_IS = frozenset({str, bool, int, float, dict, list, type(None), column_values.RawJSON})
-
-
-def json_value(value: Any) -> Any:
-    """Render a column value as Better Auth's JSON does (dates as JavaScript ``toISOString()``)."""
-    kind = type(value)
-    if kind in _AS_IS:
-        return value
-    if isinstance(value, dt.datetime):
-        return iso_string(value)
-    if isinstance(value, dt.date):  # node-postgres reads a date as a Date at midnight: see decode_date
-        return value.isoformat() + "T00:00:00.000Z"
-    if isinstance(value, FarTime):
-        return value.iso()
-    if isinstance(value, str | bool | int | float | dict | list):  # subclasses
-        return value
-    return str(value)  # uuid, numeric, inet: their text form
+async def _get(pool: LazyPool | None) -> Pool:
+    if pool is None:
+        msg = "the Postgres pool is not open (used before open() or after close())"
+        raise StoreUnavailable(msg)
+    return await pool.get()

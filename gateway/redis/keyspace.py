@@ -16,8 +16,8 @@ import logging
 import random as _random
 from typing import TYPE_CHECKING
 
+from gateway.core.backoff import Backoff, jitter
 from gateway.core.errors import StoreUnavailable
-from gateway.redis.backoff import Backoff
 from gateway.redis.client import answering
 from gateway.redis.secondary_storage import ACTIVE_SESSIONS, REVOKED_BEFORE, text
 
@@ -56,7 +56,7 @@ class KeyspaceListener:
         db = storage.client.connection_pool.connection_kwargs.get("db", 0)
         self._pattern = f"__keyspace@{db}__:{_glob_escape(storage.prefix)}*"
         self._channel_head = len(f"__keyspace@{db}__:")
-        self._backoff = Backoff(backoff_s, _MAX_BACKOFF_S, random)
+        self._backoff = Backoff(backoff_s, _MAX_BACKOFF_S, jitter(random))
         self._event = event or (lambda _: None)
         self._task: asyncio.Task[None] | None = None
         self.connected = False

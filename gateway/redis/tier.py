@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.core.backoff import Backoff, jitter
 from gateway.core.errors import CacheUnavailable
 from gateway.lookup.batching import Batcher
 from gateway.lookup.protocols import SharedRead as Lookup
 from gateway.redis import client as redis_client
-from gateway.redis.backoff import Backoff
 from gateway.redis.generation import Generation
 from gateway.redis.scripts import INDEX_UNLESS_REVOKED, REVOKE_USER, SET_UNLESS_REVOKED, TOMBSTONE
 from gateway.redis.values import Values, mac_key
@@ -85,7 +85,7 @@ class RedisTier:
         self._values = Values(mac_key(settings.secret.reveal(), configuration))
         self._ttl_s = settings.l2_ttl_s
         self._timeout_s = settings.redis_timeout_s
-        self._backoff = Backoff(settings.redis_backoff_s, _MAX_BACKOFF_S, random)
+        self._backoff = Backoff(settings.redis_backoff_s, _MAX_BACKOFF_S, jitter(random))
         self._tombstone_ms = int(tombstone_s(settings) * 1000)
         self._clock = clock
         self._repair: asyncio.Task[bool] | None = None

@@ -18,7 +18,7 @@ from gateway.core.errors import StoreUnavailable
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import header_credential, sign
 from gateway.postgres import seed
-from gateway.postgres.store import iso_string, json_value
+from gateway.postgres.rows import iso_string, json_value
 from tests.support.credentials import SECRET, cred
 from tests.support.ports import free_port
 from tests.support.resources import Open, open_gateway
