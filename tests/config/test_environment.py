@@ -110,7 +110,8 @@ def test_text_overrides_are_read_like_the_environment() -> None:
 
 def _without(name: str) -> dict[str, str]:
     """BASE less the variable ``name`` stands in for (so ``name_FILE`` may set it)."""
-    drop = {"DATABASE_URL", "GATEWAY_DATABASE_URL"} if "DATABASE_URL" in name else {name}
+    primary = name in ("DATABASE_URL", "GATEWAY_DATABASE_URL")  # a replica or LISTEN URL goes beside it
+    drop = {"DATABASE_URL", "GATEWAY_DATABASE_URL"} if primary else {name}
     drop |= {"BETTER_AUTH_SECRET"} if "SECRET" in name else set()
     return {k: v for k, v in BASE.items() if k not in drop}
 
@@ -124,6 +125,8 @@ VALUES = {
     "REDIS_URL": "redis://:pw-from-file@r:6379/0",
     "GATEWAY_REDIS_URL": "redis://:pw-from-file@r:6379/0",
     "GATEWAY_SECONDARY_STORAGE_URL": "redis://:pw-from-file@r:6379/0",
+    "GATEWAY_READ_DATABASE_URL": "postgresql://gw:pw-from-file@replica/app",
+    "GATEWAY_LISTEN_DATABASE_URL": "postgresql://gw:pw-from-file@primary/app",
 }
 
 
