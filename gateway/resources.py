@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.config.settings import load_settings
 from gateway.core.errors import BackendUnavailable, SchemaMismatch
 from gateway.credentials.cookie_cache import CookieCache
 from gateway.credentials.jwts import JwtVerifier, endpoint_keys
 from gateway.credentials.tokens import Verifier
+from gateway.http.app import App
 from gateway.lookup.decision import Decider
 from gateway.lookup.tiers import Tiers
 from gateway.postgres.listener import Listener
@@ -23,6 +25,7 @@ from gateway.postgres.store import Store
 from gateway.redis.secondary_storage import KeyspaceListener, SecondaryStorage
 from gateway.redis.tier import FAILURES as REDIS_FAILURES
 from gateway.redis.tier import RedisTier, connect, tombstone_s
+from gateway.telemetry.logs import configure_logging
 from gateway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -154,6 +157,16 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             jwts = JwtVerifier(keys, audience=audience, issuer=issuer)
         decider = Decider(verifier, tiers, cookie_cache, jwts)
         yield Resources(store, secondary, redis, tiers, decider, listener, metrics)
+
+
+def create_app() -> App:
+    """Build the app from the environment, wired to the parts opened here: granian's factory.
+
+    Called once in each worker (``gateway serve`` names it ``gateway.resources:create_app``).
+    """
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return App(settings, open_resources)
 
 
 def _revoked_for_s(settings: Settings) -> float:

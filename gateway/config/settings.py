@@ -436,7 +436,7 @@ IDENTITY_FIELDS = ("user", "email", "name", "session_id", "role", "groups")
 
 
 def _check_forward_auth(s: Settings) -> list[str]:
-    from gateway.http.original import parse_networks  # noqa: PLC0415
+    from gateway.http.addresses import parse_networks  # noqa: PLC0415
     from gateway.http.policy import load_rules  # noqa: PLC0415
 
     problems = []

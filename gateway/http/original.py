@@ -19,28 +19,22 @@ Without ``GATEWAY_PROXY`` (allowed only without a rules file) nothing decides on
 request: it only names the page to return to after the login, so the first convention present
 is read as before (a client can only misdirect its own redirect, and the host is allow-listed).
 
-Forwarded headers count only when the TCP peer is a trusted proxy (``GATEWAY_TRUSTED_PROXIES``,
-loopback by default). The client IP is the right-most ``X-Forwarded-For`` entry that is not a
-trusted proxy, else the peer (``X-Real-IP`` is never believed: a proxy that doesn't set it passes
-the client's on).
+Forwarded headers count only when the TCP peer is a trusted proxy (``addresses``).
 """
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from typing import TYPE_CHECKING, Literal, NamedTuple
 from urllib.parse import parse_qsl, unquote_plus
 
 from gateway.http import canonical
+from gateway.http.addresses import client_ip, parse_ip, trusted
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     from gateway.credentials.tokens import Headers
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+    from gateway.http.addresses import Network
 Proxy = Literal["", "nginx", "ingress-nginx", "traefik", "caddy", "envoy"]
 PROXIES: tuple[Proxy, ...] = ("nginx", "ingress-nginx", "traefik", "caddy", "envoy")
 
@@ -79,34 +73,6 @@ class Original(NamedTuple):
     def paths(self) -> frozenset[str]:
         """Every reading of the path a rule must agree on (``canonical.readings``)."""
         return canonical.readings(self.path)
-
-
-def parse_networks(text: str) -> tuple[Network, ...]:
-    """Parse ``"127.0.0.0/8, ::1, 10.0.0.0/8"``; raise ``ValueError`` naming a bad entry."""
-    return tuple(ipaddress.ip_network(part.strip(), strict=False) for part in text.split(",") if part.strip())
-
-
-@functools.lru_cache(maxsize=4096)
-def parse_ip(text: str) -> Address | None:
-    """An address from an ``X-Forwarded-For`` entry or a peer string (``ip:port``, ``[v6]:port``).
-
-    Memoised: the same few peers and hops come back on every request, and ``ipaddress`` parsing
-    costs several microseconds (bounded, so forged headers cannot grow it).
-    """
-    text = text.strip()
-    if text.startswith("["):
-        text = text[1:].split("]", 1)[0]
-    elif text.count(":") == 1:  # v4 with a port
-        text = text.split(":", 1)[0]
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def trusted(address: Address | None, networks: Sequence[Network]) -> bool:
-    """Whether an address is one of the trusted proxies."""
-    return address is not None and any(address in net for net in networks)
 
 
 def original_request(  # noqa: PLR0913  (the request's parts, each named)
@@ -259,27 +225,3 @@ def _guess(request: Original, headers: Headers) -> Original | None:
     if original_uri := first("x-original-uri"):
         return _checked(method, proto, host, original_uri, client)
     return _checked(*request[:5])
-
-
-def client_ip(peer: Address | None, header: Callable[[str], str | None], networks: Sequence[Network]) -> str:
-    """The right-most untrusted hop of ``X-Forwarded-For``, else the peer (``X-Real-IP`` is anyone's)."""
-    return str(forwarded_client(header("x-forwarded-for"), networks) or peer or "")
-
-
-def forwarded_client(value: str | None, proxies: Sequence[Network]) -> Address | None:
-    """The right-most ``X-Forwarded-For`` hop that is not a trusted proxy.
-
-    Each proxy appends the address it was called from, so reading from the right, every hop up
-    to the first untrusted one was written by a trusted proxy, and that one is the client. Text
-    that is no address was not written by a proxy: the hop to its right sent it. With every hop
-    trusted, the left-most is the client (an internal caller).
-    """
-    nearest = None
-    for hop in reversed(value.split(",")) if value else ():
-        address = parse_ip(hop)
-        if address is None:
-            break
-        if not trusted(address, proxies):
-            return address
-        nearest = address
-    return nearest

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from gateway.core.errors import BackendUnavailable
 from gateway.core.lru import LRU
@@ -51,14 +51,19 @@ _LONG_ID = 64  # a user id longer than this is remembered by its hash: anyone's 
 
 
 class Entry:
-    """A cached valid session; ``rendered`` is a memo for the HTTP adapter's response headers."""
+    """A cached valid session, with the hash of its token and a slot for its server.
 
-    __slots__ = ("digest", "rendered", "session")
+    ``memo`` belongs to whoever answers requests from the cache (the HTTP adapter keeps its
+    rendered response headers there): the core never reads it. It lives and dies with the
+    entry, so nothing derived from a session outlives its eviction or revocation.
+    """
+
+    __slots__ = ("digest", "memo", "session")
 
     def __init__(self, session: Session, digest: str) -> None:
         self.session = session
         self.digest = digest
-        self.rendered: list[tuple[str, str]] | None = None
+        self.memo: Any = None
 
 
 class Loaded(NamedTuple):
@@ -146,13 +151,16 @@ class Tiers:
         flight = self._inflight.get(token)
         return flight is not None and (flight[0] == self.epoch or not self._stale(flight[0], token_hash(token), None))
 
-    async def load(self, token: str) -> Loaded:
+    async def load(self, token: str, digest: str | None = None) -> Loaded:
         """Fetch ``token`` from Redis, then Postgres, sharing one fetch among concurrent callers.
+
+        ``digest``: the token's hash, when the caller has it already (``token_hash``).
 
         Raises:
             BackendUnavailable: Postgres could not answer and no shared tier had the session.
         """
-        digest = token_hash(token)
+        if digest is None:
+            digest = token_hash(token)
         flight = self._inflight.get(token)
         # Never join a lookup begun before an invalidation of this token (its user is known after).
         if flight is not None and not self._stale(flight[0], digest, None):

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from gateway.credentials.tokens import sign
+from gateway.http.addresses import parse_networks
 from gateway.http.budget import Budget
-from gateway.http.original import parse_networks
 from gateway.postgres import seed
 from tests.conftest import SECRET, cookie
 from tests.support.tcp_proxy import Proxy

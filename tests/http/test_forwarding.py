@@ -8,7 +8,8 @@ import pytest
 
 from gateway.core.sessions import Session
 from gateway.http import policy
-from gateway.http.original import Original, Proxy, original_request, parse_networks
+from gateway.http.addresses import parse_networks
+from gateway.http.original import Original, Proxy, original_request
 
 LOOPBACK = parse_networks("127.0.0.0/8,::1/128")
 

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import Credential, Kind, Verifier, cookie_value, decode_uri_component, sign
 from gateway.http import canonical
-from gateway.http.original import PROXIES, Proxy, original_request, parse_networks
+from gateway.http.addresses import parse_networks
+from gateway.http.original import PROXIES, Proxy, original_request
 from gateway.postgres import seed
 from tests.conftest import SECRET
 
