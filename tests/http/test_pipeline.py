@@ -92,7 +92,8 @@ class Protocol:
 async def app(database: str, db: asyncpg.Connection) -> AsyncIterator[App]:
     """The app on the test database (Better Auth's schema: ``db``), its parts open."""
     _ = db
-    settings = load_settings({"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET}, {"listen": False, "secure_cookies": "false"})
+    env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET}
+    settings = load_settings(env, {"listen": False, "secure_cookies": "false"})
     gateway = App(settings, open_resources)
     await gateway.open()
     try:
