@@ -15,7 +15,8 @@ import msgspec
 import pytest
 
 from gateway.config.settings import load_settings
-from gateway.credentials.tokens import find_credential, sign
+from gateway.core.sessions import Reason
+from gateway.credentials.tokens import find_credential, sign, token_hash
 from gateway.http.app import App
 from gateway.postgres import seed
 from gateway.resources import open_resources
@@ -195,3 +196,20 @@ async def test_a_forged_signature_is_checked_once(app: App, macs: list[bytes], p
         assert (proto.status, proto.body) == (200, b"null")
     else:
         assert proto.status == 401
+
+
+async def test_the_verdict_carries_the_proved_token(app: App, db: asyncpg.Connection) -> None:
+    """The decision hands on the token it proved and its hash; the verdict's repr never shows the token."""
+    user = await seed.create_user(db, email=f"{seed.generate_id(8)}@example.com")
+    token = await seed.create_session(db, user)
+    credential = find_credential(None, None, cookie(sign(token, SECRET))["cookie"], (COOKIE_NAME,))
+    decider = app.parts.decider
+    missed = await decider.decide(credential)
+    hit = await decider.decide(credential)
+    proved_hit = await decider.decide(credential, need_token=True)
+    assert (missed.token, missed.digest) == (token, token_hash(token))
+    assert (hit.token, hit.digest) == (None, None)  # a cached credential needs no check
+    assert (proved_hit.token, proved_hit.digest) == (token, token_hash(token))
+    assert [missed.reason, hit.reason, proved_hit.reason] == [Reason.ok] * 3
+    assert token not in repr(missed)
+    assert token not in repr(proved_hit)
