@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, NamedTuple
 import msgspec
 from redis.asyncio.cluster import RedisCluster
 
+from gateway.config import load_settings
 from gateway.core.errors import BackendUnavailable, CacheUnavailable, SchemaMismatch
 from gateway.credentials.cookie_cache import CookieCache
 from gateway.credentials.jwts import JwtVerifier, endpoint_keys
 from gateway.credentials.tokens import Verifier
+from gateway.http import policy
+from gateway.http.app import App
 from gateway.lookup.decision import Decider
 from gateway.lookup.tiers import Tiers
 from gateway.postgres.listener import Listener
@@ -25,6 +28,7 @@ from gateway.redis.client import connect
 from gateway.redis.keyspace import KeyspaceListener
 from gateway.redis.secondary_storage import SecondaryStorage
 from gateway.redis.tier import RedisTier, tombstone_s
+from gateway.telemetry.logs import configure_logging
 from gateway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -182,6 +186,17 @@ def _postgres_listener(settings: Settings, store: Store, tiers: Tiers, metrics: 
         return Listener(settings, tiers, metrics)
     store.doubt_with(tiers.revoked_lately)  # revoked lately: the replica may not show it yet
     return Listener(settings, tiers, metrics, on_flush=store.distrust_replica)
+
+
+def create_app() -> App:
+    """Build the app from the environment, wired to the parts opened here: granian's factory.
+
+    Called once in each worker (``gateway serve`` names it ``gateway.resources:create_app``); a
+    bad rules file stops the worker as it stops ``serve``.
+    """
+    settings = load_settings(checks=(policy.rules_file_problems,))
+    configure_logging(settings.log_level, settings.log_format)
+    return App(settings, open_resources)
 
 
 def _revoked_for_s(settings: Settings) -> float:

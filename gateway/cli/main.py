@@ -174,7 +174,7 @@ def serve(settings: Settings) -> int:
         log.warning(note)
     _prepare_metrics(settings)
     Granian(
-        "gateway.http.app:create_app",
+        "gateway.resources:create_app",
         factory=True,
         address=settings.host,
         port=settings.port,

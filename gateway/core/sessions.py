@@ -90,10 +90,22 @@ def iso_epoch(value: object) -> float:
 
 
 class Verdict(NamedTuple):
-    """The outcome of one decision: a reason and, when allowed, the session."""
+    """The outcome of one decision: a reason and, when allowed, the session.
+
+    ``token`` and ``digest``: the session token the credential's check proved and its SHA-256,
+    when the decision checked it (a cached credential needs no check: both ``None``), so that
+    nothing after the decision checks it again. The token never leaves the process: it is kept
+    out of ``repr``, and only Better Auth's get-session answer (to the token's own holder) holds it.
+    """
 
     reason: Reason
     session: Session | None = None
+    token: str | None = None
+    digest: str | None = None
+
+    def __repr__(self) -> str:
+        token = "None" if self.token is None else "<hidden>"
+        return f"Verdict(reason={self.reason!r}, session={self.session!r}, token={token}, digest={self.digest!r})"
 
     @property
     def allowed(self) -> bool:

@@ -38,8 +38,6 @@ of tokens tried lately in one bounded by ``max_tried``.
 from __future__ import annotations
 
 import asyncio
-import functools
-import ipaddress
 import math
 import time
 from collections import deque
@@ -47,12 +45,12 @@ from typing import TYPE_CHECKING
 
 from gateway.core.lru import LRU
 from gateway.core.networks import parse_ip
-from gateway.http.original import forwarded_client, trusted
+from gateway.http.addresses import forwarded_client, network_key, trusted
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from gateway.core.networks import Address, Network
+    from gateway.core.networks import Network
 
 
 class _Account:
@@ -264,26 +262,6 @@ class Turn:
             self._budget.settle(self._client, spent=spent, signed=self._signed)
 
 
-_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
-
-
 def _refuse(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
-
-
-@functools.lru_cache(maxsize=4096)
-def network_key(address: Address, ipv4_prefix: int, ipv6_prefix: int) -> str:
-    """The network an address counts as: its /64 for IPv6 (by default), itself for IPv4.
-
-    Memoised: the same addresses come back, and ``ipaddress`` arithmetic costs microseconds.
-    """
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        elif address in _NAT64:  # the client's IPv4 address, in the last 32 bits
-            address = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    prefix = ipv4_prefix if isinstance(address, ipaddress.IPv4Address) else ipv6_prefix
-    if prefix >= address.max_prefixlen:
-        return str(address)
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))

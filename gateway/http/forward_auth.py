@@ -1,25 +1,26 @@
 """``/validate``: the decision endpoint every reverse proxy calls (``docs/forward-auth.md`` §6).
 
-The hit path (no policy, no query, a cached session) sends a header list that already exists.
-Everything else — policy, redirect mode, credential stripping — works from the original request
-as ``forwarding`` reconstructs it.
+The hit path (no policy, no query, a cached session) goes through the core's fast path
+(``Decider.cached``) and sends a header list that already exists: it is memoised on the cache
+entry (``Entry.memo``, the adapter's slot), so it dies with the entry. Everything else — policy,
+redirect mode, credential stripping — goes down the request pipeline (``pipeline``) and works
+from the original request as ``original`` reconstructs it.
 """
 
 from __future__ import annotations
 
 import re
-import time
 from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qs, quote, urlsplit
 
 from gateway.core.sessions import Reason
-from gateway.credentials.tokens import cookie_header, find_credential
 from gateway.http import policy, responses
 from gateway.http.original import Original, original_request
+from gateway.http.pipeline import Answer
 from gateway.http.stripping import Stripper
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable
 
     from granian._granian import RSGIHTTPProtocol as HTTPProtocol
     from granian.rsgi import Scope
@@ -27,11 +28,9 @@ if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.core.sessions import Session, Verdict
     from gateway.credentials.tokens import Credential, Headers
-    from gateway.http.budget import Budget
-    from gateway.resources import Resources
-    from gateway.telemetry.logs import DecisionLog
+    from gateway.http.pipeline import Pipeline
 
-Answer = tuple[int, list[tuple[str, str]], str]  # status, headers, the label counted and logged
+HeaderList = list[tuple[str, str]]
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _RATE_LIMITED = [("x-auth-error-status", "429"), ("x-auth-reason", "rate_limited"), responses.NO_STORE]
 _BAD_POLICY = [("x-auth-reason", "bad_policy"), responses.NO_STORE]
@@ -42,15 +41,10 @@ _AMBIGUOUS = [("x-auth-reason", "ambiguous_request"), responses.NO_STORE]
 class ForwardAuth:
     """Turns a verdict into 200, 401, 302/303, 403 or 503 for a proxy."""
 
-    def __init__(
-        self, settings: Settings, resources: Callable[[], Resources], log: DecisionLog, budget: Budget
-    ) -> None:
-        self._resources = resources
-        self._log = log
-        self._budget = budget
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
         # nginx relays only 401 and 403 from an auth endpoint: the 429 travels in a header.
-        self._rate_limited = [*_RATE_LIMITED, ("retry-after", str(budget.retry_after_s))]
-        self._names = settings.cookie_names
+        self._rate_limited = [*_RATE_LIMITED, ("retry-after", str(pipeline.budget.retry_after_s))]
         self._networks = settings.trusted_proxies
         self._proxy = settings.proxy
         self._identity = responses.Identity(settings.identity_headers, remote=settings.remote_headers)
@@ -61,74 +55,67 @@ class ForwardAuth:
         self._param = settings.redirect_param
         self._redirect_hosts = settings.redirect_hosts  # lower case; by default the login URL's host
         # Decision logging needs the full path (it times and fingerprints every answer).
-        self._simple = self._rules is None and self._strip is None and not log.enabled
+        self._simple = self._rules is None and self._strip is None and not pipeline.log.enabled
 
-    def hit(self, scope: Scope) -> list[tuple[str, str]] | None:
+    def hit(self, scope: Scope) -> HeaderList | Credential | None:
         """The hit path: a cached session's headers, with no HMAC, no I/O and no coroutine.
 
-        ``None`` sends the request down the full path (``__call__``): no cached session, or a
-        query string, a policy or credential stripping to take into account.
+        Otherwise the request's credential (``None``: it carries none), found once, for the full
+        path (``__call__``): no cached session, or a query string, a policy or credential
+        stripping to take into account.
         """
-        if not self._simple or scope.query_string:
-            return None
         h = cast("Headers", scope.headers)  # granian's stub lacks get_all, which it has
+        pipeline = self._pipeline
         authorization = h.get("authorization")
+        if not self._simple or scope.query_string:
+            return pipeline.with_cookie_cache(pipeline.find(h, authorization), h)
+        credential = None
         if authorization is not None and authorization[:7].lower() == "bearer ":
             # A bearer credential's key is the header itself, and only keys of checked
             # credentials are ever cached: a hit is the answer find_credential would lead to.
-            key: str | None = authorization
+            key = authorization
         else:
-            credential = find_credential(authorization, h.get("x-session-token"), cookie_header(h), self._names)
-            key = credential.key if credential is not None else None
-        if key is None:
-            return None
-        res = self._resources()
-        entry = res.tiers.l1.get(key)
+            credential = pipeline.find(h, authorization)
+            if credential is None:
+                return None
+            key = credential.key
+        entry = pipeline.cached(key)
         if entry is None:
-            return None
-        headers = entry.rendered
+            return pipeline.with_cookie_cache(credential or pipeline.find(h, authorization), h)
+        headers: HeaderList | None = entry.memo
         if headers is None:
-            headers = entry.rendered = self._identity.headers(entry.session)
-        res.metrics.fast_hits += 1
+            headers = entry.memo = self._identity.headers(entry.session)
         return headers
 
-    async def __call__(self, scope: Scope, proto: HTTPProtocol, credential: Credential | None) -> None:
-        """Answer one forward-auth request that ``hit`` did not."""
-        res = self._resources()
-        started = time.perf_counter()
-        status, headers, label = await self._answer(scope, res, credential)
-        res.metrics.decision(label)
-        if self._log.enabled:
-            self._log.record(label, credential, started)
-        return proto.response_empty(status, headers)
+    def __call__(self, scope: Scope, proto: HTTPProtocol, credential: Credential | None) -> Awaitable[None]:
+        """Answer one forward-auth request that ``hit`` did not, down the request pipeline."""
+        return self._pipeline.answer(scope, proto, credential, self._answer)
 
-    async def _answer(self, scope: Scope, res: Resources, credential: Credential | None) -> Answer:  # noqa: PLR0911  (one return per outcome)
+    async def _answer(self, scope: Scope, credential: Credential | None) -> Answer:  # noqa: PLR0911  (one return per outcome)
         envoy = scope.path.startswith("/validate/")  # its query belongs to the original request
         query = "" if envoy else scope.query_string
         try:
             asked = policy.from_query(query)
         except ValueError:
-            return 400, _BAD_POLICY, "bad_policy"
+            return Answer(400, _BAD_POLICY, "bad_policy")
         # The auth URL's policy adds to the rules file's, never replaces it: an admins-only route
         # still obeys its host's rule (red team of issue 14, N).
         matched = self._rule(scope)
         if matched is None:  # checked before any lookup: an unjudgeable request costs no I/O
-            return 403, _AMBIGUOUS, "ambiguous_request"
+            return Answer(403, _AMBIGUOUS, "ambiguous_request")
         rule = policy.both(asked, matched)
-        # The client's address is worked out only if a lookup needs its failure budget.
-        turn = self._budget.turn(scope.client, scope.headers.get) if self._budget.enabled else None
-        verdict = await res.decider.decide(credential, allow_jwt=True, turn=turn)
+        verdict = await self._pipeline.decide(scope, credential, allow_jwt=True)
         if verdict.reason is Reason.rate_limited:
-            return 403, self._rate_limited, verdict.reason
+            return Answer(403, self._rate_limited, verdict.reason)
         if verdict.reason is Reason.backend_unavailable:
-            return 503, self._deny.unavailable, verdict.reason
+            return Answer(503, self._deny.unavailable, verdict.reason)
         if verdict.session is not None:
             return self._allow(scope, verdict.session, rule)
         if rule.allow_anonymous:
             # A credential that proved nothing is still one: stripped too. no-store: this pass
             # depended on the request, not on the credential a proxy's auth cache keys it by.
             strip = self._strip.headers(cast("Headers", scope.headers)) if self._strip is not None else []
-            return 200, [*self._identity.anonymous, responses.NO_STORE, *strip], "anonymous"
+            return Answer(200, [*self._identity.anonymous, responses.NO_STORE, *strip], "anonymous")
         return self._refuse(scope, verdict, redirect=_wants_redirect(scope, query))
 
     def _rule(self, scope: Scope) -> policy.Policy | None:
@@ -152,7 +139,7 @@ class ForwardAuth:
 
     def _allow(self, scope: Scope, session: Session, rule: policy.Policy | policy.Both) -> Answer:
         if not rule.allows(session):
-            return 403, self._deny.forbidden, "forbidden"
+            return Answer(403, self._deny.forbidden, "forbidden")
         headers = self._identity.headers(session)
         if self._rules is not None:
             # A rules-file 200 depends on the original host, path and method, which an auth cache
@@ -161,22 +148,22 @@ class ForwardAuth:
             headers.append(responses.NO_STORE)
         if self._strip is not None:
             headers += self._strip.headers(cast("Headers", scope.headers))
-        return 200, headers, Reason.ok
+        return Answer(200, headers, Reason.ok)
 
     def _refuse(self, scope: Scope, verdict: Verdict, *, redirect: bool) -> Answer:
         headers = self._deny.unauthenticated[verdict.reason]
         if not self._login:
-            return 401, headers, verdict.reason
+            return Answer(401, headers, verdict.reason)
         original = self._original(scope)
         location = self._login_location(original) if original else self._login
         browser = _browser_navigation(scope)
         if redirect and browser:
             status = 303 if original and original.method not in ("GET", "HEAD") else 302
-            return status, [("location", location), responses.NO_STORE], verdict.reason
+            return Answer(status, [("location", location), responses.NO_STORE], verdict.reason)
         # nginx turns any 3xx from an auth endpoint into a 500: by default a 401 says where to go,
         # and X-Auth-Browser-Redirect says it only for page loads, for nginx's error_page to act on.
         extra = [("location", location), ("x-auth-browser-redirect", location)] if browser else [("location", location)]
-        return 401, [*headers, *extra], verdict.reason
+        return Answer(401, [*headers, *extra], verdict.reason)
 
     def _login_location(self, original: Original) -> str:
         """The login URL, with the original URL to return to when its host is allowed (no open redirect)."""

@@ -19,10 +19,7 @@ Without ``GATEWAY_PROXY`` (allowed only without a rules file) nothing decides on
 request: it only names the page to return to after the login, so the first convention present
 is read as before (a client can only misdirect its own redirect, and the host is allow-listed).
 
-Forwarded headers count only when the TCP peer is a trusted proxy (``GATEWAY_TRUSTED_PROXIES``,
-loopback by default). The client IP is the right-most ``X-Forwarded-For`` entry that is not a
-trusted proxy, else the peer (``X-Real-IP`` is never believed: a proxy that doesn't set it passes
-the client's on).
+Forwarded headers count only when the TCP peer is a trusted proxy (``addresses``).
 """
 
 from __future__ import annotations
@@ -30,14 +27,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal, NamedTuple
 from urllib.parse import parse_qsl, unquote_plus
 
-from gateway.core.networks import Address, Network, parse_ip
+from gateway.core.networks import parse_ip
 from gateway.http import canonical
+from gateway.http.addresses import client_ip, trusted
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
+    from gateway.core.networks import Network
     from gateway.credentials.tokens import Headers
-
 Proxy = Literal["", "nginx", "ingress-nginx", "traefik", "caddy", "envoy"]
 PROXIES: tuple[Proxy, ...] = ("nginx", "ingress-nginx", "traefik", "caddy", "envoy")
 
@@ -76,11 +74,6 @@ class Original(NamedTuple):
     def paths(self) -> frozenset[str]:
         """Every reading of the path a rule must agree on (``canonical.readings``)."""
         return canonical.readings(self.path)
-
-
-def trusted(address: Address | None, networks: Sequence[Network]) -> bool:
-    """Whether an address is one of the trusted proxies."""
-    return address is not None and any(address in net for net in networks)
 
 
 def original_request(  # noqa: PLR0913  (the request's parts, each named)
@@ -233,27 +226,3 @@ def _guess(request: Original, headers: Headers) -> Original | None:
     if original_uri := first("x-original-uri"):
         return _checked(method, proto, host, original_uri, client)
     return _checked(*request[:5])
-
-
-def client_ip(peer: Address | None, header: Callable[[str], str | None], networks: Sequence[Network]) -> str:
-    """The right-most untrusted hop of ``X-Forwarded-For``, else the peer (``X-Real-IP`` is anyone's)."""
-    return str(forwarded_client(header("x-forwarded-for"), networks) or peer or "")
-
-
-def forwarded_client(value: str | None, proxies: Sequence[Network]) -> Address | None:
-    """The right-most ``X-Forwarded-For`` hop that is not a trusted proxy.
-
-    Each proxy appends the address it was called from, so reading from the right, every hop up
-    to the first untrusted one was written by a trusted proxy, and that one is the client. Text
-    that is no address was not written by a proxy: the hop to its right sent it. With every hop
-    trusted, the left-most is the client (an internal caller).
-    """
-    nearest = None
-    for hop in reversed(value.split(",")) if value else ():
-        address = parse_ip(hop)
-        if address is None:
-            break
-        if not trusted(address, proxies):
-            return address
-        nearest = address
-    return nearest

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from gateway.credentials.cookie_cache import CookieCache
     from gateway.credentials.jwts import JwtVerifier
     from gateway.credentials.tokens import Credential, Verifier
-    from gateway.lookup.tiers import Tiers
+    from gateway.lookup.tiers import Entry, Tiers
 
 
 def judge(session: Session | None, now: float) -> Reason:
@@ -66,16 +66,40 @@ class Decider:
         self.tiers = tiers
         self.cookie_cache = cookie_cache
         self.jwts = jwts
+        self._l1 = tiers.l1
+        self._metrics = tiers.metrics
 
-    async def decide(  # noqa: PLR0911  (one per outcome)
-        self, credential: Credential | None, *, allow_jwt: bool = False, turn: Turn | None = None
+    def cached(self, key: str) -> Entry | None:
+        """The fast path: the live cached entry for a credential key, or ``None``.
+
+        No HMAC, no I/O and no coroutine: only keys of credentials that passed the check are
+        ever cached, so a hit is the verdict ``decide`` would reach (``Reason.ok``), counted as
+        one. A miss counts nothing: the caller goes on to ``decide``, which counts it.
+        """
+        entry = self._l1.get(key)
+        if entry is not None:
+            self._metrics.fast_hits += 1
+        return entry
+
+    async def decide(
+        self,
+        credential: Credential | None,
+        *,
+        allow_jwt: bool = False,
+        turn: Turn | None = None,
+        need_token: bool = False,
     ) -> Verdict:
         """Return the verdict for ``credential`` (``None``: the request carried none).
+
+        The credential is checked (its HMAC computed) at most once, and only if no cache answers
+        for it; the token it proves, and that token's hash, travel in the verdict.
 
         ``allow_jwt``: a bearer JWT of the JWT plugin counts too (not on Better Auth's own
         get-session, which knows no such credential). ``turn``: the failure budget of the
         request's address, consulted only when a lookup is needed (``Reason.rate_limited`` if
-        no turn came); everything answered without one never waits.
+        no turn came); everything answered without one never waits. ``need_token``: the caller
+        answers with the token (Better Auth's get-session), so a cached credential is checked
+        too, once, for the verdict to carry it.
         """
         if credential is None:
             return Verdict(Reason.no_credentials)
@@ -83,7 +107,7 @@ class Decider:
             return await self._from_jwt(credential.value)
         entry = self.tiers.cached(credential.key)
         if entry is not None:
-            return Verdict(Reason.ok, entry.session)
+            return self._proved_hit(credential, entry) if need_token else Verdict(Reason.ok, entry.session)
         # Better Auth reads its cookie cache before its store: a session it vouches for counts
         # even when a lookup found none a moment ago.
         cached = credential.cached if self.cookie_cache is not None else None
@@ -93,28 +117,41 @@ class Decider:
         proof = self.verifier.prove(credential)
         if isinstance(proof, Reason):
             return Verdict(proof)
-        token, key = proof
-        known = self._respelled(key, cached) if key != credential.key else None
+        return await self._proved(credential, proof.key, proof.token, cached, turn)
+
+    async def _proved(
+        self, credential: Credential, key: str, token: str, cached: str | None, turn: Turn | None
+    ) -> Verdict:
+        """The verdict for a credential that proved ``token`` (its home ``key``) and no cache had."""
+        digest = token_hash(token)  # once: the caches, the failure budget and the verdict share it
+        known = self._respelled(key, cached, token, digest) if key != credential.key else None
         if known is not None:
             return known
         if cached is not None:
-            verdict = self._from_cookie_cache(cached, token)
+            verdict = self._from_cookie_cache(cached, token, digest)
             if verdict is not None:
                 return verdict
         if turn is None or self.tiers.joinable(token):  # joining a lookup in flight costs nothing more
-            return await self._look_up(key, token)
-        return await self._look_up_in_turn(credential, key, token, turn)
+            return await self._look_up(key, token, digest)
+        return await self._look_up_in_turn(credential, key, token, digest, turn)
 
-    def _respelled(self, key: str, cached: str | None) -> Verdict | None:
+    def _proved_hit(self, credential: Credential, entry: Entry) -> Verdict:
+        """A cached credential checked all the same, for its token (``need_token``)."""
+        proof = self.verifier.prove(credential)
+        if isinstance(proof, Reason):  # cannot be, for a cached key: refused all the same
+            return Verdict(proof)
+        return Verdict(Reason.ok, entry.session, proof.token, entry.digest)
+
+    def _respelled(self, key: str, cached: str | None, token: str, digest: str) -> Verdict | None:
         """A respelling (``tokens.Proof``): what is known of its home spelling counts for it.
 
         Only the home spelling is ever cached, so respellings can't grow or churn the caches.
         """
         entry = self.tiers.respelled(key)
         if entry is not None:
-            return Verdict(Reason.ok, entry.session)
+            return Verdict(Reason.ok, entry.session, token, digest)
         absent = self.tiers.known_absent(key) if cached is None else None
-        return None if absent is None else Verdict(absent)
+        return None if absent is None else Verdict(absent, None, token, digest)
 
     def _jwt(self, credential: Credential) -> bool:
         return self.jwts is not None and credential.kind is not Kind.cookie and looks_like_jwt(credential.value)
@@ -130,44 +167,44 @@ class Decider:
             return Verdict(result)
         return Verdict(Reason.ok, result)
 
-    def _from_cookie_cache(self, cached: str, token: str) -> Verdict | None:
+    def _from_cookie_cache(self, cached: str, token: str, digest: str) -> Verdict | None:
         """Better Auth's cookie cache, trusted as Better Auth trusts it, unless heard revoked since."""
         assert self.cookie_cache is not None  # noqa: S101  (checked by the caller)
         session = self.cookie_cache.open(cached, token)
         metrics = self.tiers.metrics
-        if session is None or self.tiers.revoked_lately(token_hash(token), session.user_id):
+        if session is None or self.tiers.revoked_lately(digest, session.user_id):
             metrics.lookup("cookie_cache", "miss")
             return None
         metrics.lookup("cookie_cache", "hit")
         reason = judge(session, self.tiers.l1.clock())
-        return Verdict(reason, session if reason is Reason.ok else None)
+        return Verdict(reason, session if reason is Reason.ok else None, token, digest)
 
-    async def _look_up_in_turn(self, credential: Credential, key: str, token: str, turn: Turn) -> Verdict:
+    async def _look_up_in_turn(self, credential: Credential, key: str, token: str, digest: str, turn: Turn) -> Verdict:
         """A lookup in the turn the address's failure budget gives it (``gateway.http.budget``)."""
         # A value with a signature was proved by it (a raw bearer token has none): such
         # credentials can't be made up, and wait before raw ones, told apart by their token's hash.
         signed = credential.kind is Kind.cookie or "." in credential.value
-        if not await turn.take(signed=token_hash(token) if signed else None):
-            return Verdict(Reason.rate_limited)
+        if not await turn.take(signed=digest if signed else None):
+            return Verdict(Reason.rate_limited, None, token, digest)
         spent = True  # unless it is known to have found a session: a lookup left behind still runs
         try:
-            verdict = await self._look_up(key, token)
+            verdict = await self._look_up(key, token, digest)
             # Spent on no valid session; an outage is not the address's doing.
             spent = verdict.reason not in (Reason.ok, Reason.backend_unavailable)
         finally:
             turn.settle(spent=spent)
         return verdict
 
-    async def _look_up(self, key: str, token: str) -> Verdict:
+    async def _look_up(self, key: str, token: str, digest: str) -> Verdict:
         try:
-            loaded = await self.tiers.load(token)
+            loaded = await self.tiers.load(token, digest)
         except BackendUnavailable:
-            return Verdict(Reason.backend_unavailable)
+            return Verdict(Reason.backend_unavailable, None, token, digest)
         session = loaded.session
         reason = judge(session, self.tiers.l1.clock())
         if session is not None and reason is Reason.ok:
             self.tiers.remember(key, loaded)
-            return Verdict(Reason.ok, session)
+            return Verdict(Reason.ok, session, token, digest)
         if reason in _ABSENT:
             self.tiers.remember_absent(key, reason)
-        return Verdict(reason)
+        return Verdict(reason, None, token, digest)

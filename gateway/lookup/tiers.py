@@ -44,17 +44,17 @@ _REVOKED_FOR_S = 10.0
 class Entry:
     """What the LRU holds: a valid session, its token's hash (for the indexes), and a memo.
 
-    ``rendered`` belongs to the HTTP adapter (its response headers for this session): the core
+    ``memo`` belongs to the HTTP adapter (its response headers for this session): the core
     never reads it. It lives and dies with the entry, so nothing derived from a session outlives
     its eviction or revocation.
     """
 
-    __slots__ = ("digest", "rendered", "session")
+    __slots__ = ("digest", "memo", "session")
 
     def __init__(self, session: Session, digest: str) -> None:
         self.session = session
         self.digest = digest
-        self.rendered: list[tuple[str, str]] | None = None
+        self.memo: list[tuple[str, str]] | None = None
 
 
 class Tiers:

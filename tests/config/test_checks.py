@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from gateway.config import ConfigError, load_settings
-from gateway.http.app import create_app
+from gateway.resources import create_app
 from tests.config import BASE, run_cli
 from tests.support import ROOT
 from tests.support.ports import free_port

@@ -1,0 +1,120 @@
+"""The JSON decision endpoints: ``/v1/validate`` (internal callers) and Better Auth's get-session.
+
+Both go down the request pipeline (``pipeline``) as ``/validate`` does; they differ only in how a
+verdict is written: JSON, and for get-session Better Auth's own shape (``null`` with a 200 when
+there is no session), with the token the decision proved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import msgspec
+
+from gateway.core.sessions import Reason
+from gateway.credentials.tokens import header_credential
+from gateway.http import responses
+from gateway.http.pipeline import Answer
+
+if TYPE_CHECKING:
+    from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+    from granian.rsgi import Scope
+
+    from gateway.config import Settings
+    from gateway.credentials.tokens import Credential, Headers
+    from gateway.http.pipeline import Pipeline
+
+JSON = [responses.JSON_TYPE]
+_BODY_TIMEOUT = [responses.JSON_TYPE, ("connection", "close")]
+_NULL_SESSION = [responses.JSON_TYPE, responses.NO_STORE, ("pragma", "no-cache")]
+
+
+class _Body(msgspec.Struct):
+    token: str | None = None
+
+
+_BODY = msgspec.json.Decoder(_Body)
+
+
+class Api:
+    """``/v1/validate`` and ``/api/auth/get-session``."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._max_body_bytes = settings.max_body_bytes
+        self._body_read_timeout_s = settings.body_read_timeout_s
+        self._deny = responses.Denials(settings.retry_after_s)
+        retry_after = ("retry-after", str(pipeline.budget.retry_after_s))
+        body = responses.error("rate_limited", "too many failed lookups from this address: try again")
+        self._rate_limited = Answer(429, [*JSON, responses.NO_STORE, retry_after], Reason.rate_limited, body)
+
+    async def validate(self, scope: Scope, proto: HTTPProtocol) -> None:
+        """``POST /v1/validate``: the identity as JSON, for the body's ``token`` or the request's credential."""
+        body = await self._read_body(scope, proto)
+        if body is None:
+            return None
+        try:
+            token = _BODY.decode(body).token if body.strip() else None
+        except msgspec.DecodeError as exc:
+            return proto.response_bytes(400, JSON, responses.error("bad_request", str(exc)))
+        credential = header_credential(token) if token else self._pipeline.credential(_headers(scope))
+        return await self._pipeline.answer(scope, proto, credential, self._identity)
+
+    async def _identity(self, scope: Scope, credential: Credential | None) -> Answer:
+        verdict = await self._pipeline.decide(scope, credential, allow_jwt=True)
+        reason = verdict.reason
+        if reason is Reason.rate_limited:
+            return self._rate_limited
+        if verdict.session is not None:
+            return Answer(200, JSON, reason, responses.identity(verdict.session))
+        if reason is Reason.backend_unavailable:
+            return Answer(503, self._deny.json_unavailable, reason, responses.error("unavailable", reason))
+        return Answer(401, self._deny.json_unauthenticated[reason], reason, responses.error("unauthorized", reason))
+
+    async def get_session(self, scope: Scope, proto: HTTPProtocol) -> None:
+        """Better Auth's get-session, read-only: the same JSON, or ``null`` with status 200."""
+        credential = self._pipeline.credential(_headers(scope))
+        return await self._pipeline.answer(scope, proto, credential, self._session)
+
+    async def _session(self, scope: Scope, credential: Credential | None) -> Answer:
+        # The answer holds the token: the decision proves it (once) even for a cached session.
+        verdict = await self._pipeline.decide(scope, credential, need_token=True)
+        reason = verdict.reason
+        if reason is Reason.rate_limited:
+            return self._rate_limited
+        if reason is Reason.backend_unavailable:
+            return Answer(503, self._deny.json_unavailable, reason, responses.error("unavailable", reason))
+        if verdict.session is None or verdict.token is None:
+            return Answer(200, _NULL_SESSION, reason, b"null")
+        return Answer(200, _NULL_SESSION, reason, responses.better_auth_session(verdict.session, verdict.token))
+
+    async def _read_body(self, scope: Scope, proto: HTTPProtocol) -> bytes | None:
+        """Read at most ``max_body_bytes``; answer 413 and return ``None`` beyond that."""
+        limit = self._max_body_bytes
+        declared = scope.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            status = 413 if declared.isdigit() else 400
+            proto.response_bytes(status, JSON, responses.error("bad_request", f"body limit is {limit} bytes"))
+            return None
+        chunks, size = [], 0
+        try:
+            # The header timeout ends once the head is read: without this a client trickling its
+            # body a byte at a time would hold the connection (and a worker's slot) forever.
+            async with asyncio.timeout(self._body_read_timeout_s):
+                async for chunk in proto:
+                    size += len(chunk)
+                    if size > limit:
+                        body = responses.error("bad_request", f"body limit is {limit} bytes")
+                        proto.response_bytes(413, JSON, body)
+                        return None
+                    chunks.append(chunk)
+        except TimeoutError:
+            body = responses.error("request_timeout", "the body did not arrive in time")
+            proto.response_bytes(408, _BODY_TIMEOUT, body)
+            return None
+        return b"".join(chunks)
+
+
+def _headers(scope: Scope) -> Headers:
+    return cast("Headers", scope.headers)  # granian's stub lacks get_all, which it has

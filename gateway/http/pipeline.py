@@ -1,0 +1,164 @@
+"""One request's way through the core, written once for every endpoint that decides.
+
+``/validate``, ``/v1/validate`` and get-session all go: find the credential (once: the Cookie
+header's session cookie is read once, Better Auth's cookie cache only when a lookup may need it)
+→ the core's fast path, a cached session (``Decider.cached``: no HMAC, no I/O, no coroutine;
+``/validate`` only) → else a turn in the address's failure budget, if a lookup is needed, and the
+decision (the credential checked at most once, its token carried by the verdict) → the answer,
+counted and logged once → sent.
+
+The parts the pipeline serves from come from outside (``Parts``, opened by an ``Opener``): the
+HTTP adapter never imports the composition root that wires them (``gateway.resources``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from gateway.credentials.cookie_cache import data_cookie
+from gateway.credentials.tokens import Kind, cookie_header, find_credential
+from gateway.http.budget import Budget
+from gateway.telemetry.logs import DecisionLog
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+    from contextlib import AbstractAsyncContextManager
+
+    from granian._granian import RSGIHTTPProtocol as HTTPProtocol
+    from granian.rsgi import Scope
+
+    from gateway.config import Settings
+    from gateway.core.sessions import Verdict
+    from gateway.credentials.tokens import Credential, Headers
+    from gateway.lookup.decision import Decider
+    from gateway.lookup.tiers import Entry
+    from gateway.telemetry.metrics import Metrics
+
+    # Opens a worker's parts for its settings, closes them on exit (``gateway.resources.open_resources``).
+    Opener = Callable[[Settings], AbstractAsyncContextManager["Parts"]]
+
+
+class Readiness(Protocol):
+    """What ``Parts.pings`` reports (``gateway.resources.Readiness``)."""
+
+    @property
+    def failing(self) -> Mapping[str, str]:
+        """The parts that fail readiness, each with why."""
+        ...
+
+    def _asdict(self) -> dict[str, Any]: ...
+
+
+class Parts(Protocol):
+    """What the HTTP adapter serves from, opened once per worker (``gateway.resources.Resources``)."""
+
+    @property
+    def decider(self) -> Decider:
+        """The decision core."""
+        ...
+
+    @property
+    def metrics(self) -> Metrics:
+        """The worker's metrics."""
+        ...
+
+    def pings(self) -> Awaitable[Readiness]:
+        """Ping every dependency, for ``/readyz``."""
+        ...
+
+
+class Answer(NamedTuple):
+    """An endpoint's answer to a decided request, and the label it is counted and logged under."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    label: str
+    body: bytes | None = None  # None: an empty response (forward auth)
+
+
+def _not_open(_: str) -> Entry | None:
+    msg = "the gateway's resources are not open: __rsgi_init__/open() has not run"
+    raise RuntimeError(msg)
+
+
+class Pipeline:
+    """The request pipeline of one worker: credential, fast path, budget, decision, count, log."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.budget = budget_from(settings)
+        self.log = DecisionLog(settings.log_decisions_sample)
+        self._names = settings.cookie_names
+        self._data_names = settings.data_cookie_names if settings.cookie_cache != "off" else ()
+        self._parts: Parts | None = None
+        # The fast path, bound once the parts are open: one call, no lookups, on every hit.
+        self.cached: Callable[[str], Entry | None] = _not_open
+
+    def bind(self, parts: Parts) -> None:
+        """Serve from ``parts`` (once they are open)."""
+        self._parts = parts
+        self.cached = parts.decider.cached
+
+    @property
+    def parts(self) -> Parts:
+        """The open parts; using them before ``bind`` is a bug, said precisely."""
+        if self._parts is None:
+            msg = "the gateway's resources are not open: __rsgi_init__/open() has not run"
+            raise RuntimeError(msg)
+        return self._parts
+
+    def find(self, headers: Headers, authorization: str | None) -> Credential | None:
+        """The request's credential, in Better Auth's order, without the cookie cache's value.
+
+        ``authorization``: the request's Authorization header, which the caller has read already.
+        """
+        return find_credential(authorization, headers.get("x-session-token"), cookie_header(headers), self._names)
+
+    def with_cookie_cache(self, credential: Credential | None, headers: Headers) -> Credential | None:
+        """Add Better Auth's cookie cache value to a session cookie, when the cookie cache is on."""
+        if not self._data_names or credential is None or credential.kind is not Kind.cookie:
+            return credential
+        cookie = cookie_header(headers)
+        return credential if cookie is None else credential._replace(cached=data_cookie(cookie, self._data_names))
+
+    def credential(self, headers: Headers) -> Credential | None:
+        """The request's credential, with what the decision may need (``find``, ``with_cookie_cache``)."""
+        return self.with_cookie_cache(self.find(headers, headers.get("authorization")), headers)
+
+    def decide(
+        self, scope: Scope, credential: Credential | None, *, allow_jwt: bool = False, need_token: bool = False
+    ) -> Awaitable[Verdict]:
+        """The verdict; a lookup it needs waits for its turn in the address's failure budget."""
+        turn = self.budget.turn(scope.client, scope.headers.get) if self.budget.enabled else None
+        return self.parts.decider.decide(credential, allow_jwt=allow_jwt, turn=turn, need_token=need_token)
+
+    async def answer(
+        self,
+        scope: Scope,
+        proto: HTTPProtocol,
+        credential: Credential | None,
+        respond: Callable[[Scope, Credential | None], Awaitable[Answer]],
+    ) -> None:
+        """Answer a request with ``respond`` (which decides, through ``decide``); count and log it once."""
+        started = time.perf_counter()
+        status, headers, label, body = await respond(scope, credential)
+        self.parts.metrics.decision(label)
+        if self.log.enabled:
+            self.log.record(label, credential, started)
+        if body is None:
+            return proto.response_empty(status, headers)
+        return proto.response_bytes(status, headers, body)
+
+
+def budget_from(settings: Settings) -> Budget:
+    """The failure budget the settings describe (``gateway.http.budget``)."""
+    return Budget(
+        settings.rate_limit_per_minute,
+        settings.rate_limit_burst,
+        proxies=settings.trusted_proxies,
+        exempt=settings.rate_limit_exempt,
+        ipv4_prefix=settings.rate_limit_ipv4_prefix,
+        ipv6_prefix=settings.rate_limit_ipv6_prefix,
+        max_wait_s=settings.rate_limit_max_wait_s,
+        max_waiting=settings.rate_limit_max_waiting,
+    )

@@ -1,0 +1,215 @@
+"""The request pipeline: a credential is verified at most once per request, on every endpoint.
+
+The app is driven in-process through its RSGI interface (a minimal scope and protocol, below) so
+that every HMAC computed for a request can be counted; its HTTP behaviour is tested over real
+sockets by ``test_app`` and the end-to-end suites. Postgres is real.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import msgspec
+import pytest
+
+from gateway.config import load_settings
+from gateway.core.sessions import Reason
+from gateway.credentials.tokens import find_credential, sign, token_hash
+from gateway.http.app import App
+from gateway.postgres import seed
+from gateway.resources import open_resources
+from tests.support.credentials import SECRET
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
+
+    import asyncpg
+
+COOKIE_NAME = "better-auth.session_token"
+ENDPOINTS = {  # path: method
+    "/validate": "GET",
+    "/v1/validate": "POST",
+    "/api/auth/get-session": "GET",
+}
+
+
+class Headers:
+    """A request's headers as granian's ``RSGIHeaders`` offers them (names in lower case)."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self._headers = {k.lower(): v for k, v in headers.items()}
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        return self._headers.get(key.lower(), default)
+
+    def get_all(self, key: str) -> list[str]:
+        value = self._headers.get(key.lower())
+        return [] if value is None else [value]
+
+    def keys(self) -> list[str]:
+        return list(self._headers)
+
+
+class Scope:
+    """The parts of granian's RSGI scope the app reads."""
+
+    def __init__(self, method: str, path: str, headers: dict[str, str]) -> None:
+        self.proto = "http"
+        self.http_version = "1.1"
+        self.scheme = "http"
+        self.method = method
+        self.path = path
+        self.query_string = ""
+        self.client = "127.0.0.1:40000"
+        self.server = "127.0.0.1:8080"
+        self.authority = None
+        self.headers = Headers(headers)
+
+
+class Protocol:
+    """An RSGI HTTP protocol that records the response (and sends an empty body)."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body = b""
+
+    def response_empty(self, status: int, headers: list[tuple[str, str]]) -> None:
+        self.status, self.headers = status, headers
+
+    def response_bytes(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def __aiter__(self) -> Protocol:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise StopAsyncIteration
+
+
+@pytest.fixture
+async def app(database: str, db: asyncpg.Connection) -> AsyncIterator[App]:
+    """The app on the test database (Better Auth's schema: ``db``), its parts open."""
+    _ = db
+    env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET}
+    settings = load_settings(env, {"listen": False, "secure_cookies": "false"})
+    gateway = App(settings, open_resources)
+    await gateway.open()
+    try:
+        yield gateway
+    finally:
+        await gateway.close()
+
+
+@pytest.fixture
+def macs(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every HMAC computed with the gateway's secret from now on (its messages, in order)."""
+    computed: list[bytes] = []
+    key = SECRET.encode()
+    digest, new = hmac.digest, hmac.new
+
+    def counted_digest(k: Any, msg: Any, algorithm: Any) -> bytes:
+        if bytes(k) == key:
+            computed.append(bytes(msg))
+        return digest(k, msg, algorithm)
+
+    def counted_new(k: Any, msg: Any = None, digestmod: Any = None) -> hmac.HMAC:
+        if bytes(k) == key:
+            computed.append(bytes(msg or b""))
+        return new(k, msg, digestmod)
+
+    monkeypatch.setattr(hmac, "digest", counted_digest)
+    monkeypatch.setattr(hmac, "new", counted_new)
+    return computed
+
+
+def cookie(signed: str) -> dict[str, str]:
+    return {"cookie": f"theme=dark; {COOKIE_NAME}={quote(signed, safe='')}; other=1"}
+
+
+def bearer(signed: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {signed}"}
+
+
+async def call(app: App, path: str, headers: dict[str, str]) -> Protocol:
+    proto = Protocol()
+    await app.__rsgi__(Scope(ENDPOINTS[path], path, headers), proto)  # type: ignore[arg-type]
+    return proto
+
+
+def key_of(headers: dict[str, str]) -> str:
+    credential = find_credential(headers.get("authorization"), None, headers.get("cookie"), (COOKIE_NAME,))
+    assert credential is not None
+    return credential.key
+
+
+def assert_allowed(path: str, proto: Protocol, token: str) -> None:
+    assert proto.status == 200, (path, proto.status, proto.headers)
+    if path == "/api/auth/get-session":
+        assert msgspec.json.decode(proto.body)["session"]["token"] == token
+    elif path == "/v1/validate":
+        assert msgspec.json.decode(proto.body)["user"]["email"]
+    else:
+        assert dict(proto.headers)["x-auth-request-email"]
+
+
+# Forward auth and /v1/validate answer a cached credential with no HMAC (its key was checked when
+# cached); get-session answers with the token, so it checks the credential once, cached or not.
+ON_A_HIT = {"/validate": 0, "/v1/validate": 0, "/api/auth/get-session": 1}
+
+
+@pytest.mark.parametrize("path", list(ENDPOINTS))
+@pytest.mark.parametrize("carry", [cookie, bearer], ids=["cookie", "bearer"])
+async def test_one_hmac_per_request(
+    app: App,
+    db: asyncpg.Connection,
+    macs: list[bytes],
+    path: str,
+    carry: Callable[[str], dict[str, str]],
+) -> None:
+    """A signed credential costs one HMAC on a miss, and none (get-session: one) on a cached hit."""
+    user = await seed.create_user(db, email=f"{seed.generate_id(8)}@example.com")
+    token = await seed.create_session(db, user)
+    headers = carry(sign(token, SECRET))
+    macs.clear()
+    miss = await call(app, path, headers)
+    assert_allowed(path, miss, token)
+    assert macs == [token.encode()], "a miss checks the credential exactly once"
+    assert key_of(headers) in app.parts.decider.tiers.l1  # the next request is a cache hit
+    macs.clear()
+    hit = await call(app, path, headers)
+    assert_allowed(path, hit, token)
+    assert macs == [token.encode()] * ON_A_HIT[path]
+
+
+@pytest.mark.parametrize("path", list(ENDPOINTS))
+async def test_a_forged_signature_is_checked_once(app: App, macs: list[bytes], path: str) -> None:
+    """A credential with a forged signature costs one HMAC and is refused (get-session: null)."""
+    token = seed.generate_id()
+    headers = cookie(sign(token, "another-secret-0123456789abcdefghijklmnop"))
+    macs.clear()
+    proto = await call(app, path, headers)
+    assert macs == [token.encode()]
+    if path == "/api/auth/get-session":
+        assert (proto.status, proto.body) == (200, b"null")
+    else:
+        assert proto.status == 401
+
+
+async def test_the_verdict_carries_the_proved_token(app: App, db: asyncpg.Connection) -> None:
+    """The decision hands on the token it proved and its hash; the verdict's repr never shows the token."""
+    user = await seed.create_user(db, email=f"{seed.generate_id(8)}@example.com")
+    token = await seed.create_session(db, user)
+    credential = find_credential(None, None, cookie(sign(token, SECRET))["cookie"], (COOKIE_NAME,))
+    decider = app.parts.decider
+    missed = await decider.decide(credential)
+    hit = await decider.decide(credential)
+    proved_hit = await decider.decide(credential, need_token=True)
+    assert (missed.token, missed.digest) == (token, token_hash(token))
+    assert (hit.token, hit.digest) == (None, None)  # a cached credential needs no check
+    assert (proved_hit.token, proved_hit.digest) == (token, token_hash(token))
+    assert [missed.reason, hit.reason, proved_hit.reason] == [Reason.ok] * 3
+    assert token not in repr(missed)
+    assert token not in repr(proved_hit)
