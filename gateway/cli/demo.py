@@ -18,7 +18,7 @@ from urllib.parse import quote
 import asyncpg
 import platformdirs
 
-from gateway.cli.main import serve, settings_or_none
+from gateway.cli.serve import serve, settings_or_none
 from gateway.credentials.tokens import sign
 from gateway.postgres import seed
 
