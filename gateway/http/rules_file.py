@@ -18,8 +18,10 @@ stay. The next change of the file (or the next ``SIGHUP``) is tried again.
 ``SIGHUP`` reaches the workers through ``gateway serve``'s main process, which forwards it to each
 of them (``gateway.cli.serve``) instead of letting granian respawn every worker, as it does on
 its own: a respawn is a cold start (new connections, empty caches), and a worker that started with
-a bad file would not start at all. A worker takes ``SIGHUP`` once it is open (``watching``); under
-the ``fork`` start method (Linux, Python < 3.14), it ignores one that comes earlier.
+a bad file would not start at all. A worker takes ``SIGHUP`` once it is open (``watching``). One
+that comes earlier is ignored under the ``fork`` start method (Linux, Python < 3.14: the worker
+inherits the main process's handler, which has no workers of its own to forward to); under
+``spawn`` (macOS, Python >= 3.14) it would stop that worker, as it would any process.
 """
 
 from __future__ import annotations
