@@ -6,8 +6,11 @@ Also what ``gateway demo`` serves with, once it has a database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -96,7 +99,7 @@ def serve(settings: Settings) -> int:
     if note:
         log.warning(note)
     _prepare_metrics(settings)
-    Granian(
+    server = Granian(
         "gateway.resources:create_app",
         factory=True,
         address=settings.host,
@@ -116,5 +119,23 @@ def serve(settings: Settings) -> int:
         log_access=False,
         # SIGTERM: stop accepting, let in-flight requests finish, kill what is left after the grace.
         workers_kill_timeout=max(1, round(settings.shutdown_grace_s)),
-    ).serve()
+    )
+    if settings.rules_file:
+        server.on_startup(_forward_sighup)  # after granian's own handlers are set, before the workers start
+    server.serve()
     return 0
+
+
+def _forward_sighup() -> None:
+    """SIGHUP: each worker reloads its rules file in place (``gateway.http.rules_file``).
+
+    granian's own SIGHUP respawns every worker: a cold start, which a bad rules file would stop.
+    """
+
+    def forward(signum: int, _: object) -> None:
+        for worker in multiprocessing.active_children():  # granian's workers
+            if worker.pid is not None:
+                with contextlib.suppress(ProcessLookupError):  # it has just exited
+                    os.kill(worker.pid, signum)
+
+    signal.signal(signal.SIGHUP, forward)

@@ -195,6 +195,7 @@ def _check_numbers(s: Settings) -> list[str]:
         ("GATEWAY_METRICS_FLUSH_S", s.metrics_flush_s > 0, "must be > 0"),
         ("GATEWAY_STARTUP_WAIT_S", s.startup_wait_s >= 0, "must be >= 0"),
         ("GATEWAY_SHUTDOWN_GRACE_S", s.shutdown_grace_s >= 0, "must be >= 0"),
+        ("GATEWAY_RULES_RELOAD_S", s.rules_reload_s >= 0, "must be >= 0 (0: reload on SIGHUP only)"),
         ("GATEWAY_POOL_MAX_SIZE", s.pool_max_size >= 1, "must be >= 1"),
         ("GATEWAY_DB_TIMEOUT_S", s.db_timeout_s >= _MIN_DB_TIMEOUT_S, "must be >= 0.01"),
         ("GATEWAY_RETRY_AFTER_S", s.retry_after_s >= 1, "must be >= 1"),

@@ -87,6 +87,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     remote_headers: bool = False  # also send Remote-User, Remote-Email, Remote-Name, Remote-Groups
     strip_credentials: bool = False  # answer Cookie (without Better Auth's) and an empty Authorization
     rules_file: str = ""
+    rules_reload_s: float = 2.0  # how often the rules file is read again for a change; 0: only on SIGHUP
 
     # The failure budget (see gateway.http.budget): lookups that find no valid session, per client
     # address; past it an address's lookups wait their turn. 0 turns it off.

@@ -52,8 +52,9 @@ class App:
         }
 
     async def open(self) -> None:
-        """Open the worker's parts."""
+        """Open the worker's parts; watch the rules file (reloads) until ``close``."""
         self._pipeline.bind(await self._stack.enter_async_context(self._opener(self.settings)))
+        await self._stack.enter_async_context(self._forward_auth.watching_rules(self.parts.metrics.event))
 
     async def close(self) -> None:
         """Close them, in reverse order."""

@@ -9,6 +9,7 @@ from the original request as ``original`` reconstructs it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qs, quote, urlsplit
@@ -17,10 +18,12 @@ from gateway.core.sessions import Reason
 from gateway.http import policy, responses
 from gateway.http.original import Original, original_request
 from gateway.http.pipeline import Answer
+from gateway.http.rules_file import RulesFile
 from gateway.http.stripping import Stripper
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
+    from contextlib import AbstractAsyncContextManager
 
     from granian._granian import RSGIHTTPProtocol as HTTPProtocol
     from granian.rsgi import Scope
@@ -49,13 +52,20 @@ class ForwardAuth:
         self._proxy = settings.proxy
         self._identity = responses.Identity(settings.identity_headers, remote=settings.remote_headers)
         self._deny = responses.Denials(settings.retry_after_s)
-        self._rules = policy.load_rules(settings.rules_file) if settings.rules_file else None
+        self._rules = RulesFile(settings.rules_file) if settings.rules_file else None
+        self._rules_reload_s = settings.rules_reload_s
         self._strip = Stripper(settings) if settings.strip_credentials else None
         self._login = settings.login_url
         self._param = settings.redirect_param
         self._redirect_hosts = settings.redirect_hosts  # lower case; by default the login URL's host
         # Decision logging needs the full path (it times and fingerprints every answer).
         self._simple = self._rules is None and self._strip is None and not pipeline.log.enabled
+
+    def watching_rules(self, event: Callable[[str], None]) -> AbstractAsyncContextManager[None]:
+        """While open, reload the rules file on SIGHUP and on a change (``rules_file``); ``event`` counts reloads."""
+        if self._rules is None:
+            return contextlib.nullcontext()
+        return self._rules.watching(self._rules_reload_s, event)
 
     def hit(self, scope: Scope) -> HeaderList | Credential | None:
         """The hit path: a cached session's headers, with no HMAC, no I/O and no coroutine.
@@ -122,8 +132,9 @@ class ForwardAuth:
         """The rules file's policy for the original request; ``None``: it cannot be judged."""
         if self._rules is None:
             return policy.DEFAULT
+        rules = self._rules.current  # read once: the whole set in force, even if a reload comes next
         original = self._original(scope)
-        return None if original is None else self._rules.for_request(original)
+        return None if original is None else rules.for_request(original)
 
     def _original(self, scope: Scope) -> Original | None:
         return original_request(

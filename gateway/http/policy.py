@@ -2,7 +2,8 @@
 
 A policy comes from the auth URL's query (``/validate?allowed_roles=admin``, as oauth2-proxy's
 ``/oauth2/auth`` takes them), or else from the first rule of ``GATEWAY_RULES_FILE`` matching the
-original host, path and method (for proxies that can't vary the auth URL per route, like Envoy).
+original host, path and method (for proxies that can't vary the auth URL per route, like Envoy);
+each worker reloads that file on SIGHUP and when it changes (``rules_file``).
 Signed in but not allowed is a 403, never a redirect. Rules see the host and path only after
 ``canonical`` has checked them; a path whose readings select different rules is refused.
 
@@ -234,8 +235,20 @@ def load_rules(path: str) -> Rules:
     """
     try:
         raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    return parse_rules(raw, path)
+
+
+def parse_rules(raw: bytes, path: str) -> Rules:
+    """The rules in a rules file's bytes; ``path`` names the format (``.json``, else TOML) and the file in errors.
+
+    Raises:
+        ValueError: the bytes don't have the shape above (the message says where).
+    """
+    try:
         rules = msgspec.json.decode(raw, type=Rules) if path.endswith(".json") else msgspec.toml.decode(raw, type=Rules)
-    except (OSError, msgspec.DecodeError, json.JSONDecodeError) as exc:
+    except (msgspec.DecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
     # A rule that can never match (or matches less than it names) is a silent hole: the requests
     # it meant fall to the default.

@@ -56,7 +56,7 @@ class Metrics:
             "gateway_events",
             "Other events: singleflight_join, respelled_hit, invalidation_session, invalidation_user, "
             "invalidation_flush, invalidation_flush_ignored, invalidation_ignored, eviction, listener_connect, "
-            "redis_uncacheable.",
+            "redis_uncacheable, rules_reload, rules_reload_failed.",
             ["event"],
             registry=r,
         )

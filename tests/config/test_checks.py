@@ -122,13 +122,18 @@ def test_serve_with_bad_config_exits_2_without_traceback() -> None:
 
 
 def test_rules_file_needs_the_proxy_named() -> None:
-    """A rules file without GATEWAY_PROXY is refused, naming the fix; check-config lists it; a typo is named too."""
+    """A rules file without GATEWAY_PROXY is refused, naming the fix; check-config lists it; a typo is named too.
+
+    A negative reload interval is refused as well.
+    """
     rules = {"GATEWAY_RULES_FILE": str(ROOT / "examples" / "rules.toml")}
     with pytest.raises(ConfigError, match="GATEWAY_RULES_FILE needs GATEWAY_PROXY: set it to the proxy in front"):
         load_settings(BASE | rules)
     assert load_settings(BASE | rules | {"GATEWAY_PROXY": "traefik"}).proxy == "traefik"
     with pytest.raises(ConfigError, match="GATEWAY_PROXY"):
         load_settings(BASE | {"GATEWAY_PROXY": "haproxy"})
+    with pytest.raises(ConfigError, match="GATEWAY_RULES_RELOAD_S: must be >= 0"):
+        load_settings(BASE | {"GATEWAY_RULES_RELOAD_S": "-1"})
     bad = run_cli("check-config", env=BASE | rules)
     assert bad.returncode == 2
     assert "GATEWAY_RULES_FILE needs GATEWAY_PROXY" in bad.stderr
