@@ -15,7 +15,8 @@ from gateway import __version__
 from gateway.config import Settings, cookie_note, describe, load_settings
 from gateway.core.errors import ConfigError, StoreUnavailable
 from gateway.http.policy import rules_file_problems
-from gateway.postgres.admin import budget_lines, run_sql, trigger_sql
+from gateway.postgres.admin import budget_lines, check_database, run_sql, trigger_sql
+from gateway.postgres.installer import startup_triggers
 from gateway.postgres.pooler import require_direct
 from gateway.telemetry.logs import configure_logging
 
@@ -92,6 +93,11 @@ def check_config(instances: int = 1) -> int:
         print(f"{key} = {value}")  # noqa: T201
     if settings.secondary_storage_url is None:
         if not _listen_url_direct(settings):
+            return EXIT_CONFIG
+        findings = asyncio.run(check_database(settings))
+        for finding in findings:
+            print(f"{finding.level}: {finding.text}", file=sys.stdout if finding.level == "ok" else sys.stderr)
+        if any(f.level == "problem" for f in findings):
             return EXIT_CONFIG
         statement, warning = budget_lines(settings, max(1, instances))
         print(statement)  # noqa: T201
@@ -172,6 +178,7 @@ def serve(settings: Settings) -> int:
     note = cookie_note(settings)
     if note:
         log.warning(note)
+    startup_triggers(settings)  # once, here, before the workers fork
     _prepare_metrics(settings)
     Granian(
         "gateway.http.app:create_app",
