@@ -122,7 +122,8 @@ async def check_database(settings: Settings) -> list[Finding]:
         return [Finding("warning", f"could not reach Postgres to check the tables and triggers: {exc}")]
     try:
         with store_errors():
-            return await _check(conn, settings, mapping_from(settings))
+            async with conn.transaction():  # one server connection, even through a pooler
+                return await _check(conn, settings, mapping_from(settings))
     except StoreUnavailable as exc:
         return [Finding("warning", f"could not finish checking the database: {exc}")]
     finally:

@@ -4,7 +4,7 @@
 workers start, so workers never race each other; several instances starting together are
 serialised by the install script's advisory lock. Where the triggers are already current nothing
 is written (``CREATE TRIGGER`` locks Better Auth's tables against writes, however briefly), and
-the lock wait is bounded (``lock_timeout``) so a long transaction on those tables delays the
+the lock wait is bounded (``SET LOCAL lock_timeout``) so a long transaction on those tables delays the
 start by at most ``db_timeout_s`` and never queues Better Auth's writes behind us for longer.
 
 Where the triggers end up absent (not permitted, ``never``, Postgres away), each worker's listener
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import asyncpg
 
 from gateway.core.errors import StoreUnavailable
-from gateway.postgres.connections import connect, describe, store_errors, timeout_ms
+from gateway.postgres.connections import connect, describe, store_errors
 from gateway.postgres.schema import mapping_from
 from gateway.postgres.triggers import STATUS_SQL, VERSION, Status, install_sql, staleness_bound_s, status, status_args
 
@@ -50,9 +50,8 @@ async def ensure_triggers(settings: Settings) -> Outcome:
     Never raises for Postgres's sake: an unreachable server or a refusal is the outcome's message.
     """
     assert settings.database_url is not None  # noqa: S101  (loaded with need={"database"})
-    lock = {"lock_timeout": timeout_ms(settings.db_timeout_s)}
     try:
-        conn = await connect(settings.database_url.reveal(), settings.db_timeout_s, lock)
+        conn = await connect(settings.database_url.reveal(), settings.db_timeout_s)
     except StoreUnavailable as exc:
         return Outcome(current=False, message=f"not checked: {exc}", reached=False)
     try:
@@ -66,7 +65,8 @@ async def ensure_triggers(settings: Settings) -> Outcome:
 async def _ensure(conn: asyncpg.Connection, settings: Settings) -> Outcome:  # noqa: PLR0911  (one per outcome)
     m = mapping_from(settings)
     with store_errors():
-        found = await read_status(conn, m, settings.db_timeout_s)
+        async with conn.transaction():  # one server connection, even through a pooler
+            found = await read_status(conn, m, settings.db_timeout_s)
     if found.current and not found.older:
         return Outcome(current=True, message=f"already current (v{VERSION})")
     if found.newer and not found.current:
@@ -76,7 +76,9 @@ async def _ensure(conn: asyncpg.Connection, settings: Settings) -> Outcome:  # n
         what = f"v{found.older_versions[-1]} found, v{VERSION} wanted" if found.older else "absent"
         return Outcome(current=found.current, message=f"{what}; not installed (GATEWAY_INSTALL_TRIGGERS=never)")
     try:
-        await conn.execute(install_sql(m, settings.channel, older=found.older), timeout=settings.db_timeout_s * 5)
+        lock_ms = round(settings.db_timeout_s * 1000)
+        sql = install_sql(m, settings.channel, older=found.older, lock_timeout_ms=lock_ms)
+        await conn.execute(sql, timeout=settings.db_timeout_s * 5)
     except asyncpg.InsufficientPrivilegeError as exc:
         return Outcome(current=False, message=f"not permitted: {exc} (see `gateway install-triggers --print`)")
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:

@@ -75,10 +75,13 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def install_sql(m: Mapping, channel: str, *, version: int = VERSION, older: Iterable[Installed] = ()) -> str:
+def install_sql(
+    m: Mapping, channel: str, *, version: int = VERSION, older: Iterable[Installed] = (), lock_timeout_ms: int = 0
+) -> str:
     """The SQL that installs (or reinstalls) the functions and triggers, as one transaction.
 
     ``older``: triggers of other versions found (``Status.older``), removed in the same transaction.
+    ``lock_timeout_ms``: give up rather than wait longer for the tables' locks (0: wait).
     ``version``: for tests, which install an older version by hand.
     """
     s, u, ch = m.session, m.user, _literal(channel)
@@ -90,6 +93,7 @@ def install_sql(m: Mapping, channel: str, *, version: int = VERSION, older: Iter
     fn_s, fn_u, fn_f = (_qualified(m, n) for n in (session_fn, user_fn, flush_fn))
     mark = _literal(f"better-auth-gateway invalidation triggers v{version}")
     return f"""BEGIN;
+SET LOCAL lock_timeout = {int(lock_timeout_ms)};
 SELECT pg_advisory_xact_lock({_LOCK});
 CREATE OR REPLACE FUNCTION {fn_s}() RETURNS trigger LANGUAGE plpgsql AS $gateway$
 BEGIN
