@@ -36,7 +36,6 @@ class Outcome(NamedTuple):
 
     current: bool
     message: str  # installed v1 | upgraded from v0 to v1 | already current | not permitted: why | ...
-    reached: bool = True  # False: Postgres could not be asked
 
 
 async def read_status(conn: asyncpg.Connection, m: Mapping, timeout_s: float) -> Status:
@@ -53,11 +52,11 @@ async def ensure_triggers(settings: Settings) -> Outcome:
     try:
         conn = await connect(settings.database_url.reveal(), settings.db_timeout_s)
     except StoreUnavailable as exc:
-        return Outcome(current=False, message=f"not checked: {exc}", reached=False)
+        return Outcome(current=False, message=f"not checked: {exc}")
     try:
         return await _ensure(conn, settings)
     except StoreUnavailable as exc:
-        return Outcome(current=False, message=f"not checked: {exc}", reached=False)
+        return Outcome(current=False, message=f"not checked: {exc}")
     finally:
         conn.terminate()
 
@@ -73,12 +72,19 @@ async def _ensure(conn: asyncpg.Connection, settings: Settings) -> Outcome:  # n
         newer = max(t.version for t in found.newer)
         return Outcome(current=False, message=f"v{newer} found (a newer gateway's): left as it is")
     if settings.install_triggers == "never":
+        if found.current:
+            return Outcome(
+                current=True, message=f"v{VERSION} current (older ones left: GATEWAY_INSTALL_TRIGGERS=never)"
+            )
         what = f"v{found.older_versions[-1]} found, v{VERSION} wanted" if found.older else "absent"
-        return Outcome(current=found.current, message=f"{what}; not installed (GATEWAY_INSTALL_TRIGGERS=never)")
+        return Outcome(current=False, message=f"{what}; not installed (GATEWAY_INSTALL_TRIGGERS=never)")
     try:
         lock_ms = round(settings.db_timeout_s * 1000)
         sql = install_sql(m, settings.channel, older=found.older, lock_timeout_ms=lock_ms)
         await conn.execute(sql, timeout=settings.db_timeout_s * 5)
+    except asyncpg.UndefinedTableError as exc:  # Better Auth has not migrated yet
+        hint = "restart the gateway, or run `gateway install-triggers`, once Better Auth's migrations have run"
+        return Outcome(current=False, message=f"not installed: {exc} ({hint})")
     except asyncpg.InsufficientPrivilegeError as exc:
         return Outcome(current=False, message=f"not permitted: {exc} (see `gateway install-triggers --print`)")
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
