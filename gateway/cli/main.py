@@ -16,7 +16,7 @@ from gateway.config import Settings, cookie_note, describe, load_settings
 from gateway.core.errors import ConfigError, StoreUnavailable
 from gateway.http.policy import rules_file_problems
 from gateway.postgres.admin import budget_lines, check_database, run_sql, trigger_sql
-from gateway.postgres.installer import startup_triggers
+from gateway.postgres.installer import ensure_triggers, startup_triggers
 from gateway.postgres.pooler import require_direct
 from gateway.telemetry.logs import configure_logging
 
@@ -135,12 +135,16 @@ def install_triggers(*, print_only: bool, uninstall: bool) -> int:
     if print_only:
         print(sql, end="")  # noqa: T201
         return 0
+    if not uninstall:  # as serve does at startup (and upgrading), whatever GATEWAY_INSTALL_TRIGGERS says
+        outcome = asyncio.run(ensure_triggers(settings, explicit=True))
+        print(f"invalidation triggers: {outcome.message}", file=sys.stdout if outcome.current else sys.stderr)
+        return 0 if outcome.current else 1
     try:
         asyncio.run(run_sql(settings, sql))
     except StoreUnavailable as exc:
         print(f"gateway: install-triggers failed: {exc}", file=sys.stderr)  # noqa: T201
         return 1
-    print("invalidation triggers " + ("removed" if uninstall else "installed"))  # noqa: T201
+    print("invalidation triggers removed")  # noqa: T201
     return 0
 
 

@@ -43,9 +43,10 @@ async def read_status(conn: asyncpg.Connection, m: Mapping, timeout_s: float) ->
     return status(await conn.fetch(STATUS_SQL, *status_args(m), timeout=timeout_s))
 
 
-async def ensure_triggers(settings: Settings) -> Outcome:
+async def ensure_triggers(settings: Settings, *, explicit: bool = False) -> Outcome:
     """Install, upgrade or just check the triggers on ``DATABASE_URL`` as ``install_triggers`` says.
 
+    ``explicit``: asked for (``gateway install-triggers``): install even if ``never``.
     Never raises for Postgres's sake: an unreachable server or a refusal is the outcome's message.
     """
     assert settings.database_url is not None  # noqa: S101  (loaded with need={"database"})
@@ -54,14 +55,14 @@ async def ensure_triggers(settings: Settings) -> Outcome:
     except StoreUnavailable as exc:
         return Outcome(current=False, message=f"not checked: {exc}")
     try:
-        return await _ensure(conn, settings)
+        return await _ensure(conn, settings, explicit=explicit)
     except StoreUnavailable as exc:
         return Outcome(current=False, message=f"not checked: {exc}")
     finally:
         conn.terminate()
 
 
-async def _ensure(conn: asyncpg.Connection, settings: Settings) -> Outcome:  # noqa: PLR0911  (one per outcome)
+async def _ensure(conn: asyncpg.Connection, settings: Settings, *, explicit: bool) -> Outcome:  # noqa: PLR0911  (one per outcome)
     m = mapping_from(settings)
     with store_errors():
         async with conn.transaction():  # one server connection, even through a pooler
@@ -71,7 +72,7 @@ async def _ensure(conn: asyncpg.Connection, settings: Settings) -> Outcome:  # n
     if found.newer and not found.current:
         newer = max(t.version for t in found.newer)
         return Outcome(current=False, message=f"v{newer} found (a newer gateway's): left as it is")
-    if settings.install_triggers == "never":
+    if settings.install_triggers == "never" and not explicit:
         if found.current:
             return Outcome(
                 current=True, message=f"v{VERSION} current (older ones left: GATEWAY_INSTALL_TRIGGERS=never)"

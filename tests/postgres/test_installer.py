@@ -142,8 +142,8 @@ async def test_the_listener_bounds_the_caches_when_the_triggers_go(db: asyncpg.C
         assert res.tiers._ttl_s == UNTRIGGERED_TTL_S  # the bound itself
 
 
-def test_check_config_checks_the_database(db: asyncpg.Connection, database: str) -> None:
-    """check-config: a preset not matching the tables exits non-zero naming it; no triggers or no Postgres warn."""
+def test_check_config_checks_the_database_and_install_triggers_installs(db: asyncpg.Connection, database: str) -> None:
+    """check-config: a preset not matching the tables exits 2 naming it; no triggers or no Postgres warn."""
     del db  # Better Auth's default layout, no triggers
     env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET, "PATH": os.environ.get("PATH", "")}
     wrong = run_cli("check-config", env=env | {"GATEWAY_SCHEMA_PRESET": "drizzle"})
@@ -158,6 +158,10 @@ def test_check_config_checks_the_database(db: asyncpg.Connection, database: str)
     assert never.returncode == 0
     assert "warning: invalidation triggers: v1 absent, and GATEWAY_INSTALL_TRIGGERS=never" in never.stderr
     assert f"a revoked session is refused within {UNTRIGGERED_TTL_S:g} s" in never.stderr
+    installed = run_cli("install-triggers", env=env | {"GATEWAY_INSTALL_TRIGGERS": "never"})  # asked for: done
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout == "invalidation triggers: installed v1\n"
+    assert "ok: invalidation triggers: v1 in place" in run_cli("check-config", env=env).stdout
     away = run_cli("check-config", env=env | {"DATABASE_URL": "postgresql://gw@127.0.0.1:1/app"})
     assert away.returncode == 0, away.stderr
     assert "warning: could not reach Postgres to check the tables and triggers" in away.stderr
