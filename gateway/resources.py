@@ -183,10 +183,10 @@ def value_configuration(settings: Settings) -> bytes:
 def _postgres_listener(settings: Settings, store: Store, tiers: Tiers, metrics: Metrics) -> Listener:
     """The LISTEN listener; with a replica, the store checks its hits on the primary when in doubt.
 
-    Until it finds the triggers in place, the caches bound their staleness (``bound_staleness``).
+    While it finds the triggers absent, the caches bound their staleness (``bound_staleness``).
+    Before it has looked (Postgres away), they do not: what it caches then is flushed when it connects.
     """
     bound = staleness_bound_s(settings)
-    tiers.bound_staleness(bound)
     on_triggers = lambda ok: tiers.bound_staleness(None if ok else bound)  # noqa: E731
     if settings.read_database_url is None:
         return Listener(settings, tiers, metrics, on_triggers=on_triggers)
