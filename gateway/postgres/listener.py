@@ -1,8 +1,8 @@
 """The listener: a dedicated Postgres connection that ``LISTEN``s for revocations and evicts.
 
 - Its own connection, never a pooled one: a pool's reset runs ``UNLISTEN *``.
-- A dead connection is noticed promptly: asyncpg's termination callback, plus a ``SELECT 1``
-  every ``listener_check_s`` for deaths that send nothing (a cut cable).
+- A dead connection is noticed promptly: asyncpg's termination callback, plus a query
+  every ``listener_check_s`` for deaths that send nothing (a cut cable): the triggers' status.
 - Notifications sent while it was away are lost, so on every (re)connect, once ``LISTEN`` is in
   place, it flushes the caches: the LRU is cleared and Redis's generation bumped.
 - Every worker of every instance runs one (each has an LRU of its own): see ``admin.connection_budget``.
