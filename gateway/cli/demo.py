@@ -61,8 +61,11 @@ def _demo_secret(folder: Path) -> str:
     return path.read_text().strip()
 
 
-async def _seed(dsn: str) -> tuple[str, str]:
+async def _seed(dsn: str, *, embedded: bool) -> tuple[str, str]:
     """Create Better Auth's schema and a demo user with a live session; return its token and id.
+
+    ``embedded``: the demo's own server, whose tables are its own (marked or not: earlier demos
+    did not mark them).
 
     Raises:
         NotOurs: the database has Better Auth's tables (or one of them), not made by the demo.
@@ -70,9 +73,9 @@ async def _seed(dsn: str) -> tuple[str, str]:
     conn = await asyncpg.connect(dsn)
     try:
         mark, exists = await conn.fetchrow(_TABLES_SQL)
-        if exists and mark != _MARK:
+        if exists and mark != _MARK and not embedded:
             raise NotOurs
-        if not exists:
+        if not exists or embedded:
             async with conn.transaction():
                 await seed.create_schema(conn)
                 await conn.execute(f"comment on table \"session\" is '{_MARK}'")
@@ -111,7 +114,7 @@ def run_demo(host: str | None, port: int | None, workers: int | None) -> int:
         if settings is None:
             return 2
         try:
-            token, session_id = asyncio.run(_seed(os.environ["DATABASE_URL"]))
+            token, session_id = asyncio.run(_seed(os.environ["DATABASE_URL"], embedded=embedded))
         except NotOurs:
             print(  # noqa: T201
                 "gateway demo: DATABASE_URL's database has Better Auth's tables the demo did not make; "
