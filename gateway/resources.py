@@ -24,6 +24,7 @@ from gateway.lookup.tiers import Tiers
 from gateway.postgres.listener import Listener
 from gateway.postgres.schema import mapping_from
 from gateway.postgres.store import Store
+from gateway.postgres.triggers import staleness_bound_s
 from gateway.redis.client import connect
 from gateway.redis.keyspace import KeyspaceListener
 from gateway.redis.secondary_storage import SecondaryStorage
@@ -85,7 +86,10 @@ class Resources(NamedTuple):
             if not self.listener.connected:
                 ready.degraded["listener"] = "not connected: revocations wait for the cache TTL"
             elif isinstance(self.listener, Listener) and not self.listener.triggers_installed:
-                ready.degraded["listener"] = "no triggers installed (gateway install-triggers)"
+                ready.degraded["listener"] = (
+                    f"no invalidation triggers: a revoked session is refused within {self.listener.bound_s:g} s "
+                    "(gateway install-triggers)"
+                )
             else:
                 ready.ok.append("listener")
         return ready
@@ -181,11 +185,17 @@ def value_configuration(settings: Settings) -> bytes:
 
 
 def _postgres_listener(settings: Settings, store: Store, tiers: Tiers, metrics: Metrics) -> Listener:
-    """The LISTEN listener; with a replica, the store checks its hits on the primary when in doubt."""
+    """The LISTEN listener; with a replica, the store checks its hits on the primary when in doubt.
+
+    While it finds the triggers absent, the caches bound their staleness (``bound_staleness``).
+    Before it has looked (Postgres away), they do not: what it caches then is flushed when it connects.
+    """
+    bound = staleness_bound_s(settings)
+    on_triggers = lambda ok: tiers.bound_staleness(None if ok else bound)  # noqa: E731
     if settings.read_database_url is None:
-        return Listener(settings, tiers, metrics)
+        return Listener(settings, tiers, metrics, on_triggers=on_triggers)
     store.doubt_with(tiers.revoked_lately)  # revoked lately: the replica may not show it yet
-    return Listener(settings, tiers, metrics, on_flush=store.distrust_replica)
+    return Listener(settings, tiers, metrics, on_flush=store.distrust_replica, on_triggers=on_triggers)
 
 
 def create_app() -> App:

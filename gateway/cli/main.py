@@ -10,7 +10,8 @@ from gateway import __version__
 from gateway.cli.serve import EXIT_CONFIG, listen_url_direct, serve, settings_or_none
 from gateway.config import cookie_note, describe
 from gateway.core.errors import StoreUnavailable
-from gateway.postgres.admin import budget_lines, run_sql, trigger_sql
+from gateway.postgres.admin import budget_lines, check_database, run_sql, trigger_sql
+from gateway.postgres.installer import ensure_triggers
 from gateway.telemetry.logs import configure_logging
 
 
@@ -60,6 +61,11 @@ def check_config(instances: int = 1) -> int:
     if settings.secondary_storage_url is None:
         if not listen_url_direct(settings):
             return EXIT_CONFIG
+        findings = asyncio.run(check_database(settings))
+        for finding in findings:
+            print(f"{finding.level}: {finding.text}", file=sys.stdout if finding.level == "ok" else sys.stderr)
+        if any(f.level == "problem" for f in findings):
+            return EXIT_CONFIG
         statement, warning = budget_lines(settings, max(1, instances))
         print(statement)  # noqa: T201
     else:
@@ -82,10 +88,14 @@ def install_triggers(*, print_only: bool, uninstall: bool) -> int:
     if print_only:
         print(sql, end="")  # noqa: T201
         return 0
+    if not uninstall:  # as serve does at startup (and upgrading), whatever GATEWAY_INSTALL_TRIGGERS says
+        outcome = asyncio.run(ensure_triggers(settings, explicit=True))
+        print(f"invalidation triggers: {outcome.message}", file=sys.stdout if outcome.current else sys.stderr)
+        return 0 if outcome.current else 1
     try:
         asyncio.run(run_sql(settings, sql))
     except StoreUnavailable as exc:
         print(f"gateway: install-triggers failed: {exc}", file=sys.stderr)  # noqa: T201
         return 1
-    print("invalidation triggers " + ("removed" if uninstall else "installed"))  # noqa: T201
+    print("invalidation triggers removed")  # noqa: T201
     return 0

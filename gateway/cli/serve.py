@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from gateway.config import Settings, cookie_note, describe, load_settings
 from gateway.core.errors import ConfigError
 from gateway.http.policy import rules_file_problems
+from gateway.postgres.installer import startup_triggers
 from gateway.postgres.pooler import require_direct
 from gateway.telemetry.logs import configure_logging
 
@@ -98,6 +99,7 @@ def serve(settings: Settings) -> int:
     note = cookie_note(settings)
     if note:
         log.warning(note)
+    startup_triggers(settings)  # once, here, before the workers fork
     _prepare_metrics(settings)
     server = Granian(
         "gateway.resources:create_app",

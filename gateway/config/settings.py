@@ -137,6 +137,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     # Invalidation: LISTEN for the triggers' NOTIFY (see gateway.postgres.triggers).
     listen: bool = True
+    # auto: `serve` and `demo` install (or upgrade) the triggers at startup where the role may;
+    # never: someone else does (`gateway install-triggers`, a migration, a Kubernetes Job).
+    install_triggers: Literal["auto", "never"] = "auto"
     channel: str = "better_auth_gateway"
     listener_check_s: float = 1.0
 

@@ -83,7 +83,8 @@ class Tiers:
         self.negative: LRU[Reason] = LRU(negative_max_entries, clock)
         self.shared = shared
         self.revocations = Revocations(clock, revoked_for_s, revoked_max_entries)
-        self._ttl_s = ttl_s
+        self._ttl_s = self._configured_ttl_s = ttl_s
+        self._bounded = False  # the shared tier bypassed (``bound_staleness``)
         # A negative entry must not outlive a positive one (a session created meanwhile).
         self._negative_ttl_s = min(negative_ttl_s, ttl_s)
         self._source: Batcher[str, Session] = Batcher(self._timed(source.fetch_many), batch_max_size)
@@ -139,7 +140,7 @@ class Tiers:
         return await self._flights.run(token, hashed, lambda since: self._load(token, hashed, since), self._joined)
 
     async def _load(self, token: str, digest: str, since: int) -> Session | None:
-        if self.shared is None:
+        if self.shared is None or self._bounded:
             return await self._from_source(token)
         found = await self.shared.get(digest)
         if found is None:
@@ -178,6 +179,16 @@ class Tiers:
                 histogram.observe(time.perf_counter() - started)
 
         return timed
+
+    def bound_staleness(self, bound_s: float | None) -> None:
+        """Cap how long a session is cached unchecked at ``bound_s`` (``None``: as configured).
+
+        For when nothing tells of revocations (no triggers): then the LRU's TTL is all that bounds
+        them, and the shared tier is bypassed (neither read nor filled: its values live longer).
+        Entries cached before keep their deadline: callers flush when lifting or setting a bound.
+        """
+        self._bounded = bound_s is not None
+        self._ttl_s = self._configured_ttl_s if bound_s is None else min(self._configured_ttl_s, bound_s)
 
     def revoked_lately(self, digest: str, user_id: str) -> bool:
         """Whether this token hash or user was heard revoked lately (``revoked_for_s``), or may have been."""

@@ -1,4 +1,4 @@
-"""Database chores the command line does: (un)installing the triggers, checking the budget."""
+"""Database chores the command line does: (un)installing the triggers, checking the database and the budget."""
 
 from __future__ import annotations
 
@@ -7,12 +7,16 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.core.errors import StoreUnavailable
 from gateway.postgres.connections import connect, store_errors
-from gateway.postgres.schema import mapping_from
+from gateway.postgres.installer import read_status
+from gateway.postgres.schema import COLUMNS_SQL, build_query, mapping_from
 from gateway.postgres.store import PRIMARY_POOL_MAX
-from gateway.postgres.triggers import install_sql, uninstall_sql
+from gateway.postgres.triggers import VERSION, install_sql, staleness_bound_s, uninstall_sql
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from gateway.config import Settings
+    from gateway.postgres.schema import Mapping
 
 _RESERVED = 3  # Postgres's default superuser_reserved_connections
 
@@ -95,3 +99,64 @@ def budget_lines(settings: Settings, instances: int = 1) -> tuple[str, str | Non
             "(its default_pool_size then bounds what reaches Postgres)"
         )
     return statement, None
+
+
+class Finding(NamedTuple):
+    """One thing ``check-config`` found in the database: ``problem`` (exit non-zero), ``warning`` or ``ok``."""
+
+    level: str
+    text: str
+
+
+# Whether this role could install the triggers: CREATE on the functions' schema, TRIGGER on both tables.
+_MAY_INSTALL_SQL = """SELECT has_schema_privilege(coalesce(nullif($3, ''), current_schema()), 'CREATE'),
+  has_table_privilege(to_regclass($1), 'TRIGGER') AND has_table_privilege(to_regclass($2), 'TRIGGER')"""
+
+
+async def check_database(settings: Settings) -> list[Finding]:
+    """Check ``DATABASE_URL``'s tables and columns as mapped, and the triggers; unreachable is a warning."""
+    assert settings.database_url is not None  # noqa: S101  (loaded with need={"database"})
+    try:
+        conn = await connect(settings.database_url.reveal(), settings.db_timeout_s)
+    except StoreUnavailable as exc:
+        return [Finding("warning", f"could not reach Postgres to check the tables and triggers: {exc}")]
+    try:
+        with store_errors():
+            async with conn.transaction():  # one server connection, even through a pooler
+                return await _check(conn, settings, mapping_from(settings))
+    except StoreUnavailable as exc:
+        return [Finding("warning", f"could not finish checking the database: {exc}")]
+    finally:
+        conn.terminate()
+
+
+async def _check(conn: asyncpg.Connection, settings: Settings, m: Mapping) -> list[Finding]:
+    timeout = settings.db_timeout_s
+    columns = [
+        [r[0] for r in await conn.fetch(COLUMNS_SQL, m.db_schema, t.bare, timeout=timeout)] for t in (m.session, m.user)
+    ]
+    try:
+        build_query(m, *columns)
+    except LookupError as exc:
+        hint = f"GATEWAY_SCHEMA_PRESET={settings.schema_preset}: is that how Better Auth made them?"
+        return [Finding("problem", f"Better Auth's tables are not as configured: {exc} ({hint})")]
+    tables = Finding("ok", f"tables: {m.session.name} and {m.user.name} have the mapped columns")
+    if settings.secondary_storage_url is not None or not settings.listen:
+        return [tables]
+    found = await read_status(conn, m, timeout)
+    if found.current:
+        return [tables, Finding("ok", f"invalidation triggers: v{VERSION} in place")]
+    schema_ok, tables_ok = await conn.fetchrow(
+        _MAY_INSTALL_SQL, m.session.name, m.user.name, m.db_schema, timeout=timeout
+    )
+    what = f"v{found.older_versions[-1]}, older than v{VERSION}" if found.older else f"v{VERSION} absent"
+    bound = f"until they are, a revoked session is refused within {staleness_bound_s(settings):g} s"
+    if settings.install_triggers == "never":
+        text = f"invalidation triggers: {what}, and GATEWAY_INSTALL_TRIGGERS=never; {bound}"
+    elif schema_ok and tables_ok:
+        text = f"invalidation triggers: {what}; `gateway serve` will install them at startup (this role may)"
+        return [tables, Finding("ok", text)]
+    else:
+        missing = "CREATE on the schema" if not schema_ok else "the TRIGGER privilege on the tables"
+        text = f"invalidation triggers: {what}, and this role may not install them (no {missing}); {bound}"
+    return [tables, Finding("warning", text + " (`gateway install-triggers --print` shows the SQL)")]

@@ -1,14 +1,17 @@
 """The listener: a dedicated Postgres connection that ``LISTEN``s for revocations and evicts.
 
 - Its own connection, never a pooled one: a pool's reset runs ``UNLISTEN *``.
-- A dead connection is noticed promptly: asyncpg's termination callback, plus a ``SELECT 1``
-  every ``listener_check_s`` for deaths that send nothing (a cut cable).
+- A dead connection is noticed promptly: asyncpg's termination callback, plus a query
+  every ``listener_check_s`` for deaths that send nothing (a cut cable): the triggers' status.
 - Notifications sent while it was away are lost, so on every (re)connect, once ``LISTEN`` is in
   place, it flushes the caches: the LRU is cleared and Redis's generation bumped.
 - Every worker of every instance runs one (each has an LRU of its own): see ``admin.connection_budget``.
 - It connects to the primary itself (``GATEWAY_LISTEN_DATABASE_URL``, else ``DATABASE_URL``): a
   replica hears no ``NOTIFY`` and a transaction-mode pooler drops the ``LISTEN``, so a URL that
   reaches a pooler is refused (``pooler.connect_direct``). Reconnects back off with full jitter.
+- Whether the triggers (this version's) are on the tables is read on every connect and at every
+  check: ``on_triggers`` hears each change (``resources`` then bounds the caches' staleness, see
+  ``triggers.staleness_bound_s``), and a change flushes, since nothing was heard before it.
 - Anyone who can connect to the database can ``NOTIFY`` (it takes no privilege). A forged ``s:``
   or ``u:`` only evicts; a forged ``*`` would flush every cache of every worker, as often as it is
   sent. So ``*`` (the triggers' word for a ``TRUNCATE``) is believed only with proof the sender
@@ -34,7 +37,7 @@ from gateway.core.errors import ConfigError, StoreUnavailable
 from gateway.postgres.connections import APPLICATION, store_errors
 from gateway.postgres.pooler import connect_direct
 from gateway.postgres.schema import mapping_from
-from gateway.postgres.triggers import INSTALLED_SQL, installed_names
+from gateway.postgres.triggers import STATUS_SQL, VERSION, staleness_bound_s, status, status_args
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -60,13 +63,14 @@ class Listener:
     spaces the reconnects (jittered, see ``core.backoff``).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913  (the callbacks are keyword-only)
         self,
         settings: Settings,
         invalidator: Invalidator,
         metrics: Metrics,
         *,
         on_flush: Callable[[], None] | None = None,
+        on_triggers: Callable[[bool], None] | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         dsn = settings.listen_database_url or settings.database_url
@@ -79,9 +83,12 @@ class Listener:
         self._invalidator = invalidator
         self._metrics = metrics
         self._on_flush = on_flush or (lambda: None)
+        self._on_triggers = on_triggers or (lambda _: None)
+        self.bound_s = staleness_bound_s(settings)  # how stale, without the triggers
         self._backoff = backoff or Backoff(_FIRST_RETRY_S, _MAX_RETRY_S)
         mapping = mapping_from(settings)
         self._tables = (mapping.session.name, mapping.user.name)
+        self._status_args = status_args(mapping)
         self._filenodes: tuple[object, ...] | None = None  # the tables' files when last looked at
         self._checking: asyncio.Future[Any] | None = None  # the one check of a '*' under way
         self._recheck = False  # another '*' came during it
@@ -145,9 +152,9 @@ class Listener:
         # one before it is covered by the flush.
         self._ignored_logged = self._unknown_logged = False
         self._filenodes = await self._read_filenodes(conn)
+        await self._check_triggers(conn)  # before the flush: what is cached after it is bounded as it must be
         # LISTEN is in place: from here on nothing is missed, so what came before can go.
         await self._flush()
-        await self._check_triggers(conn)
         self.connected = True
         self.connections += 1
         self._backoff.reset()
@@ -157,21 +164,33 @@ class Listener:
             try:
                 await asyncio.wait_for(dead.wait(), self._check_s)
             except TimeoutError:
-                async with self._lock:
-                    await conn.execute("SELECT 1", timeout=self._timeout_s)  # raises if the link is dead
+                if await self._check_triggers(conn):  # also proves the link alive (raises if dead)
+                    await self._flush()
 
     async def _flush(self) -> None:
         await self._invalidator.flush()
         self._on_flush()
 
-    async def _check_triggers(self, conn: asyncpg.Connection) -> None:
-        found = await conn.fetchval(INSTALLED_SQL, installed_names(), timeout=self._timeout_s)
-        self.triggers_installed = found > 0
-        if not self.triggers_installed:
+    async def _check_triggers(self, conn: asyncpg.Connection) -> bool:
+        """Read whether this version's triggers are in place; tell ``on_triggers``; whether that changed."""
+        async with self._lock:
+            rows = await conn.fetch(STATUS_SQL, *self._status_args, timeout=self._timeout_s)
+        installed, before = status(rows).current, self.triggers_installed
+        self.triggers_installed = installed
+        if installed == before:
+            return False
+        self._on_triggers(installed)
+        if installed:
+            log.info("invalidation triggers v%d in place: revocations are heard at once", VERSION)
+        else:
             log.warning(
-                "no invalidation triggers found: revoked sessions stay cached until their TTL "
-                "(run `gateway install-triggers`)"
+                "no invalidation triggers v%d on the tables: a revoked session is refused within %g s "
+                "(the LRU's TTL capped, Redis bypassed); `gateway serve` installs them where its role "
+                "may, else run `gateway install-triggers`",
+                VERSION,
+                self.bound_s,
             )
+        return before is not None
 
     def _on_notification(self, conn: asyncpg.Connection, _pid: int, _channel: str, payload: str) -> None:
         self.notifications += 1

@@ -11,9 +11,14 @@ nothing usable to whoever can ``LISTEN``:
   name, role…): every cached session of that user goes;
 - ``*``: a table was truncated: forget everything.
 
-The objects carry a version in their names (``_v1``) so a later version can be installed beside,
-then this one removed. Installing is idempotent (one transaction; ``CREATE OR REPLACE`` and
-``DROP … IF EXISTS``).
+The objects carry a version in their names (``_v1``): installing a version also removes the
+triggers and functions of older ones found on the two tables (``STATUS_SQL``), in the same
+transaction, so an upgrade is one step. Installing is idempotent (one transaction; ``CREATE OR
+REPLACE`` and ``DROP … IF EXISTS``) and serialised by an advisory lock, so instances starting
+together do not collide.
+
+Where they are absent, nothing tells the gateway of a revocation: the caches then bound staleness
+by themselves (``staleness_bound_s``).
 
 Permissions: installing needs ``CREATE`` on the schema and ownership of the two tables (or the
 ``TRIGGER`` privilege on them; ``pg_notify`` needs nothing). The gateway itself needs only
@@ -22,18 +27,44 @@ Permissions: installing needs ``CREATE`` on the schema and ownership of the two 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import re
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.postgres.schema import quote
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from gateway.config import Settings
     from gateway.postgres.schema import Mapping
 
 VERSION = 1
-SESSION_FUNCTION = f"gateway_session_notify_v{VERSION}"
-USER_FUNCTION = f"gateway_user_notify_v{VERSION}"
-FLUSH_FUNCTION = f"gateway_flush_notify_v{VERSION}"
-_MARK = f"better-auth-gateway invalidation triggers v{VERSION}"
+# Without triggers, the longest a revoked session stays served from the LRU (the Redis tier is
+# bypassed then: its values live minutes). Short enough that a user signing out and retrying
+# sees it refused; long enough that a hot session costs each worker one query per 5 s.
+UNTRIGGERED_TTL_S = 5.0
+_LOCK = 0x6761_7465_7761_7901  # pg_advisory_xact_lock key: one installer at a time
+_NAME = re.compile(r"gateway_(session|user|flush)_notify_v([0-9]+)")
+
+
+def names(version: int = VERSION) -> tuple[str, str, str]:
+    """The session, user and flush function (and trigger) names of a version."""
+    return (f"gateway_session_notify_v{version}", f"gateway_user_notify_v{version}", f"gateway_flush_notify_v{version}")
+
+
+SESSION_FUNCTION, USER_FUNCTION, FLUSH_FUNCTION = names()
+
+
+def staleness_bound_s(settings: Settings) -> float:
+    """How long a revoked session may still be accepted where no trigger tells of it.
+
+    The LRU's TTL capped at ``UNTRIGGERED_TTL_S``; with the cookie cache on, a cookie's own window
+    if longer (Better Auth's signed cookie is believed until it expires).
+    """
+    bound = min(settings.l1_ttl_s, UNTRIGGERED_TTL_S)
+    if settings.cookie_cache != "off":
+        bound = max(bound, settings.cookie_cache_max_age_s)
+    return bound
 
 
 def _qualified(m: Mapping, name: str) -> str:
@@ -44,15 +75,26 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def install_sql(m: Mapping, channel: str) -> str:
-    """The SQL that installs (or reinstalls) the functions and triggers, as one transaction."""
+def install_sql(
+    m: Mapping, channel: str, *, version: int = VERSION, older: Iterable[Installed] = (), lock_timeout_ms: int = 0
+) -> str:
+    """The SQL that installs (or reinstalls) the functions and triggers, as one transaction.
+
+    ``older``: triggers of other versions found (``Status.older``), removed in the same transaction.
+    ``lock_timeout_ms``: give up rather than wait longer for the tables' locks (0: wait).
+    ``version``: for tests, which install an older version by hand.
+    """
     s, u, ch = m.session, m.user, _literal(channel)
     token, expires = quote(s.column(m.token_field)), s.column("expiresAt")
     unchanged_s = f"- {_literal(expires)} - {_literal(s.column('updatedAt'))}"
     unchanged_u = f"- {_literal(u.column('updatedAt'))}"
     digest = f"encode(sha256(convert_to(OLD.{token}::text, 'UTF8')), 'hex')"
-    fn_s, fn_u, fn_f = (_qualified(m, n) for n in (SESSION_FUNCTION, USER_FUNCTION, FLUSH_FUNCTION))
+    session_fn, user_fn, flush_fn = names(version)
+    fn_s, fn_u, fn_f = (_qualified(m, n) for n in (session_fn, user_fn, flush_fn))
+    mark = _literal(f"better-auth-gateway invalidation triggers v{version}")
     return f"""BEGIN;
+SET LOCAL lock_timeout = {int(lock_timeout_ms)};
+SELECT pg_advisory_xact_lock({_LOCK});
 CREATE OR REPLACE FUNCTION {fn_s}() RETURNS trigger LANGUAGE plpgsql AS $gateway$
 BEGIN
   IF TG_OP = 'DELETE'
@@ -77,13 +119,22 @@ BEGIN
   RETURN NULL;
 END
 $gateway$;
-COMMENT ON FUNCTION {fn_s}() IS {_literal(_MARK)};
-{_trigger(SESSION_FUNCTION, s.name, fn_s, "AFTER UPDATE OR DELETE", "ROW")}
-{_trigger(USER_FUNCTION, u.name, fn_u, "AFTER UPDATE OR DELETE", "ROW")}
-{_trigger(FLUSH_FUNCTION, s.name, fn_f, "AFTER TRUNCATE", "STATEMENT")}
-{_trigger(FLUSH_FUNCTION, u.name, fn_f, "AFTER TRUNCATE", "STATEMENT")}
-COMMIT;
-"""
+COMMENT ON FUNCTION {fn_s}() IS {mark};
+{_trigger(session_fn, s.name, fn_s, "AFTER UPDATE OR DELETE", "ROW")}
+{_trigger(user_fn, u.name, fn_u, "AFTER UPDATE OR DELETE", "ROW")}
+{_trigger(flush_fn, s.name, fn_f, "AFTER TRUNCATE", "STATEMENT")}
+{_trigger(flush_fn, u.name, fn_f, "AFTER TRUNCATE", "STATEMENT")}
+{_drops(m, older)}COMMIT;
+"""  # noqa: S608  (identifiers quoted, literals escaped)
+
+
+def _drops(m: Mapping, older: Iterable[Installed]) -> str:
+    """Drop other versions' triggers, then their functions (named as the catalogue spells them)."""
+    found = list(older)
+    tables = {True: m.session.name, False: m.user.name}
+    lines = [f"DROP TRIGGER IF EXISTS {quote(t.name)} ON {tables[t.on_session]};" for t in found]
+    lines += [f"DROP FUNCTION IF EXISTS {f};" for f in dict.fromkeys(t.function for t in found)]
+    return "".join(line + "\n" for line in lines)
 
 
 def _trigger(name: str, table: str, function: str, when: str, each: str) -> str:
@@ -96,7 +147,7 @@ def _trigger(name: str, table: str, function: str, when: str, each: str) -> str:
 def uninstall_sql(m: Mapping) -> str:
     """The SQL that removes every trigger and function ``install_sql`` creates."""
     drops = [f"DROP TRIGGER IF EXISTS {quote(n)} ON {t};" for n, t in _triggers(m)]
-    drops += [f"DROP FUNCTION IF EXISTS {_qualified(m, n)}();" for n in installed_names()]
+    drops += [f"DROP FUNCTION IF EXISTS {_qualified(m, n)}();" for n in names()]
     return "BEGIN;\n" + "\n".join(drops) + "\nCOMMIT;\n"
 
 
@@ -109,9 +160,51 @@ def _triggers(m: Mapping) -> list[tuple[str, str]]:
     ]
 
 
-INSTALLED_SQL = "SELECT count(*) FROM pg_trigger WHERE tgname = ANY($1::text[]) AND NOT tgisinternal"
+# The gateway's triggers (any version) on the two tables ($1 the session table, $2 the user table,
+# as ``Table.name`` spells them); none if a table is missing.
+STATUS_SQL = r"""SELECT t.tgname, p.oid::regprocedure::text, t.tgrelid = to_regclass($1)
+FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+WHERE NOT t.tgisinternal AND t.tgrelid IN (to_regclass($1), to_regclass($2))
+  AND t.tgname ~ '^gateway_(session|user|flush)_notify_v[0-9]+$'"""
 
 
-def installed_names() -> list[str]:
-    """The trigger names to look for in ``pg_trigger`` (``INSTALLED_SQL``'s parameter)."""
-    return [SESSION_FUNCTION, USER_FUNCTION, FLUSH_FUNCTION]
+def status_args(m: Mapping) -> tuple[str, str]:
+    """``STATUS_SQL``'s parameters for a mapping."""
+    return m.session.name, m.user.name
+
+
+class Installed(NamedTuple):
+    """One of the gateway's triggers, as found in the catalogue."""
+
+    name: str
+    function: str  # as ``regprocedure`` prints it: quoted, qualified where needed, with "()"
+    on_session: bool
+
+    @property
+    def version(self) -> int:
+        """The version in its name."""
+        match = _NAME.fullmatch(self.name)
+        return int(match.group(2)) if match else -1
+
+
+class Status(NamedTuple):
+    """What the catalogue shows of the triggers: whether this version's are all there, and any others."""
+
+    current: bool
+    older: tuple[Installed, ...]
+    newer: tuple[Installed, ...]
+
+    @property
+    def older_versions(self) -> list[int]:
+        """The older versions found, lowest first."""
+        return sorted({t.version for t in self.older})
+
+
+def status(rows: Iterable[tuple[str, str, bool]]) -> Status:
+    """Read ``STATUS_SQL``'s rows: current only if all four triggers of ``VERSION`` are on their tables."""
+    found = [Installed(*row) for row in rows]
+    session_fn, user_fn, flush_fn = names()
+    wanted = {(session_fn, True), (user_fn, False), (flush_fn, True), (flush_fn, False)}
+    current = wanted <= {(t.name, t.on_session) for t in found}
+    older = tuple(t for t in found if t.version < VERSION)
+    return Status(current, older, tuple(t for t in found if t.version > VERSION))

@@ -11,7 +11,7 @@ from gateway.credentials.tokens import token_hash
 from gateway.postgres import seed
 from tests.support.credentials import cookie
 from tests.support.ports import free_port
-from tests.support.postgres import seed_sessions
+from tests.support.postgres import install_triggers, seed_sessions
 from tests.support.server import wait_listening
 from tests.support.tcp_proxy import Proxy
 from tests.support.waiting import eventually
@@ -116,6 +116,7 @@ async def test_postgres_cut_off(
     proxy = await Proxy(database).start()
     try:
         warm, warm_in_redis_only, cold = await seed_sessions(database, 3)
+        await install_triggers(database)  # without them Redis is bypassed (staleness bounded by the LRU)
         env = {"DATABASE_URL": proxy.dsn(), "REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": redis_prefix}
         # The proxy runs on this test's loop, which start_gateway blocks: no waiting for Postgres.
         env |= {"GATEWAY_DB_TIMEOUT_S": "0.5", "GATEWAY_STARTUP_WAIT_S": "0"}

@@ -74,7 +74,7 @@ async def test_load_test_fails_when_revoked_sessions_are_served(
 ) -> None:
     await seed.create_schema(db)
     # No triggers: nothing tells the gateway of a sign-out, so its LRU serves revoked sessions.
-    server = start_gateway({"DATABASE_URL": database})
+    server = start_gateway({"DATABASE_URL": database, "GATEWAY_LISTEN": "false"})  # nor installs them
     result = run_load_test(server.url, database, tmp_path)
     assert result.returncode != 0
     assert "FAIL" in result.stdout
