@@ -3,6 +3,9 @@
 Everything is real: Postgres servers started here (``initdb``, ``pg_basebackup``), Debian's
 PgBouncer 1.18 in transaction mode in front of both, the shared Redis, and three ``gateway serve``
 processes of two workers each. Lag is injected by pausing the replica's replay.
+
+The second test cuts one instance's own links (its ``LISTEN`` connection, then its Redis) through
+proxies and checks that only that instance degrades, and only as far as its fallback allows.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import functools
 import subprocess
 import sys
 from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from gateway.config import load_settings
+from gateway.credentials.tokens import token_hash
 from gateway.postgres import seed
 from gateway.postgres.admin import connection_budget
 from tests.support.credentials import SECRET, cookie
@@ -25,10 +31,11 @@ from tests.support.pgbouncer import PgBouncer, pgbouncer_binary
 from tests.support.postgres import create_database, install_triggers
 from tests.support.replication import Replication, caught_up, pause_replay, postgres_bin, resume_replay
 from tests.support.server import every_worker_listening
+from tests.support.tcp_proxy import Proxy
 from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
 
     from tests.support.server import Server
 
@@ -38,6 +45,7 @@ pytestmark = [
 ]
 INSTANCES, WORKERS, POOL = 3, 2, 4
 REVOKED_WITHIN_S = 0.1
+DEAF_L1_TTL_S = 8.0  # the fallback bound of the instance whose listener is cut: its LRU's TTL
 
 
 @pytest.fixture
@@ -84,9 +92,12 @@ class Warm:
     async def __aexit__(self, *_: object) -> None:
         await asyncio.gather(*(c.aclose() for _, c in self._clients))
 
-    async def codes(self, token: str) -> set[int]:
-        """Status codes of one validation on each open connection, sent together."""
-        sent = [c.get(url + "/validate", headers=cookie(token)) for url, c in self._clients]
+    async def codes(self, token: str, among: Sequence[Server] | None = None) -> set[int]:
+        """Status codes of one validation on each open connection (to ``among`` only, if given), sent together."""
+        urls = None if among is None else {s.url for s in among}
+        sent = [
+            c.get(url + "/validate", headers=cookie(token)) for url, c in self._clients if urls is None or url in urls
+        ]
         return {r.status_code for r in await asyncio.gather(*sent)}
 
 
@@ -155,6 +166,138 @@ async def test_many_instances_behind_pgbouncer_with_a_lagging_replica(
         await primary.close()
         to_primary.stop()
         to_replica.stop()
+
+
+async def test_one_instance_losing_its_listener_or_redis_affects_only_that_instance(
+    database: str, start_gateway: Any, redis_url: str, redis_prefix: str
+) -> None:
+    """A cut LISTEN or Redis link degrades its own instance only; sign-outs are refused within each one's bound."""
+    primary = await asyncpg.connect(database, server_settings={"application_name": "test"})
+    await seed.create_schema(primary)
+    await install_triggers(database)
+    listen, cache = await Proxy(database).start(), await Proxy(redis_url).start()
+    redis_path = urlsplit(redis_url).path
+    env = {
+        "DATABASE_URL": database,
+        "REDIS_URL": redis_url,
+        "GATEWAY_REDIS_PREFIX": redis_prefix,
+        "GATEWAY_POOL_MAX_SIZE": "2",
+        "GATEWAY_REDIS_TIMEOUT_S": "1",  # a busy machine's slow answer is not the outage under test
+    }
+    try:
+        # The proxies run on this test's loop, which a blocking wait for readiness would stall.
+        steady = start_gateway(env, workers=WORKERS, ready=False)
+        deaf_env = {"GATEWAY_LISTEN_DATABASE_URL": listen.dsn(), "GATEWAY_L1_TTL_S": str(DEAF_L1_TTL_S)}
+        deaf = start_gateway(env | deaf_env, workers=WORKERS, ready=False)
+        cache_url = urlunsplit(("redis", f"127.0.0.1:{cache.port}", redis_path, "", ""))
+        cacheless = start_gateway(env | {"REDIS_URL": cache_url}, workers=WORKERS, ready=False)
+        servers = [steady, deaf, cacheless]
+        for server in servers:
+            await eventually(functools.partial(_listening, server), within=20)
+        async with Warm(servers) as warm:
+            await _deaf_instance(primary, warm, listen, (steady, deaf, cacheless))
+            in_redis = functools.partial(_in_redis, redis_url, redis_prefix)
+            await _cacheless_instance(primary, warm, cache, (steady, deaf, cacheless), in_redis)
+    finally:
+        await listen.close()
+        await cache.close()
+        await primary.close()
+
+
+async def _deaf_instance(
+    primary: asyncpg.Connection, warm: Warm, listen: Proxy, servers: tuple[Server, Server, Server]
+) -> None:
+    """Cut the middle instance's LISTEN link: it alone degrades, and refuses sign-outs within its LRU's TTL."""
+    steady, deaf, cacheless = servers
+    uid = await seed.create_user(primary, email="deaf@example.com")
+    early, later = [await seed.create_session(primary, uid) for _ in range(2)]
+    for token in (early, later):
+        assert await warm.codes(token) == {200}
+    listen.cut()
+    await eventually(lambda: _all_degraded(deaf, "listener"), within=5)
+    assert all([await every_worker_listening(s.url) for s in (steady, cacheless)])
+    # A sign-out: refused by the others within 100 ms, by the deaf one once its LRU's entry expires.
+    await primary.execute('delete from "session" where token = $1', early)
+    await asyncio.sleep(REVOKED_WITHIN_S)  # the bound itself, as in the test above
+    assert await warm.codes(early, [steady, cacheless]) == {401}, "the others missed a sign-out"
+    await eventually(lambda: _codes_are(warm, early, [deaf], 401), within=DEAF_L1_TTL_S + 1)
+    assert await _all_degraded(deaf, "listener"), "the listener came back: the fallback bound was not tested"
+    # Another, with the deaf instance's LRU freshly filled; then its listener reconnects and
+    # flushes (for what it missed while away): refused everywhere.
+    assert await warm.codes(later) == {200}
+    await primary.execute('delete from "session" where token = $1', later)
+    await asyncio.sleep(REVOKED_WITHIN_S)
+    assert await warm.codes(later, [steady, cacheless]) == {401}, "the others missed a sign-out"
+    listen.restore()
+    await eventually(functools.partial(every_worker_listening, deaf.url), within=10)
+    assert await warm.codes(later) == {401}, "a sign-out missed while away survived the reconnect"
+
+
+async def _cacheless_instance(
+    primary: asyncpg.Connection,
+    warm: Warm,
+    cache: Proxy,
+    servers: tuple[Server, Server, Server],
+    in_redis: Callable[[str], Awaitable[None]],
+) -> None:
+    """Cut the last instance's Redis link: it serves from Postgres, degraded; the others keep using Redis."""
+    steady, deaf, cacheless = servers
+    uid = await seed.create_user(primary, email="cacheless@example.com")
+    kept = await seed.create_session(primary, uid)
+    assert await warm.codes(kept) == {200}
+    cache.cut()
+    await eventually(lambda: _all_degraded(cacheless, "redis"), within=5)
+    assert all([await _all_ok(s, "redis") for s in (steady, deaf)])
+    fresh = await seed.create_session(primary, uid)  # in no cache yet
+    assert await on_every_instance([cacheless], fresh) == {200}, "Redis down must not refuse a valid session"
+    assert await on_every_instance([steady, deaf], fresh) == {200}
+    await in_redis(fresh)  # filled by the others
+    # Revocation still reaches every instance within 100 ms.
+    await primary.execute('delete from "session" where token = $1', kept)
+    await asyncio.sleep(REVOKED_WITHIN_S)
+    assert await warm.codes(kept) == {401}, "a sign-out was not refused everywhere within 100 ms"
+
+
+async def _readiness(server: Server, probes: int = 16) -> list[httpx.Response]:
+    """``/readyz`` asked on fresh connections (spread over the workers)."""
+
+    async def one() -> httpx.Response:
+        async with httpx.AsyncClient(timeout=5) as c:
+            return await c.get(server.url + "/readyz")
+
+    return list(await asyncio.gather(*(one() for _ in range(probes))))
+
+
+async def _all_degraded(server: Server, part: str) -> bool:
+    """Whether every worker is ready (200) with ``part`` degraded."""
+    return all(r.status_code == 200 and part in r.json()["degraded"] for r in await _readiness(server))
+
+
+async def _all_ok(server: Server, part: str) -> bool:
+    """Whether every worker is ready (200) with ``part`` fine."""
+    return all(r.status_code == 200 and part in r.json()["ok"] for r in await _readiness(server))
+
+
+async def _listening(server: Server) -> bool:
+    """Whether the server is up and every worker's listener connected (its first connect flushes)."""
+    assert server.proc.poll() is None, server.output()
+    try:
+        return await every_worker_listening(server.url)
+    except httpx.TransportError:  # not up yet
+        return False
+
+
+async def _codes_are(warm: Warm, token: str, among: Sequence[Server], code: int) -> bool:
+    return await warm.codes(token, among) == {code}
+
+
+async def _in_redis(url: str, prefix: str, token: str) -> None:
+    """Wait until another process's background write put ``token``'s session in Redis."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        await eventually(lambda: client.exists(f"{prefix}:v2:s:{token_hash(token)}"), within=3)
+    finally:
+        await client.aclose()
 
 
 async def _connect(dsn: str) -> asyncpg.Connection | None:
