@@ -161,8 +161,10 @@ class Listener:
                     await conn.execute("SELECT 1", timeout=self._timeout_s)  # raises if the link is dead
 
     async def _flush(self) -> None:
-        await self._invalidator.flush()
+        # Told first: the flush awaits the shared tier (a Redis round trip, up to its timeout), and
+        # lookups in that window must already distrust what the flush is about (a replica's rows).
         self._on_flush()
+        await self._invalidator.flush()
 
     async def _check_triggers(self, conn: asyncpg.Connection) -> None:
         found = await conn.fetchval(INSTALLED_SQL, installed_names(), timeout=self._timeout_s)

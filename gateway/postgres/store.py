@@ -66,6 +66,7 @@ class Store:
         self._doubt: Callable[[str, str], bool] = lambda _digest, _user: False
         self._distrusted = False  # every replica hit is checked, until the replica caught up
         self._caught_up_to: str | None = None  # the primary's WAL position to catch up to
+        self._distrusts = 0  # distrust_replica calls: a check begun before the latest one proves nothing
         self._query: Query | None = None
         self._query_lock = asyncio.Lock()
         self.queries = 0  # lookups sent to Postgres, for tests and metrics
@@ -102,6 +103,7 @@ class Store:
         Called after each flush: revocations whose notifications were missed are committed by now.
         """
         self._distrusted, self._caught_up_to = True, None
+        self._distrusts += 1
 
     async def fetch(self, token: str) -> Session | None:
         """Return the session whose token is ``token`` joined to its user, or ``None``.
@@ -140,11 +142,14 @@ class Store:
 
     async def _caught_up(self) -> bool:
         """Whether the replica has replayed the primary's WAL as of the last flush (or later)."""
-        target = self._caught_up_to
+        distrusts, target = self._distrusts, self._caught_up_to
         if target is None:
-            target = self._caught_up_to = await (await _get(self._primary)).run(_wal_position)
+            target = await (await _get(self._primary)).run(_wal_position)
+            if distrusts != self._distrusts:  # read before a newer flush: not as of it
+                return False
+            self._caught_up_to = target
         replayed = await (await _get(self._read)).run(lambda conn: _replayed(conn, target))
-        if replayed and self._caught_up_to == target:  # not distrusted again meanwhile
+        if replayed and distrusts == self._distrusts:  # not distrusted again meanwhile
             self._distrusted = False
         return replayed
 
