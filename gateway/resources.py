@@ -185,7 +185,7 @@ def _postgres_listener(settings: Settings, store: Store, tiers: Tiers, metrics: 
     if settings.read_database_url is None:
         return Listener(settings, tiers, metrics)
     store.doubt_with(tiers.revoked_lately)  # revoked lately: the replica may not show it yet
-    return Listener(settings, tiers, metrics, on_flush=store.distrust_replica)
+    return Listener(settings, tiers, metrics, on_flush=partial(store.distrust_replica, _revoked_for_s(settings)))
 
 
 def create_app() -> App:

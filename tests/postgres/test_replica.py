@@ -245,3 +245,48 @@ async def test_replica_hits_are_distrusted_while_the_reconnect_flush_is_under_wa
             assert (await res.decider.decide(cred(token))).reason is Reason.unknown_session
     finally:
         await proxy.close()
+
+
+async def test_a_replica_that_caught_up_vouches_for_no_other(cluster: Replication, pair: Pair) -> None:
+    """Red team (issue 17), B: after a flush, one server's replay position says nothing of another's.
+
+    ``GATEWAY_READ_DATABASE_URL`` may name a reader endpoint (a load balancer, a DNS name, a
+    PgBouncer with several hosts) whose connections reach different replicas. The check after a
+    listener outage ran on one connection and then trusted every replica: a lookup on a second,
+    lagging one served a sign-out nobody heard.
+    """
+    await install_triggers(pair.primary_dsn)
+    token = await seed.create_session(pair.primary, await seed.create_user(pair.primary, email="lb@example.com"))
+    other = await seed.create_session(pair.primary, await seed.create_user(pair.primary, email="lb2@example.com"))
+    name = pair.primary_dsn.rsplit("/", 1)[1]
+    lagging_dsn = with_database(f"postgresql://postgres@127.0.0.1:{cluster.add_replica()}/postgres", name)
+    lagging = await eventually(lambda: _connect(lagging_dsn))
+    await caught_up(pair.primary, pair.replica)
+    await caught_up(pair.primary, lagging)
+    reader, listen = await Proxy(pair.replica_dsn).start(), await Proxy(pair.primary_dsn).start()
+    env = {"GATEWAY_READ_DATABASE_URL": reader.dsn(), "GATEWAY_LISTEN_DATABASE_URL": listen.dsn()}
+    try:
+        async with pair.gateway(env=env) as res:
+            listener, store = res.listener, res.store
+            assert listener is not None
+            assert store is not None
+            await listening(pair, res)
+            listen.cut()
+            await eventually(lambda: not listener.connected)
+            await pause_replay(lagging)
+            await pair.primary.execute('delete from "session" where token = $1', token)  # nobody hears it
+            await caught_up(pair.primary, pair.replica)  # the first replica has it; the second lags
+            listen.restore()
+            await listening(pair, res)  # flushed: replica hits are checked until caught up
+            assert (await res.decider.decide(cred(other))).reason is Reason.ok  # checked on the first replica
+            reader.retarget(lagging_dsn)  # new connections reach the lagging one
+            connections = store.pool_sizes()[0]  # the replica's and the primary's
+            reader.cut()
+            reader.restore()
+            await eventually(lambda: store.pool_sizes()[0] < connections)  # the pool saw the replica's go
+            assert (await res.decider.decide(cred(token))).reason is Reason.unknown_session
+    finally:
+        await resume_replay(lagging)
+        await lagging.close()
+        await reader.close()
+        await listen.close()
