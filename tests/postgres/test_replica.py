@@ -260,9 +260,9 @@ async def test_a_replica_that_caught_up_vouches_for_no_other(cluster: Replicatio
     other = await seed.create_session(pair.primary, await seed.create_user(pair.primary, email="lb2@example.com"))
     name = pair.primary_dsn.rsplit("/", 1)[1]
     lagging_dsn = with_database(f"postgresql://postgres@127.0.0.1:{cluster.add_replica()}/postgres", name)
-    lagging = await eventually(lambda: _connect(lagging_dsn))
-    await caught_up(pair.primary, pair.replica)
-    await caught_up(pair.primary, lagging)
+    lagging = await eventually(lambda: _connect(lagging_dsn), within=60)
+    await caught_up(pair.primary, pair.replica, within=60)  # a base backup just ran: a loaded machine takes a while
+    await caught_up(pair.primary, lagging, within=60)
     reader, listen = await Proxy(pair.replica_dsn).start(), await Proxy(pair.primary_dsn).start()
     env = {"GATEWAY_READ_DATABASE_URL": reader.dsn(), "GATEWAY_LISTEN_DATABASE_URL": listen.dsn()}
     try:
