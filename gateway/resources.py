@@ -195,7 +195,13 @@ def _postgres_listener(settings: Settings, store: Store, tiers: Tiers, metrics: 
     if settings.read_database_url is None:
         return Listener(settings, tiers, metrics, on_triggers=on_triggers)
     store.doubt_with(tiers.revoked_lately)  # revoked lately: the replica may not show it yet
-    return Listener(settings, tiers, metrics, on_flush=store.distrust_replica, on_triggers=on_triggers)
+    return Listener(
+        settings,
+        tiers,
+        metrics,
+        on_flush=partial(store.distrust_replica, _revoked_for_s(settings)),
+        on_triggers=on_triggers,
+    )
 
 
 def create_app() -> App:

@@ -168,8 +168,10 @@ class Listener:
                     await self._flush()
 
     async def _flush(self) -> None:
-        await self._invalidator.flush()
+        # Told first: the flush awaits the shared tier (a Redis round trip, up to its timeout), and
+        # lookups in that window must already distrust what the flush is about (a replica's rows).
         self._on_flush()
+        await self._invalidator.flush()
 
     async def _check_triggers(self, conn: asyncpg.Connection) -> bool:
         """Read whether this version's triggers are in place; tell ``on_triggers``; whether that changed."""

@@ -10,9 +10,11 @@ lags its primary, so what it says is checked there before it can hurt:
   epoch logic lets cache) would read the row back. So a hit whose token or user was heard revoked
   lately (``doubt_with``) is read again on the primary, whose answer wins.
 - **After a flush** (the listener reconnected: notifications may have been missed, and the
-  replica may still show what they were about), every hit is read again on the primary until the
-  replica has replayed the primary's WAL as of then (``distrust_replica``): one LSN comparison
-  per batch until it has, usually the first.
+  replica may still show what they were about), every batch first asks its own connection whether
+  its server has replayed the primary's WAL as of then, and a hit read where it has not is read
+  again on the primary (``distrust_replica``): one LSN comparison per batch, on the connection
+  that reads, for as long as the tiers remember a revocation. One server's answer says nothing of
+  another's: the URL may be a reader endpoint whose connections reach different replicas.
 
 So replica lag can cost a query, never refuse a fresh session nor revive a revoked one, as long
 as the lag stays under the time the tiers remember a revocation (at least 10 s).
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.errors import SchemaMismatch, StoreUnavailable
@@ -64,8 +67,9 @@ class Store:
         self._read: LazyPool | None = None
         self._primary: LazyPool | None = None  # only with a replica
         self._doubt: Callable[[str, str], bool] = lambda _digest, _user: False
-        self._distrusted = False  # every replica hit is checked, until the replica caught up
-        self._caught_up_to: str | None = None  # the primary's WAL position to catch up to
+        self._distrusted_until = 0.0  # until then (monotonic), each read checks its server has replayed...
+        self._caught_up_to: str | None = None  # ...the primary's WAL position as of the last flush
+        self._distrusts = 0  # distrust_replica calls: a check begun before the latest one proves nothing
         self._query: Query | None = None
         self._query_lock = asyncio.Lock()
         self.queries = 0  # lookups sent to Postgres, for tests and metrics
@@ -96,12 +100,14 @@ class Store:
         """Have replica hits whose ``doubt(token_digest, user_id)`` is true read again on the primary."""
         self._doubt = doubt
 
-    def distrust_replica(self) -> None:
-        """Read every replica hit again on the primary until the replica has replayed the primary's WAL as of now.
+    def distrust_replica(self, for_s: float = 10.0) -> None:
+        """For ``for_s``, read a replica hit again on the primary unless its server showed the primary's WAL as of now.
 
-        Called after each flush: revocations whose notifications were missed are committed by now.
+        Called at each flush: revocations whose notifications were missed are committed by now.
+        ``for_s``: how long the tiers remember a revocation, the lag the replica is assumed to keep under.
         """
-        self._distrusted, self._caught_up_to = True, None
+        self._distrusted_until, self._caught_up_to = time.monotonic() + for_s, None
+        self._distrusts += 1
 
     async def fetch(self, token: str) -> Session | None:
         """Return the session whose token is ``token`` joined to its user, or ``None``.
@@ -118,17 +124,16 @@ class Store:
             StoreUnavailable: Postgres (the replica, or the primary when asked) did not answer in time.
         """
         self.queries += 1
-        found = await self._lookup(self._read, tokens)
         if self._primary is None:
-            return found
+            return (await self._lookup(self._read, tokens))[0]
+        found, replayed = await self._lookup(self._read, tokens, await self._replay_target())
         missed = [token for token in tokens if token not in found]
-        distrusted = bool(found) and self._distrusted and not await self._caught_up()
-        doubted = [token for token, session in found.items() if distrusted or self._doubted(token, session)]
+        doubted = [token for token, session in found.items() if not replayed or self._doubted(token, session)]
         if not missed and not doubted:
             return found
         self.primary_retries += 1
         self._event("replica_retry")
-        fresh = await self._lookup(self._primary, missed + doubted)
+        fresh, _ = await self._lookup(self._primary, missed + doubted)
         for token in doubted:  # the primary's answer wins, absent or not
             del found[token]
         if any(token in fresh for token in missed):
@@ -138,25 +143,33 @@ class Store:
     def _doubted(self, token: str, session: Session) -> bool:
         return self._doubt(token_hash(token), session.user_id)
 
-    async def _caught_up(self) -> bool:
-        """Whether the replica has replayed the primary's WAL as of the last flush (or later)."""
-        target = self._caught_up_to
-        if target is None:
-            target = self._caught_up_to = await (await _get(self._primary)).run(_wal_position)
-        replayed = await (await _get(self._read)).run(lambda conn: _replayed(conn, target))
-        if replayed and self._caught_up_to == target:  # not distrusted again meanwhile
-            self._distrusted = False
-        return replayed
+    async def _replay_target(self) -> str | None:
+        """The primary's WAL position as of the last flush, while replica reads must show it; else ``None``."""
+        while self._distrusted_until > time.monotonic():
+            distrusts, target = self._distrusts, self._caught_up_to
+            if target is None:
+                target = await (await _get(self._primary)).run(_wal_position)
+            if distrusts == self._distrusts:  # else read before a newer flush: not as of it
+                self._caught_up_to = target
+                return target
+        return None
 
-    async def _lookup(self, pool: LazyPool | None, tokens: Sequence[str]) -> dict[str, Session]:
-        async def lookup(conn: asyncpg.Connection) -> dict[str, Session]:
+    async def _lookup(
+        self, pool: LazyPool | None, tokens: Sequence[str], target: str | None = None
+    ) -> tuple[dict[str, Session], bool]:
+        """The sessions found, and whether the server had replayed ``target`` first (asked on the same connection)."""
+
+        async def lookup(conn: asyncpg.Connection) -> tuple[dict[str, Session], bool]:
+            # Before the read, on its connection (in its transaction through a pooler): the read
+            # then shows at least what this server had replayed.
+            replayed = target is None or await _replayed(conn, target)
             query = self._query or await self._load_query(conn)
             if len(tokens) == 1:
                 row = await conn.fetchrow(query.sql, tokens[0])
                 found = None if row is None else row_session(query, row, 0)
-                return {} if found is None else {tokens[0]: found}
+                return ({} if found is None else {tokens[0]: found}), replayed
             rows = await conn.fetch(query.batch_sql, list(tokens))
-            return {row[0]: found for row in rows if (found := row_session(query, row, 1)) is not None}
+            return {row[0]: found for row in rows if (found := row_session(query, row, 1)) is not None}, replayed
 
         return await (await _get(pool)).run(lookup)
 

@@ -194,3 +194,99 @@ async def test_after_a_listener_outage_replica_hits_are_checked_on_the_primary(p
 def _event(res: Resources, name: str) -> float:
     value = res.metrics.registry.get_sample_value("gateway_events_total", {"event": name})
     return value or 0.0
+
+
+async def test_replica_hits_are_distrusted_while_the_reconnect_flush_is_under_way(
+    pair: Pair, redis_url: str, redis_prefix: str
+) -> None:
+    """Red team (issue 17), A: the replica is distrusted from the start of a reconnect's flush, not its end.
+
+    With Redis, the flush awaits the generation bump (a Redis round trip, up to
+    ``GATEWAY_REDIS_TIMEOUT_S`` when Redis is slow). The LRU is already empty then; a lookup in that
+    window went to the lagging replica, still trusted, and a sign-out made while the listener was
+    away was served. The bump is held here (real Redis, released after) to make the window certain.
+    """
+    import asyncio  # noqa: PLC0415
+
+    await install_triggers(pair.primary_dsn)
+    token = await seed.create_session(pair.primary, await seed.create_user(pair.primary, email="mid@example.com"))
+    other = await seed.create_session(pair.primary, await seed.create_user(pair.primary, email="other@example.com"))
+    await caught_up(pair.primary, pair.replica)
+    proxy = await Proxy(pair.primary_dsn).start()
+    env = {"GATEWAY_LISTEN_DATABASE_URL": proxy.dsn(), "REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": redis_prefix}
+    try:
+        async with pair.gateway(env=env) as res:
+            listener, redis, store = res.listener, res.redis, res.store
+            assert listener is not None
+            assert redis is not None
+            assert store is not None
+            await listening(pair, res)
+            assert (await res.decider.decide(cred(other))).reason is Reason.ok
+            assert store.primary_retries == 0  # caught up since the first flush: the replica is trusted
+            proxy.cut()
+            await eventually(lambda: not listener.connected)
+            await pause_replay(pair.replica)
+            await pair.primary.execute('delete from "session" where token = $1', token)  # nobody hears it
+            bump, entered, release = redis.bump_generation, asyncio.Event(), asyncio.Event()
+
+            async def held_bump() -> bool:
+                entered.set()
+                await release.wait()
+                return await bump()
+
+            redis.bump_generation = held_bump  # type: ignore[method-assign]
+            proxy.restore()
+            await entered.wait()  # the reconnect's flush is under way: the LRU is empty, the bump not done
+            try:
+                assert (await res.decider.decide(cred(token))).reason is Reason.unknown_session
+            finally:
+                release.set()
+            await listening(pair, res)
+            assert (await res.decider.decide(cred(token))).reason is Reason.unknown_session
+    finally:
+        await proxy.close()
+
+
+async def test_a_replica_that_caught_up_vouches_for_no_other(cluster: Replication, pair: Pair) -> None:
+    """Red team (issue 17), B: after a flush, one server's replay position says nothing of another's.
+
+    ``GATEWAY_READ_DATABASE_URL`` may name a reader endpoint (a load balancer, a DNS name, a
+    PgBouncer with several hosts) whose connections reach different replicas. The check after a
+    listener outage ran on one connection and then trusted every replica: a lookup on a second,
+    lagging one served a sign-out nobody heard.
+    """
+    await install_triggers(pair.primary_dsn)
+    token = await seed.create_session(pair.primary, await seed.create_user(pair.primary, email="lb@example.com"))
+    other = await seed.create_session(pair.primary, await seed.create_user(pair.primary, email="lb2@example.com"))
+    name = pair.primary_dsn.rsplit("/", 1)[1]
+    lagging_dsn = with_database(f"postgresql://postgres@127.0.0.1:{cluster.add_replica()}/postgres", name)
+    lagging = await eventually(lambda: _connect(lagging_dsn), within=60)
+    await caught_up(pair.primary, pair.replica, within=60)  # a base backup just ran: a loaded machine takes a while
+    await caught_up(pair.primary, lagging, within=60)
+    reader, listen = await Proxy(pair.replica_dsn).start(), await Proxy(pair.primary_dsn).start()
+    env = {"GATEWAY_READ_DATABASE_URL": reader.dsn(), "GATEWAY_LISTEN_DATABASE_URL": listen.dsn()}
+    try:
+        async with pair.gateway(env=env) as res:
+            listener, store = res.listener, res.store
+            assert listener is not None
+            assert store is not None
+            await listening(pair, res)
+            listen.cut()
+            await eventually(lambda: not listener.connected)
+            await pause_replay(lagging)
+            await pair.primary.execute('delete from "session" where token = $1', token)  # nobody hears it
+            await caught_up(pair.primary, pair.replica)  # the first replica has it; the second lags
+            listen.restore()
+            await listening(pair, res)  # flushed: replica hits are checked until caught up
+            assert (await res.decider.decide(cred(other))).reason is Reason.ok  # checked on the first replica
+            reader.retarget(lagging_dsn)  # new connections reach the lagging one
+            connections = store.pool_sizes()[0]  # the replica's and the primary's
+            reader.cut()
+            reader.restore()
+            await eventually(lambda: store.pool_sizes()[0] < connections)  # the pool saw the replica's go
+            assert (await res.decider.decide(cred(token))).reason is Reason.unknown_session
+    finally:
+        await resume_replay(lagging)
+        await lagging.close()
+        await reader.close()
+        await listen.close()

@@ -77,6 +77,18 @@ class Replication:
             self.stop()
             raise
 
+    def add_replica(self) -> int:
+        """Start another streaming replica of the primary; return its port."""
+        port, data = _free_port(), self.root / f"replica{len(self._started)}"
+        self._run(
+            "pg_basebackup",
+            *("-h", "127.0.0.1", "-p", str(self.primary_port), "-U", "postgres"),
+            *("-D", str(data), "-R", "-X", "stream", "-c", "fast"),
+        )
+        self._append(data / "postgresql.conf", f"port = {port}\nhot_standby = on\n")
+        self._start(data)
+        return port
+
     def dsn(self, *, replica: bool = False, database: str = "postgres") -> str:
         """A DSN for the primary (or the replica)."""
         port = self.replica_port if replica else self.primary_port

@@ -35,6 +35,11 @@ class Proxy:
         user = parts.username or "postgres"
         return urlunsplit(("postgresql", f"{user}@127.0.0.1:{self.port}", parts.path, "", ""))
 
+    def retarget(self, dsn: str) -> None:
+        """Send new connections to another Postgres (TCP), as a load balancer or a moved DNS name does."""
+        parts = urlsplit(dsn)
+        self._unix, self._target = None, (parts.hostname or "127.0.0.1", parts.port or 5432)
+
     def cut(self) -> None:
         """Drop every live connection and refuse new ones, as a dead link would."""
         self.open = False
