@@ -85,6 +85,7 @@ class Tiers:
         self.revocations = Revocations(clock, revoked_for_s, revoked_max_entries)
         self._ttl_s = self._configured_ttl_s = ttl_s
         self._bounded = False  # the shared tier bypassed (``bound_staleness``)
+        self._flushing = 0  # flushes waiting on the shared cache's bump: it is trusted for nothing meanwhile
         # A negative entry must not outlive a positive one (a session created meanwhile).
         self._negative_ttl_s = min(negative_ttl_s, ttl_s)
         self._source: Batcher[str, Session] = Batcher(self._timed(source.fetch_many), batch_max_size)
@@ -140,12 +141,16 @@ class Tiers:
         return await self._flights.run(token, hashed, lambda since: self._load(token, hashed, since), self._joined)
 
     async def _load(self, token: str, digest: str, since: int) -> Session | None:
-        if self.shared is None or self._bounded:
+        if self.shared is None or self._bounded or self._flushing:
             return await self._from_source(token)
         found = await self.shared.get(digest)
         if found is None:
             self.metrics.lookup("redis", "error")
-        elif found.session is not None and not self.revocations.lately(digest, found.session.user_id):
+        elif (
+            found.session is not None
+            and not self._flushing
+            and not self.revocations.lately(digest, found.session.user_id)
+        ):
             self.metrics.lookup("redis", "hit")
             return found.session
         else:
@@ -245,7 +250,13 @@ class Tiers:
         self.metrics.event("invalidation_flush")
         self._clear()
         if self.shared is not None:
-            await self.shared.bump_generation()
+            # Until the bump lands, the shared cache still holds what the missed notifications were
+            # about: no lookup trusts it meanwhile (red team of issue 17, C).
+            self._flushing += 1
+            try:
+                await self.shared.bump_generation()
+            finally:
+                self._flushing -= 1
             self._clear()  # what was read from the shared cache while the bump was on its way
 
     def _clear(self) -> None:

@@ -246,6 +246,35 @@ async def test_a_flush_forgets_everything_here_and_retires_the_shared_cache() ->
     assert world.source.queries == 2  # the shared value was retired
 
 
+async def test_a_flush_under_way_trusts_no_shared_value() -> None:
+    """Red team (issue 17) C: while a flush's bump is on its way, a value from before it answers nothing.
+
+    A flush says notifications may have been missed; the bump that retires what the shared cache
+    held may take up to its time budget. A lookup in between read a value from before it: a
+    session signed out while nobody listened was served. The source answers instead.
+    """
+    world = World()
+    assert world.shared is not None
+    await world.decide()  # alice's session now in the shared cache
+    del world.source.sessions[TOKEN]  # signed out while the listener was away: nobody heard it
+    world.tiers.l1.clear()
+    held = asyncio.Event()
+    bump = world.shared.bump_generation
+
+    async def slow_bump() -> bool:
+        await held.wait()
+        return await bump()
+
+    world.shared.bump_generation = slow_bump  # type: ignore[method-assign]
+    flushing = asyncio.ensure_future(world.tiers.flush())
+    await asyncio.sleep(0)  # the flush is waiting on its bump
+    assert not flushing.done()
+    assert await world.decide() is None
+    held.set()
+    await flushing
+    assert await world.decide() is None
+
+
 async def test_an_overflowing_revocation_memory_sends_every_lookup_to_the_source() -> None:
     """More revocations in force than remembered: no shared value is trusted until the dropped one lapses."""
     world = World(revoked_max_entries=10, revoked_for_s=60.0)
