@@ -77,9 +77,11 @@ class Answer(NamedTuple):
     body: bytes | None = None  # None: an empty response (forward auth)
 
 
+_NOT_OPEN = "the gateway's resources are not open: __rsgi_init__/open() has not run"
+
+
 def _not_open(_: str) -> Entry | None:
-    msg = "the gateway's resources are not open: __rsgi_init__/open() has not run"
-    raise RuntimeError(msg)
+    raise RuntimeError(_NOT_OPEN)
 
 
 class Pipeline:
@@ -103,8 +105,7 @@ class Pipeline:
     def parts(self) -> Parts:
         """The open parts; using them before ``bind`` is a bug, said precisely."""
         if self._parts is None:
-            msg = "the gateway's resources are not open: __rsgi_init__/open() has not run"
-            raise RuntimeError(msg)
+            raise RuntimeError(_NOT_OPEN)
         return self._parts
 
     def find(self, headers: Headers, authorization: str | None) -> Credential | None:
