@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
 from gateway.http.rules_file import RulesFile
@@ -19,7 +21,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     import asyncpg
-    import httpx
 
     from tests.support.server import Server
 
@@ -56,6 +57,18 @@ def _lines(server: Server, message: str) -> int:
     return sum(message in line for line in server.output().splitlines())
 
 
+async def _every_worker_open(server: Server, workers: int = 2) -> bool:
+    """Whether every worker has opened (its listener connected): each loaded the rules file first.
+
+    A worker still starting when the file changes loads the new file and has nothing to reload:
+    the counts below assume both loaded the first one.
+    """
+    async with httpx.AsyncClient(timeout=5) as c:
+        text = (await c.get(server.url + "/metrics")).text
+    found = re.search(r'^gateway_events_total\{event="listener_connect"\} ([\d.e+]+)$', text, re.MULTILINE)
+    return found is not None and float(found.group(1)) >= workers
+
+
 async def _everywhere(server: Server, headers: dict[str, str], status: int) -> bool:
     """Whether requests spread over the workers all get ``status``."""
     return await statuses(server.url, headers) == {status}
@@ -67,7 +80,8 @@ async def test_a_change_applies_on_every_worker_and_a_broken_file_keeps_the_poli
     """A ConfigMap swap and an in-place write apply on both workers; a broken file is refused by each, logged once."""
     rules = _kubernetes_volume(tmp_path, ADMINS)
     env = {"DATABASE_URL": database, "GATEWAY_RULES_FILE": str(rules), "GATEWAY_PROXY": "nginx"}
-    gw = start_gateway(env | {"GATEWAY_RULES_RELOAD_S": "0.1"}, workers=2)
+    gw = start_gateway(env | {"GATEWAY_RULES_RELOAD_S": "0.1", "GATEWAY_METRICS_FLUSH_S": "0.1"}, workers=2)
+    await eventually(lambda: _every_worker_open(gw), within=20)
     user = ADMIN_PAGE | cookie(token)
     r = await client.get(gw.url + "/validate", headers=user)
     assert (r.status_code, r.headers.get("x-auth-reason")) == (403, "forbidden")
@@ -106,7 +120,8 @@ async def test_sighup_reloads_every_worker_in_place(
     rules = tmp_path / "rules.toml"
     rules.write_bytes(ADMINS)
     env = {"DATABASE_URL": database, "GATEWAY_RULES_FILE": str(rules), "GATEWAY_PROXY": "nginx"}
-    gw = start_gateway(env | {"GATEWAY_RULES_RELOAD_S": "0"}, workers=2)
+    gw = start_gateway(env | {"GATEWAY_RULES_RELOAD_S": "0", "GATEWAY_METRICS_FLUSH_S": "0.1"}, workers=2)
+    await eventually(lambda: _every_worker_open(gw), within=20)
     user = ADMIN_PAGE | cookie(token)
     assert await _everywhere(gw, user, 403)
 
