@@ -64,14 +64,18 @@ print(json.dumps([identity.user.id, identity.user.roles, by_cookie == identity, 
 
 
 def names(python: Path, cwd: Path) -> set[str]:
-    """The distributions installed for ``python``, as normalised names (``prometheus_client`` -> ``prometheus-client``)."""
-    out = subprocess.run([python, "-c", LIST], cwd=cwd, capture_output=True, text=True, check=True, timeout=60)
+    """The distributions installed for ``python``, normalised (``prometheus_client`` -> ``prometheus-client``)."""
+    out = subprocess.run(  # noqa: S603  (our own interpreters and pip, fixed arguments)
+        [python, "-c", LIST], cwd=cwd, capture_output=True, text=True, check=True, timeout=60
+    )
     return {name.lower().replace("_", "-").replace(".", "-") for name in json.loads(out.stdout)}
 
 
 def run(python: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """``python args...`` in ``cwd`` (outside the repository: nothing of it is importable from there)."""
-    return subprocess.run([python, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=60)
+    return subprocess.run(  # noqa: S603  (our own interpreters and pip, fixed arguments)
+        [python, *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=60
+    )
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +83,15 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """``(python, cwd)``: a new virtual environment holding the client, installed alone from clients/python."""
     where = tmp_path_factory.mktemp("fresh")
     venv = where / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
+    subprocess.run(  # noqa: S603  (our own interpreters and pip, fixed arguments)
+        [sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120
+    )
     python = venv / "bin" / "python"
     # This environment's pip installs into the new one (--python): not editable, built from the path.
     install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", str(CLIENT)]
-    done = subprocess.run(install, capture_output=True, text=True, check=False, timeout=600)
+    done = subprocess.run(  # noqa: S603  (our own interpreters and pip, fixed arguments)
+        install, capture_output=True, text=True, check=False, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return python, where
 
@@ -123,11 +131,15 @@ async def test_the_installed_client_asks_a_real_gateway(
 def test_the_extras_pull_in_none_of_the_servers_dependencies(tmp_path: Path) -> None:
     """``[fastapi,starlette]``: what pip would install holds FastAPI and Starlette, and nothing of the server."""
     python = tmp_path / "venv" / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", tmp_path / "venv"], check=True, timeout=120)
+    subprocess.run(  # noqa: S603  (our own interpreters and pip, fixed arguments)
+        [sys.executable, "-m", "venv", "--without-pip", tmp_path / "venv"], check=True, timeout=120
+    )
     report = tmp_path / "report.json"
     resolve = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--dry-run"]
     resolve += ["--ignore-installed", "--report", str(report), f"{CLIENT}[fastapi,starlette]"]
-    done = subprocess.run(resolve, capture_output=True, text=True, check=False, timeout=600)
+    done = subprocess.run(  # noqa: S603  (our own interpreters and pip, fixed arguments)
+        resolve, capture_output=True, text=True, check=False, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     planned = {item["metadata"]["name"].lower().replace("_", "-") for item in json.loads(report.read_text())["install"]}
     assert {"better-auth-gateway-client", "httpx", "fastapi", "starlette"} <= planned
