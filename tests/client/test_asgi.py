@@ -21,6 +21,8 @@ from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
+    from collections.abc import MutableMapping
+
     from starlette.requests import Request
     from starlette.websockets import WebSocket
 
@@ -143,9 +145,9 @@ async def test_websocket_and_lifespan_with_a_url(gateway: Server, admin: tuple[s
     uid, token = admin
     app = App(gateway.url).app
     life: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    said: list[dict[str, Any]] = []
+    said: list[MutableMapping[str, Any]] = []
 
-    async def tell(message: dict[str, Any]) -> None:
+    async def tell(message: MutableMapping[str, Any]) -> None:
         said.append(message)
 
     life.put_nowait({"type": "lifespan.startup"})
