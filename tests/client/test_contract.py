@@ -1,4 +1,4 @@
-"""The import contracts between the client and the server (pyproject.toml, ``[tool.importlinter]``) hold and bite."""
+"""The client's architecture: its import contracts with the server hold and bite; its modules stay small."""
 
 from __future__ import annotations
 
@@ -70,3 +70,13 @@ def test_the_server_importing_the_client_breaks_its_contract(project: Path) -> N
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"{SERVER_CONTRACT} BROKEN" in result.stdout
     assert "gateway.http.api -> better_auth_gateway_client.identity" in result.stdout
+
+
+def test_no_client_module_is_over_the_size_budget() -> None:
+    """No module of the client has more than 250 nonblank lines (the style's budget, as for gateway/)."""
+    package = ROOT / "clients" / "python" / "src" / "better_auth_gateway_client"
+    sizes = {
+        path.name: sum(1 for line in path.read_text().splitlines() if line.strip()) for path in package.glob("*.py")
+    }
+    assert len(sizes) > 5
+    assert {name: n for name, n in sizes.items() if n > 250} == {}

@@ -50,6 +50,10 @@ def service(gateway: GatewayClient | None, *, middleware: bool = False) -> FastA
     async def admin() -> dict[str, bool]:
         return {"admin": True}
 
+    @app.get("/admin/me", dependencies=[Depends(require_role("admin"))])
+    async def admin_me(identity: CurrentIdentity) -> dict[str, str]:
+        return {"id": identity.user.id}
+
     return app
 
 
@@ -162,6 +166,16 @@ async def test_the_middlewares_answer_is_used(gateway: Server, admin: tuple[str,
         assert counted.calls == 2
         assert (await get(app, "/me")).status_code == 401
         assert counted.calls == 2  # no credential: nothing asked
+
+
+async def test_one_call_per_request_without_the_middleware(
+    gateway: Server, admin: tuple[str, str], counted: Counted
+) -> None:
+    """require_role and CurrentIdentity on one route share one answer (FastAPI caches it per request)."""
+    uid, token = admin
+    async with GatewayClient(gateway.url, client=counted.http) as client:
+        assert (await get(service(client), "/admin/me", cookie(token))).json() == {"id": uid}
+    assert counted.calls == 1
 
 
 async def test_no_client_is_a_setup_error() -> None:
