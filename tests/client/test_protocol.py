@@ -44,6 +44,7 @@ def test_cache_keys_are_digests_that_tell_credentials_apart() -> None:
     assert key == cache_key("token", ["secret-token"])
     assert key != cache_key("fields", ["secret-token"])
     assert cache_key("fields", ["ab", "c"]) != cache_key("fields", ["a", "bc"])
+    assert cache_key("fields", ["cookie", "a\0cookie"]) != cache_key("fields", ["cookie", "a", "cookie"])
 
 
 def reply(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> httpx.Response:

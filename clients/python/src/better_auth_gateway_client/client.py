@@ -51,7 +51,7 @@ class _Asking:
         fields = protocol.credential_fields(headers, self._names)
         if not fields:
             return None
-        material = (f"{name}\0{value}" for name, value in fields)
+        material = (part for field in fields for part in field)
         key = protocol.cache_key("fields", material) if self._cache.enabled else None
         return protocol.fields_body(fields), key
 

@@ -68,10 +68,14 @@ def fields_body(fields: list[tuple[str, str]]) -> dict[str, Any]:
 
 
 def cache_key(kind: str, material: Iterable[str]) -> str:
-    """A key for what was sent: the SHA-256 of it, so that no credential is ever kept or shown as it is."""
+    """A key for what was sent: the SHA-256 of it, so that no credential is ever kept or shown as it is.
+
+    Each part is length-prefixed: no two different sequences of parts have one encoding.
+    """
     digest = hashlib.sha256(kind.encode())
     for part in material:
-        digest.update(b"\0" + part.encode("utf-8", "surrogatepass"))
+        data = part.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big") + data)
     return digest.hexdigest()
 
 
