@@ -1,6 +1,6 @@
 """Commit-to-refusal latency: how long after a revoking COMMIT every worker refuses the session.
 
-    python -m benchmarks.revocation [--workers 4] [--rounds 200] [--runs 1]
+    python -m benchmarks.revocation [--workers 4] [--rounds 200] [--runs 1] [--baseline DIR]
 
 Starts a real ``gateway serve`` (4 workers, Redis, the triggers installed) on a fresh database in
 ``GATEWAY_TEST_DATABASE_URL``'s server (default: the local Postgres) and ``GATEWAY_TEST_REDIS_URL``
@@ -15,12 +15,17 @@ Honesty: the figure can only err high. The clock starts once the DELETE has retu
 commit) and stops when the last worker's 401 is read; the time from *sending* the DELETE is kept
 beside it (``from_send``), an upper bound that includes the DELETE's own round trip. The prober
 runs on uvloop so that its own CPU, on a machine it shares with the workers, stays small.
+
+Before and after in one run: ``--baseline DIR`` (a source tree, say ``git archive main gateway |
+tar -x -C DIR``) starts a second gateway from DIR's ``gateway`` package, on a database of its own,
+and the rounds alternate between the two in blocks of ten: a noisy machine then weighs on both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -28,7 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import asyncpg
 import psutil
@@ -39,7 +44,11 @@ from tests.support.credentials import cookie_pair
 from tests.support.postgres import create_database, drop_database, install_triggers
 from tests.support.server import running_gateway
 
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
 RESULTS = Path(__file__).parent / "results"
+BLOCK = 10  # with a baseline: rounds on one gateway before the other's turn
 
 
 class Connection:
@@ -79,25 +88,59 @@ class Round(NamedTuple):
     from_send: float  # the same, from sending the DELETE: an upper bound
 
 
-async def measure(rounds: int, workers: int, warmup: int) -> list[Round]:
+@contextlib.asynccontextmanager
+async def subject(workers: int, prefix: str, baseline: Path | None) -> AsyncIterator[Callable[[], Awaitable[Round]]]:
+    """A gateway on a database of its own, with a connection to each worker: yields one round's measure.
+
+    ``baseline``: a source tree whose ``gateway`` package runs instead of this checkout's (started
+    from that directory, so that it comes first on the path).
+    """
     admin_dsn = os.environ.get("GATEWAY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     redis_url = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     dsn = await create_database(admin_dsn, "gw_bench_revocation_")
     db = await asyncpg.connect(dsn)
     await seed.create_schema(db)
     await install_triggers(dsn)
-    env = {"DATABASE_URL": dsn, "REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": "gwbench"}
+    env = {"DATABASE_URL": dsn, "REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": prefix}
+    # The probes' connections idle between rounds (and while the other gateway has its turn): the
+    # slowloris guard, which closes a connection that sends no header for this long, must not.
+    env["GATEWAY_HEADER_READ_TIMEOUT_S"] = "3600"
+    env |= {"PYTHONPATH": str(baseline)} if baseline else {}
     try:
-        with running_gateway(env, workers) as server:
+        with contextlib.chdir(baseline or Path.cwd()), running_gateway(env, workers) as server:
             await asyncio.sleep(1)  # every worker's listener connects (and flushes) once
-            procs = psutil.Process(server.proc.pid).children(recursive=True)
-            conns = await connections_per_worker(server.port, procs)
             uid = await seed.create_user(db, email="bench@example.com")
-            measured = [await one_round(db, uid, list(conns.values())) for _ in range(warmup + rounds)]
-            return measured[warmup:]
+            conns: list[Connection] = []
+
+            async def run_round() -> Round:
+                if not conns:  # on the first round: both gateways are up by then
+                    procs = psutil.Process(server.proc.pid).children(recursive=True)
+                    conns.extend((await connections_per_worker(server.port, procs)).values())
+                return await one_round(db, uid, conns)
+
+            yield run_round
     finally:
         await db.close()
         await drop_database(admin_dsn, dsn)
+
+
+async def measure(rounds: int, workers: int, warmup: int, baseline: Path | None = None) -> dict[str, list[Round]]:
+    """Rounds on this checkout's gateway (and the baseline's, alternately in blocks of ``BLOCK``)."""
+    async with contextlib.AsyncExitStack() as stack:
+        subjects = {"this checkout": await stack.enter_async_context(subject(workers, "gwbench", None))}
+        if baseline is not None:
+            subjects[f"baseline {baseline}"] = await stack.enter_async_context(
+                subject(workers, "gwbenchbase", baseline)
+            )
+        measured: dict[str, list[Round]] = {name: [] for name in subjects}
+        for run_round in subjects.values():
+            for _ in range(warmup):
+                await run_round()
+        for block, first in enumerate(range(0, rounds, BLOCK)):
+            order = list(subjects.items()) if block % 2 == 0 else list(reversed(subjects.items()))
+            for name, run_round in order:
+                measured[name] += [await run_round() for _ in range(min(BLOCK, rounds - first))]
+        return measured
 
 
 async def one_round(db: asyncpg.Connection, uid: str, conns: list[Connection]) -> Round:
@@ -118,8 +161,8 @@ async def one_round(db: asyncpg.Connection, uid: str, conns: list[Connection]) -
     return Round(last - committed, last - sent)
 
 
-def summary(rounds: list[Round], args: argparse.Namespace) -> dict[str, object]:
-    """The figures of one run, with what they were measured on."""
+def summary(name: str, rounds: list[Round], args: argparse.Namespace) -> dict[str, object]:
+    """The figures of one run of one gateway, with what they were measured on."""
 
     def ms(values: list[float], q: float) -> float:
         ordered = sorted(values)
@@ -129,6 +172,7 @@ def summary(rounds: list[Round], args: argparse.Namespace) -> dict[str, object]:
     send = [r.from_send for r in rounds]
     return {
         "benchmark": "commit to refusal on every worker",
+        "gateway": name,
         "workers": args.workers,
         "rounds": args.rounds,
         "warmup_rounds": args.warmup,
@@ -156,13 +200,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=10, help="rounds run first and not counted")
     parser.add_argument("--runs", type=int, default=1, help="separate runs, each on a fresh gateway")
+    parser.add_argument("--baseline", type=Path, help="a source tree (say, git archive of main) run alternately")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     for run in range(args.runs):
-        result = summary(uvloop.run(measure(args.rounds, args.workers, args.warmup)), args)
+        measured = uvloop.run(measure(args.rounds, args.workers, args.warmup, args.baseline))
+        result = [summary(name, rounds, args) for name, rounds in measured.items()]
         print(json.dumps(result, indent=2))
         name = f"revocation-{time.strftime('%Y%m%d-%H%M%S')}" + (f"-{run + 1}" if args.runs > 1 else "")
-        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (RESULTS / f"{name}.json").write_text(json.dumps(result[0] if len(result) == 1 else result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
