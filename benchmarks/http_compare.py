@@ -15,8 +15,9 @@ run ``--runs`` times in alternating order and the median is kept. Each figure is
 floor measured **in the same run** (these machines are shared and noisy: only ratios travel), and
 with its target. The table is printed and written to ``benchmarks/results/`` with the machine, the
 versions and the commit. ``--runs 3`` at the default 8 s takes about 12 minutes on a quiet machine
-(14 rows of about 17 s, three times, plus the setup and a cold start per run); at load average 14
-the same run took about 25 (the warm-ups slow down with the server).
+(14 rows of about 17 s, three times, plus the setup and a cold start per run); at load average 14,
+about 27 (extrapolated from a one-run, 2 s trial there that took 6.9 minutes: the warm-ups slow
+down with the server).
 
 Needs ``wrk`` and ``taskset``, Postgres (``GATEWAY_TEST_DATABASE_URL``, default the local one) and
 Redis (``GATEWAY_TEST_REDIS_URL``, default the local one).
