@@ -14,8 +14,8 @@ Every configuration is served by one process pinned to CPU 0 and loaded by wrk p
 run ``--runs`` times in alternating order and the median is kept. Each figure is compared with the
 floor measured **in the same run** (these machines are shared and noisy: only ratios travel), and
 with its target. The table is printed and written to ``benchmarks/results/`` with the machine, the
-versions and the commit. ``--runs 3`` at the default 8 s takes about 12 minutes on a quiet machine
-(14 rows of about 17 s, three times, plus the setup and a cold start per run); at load average 14,
+versions and the commit. ``--runs 3`` at the default 8 s should take about 12 minutes on a quiet machine
+(estimated: 14 rows of about 17 s, three times, plus the setup and a cold start per run); at load average 14,
 about 27 (extrapolated from a one-run, 2 s trial there that took 6.9 minutes: the warm-ups slow
 down with the server).
 
