@@ -6,8 +6,8 @@ import asyncio
 from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.core.errors import StoreUnavailable
-from gateway.postgres.connections import connect, store_errors
 from gateway.postgres.api_keys import build_key_query
+from gateway.postgres.connections import connect, store_errors
 from gateway.postgres.installer import read_status
 from gateway.postgres.schema import COLUMNS_SQL, build_query, mapping_from
 from gateway.postgres.store import PRIMARY_POOL_MAX
