@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 API_KEY_PREFIX = "k:"  # a credential key of this kind: no bearer (``bearer ``), header (``x:``) or cookie (``;``) key
 _KEY_ALPHABET = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what any key generator's output is sent as
+UNREADABLE_KEY = API_KEY_PREFIX + "unreadable"  # no hex digest: no other key's
+_UNREADABLE = "\x00"  # the value of a key field granian could not read: never passes ``check_key``
 _HTTP_WHITESPACE = " \t"  # what the Fetch Headers the plugin reads trim from a value
 
 
@@ -56,6 +58,11 @@ def api_key_credential(headers: Headers, names: tuple[str, ...]) -> Credential |
     for name in names:
         values = headers.get_all(name)
         if not values:
+            # granian gives no value for a field it cannot read as visible ASCII (a non-ASCII byte),
+            # yet lists its name: a key is there, unreadable. Refused (the plugin would refuse it
+            # too), never passed over for the session credentials beside it.
+            if name in headers.keys():  # noqa: SIM118  (RSGIHeaders has keys(), no __contains__)
+                return Credential(UNREADABLE_KEY, Kind.api_key, _UNREADABLE)
             continue
         value = ", ".join(v.strip(_HTTP_WHITESPACE) for v in values) if len(values) > 1 else values[0]
         value = value.strip(_HTTP_WHITESPACE)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from gateway.core.sessions import Reason, Session
-from gateway.credentials.api_keys import BETTER_AUTH_REFUSALS, SHORT_KEY_REFUSAL
+from gateway.credentials.api_keys import BETTER_AUTH_REFUSALS, SHORT_KEY_REFUSAL, UNREADABLE_KEY
 from gateway.http import responses
 from gateway.http.pipeline import Answer
 
@@ -36,7 +36,7 @@ def session_answer(verdict: Verdict, credential: Credential, headers: Headers, m
             Session(found.expires_at, found.banned_until, mock, found.user), verdict.token
         )
         return Answer(200, _HEADERS, reason, body)
-    short = reason is Reason.malformed and len(credential.value) < min_length
+    short = reason is Reason.malformed and len(credential.value) < min_length and credential.key != UNREADABLE_KEY
     status, code, message = (
         SHORT_KEY_REFUSAL if short else BETTER_AUTH_REFUSALS.get(reason, BETTER_AUTH_REFUSALS[Reason.malformed])
     )
