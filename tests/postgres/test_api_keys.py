@@ -1,4 +1,4 @@
-"""The API key table in Postgres: the lookup, the trigger block (what it says, what it keeps quiet), upgrade, check-config.
+"""The API key table in Postgres: the lookup, the trigger block (what it says, what not), upgrade, check-config.
 
 The table is the one ``@better-auth/api-key`` 1.7.5 migrates (its columns and types, as read from
 a real migration); tests/e2e/test_api_keys.py runs the same against the plugin itself.
