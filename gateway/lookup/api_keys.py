@@ -112,18 +112,19 @@ class ApiKeys:
             found = None if isinstance(cached, _Absent) else cached
             self._metrics.lookup("api_key_l1", "hit")
         else:
-            if turn is not None and digest not in self._flights and not await turn.take(signed=None):
+            turn = turn if digest not in self._flights else None  # joining a lookup in flight costs nothing more
+            if turn is not None and not await turn.take(signed=None):
                 return Verdict(Reason.rate_limited, None, value, digest)
-            spent = True
+            spent = False  # an outage is not the address's doing
             try:
-                found = await self._load(stored, digest)
-                spent = found is None
+                verdict = self._judged(await self._load(stored, digest), value, digest, now)
+                spent = verdict.reason is not Reason.ok
             except BackendUnavailable:
-                spent = False  # an outage is not the address's doing
                 return Verdict(Reason.backend_unavailable, None, value, digest)
             finally:
                 if turn is not None:
                     turn.settle(spent=spent)
+            return verdict
         return self._judged(found, value, digest, now)
 
     def _judged(self, found: ApiKeyRecord | None, value: str, digest: str, now: float) -> Verdict:
@@ -158,9 +159,8 @@ class ApiKeys:
             now = self.clock()
             if found is None:
                 self._cache.put(digest, _ABSENT, now + self._negative_ttl_s)
-            else:
-                until = now + self._ttl_s
-                self._cache.put(digest, found, until if found.expires_at is None else min(until, found.expires_at))
+            else:  # past its expiresAt too: each request judges it (refused), none looks it up again
+                self._cache.put(digest, found, now + self._ttl_s)
         return found
 
     def invalidate_key(self, digest: str) -> None:
