@@ -222,8 +222,9 @@ def status(rows: Iterable[tuple[str, str, bool]], *, api_keys: bool = False) -> 
 # --- API keys (h-apikeys): the API key plugin's table, with GATEWAY_API_KEYS=on ---------------------
 # Every verification through Better Auth writes its key's row (``remaining``, ``requestCount``,
 # ``lastRequest``, ``lastRefillAt``, ``updatedAt``): those columns alone say nothing, unless the
-# write spends the key (``remaining`` down to 0, ``requestCount`` up to ``rateLimitMax``), after
-# which Better Auth refuses it and so must every worker. Anything else (``enabled``, ``expiresAt``,
+# row written is spent (``remaining`` at 0, ``requestCount`` at ``rateLimitMax`` with the limit on,
+# a new window included), after which Better Auth refuses it, writing nothing more, and so must
+# every worker. Anything else (``enabled``, ``expiresAt``,
 # the key, its owner, its limits…) and a DELETE (revocation, expiry, exhaustion) notify
 # ``k:<sha256 hex of the key column>``; a TRUNCATE ``k:*``. Columns are read through ``to_jsonb``
 # so a column an older plugin did not make is NULL, never an error in Better Auth's write.
@@ -244,7 +245,8 @@ def api_key_sql(m: Mapping, channel_literal: str, version: int = VERSION) -> str
     usage = " - ".join(
         _literal(k.column(f)) for f in ("remaining", "requestCount", "lastRequest", "lastRefillAt", "updatedAt")
     )
-    remaining, count, most = (_literal(k.column(f)) for f in ("remaining", "requestCount", "rateLimitMax"))
+    fields = ("remaining", "requestCount", "rateLimitMax", "rateLimitEnabled")
+    remaining, count, most, limited = (_literal(k.column(f)) for f in fields)
     digest = f"encode(sha256(convert_to(OLD.{quote(k.column('key'))}::text, 'UTF8')), 'hex')"
     return f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $gateway$
 DECLARE
@@ -259,8 +261,8 @@ BEGIN
   n := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(NEW) END;
   IF TG_OP = 'DELETE'
      OR (n - {usage}) IS DISTINCT FROM (o - {usage})
-     OR (n -> {remaining} IS DISTINCT FROM o -> {remaining} AND (n ->> {remaining})::numeric <= 0)
-     OR (n -> {count} IS DISTINCT FROM o -> {count} AND (n ->> {count})::numeric >= (n ->> {most})::numeric) THEN
+     OR (n ->> {remaining})::numeric <= 0
+     OR ((n ->> {count})::numeric >= (n ->> {most})::numeric AND coalesce((n ->> {limited})::boolean, true)) THEN
     PERFORM pg_notify({channel_literal}, 'k:' || {digest});
   END IF;
   RETURN NULL;

@@ -97,6 +97,12 @@ async def test_the_trigger_block_says_what_changes_a_verdict_and_nothing_else(da
         await db.execute("delete from apikey where id = $1", key_id)
         await settle()
         assert heard == [digest] * 5
+        # rateLimitMax 1: a new window writes requestCount 1 over 1, the window spent again.
+        heard.clear()
+        one = await make_key(db, user, rateLimitMax=1, requestCount=1)
+        await db.execute('update apikey set "requestCount" = 1, "lastRequest" = now() where id = $1', one)
+        await settle()
+        assert heard == [digest]
         assert all(KEY not in p and stored_key(KEY) not in p for p in heard)  # neither the key nor its hash
         await db.execute("truncate apikey")
         await settle()
