@@ -19,8 +19,10 @@ from gateway.credentials.jwts import JwtVerifier, endpoint_keys
 from gateway.credentials.tokens import Verifier
 from gateway.http import policy
 from gateway.http.app import App
+from gateway.lookup.api_keys import ApiKeys, listening
 from gateway.lookup.decision import Decider
 from gateway.lookup.tiers import Tiers
+from gateway.postgres.api_keys import open_api_keys
 from gateway.postgres.listener import Listener
 from gateway.postgres.schema import mapping_from
 from gateway.postgres.store import Store
@@ -140,11 +142,12 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             accept_unsigned=settings.accept_unsigned_bearer,
             legacy_ids=settings.token_field == "id",  # noqa: S105  (a column name)
         )
+        api_keys = open_api_keys(settings, store, ttl_s, metrics, clock)  # GATEWAY_API_KEYS=on
         listener: Listener | KeyspaceListener | None = None
         if secondary is not None and ttl_s == settings.l1_ttl_s:
             listener = KeyspaceListener(secondary, tiers, settings.redis_backoff_s, event=metrics.event)
         elif store is not None and settings.listen:
-            listener = _postgres_listener(settings, store, tiers, metrics)
+            listener = _postgres_listener(settings, store, tiers, metrics, api_keys)
         if listener is not None:
             listener.start()
             stack.push_async_callback(listener.close)
@@ -165,7 +168,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             else:
                 keys = partial(store.public_keys, settings.jwt_jwks_table)
             jwts = JwtVerifier(keys, audience=audience, issuer=issuer)
-        decider = Decider(verifier, tiers, cookie_cache, jwts)
+        decider = Decider(verifier, tiers, cookie_cache, jwts, api_keys)
         yield Resources(store, secondary, redis, tiers, decider, listener, metrics)
 
 
@@ -184,7 +187,9 @@ def value_configuration(settings: Settings) -> bytes:
     )
 
 
-def _postgres_listener(settings: Settings, store: Store, tiers: Tiers, metrics: Metrics) -> Listener:
+def _postgres_listener(
+    settings: Settings, store: Store, tiers: Tiers, metrics: Metrics, api_keys: ApiKeys | None = None
+) -> Listener:
     """The LISTEN listener; with a replica, the store checks its hits on the primary when in doubt.
 
     While it finds the triggers absent, the caches bound their staleness (``bound_staleness``).
@@ -192,15 +197,17 @@ def _postgres_listener(settings: Settings, store: Store, tiers: Tiers, metrics: 
     """
     bound = staleness_bound_s(settings)
     on_triggers = lambda ok: tiers.bound_staleness(None if ok else bound)  # noqa: E731
+    invalidator, on_triggers, on_api_key = listening(tiers, api_keys, on_triggers, bound)
     if settings.read_database_url is None:
-        return Listener(settings, tiers, metrics, on_triggers=on_triggers)
+        return Listener(settings, invalidator, metrics, on_triggers=on_triggers, on_api_key=on_api_key)
     store.doubt_with(tiers.revoked_lately)  # revoked lately: the replica may not show it yet
     return Listener(
         settings,
-        tiers,
+        invalidator,
         metrics,
         on_flush=partial(store.distrust_replica, _revoked_for_s(settings)),
         on_triggers=on_triggers,
+        on_api_key=on_api_key,
     )
 
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, cast
 import msgspec
 
 from gateway.core.sessions import Reason
-from gateway.credentials.tokens import header_credential
-from gateway.http import responses
+from gateway.credentials.tokens import Kind, header_credential
+from gateway.http import api_keys, responses
 from gateway.http.pipeline import Answer
 
 if TYPE_CHECKING:
@@ -44,6 +44,7 @@ class Api:
         self._pipeline = pipeline
         self._max_body_bytes = settings.max_body_bytes
         self._body_read_timeout_s = settings.body_read_timeout_s
+        self._api_key_min_length = settings.api_key_min_length
         self._deny = responses.Denials(settings.retry_after_s)
         retry_after = ("retry-after", str(pipeline.budget.retry_after_s))
         body = responses.error("rate_limited", "too many failed lookups from this address: try again")
@@ -85,6 +86,8 @@ class Api:
             return self._rate_limited
         if reason is Reason.backend_unavailable:
             return Answer(503, self._deny.json_unavailable, reason, responses.error("unavailable", reason))
+        if credential is not None and credential.kind is Kind.api_key:  # the API key plugin's own answers
+            return api_keys.session_answer(verdict, credential, _headers(scope), self._api_key_min_length)
         if verdict.session is None or verdict.token is None:
             return Answer(200, _NULL_SESSION, reason, b"null")
         return Answer(200, _NULL_SESSION, reason, responses.better_auth_session(verdict.session, verdict.token))

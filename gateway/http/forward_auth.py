@@ -80,9 +80,10 @@ class ForwardAuth:
         if not self._simple or scope.query_string:
             return pipeline.with_cookie_cache(pipeline.find(h, authorization), h)
         credential = None
-        if authorization is not None and authorization[:7].lower() == "bearer ":
+        if authorization is not None and authorization[:7].lower() == "bearer " and not pipeline.api_key_names:
             # A bearer credential's key is the header itself, and only keys of checked
-            # credentials are ever cached: a hit is the answer find_credential would lead to.
+            # credentials are ever cached: a hit is the answer find_credential would lead to
+            # (not with API keys on: a key's header goes first, and find reads it).
             key = authorization
         else:
             credential = pipeline.find(h, authorization)

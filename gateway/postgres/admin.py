@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.core.errors import StoreUnavailable
+from gateway.postgres.api_keys import build_key_query
 from gateway.postgres.connections import connect, store_errors
 from gateway.postgres.installer import read_status
 from gateway.postgres.schema import COLUMNS_SQL, build_query, mapping_from
@@ -141,6 +142,12 @@ async def _check(conn: asyncpg.Connection, settings: Settings, m: Mapping) -> li
         hint = f"GATEWAY_SCHEMA_PRESET={settings.schema_preset}: is that how Better Auth made them?"
         return [Finding("problem", f"Better Auth's tables are not as configured: {exc} ({hint})")]
     tables = Finding("ok", f"tables: {m.session.name} and {m.user.name} have the mapped columns")
+    if m.api_key is not None:  # GATEWAY_API_KEYS=on: the plugin's table must be there, as mapped
+        try:
+            await build_key_query(conn, m.api_key, m, timeout)
+        except LookupError as exc:
+            return [tables, Finding("problem", f"API keys (GATEWAY_API_KEYS=on): {exc}")]
+        tables = Finding("ok", f"tables: {m.session.name}, {m.user.name} and {m.api_key.name} have the mapped columns")
     if settings.secondary_storage_url is not None or not settings.listen:
         return [tables]
     found = await read_status(conn, m, timeout)

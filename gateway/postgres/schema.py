@@ -74,6 +74,7 @@ class Mapping(NamedTuple):
     session: Table
     user: Table
     token_field: str  # "token", or "id" for the legacy schema
+    api_key: Table | None = None  # the API key plugin's table, with GATEWAY_API_KEYS=on (postgres.api_keys)
 
 
 def mapping_from(settings: Settings) -> Mapping:
@@ -93,7 +94,15 @@ def mapping_from(settings: Settings) -> Mapping:
         table(settings.session_table, "session", settings.session_fields, returned.session),
         table(settings.user_table, "user", settings.user_fields, returned.user),
         settings.token_field,
+        api_key_table(settings) if settings.api_keys == "on" else None,
     )
+
+
+def api_key_table(settings: Settings) -> Table:
+    """The API key plugin's ``apikey`` table (``apikeys`` with ``use_plural``), mapped as the others are."""
+    prefix = quote(settings.db_schema) + "." if settings.db_schema else ""
+    bare = settings.api_key_table or ("apikeys" if settings.use_plural else "apikey")
+    return Table(prefix + quote(bare), bare, settings.api_key_fields, settings.schema_preset == "drizzle")
 
 
 class Query(NamedTuple):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.core.errors import SchemaMismatch, StoreUnavailable
 from gateway.credentials.tokens import token_hash
@@ -35,7 +35,7 @@ from gateway.postgres.rows import row_session
 from gateway.postgres.schema import COLUMNS_SQL, Mapping, Query, build_query
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     import asyncpg
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from gateway.postgres.connections import Pool
 
 log = logging.getLogger("gateway.postgres.store")
+T = TypeVar("T")
 PRIMARY_POOL_MAX = 2  # with a replica: the primary only answers its misses and doubts
 
 
@@ -182,6 +183,14 @@ class Store:
         sql = keys_sql(self._settings.db_schema, table)
         pool = await _get(self._primary or self._read)
         return await pool.run(lambda conn: read_keys(conn, sql))
+
+    async def run_on_primary(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``fn`` on a connection to the primary (the API key lookup: a key made a moment ago counts).
+
+        Raises:
+            StoreUnavailable: Postgres did not answer within the configured budget.
+        """
+        return await (await _get(self._primary or self._read)).run(fn)
 
     async def ping(self) -> None:
         """Run ``SELECT 1`` (on the replica and the primary) and check the mapped tables.
