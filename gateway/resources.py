@@ -13,6 +13,7 @@ import msgspec
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.config import load_settings
+from gateway.config.refresh import refresh_mode
 from gateway.core.errors import BackendUnavailable, CacheUnavailable, SchemaMismatch
 from gateway.credentials.cookie_cache import CookieCache
 from gateway.credentials.jwts import JwtVerifier, endpoint_keys
@@ -20,8 +21,10 @@ from gateway.credentials.tokens import Verifier
 from gateway.http import policy
 from gateway.http.app import App
 from gateway.lookup.decision import Decider
+from gateway.lookup.refresh import Refresher, Rule
 from gateway.lookup.tiers import Tiers
 from gateway.postgres.listener import Listener
+from gateway.postgres.refresh import PostgresWriter
 from gateway.postgres.schema import mapping_from
 from gateway.postgres.store import Store
 from gateway.postgres.triggers import staleness_bound_s
@@ -61,6 +64,7 @@ class Resources(NamedTuple):
     decider: Decider
     listener: Listener | KeyspaceListener | None
     metrics: Metrics
+    refresher: Refresher | None = None  # the sliding refresh's writer: Postgres only (gateway.lookup.refresh)
 
     async def pings(self) -> Readiness:
         """Ping every dependency. The session store down fails readiness; Redis down only degrades it."""
@@ -166,7 +170,8 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
                 keys = partial(store.public_keys, settings.jwt_jwks_table)
             jwts = JwtVerifier(keys, audience=audience, issuer=issuer)
         decider = Decider(verifier, tiers, cookie_cache, jwts)
-        yield Resources(store, secondary, redis, tiers, decider, listener, metrics)
+        refresher = _refresher(settings, store, tiers, clock)
+        yield Resources(store, secondary, redis, tiers, decider, listener, metrics, refresher)
 
 
 def value_configuration(settings: Settings) -> bytes:
@@ -213,6 +218,14 @@ def create_app() -> App:
     settings = load_settings(checks=(policy.rules_file_problems,))
     configure_logging(settings.log_level, settings.log_format)
     return App(settings, open_resources)
+
+
+def _refresher(settings: Settings, store: Store | None, tiers: Tiers, clock: Callable[[], float]) -> Refresher | None:
+    """The sliding refresh's writer, unless read-only (``GATEWAY_SESSION_REFRESH=off``) or sessions live in Redis."""
+    if store is None or refresh_mode(settings) == "off":
+        return None
+    rule = Rule(settings.session_expires_in_s, settings.session_update_age_s)
+    return Refresher(PostgresWriter(store, mapping_from(settings), rule), tiers, rule, clock)
 
 
 def _revoked_for_s(settings: Settings) -> float:

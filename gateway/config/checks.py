@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from gateway.config.refresh import refresh_problems
 from gateway.core.fields import IDENTITY_FIELDS, PLUGINS, names
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
     problems.extend(_check_credentials(s))
     problems.extend(_check_fields(s))
     problems.extend(_check_numbers(s))
+    problems.extend(refresh_problems(s))
     return problems
 
 
