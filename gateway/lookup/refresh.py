@@ -98,7 +98,7 @@ class Refresher:
 
     def __init__(self, writer: SessionWriter, tiers: Tiers, rule: Rule, clock: Callable[[], float] = time.time) -> None:
         self.rule = rule
-        self._writer = writer
+        self.writer = writer
         self._tiers = tiers
         self._clock = clock
         self._inflight: dict[str, asyncio.Future[Refreshed]] = {}
@@ -125,7 +125,7 @@ class Refresher:
         found = await shared.get(digest) if shared is not None else None  # the generation to write back under
         now = self._clock()
         try:
-            slid = await self._writer.slide(token, int(now * 1000))
+            slid = await self.writer.slide(token, int(now * 1000))
         except BackendUnavailable as exc:
             events.event("refresh_unavailable")
             self._warn(exc)

@@ -21,17 +21,19 @@ Auth's adapters write them), or a number of milliseconds (custom schemas).
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import TYPE_CHECKING
 
+import asyncpg
+
+from gateway.config.refresh import refresh_mode
+from gateway.core.errors import StoreUnavailable
 from gateway.lookup.refresh import Slid
 from gateway.postgres.rows import row_session
 from gateway.postgres.schema import quote
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
-
-    import asyncpg
-
+    from gateway.config import Settings
     from gateway.lookup.refresh import Rule
     from gateway.postgres.schema import Mapping, Query
     from gateway.postgres.store import Store
@@ -41,6 +43,7 @@ TYPE_SQL = """
 SELECT data_type FROM information_schema.columns
 WHERE table_schema = coalesce(nullif($1, ''), current_schema()) AND table_name = $2 AND column_name = $3
 """
+DENIED_FOR_S = 60.0  # a role refused the write: how long before trying again
 _NUMBERS = frozenset({"bigint", "integer", "numeric", "double precision", "real"})
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -66,6 +69,31 @@ def column_value(data_type: str | None, epoch_ms: int) -> dt.datetime | int:
     return _EPOCH + dt.timedelta(milliseconds=epoch_ms)
 
 
+# Whether this role may write the two columns a slide sets (a column or a table privilege), and whether both exist.
+PRIVILEGE_SQL = """SELECT count(*), coalesce(bool_and(has_column_privilege(a.attrelid, a.attnum, 'UPDATE')), false)
+FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attname = ANY($2::text[]) AND NOT a.attisdropped"""
+
+
+async def refresh_privilege(conn: asyncpg.Connection, settings: Settings, m: Mapping) -> tuple[str, str]:
+    """What ``check-config`` says of the sliding refresh: ``(level, text)``, a warning if this role cannot slide."""
+    mode = refresh_mode(settings)
+    if mode == "off":
+        return "ok", "sliding refresh: off, read-only (the gateway never writes to Better Auth's tables)"
+    where = "on get-session" if mode == "get-session" else "on get-session, /validate and /v1/validate"
+    columns = [m.session.column(f) for f in ("expiresAt", "updatedAt")]
+    named = " and ".join(quote(c) for c in columns)
+    found, may = await conn.fetchrow(PRIVILEGE_SQL, m.session.name, columns, timeout=settings.db_timeout_s)
+    if found == len(columns) and may:
+        return "ok", f"sliding refresh {where}: this role may UPDATE {named} of {m.session.name} (its only write)"
+    why = "has no such columns" if found != len(columns) else "may not UPDATE them"
+    return "warning", (
+        f"sliding refresh {where}, but this role {why} ({named} of {m.session.name}): due sessions are answered "
+        f"without sliding, and Better Auth's users are signed out after expiresIn (GRANT UPDATE "
+        f"({', '.join(quote(c) for c in columns)}) ON {m.session.name} TO <role>, or GATEWAY_SESSION_REFRESH=off "
+        "to say read-only is meant)"
+    )
+
+
 class PostgresWriter:
     """``lookup.refresh.SessionWriter`` on Better Auth's session table."""
 
@@ -75,10 +103,25 @@ class PostgresWriter:
         self._rule = rule
         self._prepared: tuple[str, str | None, str | None] | None = None  # SQL, expiresAt's and updatedAt's types
         self.writes = 0  # rows this process slid, for tests
+        self.attempts = 0  # slides sent to Postgres, for tests
+        self._denied_until = 0.0  # monotonic: until then, a write is not attempted (the role may not)
 
-    def slide(self, token: str, now_ms: int) -> Awaitable[Slid]:
-        """Slide ``token``'s row if still due and unexpired at ``now_ms`` (``SessionWriter.slide``)."""
-        return self._store.on_primary(lambda conn, query: self._slide(conn, query, token, now_ms), read_only=False)
+    async def slide(self, token: str, now_ms: int) -> Slid:
+        """Slide ``token``'s row if still due and unexpired at ``now_ms`` (``SessionWriter.slide``).
+
+        A role without the privilege is not asked again for a minute: its refusal is no outage,
+        and a query per due request would be one for nothing.
+        """
+        if time.monotonic() < self._denied_until:
+            msg = f"this role may not UPDATE {self._mapping.session.name} (check-config says what to grant)"
+            raise StoreUnavailable(msg)
+        self.attempts += 1
+        try:
+            return await self._store.on_primary(lambda c, q: self._slide(c, q, token, now_ms), read_only=False)
+        except StoreUnavailable as exc:
+            if isinstance(exc.__cause__, asyncpg.InsufficientPrivilegeError | asyncpg.ReadOnlySQLTransactionError):
+                self._denied_until = time.monotonic() + DENIED_FOR_S
+            raise
 
     async def _slide(self, conn: asyncpg.Connection, query: Query, token: str, now_ms: int) -> Slid:
         sql, expires_type, updated_type = self._prepared or await self._prepare(conn, query)

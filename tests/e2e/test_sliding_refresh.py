@@ -187,7 +187,9 @@ async def test_deferred_refresh_and_post(
         assert theirs.json()["needsRefresh"] is ours.json()["needsRefresh"] is True
         assert ours.headers.get_list("set-cookie") == theirs.headers.get_list("set-cookie") == []
         assert await rows(database, pair.tokens) == before
-        theirs = await client.post(peer.url + "/api/auth/get-session", headers=pair.cookies[0] | {"origin": peer.origin})
+        theirs = await client.post(
+            peer.url + "/api/auth/get-session", headers=pair.cookies[0] | {"origin": peer.origin}
+        )
         ours = await client.post(gw.url + "/api/auth/get-session", headers=pair.cookies[1])
         assert shape(ours.headers.get_list("set-cookie")) == shape(theirs.headers.get_list("set-cookie"))
         assert ours.json().keys() == theirs.json().keys() == {"session", "user"}
@@ -215,7 +217,9 @@ async def test_not_remembered_and_disable_refresh_are_not_slid(
     """A session signed in without "remember me" (its dont_remember cookie) or read with ?disableRefresh is never slid."""
     peer = BetterAuth(database)
     try:
-        gw = start_gateway({"DATABASE_URL": database, "BETTER_AUTH_URL": peer.origin, "GATEWAY_PLUGINS": "bearer,admin"})
+        gw = start_gateway(
+            {"DATABASE_URL": database, "BETTER_AUTH_URL": peer.origin, "GATEWAY_PLUGINS": "bearer,admin"}
+        )
         pair = Pair(peer, client)
         await pair.sign_in("forgetful@example.com", remember=False)
         await pair.age(database)
@@ -233,7 +237,11 @@ async def test_not_remembered_and_disable_refresh_are_not_slid(
 
 
 async def test_two_instances_of_two_workers_write_once(
-    better_auth_plain: BetterAuth, database: str, redis_url: str, redis_prefix: str, start_gateway: Any,
+    better_auth_plain: BetterAuth,
+    database: str,
+    redis_url: str,
+    redis_prefix: str,
+    start_gateway: Any,
     client: httpx.AsyncClient,
 ) -> None:
     """Every worker of two instances refreshing one due session at once: one UPDATE, and every answer shows its expiry."""

@@ -8,13 +8,17 @@ import datetime as dt
 import functools
 import time
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
+from gateway.config import load_settings
 from gateway.credentials.tokens import token_hash
 from gateway.lookup.refresh import Outcome
 from gateway.postgres import seed
+from gateway.postgres.admin import check_database
+from gateway.postgres.refresh import PostgresWriter
 from tests.support.credentials import cred
 from tests.support.ports import free_port
 from tests.support.postgres import install_triggers
@@ -179,3 +183,46 @@ async def test_snake_case_timestamps_without_time_zone(bare_db: asyncpg.Connecti
     assert found is not None
     assert found["expires_at"] - found["updated_at"] == 7 * DAY
     assert abs(found["updated_at"].replace(tzinfo=dt.UTC).timestamp() - time.time()) < 5  # UTC, not local time
+
+
+async def test_check_config_says_whether_the_role_may_slide(db: asyncpg.Connection, database: str) -> None:
+    """check-config: a role with only SELECT gets a warning naming the GRANT; UPDATE on the two columns is ok; off says read-only.
+
+    At run time, a role refused the write answers the session as read, and is not asked again for a while.
+    """
+    role = "gw_reader_" + seed.generate_id(6).lower()
+    await db.execute(f"create role {role} login password 'reader'")
+    await db.execute(f'grant select on "session", "user" to {role}')
+    parts = urlsplit(database)
+    dsn = urlunsplit(parts._replace(netloc=f"{role}:reader@{parts.hostname}:{parts.port}"))
+    settings = functools.partial(load_settings, {"DATABASE_URL": dsn}, need=frozenset({"database"}))
+    try:
+        reader = [f for f in await check_database(settings({"listen": False})) if "sliding" in f.text]
+        assert [f.level for f in reader] == ["warning"]
+        assert 'GRANT UPDATE ("expiresAt", "updatedAt") ON "session" TO <role>' in reader[0].text
+        assert 'may not UPDATE them ("expiresAt" and "updatedAt" of "session")' in reader[0].text
+        uid = await seed.create_user(db, email="reader@example.com")
+        token = await seed.create_session(db, uid)
+        await age(db, token, expires_in=5 * DAY, updated_ago=2 * DAY)
+        async with open_gateway(dsn, listen=False) as res:
+            key, session = await due_session(res, token)
+            assert res.refresher is not None
+            for _ in range(2):
+                refreshed = await res.refresher.refresh(key, token, token_hash(token), session)  # type: ignore[arg-type]
+                assert refreshed == (session, Outcome.unavailable)
+            res.metrics.flush()
+            assert 'gateway_events_total{event="refresh_unavailable"} 2.0' in res.metrics.exposition().decode()
+            assert isinstance(res.refresher.writer, PostgresWriter)
+            assert res.refresher.writer.attempts == 1  # the second was not even sent
+        await db.execute(f'grant update ("expiresAt", "updatedAt") on "session" to {role}')
+        writer = [f for f in await check_database(settings({"listen": False})) if "sliding" in f.text]
+        assert [f.level for f in writer] == ["ok"]
+        off = [
+            f
+            for f in await check_database(settings({"listen": False, "session_refresh": "off"}))
+            if "sliding" in f.text
+        ]
+        assert [(f.level, "read-only" in f.text) for f in off] == [("ok", True)]
+    finally:
+        await db.execute(f'revoke all on "session", "user" from {role}')
+        await db.execute(f"drop role {role}")
