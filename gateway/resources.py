@@ -13,7 +13,6 @@ import msgspec
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.config import load_settings
-from gateway.config.refresh import refresh_mode
 from gateway.core.errors import BackendUnavailable, CacheUnavailable, SchemaMismatch
 from gateway.credentials.cookie_cache import CookieCache
 from gateway.credentials.jwts import JwtVerifier, endpoint_keys
@@ -21,10 +20,9 @@ from gateway.credentials.tokens import Verifier
 from gateway.http import policy
 from gateway.http.app import App
 from gateway.lookup.decision import Decider
-from gateway.lookup.refresh import Refresher, Rule
 from gateway.lookup.tiers import Tiers
 from gateway.postgres.listener import Listener
-from gateway.postgres.refresh import PostgresWriter
+from gateway.postgres.refresh import sliding_refresh
 from gateway.postgres.schema import mapping_from
 from gateway.postgres.store import Store
 from gateway.postgres.triggers import staleness_bound_s
@@ -42,6 +40,7 @@ if TYPE_CHECKING:
 
     from gateway.config import Secret, Settings
     from gateway.lookup.protocols import SessionSource
+    from gateway.lookup.refresh import Refresher
 
 log = logging.getLogger("gateway")
 
@@ -170,7 +169,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
                 keys = partial(store.public_keys, settings.jwt_jwks_table)
             jwts = JwtVerifier(keys, audience=audience, issuer=issuer)
         decider = Decider(verifier, tiers, cookie_cache, jwts)
-        refresher = _refresher(settings, store, tiers, clock)
+        refresher = None if store is None else sliding_refresh(settings, store, tiers, clock)
         yield Resources(store, secondary, redis, tiers, decider, listener, metrics, refresher)
 
 
@@ -218,14 +217,6 @@ def create_app() -> App:
     settings = load_settings(checks=(policy.rules_file_problems,))
     configure_logging(settings.log_level, settings.log_format)
     return App(settings, open_resources)
-
-
-def _refresher(settings: Settings, store: Store | None, tiers: Tiers, clock: Callable[[], float]) -> Refresher | None:
-    """The sliding refresh's writer, unless read-only (``GATEWAY_SESSION_REFRESH=off``) or sessions live in Redis."""
-    if store is None or refresh_mode(settings) == "off":
-        return None
-    rule = Rule(settings.session_expires_in_s, settings.session_update_age_s)
-    return Refresher(PostgresWriter(store, mapping_from(settings), rule), tiers, rule, clock)
 
 
 def _revoked_for_s(settings: Settings) -> float:

@@ -28,13 +28,15 @@ import asyncpg
 
 from gateway.config.refresh import refresh_mode
 from gateway.core.errors import StoreUnavailable
-from gateway.lookup.refresh import Slid
+from gateway.lookup.refresh import Refresher, Rule, Slid
 from gateway.postgres.rows import row_session
-from gateway.postgres.schema import quote
+from gateway.postgres.schema import mapping_from, quote
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from gateway.config import Settings
-    from gateway.lookup.refresh import Rule
+    from gateway.lookup.tiers import Tiers
     from gateway.postgres.schema import Mapping, Query
     from gateway.postgres.store import Store
 
@@ -67,6 +69,14 @@ def column_value(data_type: str | None, epoch_ms: int) -> dt.datetime | int:
     if data_type in _NUMBERS:
         return epoch_ms
     return _EPOCH + dt.timedelta(milliseconds=epoch_ms)
+
+
+def sliding_refresh(settings: Settings, store: Store, tiers: Tiers, clock: Callable[[], float]) -> Refresher | None:
+    """The sliding refresh on ``store``'s primary, unless read-only (``refresh_mode`` off)."""
+    if refresh_mode(settings) == "off":
+        return None
+    rule = Rule(settings.session_expires_in_s, settings.session_update_age_s)
+    return Refresher(PostgresWriter(store, mapping_from(settings), rule), tiers, rule, clock)
 
 
 # Whether this role may write the two columns a slide sets (a column or a table privilege), and whether both exist.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import re
 from typing import TYPE_CHECKING, Any
@@ -172,7 +173,7 @@ def _only_new_data(headers: dict[str, str], data: dict[str, str]) -> dict[str, s
 async def test_deferred_refresh_and_post(
     node_modules: Path, database: str, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
-    """deferSessionRefresh: GET answers needsRefresh and writes nothing, POST slides, as Better Auth; without it POST is 405."""
+    """deferSessionRefresh: GET answers needsRefresh, writes nothing; POST slides, as Better Auth; else POST is 405."""
     peer = BetterAuth(database, env={"OPTIONS": json.dumps({"session": {"deferSessionRefresh": True}})})
     try:
         base = {"DATABASE_URL": database, "BETTER_AUTH_URL": peer.origin, "GATEWAY_PLUGINS": "bearer,admin"}
@@ -214,7 +215,7 @@ async def test_deferred_refresh_and_post(
 async def test_not_remembered_and_disable_refresh_are_not_slid(
     node_modules: Path, database: str, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
-    """A session signed in without "remember me" (its dont_remember cookie) or read with ?disableRefresh is never slid."""
+    """A session signed in without "remember me" (dont_remember), or read with ?disableRefresh, is never slid."""
     peer = BetterAuth(database)
     try:
         gw = start_gateway(
@@ -244,13 +245,13 @@ async def test_two_instances_of_two_workers_write_once(
     start_gateway: Any,
     client: httpx.AsyncClient,
 ) -> None:
-    """Every worker of two instances refreshing one due session at once: one UPDATE, and every answer shows its expiry."""
+    """Every worker of two instances slides one due session at once: one UPDATE, every answer shows its expiry."""
     await install_triggers(database)
     env = {"DATABASE_URL": database, "REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": redis_prefix}
     env |= {"GATEWAY_PLUGINS": "bearer,admin", "BETTER_AUTH_URL": better_auth_plain.origin}
     gateways = [start_gateway(env, workers=2) for _ in range(2)]
     for gw in gateways:
-        await eventually(lambda gw=gw: every_worker_listening(gw.url), within=10)
+        await eventually(functools.partial(every_worker_listening, gw.url), within=10)
     pair = Pair(better_auth_plain, client)
     await pair.sign_in("crowd@example.com")
     headers = pair.cookies[1]
@@ -278,7 +279,7 @@ async def test_two_instances_of_two_workers_write_once(
 async def test_validate_slides_a_bearer_session_with_refresh_all(
     better_auth_plain: BetterAuth, database: str, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
-    """With GATEWAY_SESSION_REFRESH=all, /validate slides a due bearer session (cached or not) and answers set-auth-token."""
+    """GATEWAY_SESSION_REFRESH=all: /validate slides a due bearer session (cached or not), answers set-auth-token."""
     env = {"DATABASE_URL": database, "GATEWAY_SESSION_REFRESH": "all", "BETTER_AUTH_URL": better_auth_plain.origin}
     gw = start_gateway(env)
     pair = Pair(better_auth_plain, client)

@@ -10,7 +10,6 @@ import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import pytest
 
 from gateway.config import load_settings
@@ -25,6 +24,8 @@ from tests.support.postgres import install_triggers
 from tests.support.resources import Open, open_gateway
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from gateway.resources import Resources
 
 DAY = dt.timedelta(days=1)
@@ -66,7 +67,7 @@ async def due_session(res: Resources, token: str) -> tuple[str, object]:
 
 
 async def test_a_due_session_slides_as_better_auth_slides_it(db: asyncpg.Connection, gateway: Open) -> None:
-    """expiresAt becomes now + expiresIn and updatedAt now (milliseconds), nothing else changes, and the LRU holds the slid row."""
+    """expiresAt becomes now + expiresIn, updatedAt now (in ms), nothing else changes; the LRU holds the slid row."""
     uid = await seed.create_user(db, email="slide@example.com")
     token = await seed.create_session(db, uid)
     await age(db, token, expires_in=5 * DAY, updated_ago=2 * DAY)
@@ -113,7 +114,7 @@ async def test_a_session_not_due_expired_or_gone_is_never_written(db: asyncpg.Co
 
 
 async def test_racing_writers_write_once_and_all_answer_the_slid_row(db: asyncpg.Connection, database: str) -> None:
-    """Four gateways (pools of their own, as four workers), each refreshing one due session four times at once: one UPDATE."""
+    """Four gateways (own pools, as four workers) each sliding one due session four times at once: one UPDATE."""
     uid = await seed.create_user(db, email="race@example.com")
     token = await seed.create_session(db, uid)
     await age(db, token, expires_in=5 * DAY, updated_ago=2 * DAY)
@@ -154,7 +155,7 @@ async def test_the_triggers_stay_silent_on_a_slide(db: asyncpg.Connection, datab
 
 
 async def test_an_unavailable_postgres_answers_the_session_as_read(db: asyncpg.Connection, gateway: Open) -> None:
-    """A slide that cannot be written (Postgres away) answers the session as read, counted: never a 503 for a valid session."""
+    """A slide that cannot be written (Postgres away) answers the session as read, counted: never a 503."""
     uid = await seed.create_user(db, email="away@example.com")
     token = await seed.create_session(db, uid)
     await age(db, token, expires_in=5 * DAY, updated_ago=2 * DAY)
@@ -186,7 +187,7 @@ async def test_snake_case_timestamps_without_time_zone(bare_db: asyncpg.Connecti
 
 
 async def test_check_config_says_whether_the_role_may_slide(db: asyncpg.Connection, database: str) -> None:
-    """check-config: a role with only SELECT gets a warning naming the GRANT; UPDATE on the two columns is ok; off says read-only.
+    """check-config: SELECT only is a warning naming the GRANT; UPDATE on both columns is ok; off says read-only.
 
     At run time, a role refused the write answers the session as read, and is not asked again for a while.
     """
