@@ -7,9 +7,10 @@ attributes in better-call's order, ``Secure`` exactly when the names carry ``__S
 - ``session_token``: ``encodeURIComponent(<token>.<base64 HMAC-SHA256>)`` with the current
   secret, ``Max-Age = expiresIn`` (``setSessionCookie`` after a refresh);
 - ``session_data`` (the cookie cache, when on): a new value for the slid session, as
-  ``setCookieCache`` makes it — ``compact`` (HMAC-signed base64url JSON) or ``jwt`` (HS256), with
-  ``Max-Age = cookieCache.maxAge``. ``jwe`` and a value that would need chunks (over 4050 bytes)
-  are not written: the client keeps the one it has, valid until its own window closes;
+  ``setCookieCache`` makes it — ``compact`` (HMAC-signed base64url JSON), ``jwt`` (HS256) or
+  ``jwe`` (encrypted with the current secret's key), with ``Max-Age = cookieCache.maxAge``. A value
+  that would need chunks (over 4050 bytes) is not written: the client keeps the one it has, valid
+  until its own window closes;
 - ``dont_remember`` is read, never written: a session signed in without "remember me" is not
   slid (Better Auth's rule).
 """
@@ -19,11 +20,16 @@ from __future__ import annotations
 import base64
 import hmac
 import math
+import os
+import uuid
 from typing import TYPE_CHECKING
 
 import jwt
 import msgspec
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from gateway.credentials.cookie_cache import jwe_key, thumbprint
 from gateway.credentials.tokens import cookie_value, decode_uri_component, sign
 
 if TYPE_CHECKING:
@@ -89,7 +95,7 @@ class Cookies:
 
     def session_data(self, session: Session, token: str, now: float) -> str | None:
         """A new ``session_data`` cookie for the slid ``session`` (``None``: cookie cache off, or not written)."""
-        if self._strategy not in ("compact", "jwt"):
+        if self._strategy == "off":
             return None
         now_ms = int(now * 1000)
         payload = {
@@ -98,10 +104,13 @@ class Cookies:
             "updatedAt": now_ms,
             "version": self._version,
         }
-        if self._strategy == "jwt":
+        if self._strategy in ("jwt", "jwe"):
             iat = int(now)
             claims = payload | {"iat": iat, "exp": iat + self._data_max_age}
-            value = jwt.encode(claims, self._key, algorithm="HS256", headers={"alg": "HS256", "typ": None})
+            if self._strategy == "jwe":
+                value = self._encrypted(claims | {"jti": str(uuid.uuid4())})
+            else:
+                value = jwt.encode(claims, self._key, algorithm="HS256", headers={"alg": "HS256", "typ": None})
         else:
             expires_at = now_ms + (self._data_max_age or 60) * 1000
             signed = _JSON.encode(payload | {"expiresAt": expires_at})
@@ -110,3 +119,16 @@ class Cookies:
             value = _b64url(_JSON.encode(outer))
         cookie = f"{self.data_name}={value}{self._data_tail}"
         return cookie if len(cookie) <= _MAX_COOKIE_SIZE else None
+
+    def _encrypted(self, claims: dict[str, object]) -> str:
+        """A compact JWE as jose's ``EncryptJWT`` makes it: ``dir``, ``A256CBC-HS512`` (RFC 7518 §5.2)."""
+        key = jwe_key(self._secret)
+        header = _b64url(_JSON.encode({"alg": "dir", "enc": "A256CBC-HS512", "kid": thumbprint(key)}))
+        iv = os.urandom(16)
+        padder = padding.PKCS7(128).padder()
+        plain = padder.update(_JSON.encode(claims)) + padder.finalize()
+        encryptor = Cipher(algorithms.AES(key[32:]), modes.CBC(iv)).encryptor()
+        ciphertext = encryptor.update(plain) + encryptor.finalize()
+        aad = header.encode()
+        tag = hmac.digest(key[:32], aad + iv + ciphertext + (len(aad) * 8).to_bytes(8, "big"), "sha512")[:32]
+        return f"{header}..{_b64url(iv)}.{_b64url(ciphertext)}.{_b64url(tag)}"

@@ -100,7 +100,7 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.mark.parametrize(
     ("scheme", "cache"),
-    [("http", "off"), ("https", "compact"), ("http", "jwt")],
+    [("http", "off"), ("https", "compact"), ("http", "jwt"), ("https", "jwe")],
 )
 async def test_an_aged_session_slides_as_through_better_auth(
     scheme: str, cache: str, node_modules: Path, database: str, start_gateway: Any, client: httpx.AsyncClient

@@ -50,7 +50,7 @@ def test_dont_remember_must_be_a_signed_true() -> None:
     assert not jar.dont_remember(None)
 
 
-@pytest.mark.parametrize("strategy", ["compact", "jwt"])
+@pytest.mark.parametrize("strategy", ["compact", "jwt", "jwe"])
 def test_session_data_is_one_the_cookie_cache_accepts(strategy: str) -> None:
     """The new session_data value opens under Better Auth's rules (the gateway's own reader) for the same token."""
     now = time.time()
@@ -62,18 +62,17 @@ def test_session_data_is_one_the_cookie_cache_accepts(strategy: str) -> None:
     value, _, attributes = rest.partition("; ")
     assert name == "better-auth.session_data"
     assert attributes == "Max-Age=300; Path=/; HttpOnly; SameSite=Lax"
-    reader = CookieCache("jwt" if strategy == "jwt" else "compact", (SECRET,))
+    reader = CookieCache("jwt" if strategy == "jwt" else "jwe" if strategy == "jwe" else "compact", (SECRET,))
     opened = reader.open(value, TOKEN)
     assert opened is not None
     assert opened.user == slid.user
     assert reader.open(value, "U" * 32) is None  # another token's
 
 
-def test_session_data_not_written_for_jwe_off_or_too_big() -> None:
-    """jwe, the cache off, or a value that would need chunks: no session_data (the client keeps its own)."""
+def test_session_data_not_written_off_or_too_big() -> None:
+    """The cache off, or a value that would need chunks: no session_data (the client keeps its own)."""
     now = time.time()
     big = session("alice", expires_at=now + 60)
     big.user["name"] = "x" * 5000
-    assert cookies(cookie_cache="jwe").session_data(session(), TOKEN, now) is None
     assert cookies().session_data(session(), TOKEN, now) is None
     assert cookies(cookie_cache="compact").session_data(big, TOKEN, now) is None
