@@ -177,6 +177,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON lines
     log_decisions_sample: float = 0.0  # at info, the share of decisions logged (at debug: all)
 
+    # Sliding refresh (issue 19; gateway.lookup.refresh): Better Auth's session.expiresIn, updateAge,
+    # disableSessionRefresh and deferSessionRefresh, and where the gateway slides a due session:
+    # off (read-only: never writes), get-session (as Better Auth does), or all (/validate and
+    # /v1/validate too: the row slides, set-auth-token is answered). Cookies it sets carry
+    # cookie_domain (advanced.crossSubDomainCookies.domain) when set.
+    session_refresh: Literal["off", "get-session", "all"] = "get-session"
+    session_expires_in_s: int = 604800
+    session_update_age_s: int = 86400
+    session_disable_refresh: bool = False
+    session_defer_refresh: bool = False
+    cookie_domain: str = ""
+
     # Operations.
     metrics_port: int = 0  # 0: /metrics on the main port only; else also served on this port
     metrics_flush_s: float = 1.0

@@ -16,6 +16,7 @@ from gateway.core.sessions import Reason
 from gateway.credentials.tokens import Kind, header_credential
 from gateway.http import api_keys, responses
 from gateway.http.pipeline import Answer
+from gateway.http.sliding import Sliding
 
 if TYPE_CHECKING:
     from granian._granian import RSGIHTTPProtocol as HTTPProtocol
@@ -49,6 +50,7 @@ class Api:
         retry_after = ("retry-after", str(pipeline.budget.retry_after_s))
         body = responses.error("rate_limited", "too many failed lookups from this address: try again")
         self._rate_limited = Answer(429, [*JSON, responses.NO_STORE, retry_after], Reason.rate_limited, body)
+        self.sliding = Sliding(settings, pipeline)  # Better Auth's sliding refresh (gateway.http.sliding)
 
     async def validate(self, scope: Scope, proto: HTTPProtocol) -> None:
         """``POST /v1/validate``: the identity as JSON, for the body's ``token`` or the request's credential."""
@@ -67,14 +69,19 @@ class Api:
         reason = verdict.reason
         if reason is Reason.rate_limited:
             return self._rate_limited
+        verdict, slid = await self.sliding.identity(scope, credential, verdict)
+        reason = verdict.reason
         if verdict.session is not None:
-            return Answer(200, JSON, reason, responses.identity(verdict.session))
+            return Answer(200, [*JSON, *slid], reason, responses.identity(verdict.session))
         if reason is Reason.backend_unavailable:
             return Answer(503, self._deny.json_unavailable, reason, responses.error("unavailable", reason))
         return Answer(401, self._deny.json_unauthenticated[reason], reason, responses.error("unauthorized", reason))
 
     async def get_session(self, scope: Scope, proto: HTTPProtocol) -> None:
-        """Better Auth's get-session, read-only: the same JSON, or ``null`` with status 200."""
+        """Better Auth's get-session: the same JSON (slid when due: ``sliding``), or ``null`` with status 200."""
+        if scope.method == "POST" and not self.sliding.defer:
+            status, headers, _, body = self.sliding.not_deferred()
+            return proto.response_bytes(status, headers, body or b"")
         credential = self._pipeline.credential(_headers(scope))
         return await self._pipeline.answer(scope, proto, credential, self._session)
 
@@ -90,7 +97,7 @@ class Api:
             return api_keys.session_answer(verdict, credential, _headers(scope), self._api_key_min_length)
         if verdict.session is None or verdict.token is None:
             return Answer(200, _NULL_SESSION, reason, b"null")
-        return Answer(200, _NULL_SESSION, reason, responses.better_auth_session(verdict.session, verdict.token))
+        return await self.sliding.session_answer(scope, credential, verdict)
 
     async def _read_body(self, scope: Scope, proto: HTTPProtocol) -> bytes | None:
         """Read at most ``max_body_bytes``; answer 413 and return ``None`` beyond that."""

@@ -9,6 +9,7 @@ from gateway.core.errors import StoreUnavailable
 from gateway.postgres.api_keys import build_key_query
 from gateway.postgres.connections import connect, store_errors
 from gateway.postgres.installer import read_status
+from gateway.postgres.refresh import refresh_privilege
 from gateway.postgres.schema import COLUMNS_SQL, build_query, mapping_from
 from gateway.postgres.store import PRIMARY_POOL_MAX
 from gateway.postgres.triggers import VERSION, install_sql, staleness_bound_s, uninstall_sql
@@ -124,7 +125,8 @@ async def check_database(settings: Settings) -> list[Finding]:
     try:
         with store_errors():
             async with conn.transaction():  # one server connection, even through a pooler
-                return await _check(conn, settings, mapping_from(settings))
+                m = mapping_from(settings)
+                return [*await _check(conn, settings, m), Finding(*await refresh_privilege(conn, settings, m))]
     except StoreUnavailable as exc:
         return [Finding("warning", f"could not finish checking the database: {exc}")]
     finally:

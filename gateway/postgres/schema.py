@@ -116,6 +116,7 @@ class Query(NamedTuple):
     # columns; a decision field Better Auth does not return is selected after the user's.
     positions: dict[str, int]
     unreturned: tuple[str, ...] = ()  # "user.role", ...: fields in the tables no answer holds
+    select: str = ""  # the select list alone (``s.`` the session, ``u.`` the user): for the sliding refresh
 
 
 def build_query(m: Mapping, session_columns: list[str], user_columns: list[str]) -> Query:
@@ -150,6 +151,7 @@ def build_query(m: Mapping, session_columns: list[str], user_columns: list[str])
         session_fields=session_fields,
         user_fields=tuple(u.field(c) for c in u_cols),
         positions=positions,
+        select=select,
         unreturned=tuple(
             [f"session.{s.field(c)}" for c in session_columns if c not in s_cols and c != token_col]
             + [f"user.{u.field(c)}" for c in user_columns if c not in u_cols]

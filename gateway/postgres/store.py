@@ -174,6 +174,22 @@ class Store:
 
         return await (await _get(pool)).run(lookup)
 
+    async def on_primary(
+        self, work: Callable[[asyncpg.Connection, Query], Awaitable[T]], *, read_only: bool = True
+    ) -> T:
+        """Run ``work`` with the lookup's query on the primary (``DATABASE_URL``), never a replica.
+
+        ``read_only=False``: a write (the sliding refresh's), also through a transaction-mode pooler.
+
+        Raises:
+            StoreUnavailable: Postgres did not answer within the budget, or refused the work.
+        """
+
+        async def run(conn: asyncpg.Connection) -> T:
+            return await work(conn, self._query or await self._load_query(conn))
+
+        return await (await _get(self._primary or self._read)).run(run, read_only=read_only)
+
     async def public_keys(self, table: str) -> list[dict[str, Any]]:
         """The JWT plugin's public keys (``jwks.read_keys``), from the primary: a key made a moment ago counts.
 
