@@ -45,6 +45,7 @@ class Api:
         self._max_body_bytes = settings.max_body_bytes
         self._body_read_timeout_s = settings.body_read_timeout_s
         self._deny = responses.Denials(settings.retry_after_s)
+        self._organizations = settings.organizations == "on"  # the identity's "organization" (issue 19)
         retry_after = ("retry-after", str(pipeline.budget.retry_after_s))
         body = responses.error("rate_limited", "too many failed lookups from this address: try again")
         self._rate_limited = Answer(429, [*JSON, responses.NO_STORE, retry_after], Reason.rate_limited, body)
@@ -67,7 +68,7 @@ class Api:
         if reason is Reason.rate_limited:
             return self._rate_limited
         if verdict.session is not None:
-            return Answer(200, JSON, reason, responses.identity(verdict.session))
+            return Answer(200, JSON, reason, responses.identity(verdict.session, organizations=self._organizations))
         if reason is Reason.backend_unavailable:
             return Answer(503, self._deny.json_unavailable, reason, responses.error("unavailable", reason))
         return Answer(401, self._deny.json_unauthenticated[reason], reason, responses.error("unauthorized", reason))

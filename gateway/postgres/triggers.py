@@ -11,6 +11,9 @@ nothing usable to whoever can ``LISTEN``:
   name, role…): every cached session of that user goes;
 - ``*``: a table was truncated: forget everything.
 
+With ``GATEWAY_ORGANIZATIONS=on``, triggers on the organization plugin's member table too
+(``organizations``): a membership added, changed or removed notifies ``u:<user id>``.
+
 The objects carry a version in their names (``_v1``): installing a version also removes the
 triggers and functions of older ones found on the two tables (``STATUS_SQL``), in the same
 transaction, so an upgrade is one step. Installing is idempotent (one transaction; ``CREATE OR
@@ -30,6 +33,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, NamedTuple
 
+from gateway.postgres import organizations
 from gateway.postgres.schema import quote
 
 if TYPE_CHECKING:
@@ -38,13 +42,13 @@ if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.postgres.schema import Mapping
 
-VERSION = 1
+VERSION = 2  # v2: the member table's triggers (organizations)
 # Without triggers, the longest a revoked session stays served from the LRU (the Redis tier is
 # bypassed then: its values live minutes). Short enough that a user signing out and retrying
 # sees it refused; long enough that a hot session costs each worker one query per 5 s.
 UNTRIGGERED_TTL_S = 5.0
 _LOCK = 0x6761_7465_7761_7901  # pg_advisory_xact_lock key: one installer at a time
-_NAME = re.compile(r"gateway_(session|user|flush)_notify_v([0-9]+)")
+_NAME = re.compile(r"gateway_(session|user|flush|member|member_flush)_notify_v([0-9]+)")
 
 
 def names(version: int = VERSION) -> tuple[str, str, str]:
@@ -53,6 +57,30 @@ def names(version: int = VERSION) -> tuple[str, str, str]:
 
 
 SESSION_FUNCTION, USER_FUNCTION, FLUSH_FUNCTION = names()
+
+
+# --- organizations (issue 19): the member table's triggers, where GATEWAY_ORGANIZATIONS=on ---
+def member_names(version: int = VERSION) -> tuple[str, str]:
+    """The member table's function (and trigger) names of a version: row changes, and TRUNCATE."""
+    return f"gateway_member_notify_v{version}", f"gateway_member_flush_notify_v{version}"
+
+
+def _member_sql(m: Mapping, channel: str, version: int) -> str:
+    """The member table's functions and triggers (nothing where the feature is off)."""
+    if m.member is None:
+        return ""
+    fn, flush = member_names(version)
+    fn_m, fn_mf = _qualified(m, fn), _qualified(m, flush)
+    return (
+        organizations.trigger_sql(m.member, fn_m, fn_mf, f"pg_notify({_literal(channel)}, ")
+        + _trigger(fn, m.member.name, fn_m, "AFTER INSERT OR UPDATE OR DELETE", "ROW")
+        + "\n"
+        + _trigger(flush, m.member.name, fn_mf, "BEFORE TRUNCATE", "STATEMENT")  # before: the rows are still there
+        + "\n"
+    )
+
+
+# --- end of organizations ---
 
 
 def staleness_bound_s(settings: Settings) -> float:
@@ -124,7 +152,7 @@ COMMENT ON FUNCTION {fn_s}() IS {mark};
 {_trigger(user_fn, u.name, fn_u, "AFTER UPDATE OR DELETE", "ROW")}
 {_trigger(flush_fn, s.name, fn_f, "AFTER TRUNCATE", "STATEMENT")}
 {_trigger(flush_fn, u.name, fn_f, "AFTER TRUNCATE", "STATEMENT")}
-{_drops(m, older)}COMMIT;
+{_member_sql(m, channel, version)}{_drops(m, older)}COMMIT;
 """  # noqa: S608  (identifiers quoted, literals escaped)
 
 
@@ -132,7 +160,8 @@ def _drops(m: Mapping, older: Iterable[Installed]) -> str:
     """Drop other versions' triggers, then their functions (named as the catalogue spells them)."""
     found = list(older)
     tables = {True: m.session.name, False: m.user.name}
-    lines = [f"DROP TRIGGER IF EXISTS {quote(t.name)} ON {tables[t.on_session]};" for t in found]
+    # The catalogue's own name for the table where it was read (the member table's triggers).
+    lines = [f"DROP TRIGGER IF EXISTS {quote(t.name)} ON {t.table or tables[t.on_session]};" for t in found]
     lines += [f"DROP FUNCTION IF EXISTS {f};" for f in dict.fromkeys(t.function for t in found)]
     return "".join(line + "\n" for line in lines)
 
@@ -148,6 +177,8 @@ def uninstall_sql(m: Mapping) -> str:
     """The SQL that removes every trigger and function ``install_sql`` creates."""
     drops = [f"DROP TRIGGER IF EXISTS {quote(n)} ON {t};" for n, t in _triggers(m)]
     drops += [f"DROP FUNCTION IF EXISTS {_qualified(m, n)}();" for n in names()]
+    # organizations: CASCADE drops their triggers, wherever the member table is (or however mapped now)
+    drops += [f"DROP FUNCTION IF EXISTS {_qualified(m, n)}() CASCADE;" for n in member_names()]
     return "BEGIN;\n" + "\n".join(drops) + "\nCOMMIT;\n"
 
 
@@ -160,17 +191,17 @@ def _triggers(m: Mapping) -> list[tuple[str, str]]:
     ]
 
 
-# The gateway's triggers (any version) on the two tables ($1 the session table, $2 the user table,
-# as ``Table.name`` spells them); none if a table is missing.
-STATUS_SQL = r"""SELECT t.tgname, p.oid::regprocedure::text, t.tgrelid = to_regclass($1)
+# The gateway's triggers (any version) on the tables ($1 the session table, $2 the user table, $3
+# the member table or '', as ``Table.name`` spells them); none if a table is missing.
+STATUS_SQL = r"""SELECT t.tgname, p.oid::regprocedure::text, t.tgrelid = to_regclass($1), t.tgrelid::regclass::text
 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-WHERE NOT t.tgisinternal AND t.tgrelid IN (to_regclass($1), to_regclass($2))
-  AND t.tgname ~ '^gateway_(session|user|flush)_notify_v[0-9]+$'"""
+WHERE NOT t.tgisinternal AND t.tgrelid IN (to_regclass($1), to_regclass($2), to_regclass(nullif($3, '')))
+  AND t.tgname ~ '^gateway_(session|user|flush|member|member_flush)_notify_v[0-9]+$'"""
 
 
-def status_args(m: Mapping) -> tuple[str, str]:
+def status_args(m: Mapping) -> tuple[str, str, str]:
     """``STATUS_SQL``'s parameters for a mapping."""
-    return m.session.name, m.user.name
+    return m.session.name, m.user.name, m.member.name if m.member is not None else ""
 
 
 class Installed(NamedTuple):
@@ -179,6 +210,7 @@ class Installed(NamedTuple):
     name: str
     function: str  # as ``regprocedure`` prints it: quoted, qualified where needed, with "()"
     on_session: bool
+    table: str = ""  # as ``regclass`` prints it (quoted, qualified where needed)
 
     @property
     def version(self) -> int:
@@ -200,11 +232,17 @@ class Status(NamedTuple):
         return sorted({t.version for t in self.older})
 
 
-def status(rows: Iterable[tuple[str, str, bool]]) -> Status:
-    """Read ``STATUS_SQL``'s rows: current only if all four triggers of ``VERSION`` are on their tables."""
+def status(
+    rows: Iterable[tuple[str, str, bool] | tuple[str, str, bool, str]], *, organizations: bool = False
+) -> Status:  # noqa: E501
+    """Read ``STATUS_SQL``'s rows: current only if all four triggers of ``VERSION`` are on their tables.
+
+    ``organizations``: the member table's two are wanted too.
+    """
     found = [Installed(*row) for row in rows]
     session_fn, user_fn, flush_fn = names()
     wanted = {(session_fn, True), (user_fn, False), (flush_fn, True), (flush_fn, False)}
+    wanted |= {(name, False) for name in member_names()} if organizations else set()
     current = wanted <= {(t.name, t.on_session) for t in found}
     older = tuple(t for t in found if t.version < VERSION)
     return Status(current, older, tuple(t for t in found if t.version > VERSION))
