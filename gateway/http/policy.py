@@ -83,7 +83,8 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What a signed-in user must satisfy; empty constraints are not checked."""
 
     allowed_roles: frozenset[str] = frozenset()
-    allowed_org_roles: frozenset[str] | None = None  # organizations: None, no condition (never an empty set)
+    # organizations: UNSET is no condition; an empty list, or null, is refused (never read as none)
+    allowed_org_roles: frozenset[str] | msgspec.UnsetType = msgspec.UNSET
     allowed_emails: frozenset[str] = frozenset()
     allowed_email_domains: frozenset[str] = frozenset()
     require_verified_email: bool = False
@@ -100,7 +101,7 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.allowed_roles:
             roles = {r.strip() for r in (session.role or "").split(",")}  # Better Auth: "admin,user"
             checks.append(bool(roles & self.allowed_roles))
-        if self.allowed_org_roles is not None:  # no active organization: no role, the condition fails
+        if not isinstance(self.allowed_org_roles, msgspec.UnsetType):  # no active organization: no role, fails
             checks.append(any_role(session.org_role, self.allowed_org_roles))
         if self.allowed_emails:
             checks.append(email in self.allowed_emails)
@@ -187,7 +188,7 @@ def from_query(query: str, *, organizations: bool = False) -> Policy | None:
         raise ValueError("satisfy must be 'all' or 'any'")
     return Policy(
         allowed_roles=frozenset(x.strip() for v in params.get("allowed_roles", []) for x in v.split(",") if x.strip()),
-        allowed_org_roles=org_roles,
+        allowed_org_roles=msgspec.UNSET if org_roles is None else org_roles,
         allowed_emails=items("allowed_emails"),
         allowed_email_domains=items("allowed_email_domains"),
         require_verified_email=params.get("require_verified_email", ["0"])[-1].lower() in _TRUE,
@@ -285,7 +286,8 @@ def parse_rules(raw: bytes, path: str, *, organizations: bool = False) -> Rules:
         name = rule.host.removeprefix(".").lower().rstrip(".")
         if rule.host and canonical.hostname(name) != name:  # the port is dropped before comparing
             raise ValueError(f"{where}.host is not a host name (no port, no path)")
-        org_condition(rule.allowed_org_roles, f"{where}.allowed_org_roles", organizations=organizations)
+        org_roles = None if isinstance(rule.allowed_org_roles, msgspec.UnsetType) else rule.allowed_org_roles
+        org_condition(org_roles, f"{where}.allowed_org_roles", organizations=organizations)
         if "GET" in rule.methods:  # HEAD runs the GET handler everywhere
             rule = msgspec.structs.replace(rule, methods=rule.methods | {"HEAD"})  # noqa: PLW2901
         checked.append(rule)

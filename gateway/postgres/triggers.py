@@ -234,7 +234,7 @@ class Status(NamedTuple):
 
 def status(
     rows: Iterable[tuple[str, str, bool] | tuple[str, str, bool, str]], *, organizations: bool = False
-) -> Status:  # noqa: E501
+) -> Status:
     """Read ``STATUS_SQL``'s rows: current only if all four triggers of ``VERSION`` are on their tables.
 
     ``organizations``: the member table's two are wanted too.
