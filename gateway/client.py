@@ -71,11 +71,27 @@ class Session(msgspec.Struct, frozen=True, rename="camel"):
     active_organization_id: str | None = None
 
 
+class Organization(msgspec.Struct, frozen=True):
+    """The session's active organization and the member's role in it (a gateway with GATEWAY_ORGANIZATIONS=on)."""
+
+    id: str
+    role: str | None = None  # None: the user is no member of it (any more)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The member's roles (Better Auth keeps several comma-separated in one field)."""
+        return tuple(r.strip() for r in (self.role or "").split(",") if r.strip())
+
+
 class Identity(msgspec.Struct, frozen=True):
-    """Who a valid session belongs to (``session`` is ``None`` for a JWT of the JWT plugin)."""
+    """Who a valid session belongs to (``session`` is ``None`` for a JWT of the JWT plugin).
+
+    ``organization``: the active one, from a gateway with organizations on; else ``None``.
+    """
 
     user: User
     session: Session | None
+    organization: Organization | None = None
 
 
 class GatewayUnavailable(Exception):

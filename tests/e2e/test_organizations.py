@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
+from gateway.client import GatewayClient, Organization
 from tests.support.better_auth import BetterAuth
 from tests.support.server import every_worker_listening, statuses
 from tests.support.waiting import eventually
@@ -130,6 +131,11 @@ async def test_identity_headers_and_a_role_change_heard_by_every_worker(
     body = (await ba_client.post(gateway.url + "/v1/validate", headers=bob | HOME_PAGE)).json()
     assert body["organization"] == {"id": people.org_id, "role": "member"}
     assert body["session"]["activeOrganizationId"] == people.org_id
+    async with GatewayClient(gateway.url) as client:
+        identity = await client.validate_request(bob)
+    assert identity is not None
+    assert identity.organization == Organization(people.org_id, "member")
+    assert identity.organization.roles == ("member",)
     ours = await ba_client.get(gateway.url + "/api/auth/get-session", headers=bob)
     theirs = await ba_client.get(people.peer.url + "/api/auth/get-session", headers=bob)
     assert ours.json() == theirs.json()  # Better Auth's shape: no role, no "organization"
