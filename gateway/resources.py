@@ -172,10 +172,11 @@ def value_configuration(settings: Settings) -> bytes:
     """
     fields, m = settings.returned_fields, mapping_from(settings)
     tables = [[t.bare, sorted(t.overrides.items()), t.snake_case] for t in (m.session, m.user)]
-    return msgspec.json.encode(
-        {"user": sorted(fields.user), "session": sorted(fields.session), "schema": m.db_schema}
-        | {"tables": tables, "token": m.token_field}
-    )
+    described: dict[str, object] = {"user": sorted(fields.user), "session": sorted(fields.session)}
+    described |= {"schema": m.db_schema, "tables": tables, "token": m.token_field}
+    if m.member is not None:  # organizations: a value without the member's role is not one of ours (off: unchanged)
+        described |= {"member": [m.member.bare, sorted(m.member.overrides.items()), m.member.snake_case]}
+    return msgspec.json.encode(described)
 
 
 def create_app() -> App:

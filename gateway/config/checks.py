@@ -45,6 +45,8 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
     }
     names |= {f"GATEWAY_USER_FIELDS[{k}]": v for k, v in s.user_fields.items()}
     names |= {f"GATEWAY_SESSION_FIELDS[{k}]": v for k, v in s.session_fields.items()}
+    names |= {"GATEWAY_MEMBER_TABLE": s.member_table}  # organizations
+    names |= {f"GATEWAY_MEMBER_FIELDS[{k}]": v for k, v in s.member_fields.items()}
     problems.extend(
         f"{var}: {value!r} is not a valid SQL identifier (letters, digits, _ and $; at most 63)"
         for var, value in names.items()
@@ -55,6 +57,33 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
     problems.extend(_check_numbers(s))
     problems.extend(api_key_problems(s))
     problems.extend(refresh_problems(s))
+    problems.extend(_check_organizations(s))
+    return problems
+
+
+# Organizations (issue 19): the member's role is read with the session, from Postgres alone.
+_MEMBER_FIELDS = frozenset({"id", "organizationId", "userId", "role", "createdAt"})
+
+
+def _check_organizations(s: Settings) -> list[str]:
+    """Where ``GATEWAY_ORGANIZATIONS=on`` can read the member's role, and the member table's mapping."""
+    problems = [
+        f"GATEWAY_MEMBER_FIELDS: {field!r} is not a member field ({', '.join(sorted(_MEMBER_FIELDS))})"
+        for field in s.member_fields
+        if field not in _MEMBER_FIELDS
+    ]
+    if s.organizations != "on":
+        return problems
+    if s.secondary_storage_url is not None:
+        problems.append(
+            "GATEWAY_ORGANIZATIONS: on needs sessions read from Postgres (the member table), "
+            "not from GATEWAY_SECONDARY_STORAGE_URL"
+        )
+    if s.cookie_cache != "off":
+        problems.append(
+            "GATEWAY_ORGANIZATIONS: on needs GATEWAY_COOKIE_CACHE=off (Better Auth's session_data "
+            "cookie holds the active organization, not the member's role in it)"
+        )
     return problems
 
 

@@ -132,6 +132,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Worked out from the five above when loading (not a variable of its own).
     returned_fields: Fields = CORE_FIELDS
 
+    # Organizations (issue 19; see gateway.postgres.organizations): the session's active
+    # organization and the member's role in it, read from the organization plugin's member table
+    # in the session lookup (one LEFT JOIN, only when on), for identity headers and allowed_org_roles.
+    organizations: Literal["on", "off"] = "off"
+    member_table: str = ""  # the member model's table: by default member (members with use_plural)
+    member_fields: dict[str, str] = {}  # field=column, as for the session and user tables
+
     # In-process cache; negative entries remember unknown tokens briefly.
     l1_max_entries: int = 100_000
     l1_ttl_s: float = 30.0

@@ -61,7 +61,9 @@ DECISION_USER_FIELDS = ("role", "banned", "banExpires")
 
 # What an answer says about who is signed in, beyond the JSON body: the identity a proxy passes
 # upstream (``GATEWAY_IDENTITY_HEADERS`` renames its headers; ``config`` checks the names).
-IDENTITY_FIELDS = ("user", "email", "name", "session_id", "role", "groups")
+IDENTITY_FIELDS = ("user", "email", "name", "session_id", "role", "groups", "org_id", "org_role")
+# Of them, the organization plugin's (GATEWAY_ORGANIZATIONS=on): the active organization, the member's role.
+ORGANIZATION_FIELDS = ("org_id", "org_role")
 
 
 class Fields(NamedTuple):

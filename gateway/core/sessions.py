@@ -51,6 +51,12 @@ class Session(msgspec.Struct, frozen=True, gc=False):
     # The user's role (admin plugin), for identity headers and policy: read whether or not
     # Better Auth returns it, so it lives beside the answer's fields, not among them.
     role: str | None = None
+    # The organization plugin (GATEWAY_ORGANIZATIONS=on): the session's activeOrganizationId and
+    # the member's role in it (Better Auth's ``member.role``, comma-separated when several); both
+    # ``None`` without an active organization, or where the feature is off. Optional, so a cached
+    # value written before they existed still decodes (``redis.values``).
+    org_id: str | None = None
+    org_role: str | None = None
 
     @classmethod
     def from_better_auth(cls, session: JSONObject, user: JSONObject, fields: Fields | None = None) -> Session:

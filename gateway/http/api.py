@@ -47,6 +47,7 @@ class Api:
         self._body_read_timeout_s = settings.body_read_timeout_s
         self._api_key_min_length = settings.api_key_min_length
         self._deny = responses.Denials(settings.retry_after_s)
+        self._organizations = settings.organizations == "on"  # the identity's "organization" (issue 19)
         retry_after = ("retry-after", str(pipeline.budget.retry_after_s))
         body = responses.error("rate_limited", "too many failed lookups from this address: try again")
         self._rate_limited = Answer(429, [*JSON, responses.NO_STORE, retry_after], Reason.rate_limited, body)
@@ -72,7 +73,8 @@ class Api:
         verdict, slid = await self.sliding.identity(scope, credential, verdict)
         reason = verdict.reason
         if verdict.session is not None:
-            return Answer(200, [*JSON, *slid], reason, responses.identity(verdict.session))
+            body = responses.identity(verdict.session, organizations=self._organizations)
+            return Answer(200, [*JSON, *slid], reason, body)
         if reason is Reason.backend_unavailable:
             return Answer(503, self._deny.json_unavailable, reason, responses.error("unavailable", reason))
         return Answer(401, self._deny.json_unauthenticated[reason], reason, responses.error("unauthorized", reason))

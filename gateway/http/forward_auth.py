@@ -53,9 +53,12 @@ class ForwardAuth:
         self._rate_limited = [*_RATE_LIMITED, ("retry-after", str(pipeline.budget.retry_after_s))]
         self._networks = settings.trusted_proxies
         self._proxy = settings.proxy
-        self._identity = responses.Identity(settings.identity_headers, remote=settings.remote_headers)
+        self._identity = responses.Identity(
+            settings.identity_headers, remote=settings.remote_headers, organizations=settings.organizations == "on"
+        )
         self._deny = responses.Denials(settings.retry_after_s)
-        self._rules = RulesFile(settings.rules_file) if settings.rules_file else None
+        self._organizations = settings.organizations == "on"  # allowed_org_roles can be met (issue 19)
+        self._rules = RulesFile(settings.rules_file, organizations=self._organizations) if settings.rules_file else None
         self._rules_reload_s = settings.rules_reload_s
         self._strip = Stripper(settings) if settings.strip_credentials else None
         self._login = settings.login_url
@@ -112,7 +115,7 @@ class ForwardAuth:
         envoy = scope.path.startswith("/validate/")  # its query belongs to the original request
         query = "" if envoy else scope.query_string
         try:
-            asked = policy.from_query(query)
+            asked = policy.from_query(query, organizations=self._organizations)
         except ValueError:
             return Answer(400, _BAD_POLICY, "bad_policy")
         # The auth URL's policy adds to the rules file's, never replaces it: an admins-only route

@@ -14,6 +14,7 @@ Rules file (TOML, or JSON with the same shape)::
     path_prefix = "/admin"          # optional; lower case
     methods = ["POST", "DELETE"]    # optional ("GET" covers HEAD); or methods_except = ["GET", ...]
     allowed_roles = ["admin"]
+    allowed_org_roles = ["owner", "admin"]  # the member's role in the active organization
     # also: allowed_emails, allowed_email_domains, require_verified_email, allow_anonymous, satisfy,
     # allow_unverified_email
 
@@ -40,6 +41,10 @@ An e-mail rule (``allowed_emails``, ``allowed_email_domains``) counts only a ver
 (``emailVerified``): Better Auth lets anyone sign up as ``x@yourcorp.com`` without proving it, so
 an unverified address proves nothing (oauth2-proxy refuses them too). ``allow_unverified_email``
 says otherwise, for one rule or one auth URL.
+
+``allowed_org_roles`` (``GATEWAY_ORGANIZATIONS=on``, else refused): any of the member's roles in
+the active organization (``"admin,member"``); no active organization or membership never meets
+it. A list naming no role, or a bad name (``core.roles``), is refused (at load; ``bad_policy``).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from gateway.core.roles import any_role, org_condition, split_roles
 from gateway.http import canonical
 
 if TYPE_CHECKING:
@@ -61,6 +67,7 @@ if TYPE_CHECKING:
 _QUERY_KEYS = frozenset(
     {
         "allowed_roles",
+        "allowed_org_roles",
         "allowed_emails",
         "allowed_email_domains",
         "require_verified_email",
@@ -76,6 +83,8 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What a signed-in user must satisfy; empty constraints are not checked."""
 
     allowed_roles: frozenset[str] = frozenset()
+    # organizations: UNSET is no condition; an empty list, or null, is refused (never read as none)
+    allowed_org_roles: frozenset[str] | msgspec.UnsetType = msgspec.UNSET
     allowed_emails: frozenset[str] = frozenset()
     allowed_email_domains: frozenset[str] = frozenset()
     require_verified_email: bool = False
@@ -92,6 +101,8 @@ class Policy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.allowed_roles:
             roles = {r.strip() for r in (session.role or "").split(",")}  # Better Auth: "admin,user"
             checks.append(bool(roles & self.allowed_roles))
+        if not isinstance(self.allowed_org_roles, msgspec.UnsetType):  # no active organization: no role, fails
+            checks.append(any_role(session.org_role, self.allowed_org_roles))
         if self.allowed_emails:
             checks.append(email in self.allowed_emails)
         if self.allowed_email_domains:
@@ -151,26 +162,33 @@ def both(query: Policy | None, rule: Policy) -> Policy | Both:
     return query if rule is DEFAULT else Both(query, rule)
 
 
-def from_query(query: str) -> Policy | None:
+def from_query(query: str, *, organizations: bool = False) -> Policy | None:
     """The policy in an auth URL's query string, or ``None`` if it names none.
+
+    ``organizations``: whether ``allowed_org_roles`` can be met (GATEWAY_ORGANIZATIONS=on).
 
     Raises:
         ValueError: a policy parameter has an invalid value.
     """
     if not query:
         return None
-    params = {k: v for k, v in parse_qs(query).items() if k in _QUERY_KEYS}
-    if not params:
+    # With blank values: "?allowed_org_roles=" is a bad condition, not no condition; the others drop them.
+    kept = {k: v for k, v in parse_qs(query, keep_blank_values=True).items() if k in _QUERY_KEYS}
+    params = {k: present for k, v in kept.items() if (present := [x for x in v if x])}
+    if not kept:
         return None
 
     def items(key: str) -> frozenset[str]:
         return frozenset(x.strip().lower() for v in params.get(key, []) for x in v.split(",") if x.strip())
 
     satisfy = params.get("satisfy", ["all"])[-1]
+    org_values = split_roles(kept["allowed_org_roles"]) if "allowed_org_roles" in kept else None
+    org_roles = org_condition(org_values, "allowed_org_roles", organizations=organizations)
     if satisfy not in ("all", "any"):
         raise ValueError("satisfy must be 'all' or 'any'")
     return Policy(
         allowed_roles=frozenset(x.strip() for v in params.get("allowed_roles", []) for x in v.split(",") if x.strip()),
+        allowed_org_roles=msgspec.UNSET if org_roles is None else org_roles,
         allowed_emails=items("allowed_emails"),
         allowed_email_domains=items("allowed_email_domains"),
         require_verified_email=params.get("require_verified_email", ["0"])[-1].lower() in _TRUE,
@@ -227,8 +245,8 @@ class Rules(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return chosen
 
 
-def load_rules(path: str) -> Rules:
-    """Read a rules file (``.toml`` or ``.json``).
+def load_rules(path: str, *, organizations: bool = False) -> Rules:
+    """Read a rules file (``.toml`` or ``.json``); ``organizations``: as ``parse_rules``.
 
     Raises:
         ValueError: the file can't be read or doesn't have the shape above (the message says where).
@@ -237,11 +255,13 @@ def load_rules(path: str) -> Rules:
         raw = Path(path).read_bytes()
     except OSError as exc:
         raise ValueError(f"{path}: {exc}") from exc
-    return parse_rules(raw, path)
+    return parse_rules(raw, path, organizations=organizations)
 
 
-def parse_rules(raw: bytes, path: str) -> Rules:
+def parse_rules(raw: bytes, path: str, *, organizations: bool = False) -> Rules:
     """The rules in a rules file's bytes; ``path`` names the format (``.json``, else TOML) and the file in errors.
+
+    ``organizations``: whether ``allowed_org_roles`` can be met; else a rule naming it is refused.
 
     Raises:
         ValueError: the bytes don't have the shape above (the message says where).
@@ -266,6 +286,8 @@ def parse_rules(raw: bytes, path: str) -> Rules:
         name = rule.host.removeprefix(".").lower().rstrip(".")
         if rule.host and canonical.hostname(name) != name:  # the port is dropped before comparing
             raise ValueError(f"{where}.host is not a host name (no port, no path)")
+        org_roles = None if isinstance(rule.allowed_org_roles, msgspec.UnsetType) else rule.allowed_org_roles
+        org_condition(org_roles, f"{where}.allowed_org_roles", organizations=organizations)
         if "GET" in rule.methods:  # HEAD runs the GET handler everywhere
             rule = msgspec.structs.replace(rule, methods=rule.methods | {"HEAD"})  # noqa: PLW2901
         checked.append(rule)
@@ -282,7 +304,7 @@ def rules_file_problems(settings: Settings) -> list[str]:
     if not settings.rules_file:
         return []
     try:
-        load_rules(settings.rules_file)
+        load_rules(settings.rules_file, organizations=settings.organizations == "on")
     except ValueError as exc:
         return [f"GATEWAY_RULES_FILE: {exc}"]
     return []

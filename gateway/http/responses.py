@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from gateway.core.column_values import RawJSON, encode_hook
-from gateway.core.fields import IDENTITY_FIELDS
+from gateway.core.fields import IDENTITY_FIELDS, ORGANIZATION_FIELDS
 from gateway.core.sessions import Reason, Session
 
 JSON = msgspec.json.Encoder(enc_hook=encode_hook)  # a RawJSON (too deep to decode) goes out verbatim
@@ -47,9 +47,13 @@ def header_value(value: Any) -> str:
 class Identity:
     """Renders a session as the identity headers of a 200 (names configurable, aliases optional)."""
 
-    def __init__(self, renamed: dict[str, str] | None = None, *, remote: bool = False) -> None:
+    def __init__(
+        self, renamed: dict[str, str] | None = None, *, remote: bool = False, organizations: bool = False
+    ) -> None:
         names = DEFAULT_IDENTITY | {k: v.lower() for k, v in (renamed or {}).items()}
         pairs = list(names.items())
+        if not organizations:  # organizations: their headers only where GATEWAY_ORGANIZATIONS=on
+            pairs = [(field, header) for field, header in pairs if field not in ORGANIZATION_FIELDS]
         if remote:
             pairs += list(REMOTE_ALIASES.items())
         self.names: tuple[tuple[str, str], ...] = tuple(pairs)
@@ -65,6 +69,8 @@ class Identity:
             "session_id": session.session.get("id"),
             "role": session.role,
             "groups": session.role,  # Better Auth's admin plugin keeps roles comma-separated
+            "org_id": session.org_id,  # organizations: the active one, and the member's role(s) in it
+            "org_role": session.org_role,
         }
         return [(header, header_value(fields[field])) for field, header in self.names]
 
@@ -88,12 +94,18 @@ class Denials:
         self.json_unauthenticated = {r: [JSON_TYPE, *h] for r, h in self.unauthenticated.items()}
 
 
-def identity(session: Session) -> bytes:
+def identity(session: Session, *, organizations: bool = False) -> bytes:
     """The body of ``POST /v1/validate`` on success: user and session, without the token.
 
-    A JWT of the JWT plugin has no session behind it: ``"session": null``.
+    A JWT of the JWT plugin has no session behind it: ``"session": null``. ``organizations``
+    (GATEWAY_ORGANIZATIONS=on): also ``"organization": {"id": ..., "role": ...}``, the active
+    organization and the member's role in it (comma-separated when several; ``null`` when the
+    user is no member of it), or ``null`` without an active organization.
     """
-    return _encode({"user": session.user, "session": session.session or None})
+    body = {"user": session.user, "session": session.session or None}
+    if organizations:
+        body["organization"] = None if session.org_id is None else {"id": session.org_id, "role": session.org_role}
+    return _encode(body)
 
 
 def better_auth_session(session: Session, token: str) -> bytes:

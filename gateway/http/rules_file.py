@@ -44,8 +44,8 @@ log = logging.getLogger("gateway.http.rules_file")
 class RulesFile:
     """A worker's rules from ``path``: ``current`` is the whole set in force."""
 
-    def __init__(self, path: str) -> None:
-        """Load the file.
+    def __init__(self, path: str, *, organizations: bool = False) -> None:
+        """Load the file (``organizations``: whether ``allowed_org_roles`` can be met, see ``policy.parse_rules``).
 
         Raises:
             ValueError: it does not load (the settings' checks said so before any worker started).
@@ -55,7 +55,8 @@ class RulesFile:
             self._seen: bytes | None = Path(path).read_bytes()  # what the last read found; None: nothing
         except OSError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-        self.current: Rules = parse_rules(self._seen, path)
+        self._organizations = organizations
+        self.current: Rules = parse_rules(self._seen, path, organizations=organizations)
         self._event: Callable[[str], None] = _ignore
 
     def reload(self) -> bool:
@@ -66,7 +67,7 @@ class RulesFile:
             return self._refuse(None, f"{self.path}: {exc}")
         self._seen = raw
         try:
-            rules = parse_rules(raw, self.path)
+            rules = parse_rules(raw, self.path, organizations=self._organizations)
         except ValueError as exc:
             return self._refuse(raw, str(exc))
         self.current = rules  # the one assignment: a request sees the old rules or these

@@ -6,6 +6,7 @@ import asyncio
 from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.core.errors import StoreUnavailable
+from gateway.postgres import organizations
 from gateway.postgres.api_keys import build_key_query
 from gateway.postgres.connections import connect, store_errors
 from gateway.postgres.installer import read_status
@@ -139,7 +140,11 @@ async def _check(conn: asyncpg.Connection, settings: Settings, m: Mapping) -> li
         [r[0] for r in await conn.fetch(COLUMNS_SQL, m.db_schema, t.bare, timeout=timeout)] for t in (m.session, m.user)
     ]
     try:
-        build_query(m, *columns)
+        extra = None  # organizations: the member table's columns, where it is read
+        if m.member is not None:
+            member_columns = [r[0] for r in await conn.fetch(COLUMNS_SQL, m.db_schema, m.member.bare, timeout=timeout)]
+            extra = organizations.joined(m, columns[0], member_columns)
+        build_query(m, columns[0], columns[1], extra)
     except LookupError as exc:
         hint = f"GATEWAY_SCHEMA_PRESET={settings.schema_preset}: is that how Better Auth made them?"
         return [Finding("problem", f"Better Auth's tables are not as configured: {exc} ({hint})")]

@@ -91,6 +91,7 @@ class Listener:
         mapping = mapping_from(settings)
         self._tables = (mapping.session.name, mapping.user.name)
         self._status_args = status_args(mapping)
+        self._organizations = mapping.member is not None  # the member table's triggers are wanted too
         self._filenodes: tuple[object, ...] | None = None  # the tables' files when last looked at
         self._checking: asyncio.Future[Any] | None = None  # the one check of a '*' under way
         self._recheck = False  # another '*' came during it
@@ -179,7 +180,8 @@ class Listener:
         """Read whether this version's triggers are in place; tell ``on_triggers``; whether that changed."""
         async with self._lock:
             rows = await conn.fetch(STATUS_SQL, *self._status_args, timeout=self._timeout_s)
-        installed, before = status(rows, api_keys=self._status_args[2] is not None).current, self.triggers_installed
+        wanted = {"api_keys": bool(self._status_args[2]), "organizations": self._organizations}
+        installed, before = status(rows, **wanted).current, self.triggers_installed
         self.triggers_installed = installed
         if installed == before:
             return False

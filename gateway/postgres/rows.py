@@ -16,6 +16,7 @@ import msgspec
 from gateway.core import column_values
 from gateway.core.column_values import FarTime
 from gateway.core.sessions import Session
+from gateway.postgres.organizations import ORG_ID, ORG_ROLE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -53,6 +54,9 @@ def to_session(query: Query, row: Sequence[Any], offset: int = 0) -> Session:
         session=dict(zip(query.session_fields, values[:n], strict=True)),
         user=dict(zip(query.user_fields, values[n:], strict=True)),
         role=role if isinstance(role, str) else None,
+        # organizations (GATEWAY_ORGANIZATIONS=on): selected as text, NULL without an active organization or member
+        org_id=raw[at[ORG_ID]] if ORG_ID in at else None,
+        org_role=raw[at[ORG_ROLE]] if ORG_ROLE in at else None,
     )
 
 

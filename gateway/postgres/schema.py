@@ -75,6 +75,7 @@ class Mapping(NamedTuple):
     user: Table
     token_field: str  # "token", or "id" for the legacy schema
     api_key: Table | None = None  # the API key plugin's table, with GATEWAY_API_KEYS=on (postgres.api_keys)
+    member: Table | None = None  # the organization plugin's member table, where GATEWAY_ORGANIZATIONS=on
 
 
 def mapping_from(settings: Settings) -> Mapping:
@@ -95,6 +96,10 @@ def mapping_from(settings: Settings) -> Mapping:
         table(settings.user_table, "user", settings.user_fields, returned.user),
         settings.token_field,
         api_key_table(settings) if settings.api_keys == "on" else None,
+        # organizations: the member table (gateway.postgres.organizations), only where it is read
+        table(settings.member_table, "member", settings.member_fields, frozenset())
+        if settings.organizations == "on"
+        else None,
     )
 
 
@@ -103,6 +108,14 @@ def api_key_table(settings: Settings) -> Table:
     prefix = quote(settings.db_schema) + "." if settings.db_schema else ""
     bare = settings.api_key_table or ("apikeys" if settings.use_plural else "apikey")
     return Table(prefix + quote(bare), bare, settings.api_key_fields, settings.schema_preset == "drizzle")
+
+
+class Extra(NamedTuple):
+    """Values another table adds to the lookup's row (``organizations``), read after all the others."""
+
+    names: tuple[str, ...]  # their keys in ``Query.positions``
+    select: tuple[str, ...]  # one expression each, over ``s`` (the session) and the join's alias
+    join: str  # the join that brings them (a LEFT JOIN: never a row fewer, never one more)
 
 
 class Query(NamedTuple):
@@ -119,13 +132,14 @@ class Query(NamedTuple):
     select: str = ""  # the select list alone (``s.`` the session, ``u.`` the user): for the sliding refresh
 
 
-def build_query(m: Mapping, session_columns: list[str], user_columns: list[str]) -> Query:
+def build_query(m: Mapping, session_columns: list[str], user_columns: list[str], extra: Extra | None = None) -> Query:
     """Build the join of a session (by its token column) to its user.
 
     Args:
         m: the mapping.
         session_columns: the session table's columns, as found in the catalogue.
         user_columns: the same for the user table.
+        extra: values another table adds, selected last (``organizations.joined``).
 
     Raises:
         LookupError: a required column is missing, named with the setting that maps it.
@@ -139,12 +153,15 @@ def build_query(m: Mapping, session_columns: list[str], user_columns: list[str])
     s_cols = [c for c in session_columns if c != token_col and s.field(c) in s.returned | set(SESSION_REQUIRED)]
     u_cols = [c for c in user_columns if u.field(c) in u.returned | set(USER_REQUIRED)]
     decide = [c for c in user_columns if u.field(c) in DECISION_USER_FIELDS and c not in u_cols]
-    select = ", ".join([f"s.{quote(c)}" for c in s_cols] + [f"u.{quote(c)}" for c in u_cols + decide])
+    added = list(extra.select) if extra else []  # organizations: the active organization, the member's role
+    select = ", ".join([f"s.{quote(c)}" for c in s_cols] + [f"u.{quote(c)}" for c in u_cols + decide] + added)
     join = f"FROM {s.name} AS s JOIN {u.name} AS u ON u.{quote(u.column('id'))} = s.{quote(s.column('userId'))}"
+    join += f" {extra.join}" if extra else ""
     session_fields = tuple(s.field(c) for c in s_cols)
     user_read = [u.field(c) for c in u_cols + decide]
     positions = {"expiresAt": session_fields.index("expiresAt")}
     positions |= {f: len(s_cols) + user_read.index(f) for f in DECISION_USER_FIELDS if f in user_read}
+    positions |= {name: len(s_cols) + len(user_read) + i for i, name in enumerate(extra.names if extra else ())}
     return Query(
         sql=f"SELECT {select} {join} WHERE s.{quote(token_col)} = $1",
         batch_sql=f"SELECT s.{quote(token_col)}, {select} {join} WHERE s.{quote(token_col)} = ANY($1::text[])",

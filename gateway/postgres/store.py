@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.core.errors import SchemaMismatch, StoreUnavailable
 from gateway.credentials.tokens import token_hash
+from gateway.postgres import organizations
 from gateway.postgres.jwks import keys_sql, read_keys
 from gateway.postgres.pooler import LazyPool
 from gateway.postgres.rows import row_session
@@ -237,7 +238,12 @@ class Store:
                 session_cols = [r[0] for r in await conn.fetch(COLUMNS_SQL, m.db_schema, m.session.bare)]
                 user_cols = [r[0] for r in await conn.fetch(COLUMNS_SQL, m.db_schema, m.user.bare)]
                 try:
-                    self._query = build_query(m, session_cols, user_cols)
+                    # organizations: the member's role joined in (one statement), only where it is on
+                    extra = None
+                    if m.member is not None:
+                        member_cols = [r[0] for r in await conn.fetch(COLUMNS_SQL, m.db_schema, m.member.bare)]
+                        extra = organizations.joined(m, session_cols, member_cols)
+                    self._query = build_query(m, session_cols, user_cols, extra)
                 except LookupError as exc:
                     raise SchemaMismatch(str(exc)) from exc
                 log.info("session lookup: %s", self._query.sql)

@@ -13,6 +13,9 @@ nothing usable to whoever can ``LISTEN``:
 - ``k:<sha256(key column) hex>`` (with ``GATEWAY_API_KEYS=on``): an API key was deleted, or updated
   in a way that changes a verdict (``api_key_sql``); ``k:*``: the ``apikey`` table was truncated.
 
+With ``GATEWAY_ORGANIZATIONS=on``, triggers on the organization plugin's member table too
+(``organizations``): a membership added, changed or removed notifies ``u:<user id>``.
+
 The objects carry a version in their names (``_v1``): installing a version also removes the
 triggers and functions of older ones found on the two tables (``STATUS_SQL``), in the same
 transaction, so an upgrade is one step. Installing is idempotent (one transaction; ``CREATE OR
@@ -32,6 +35,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, NamedTuple
 
+from gateway.postgres.plugin_triggers import api_key_names, api_key_sql, member_names, member_sql
+from gateway.postgres.plugin_triggers import create_trigger as _trigger
+from gateway.postgres.plugin_triggers import literal as _literal
+from gateway.postgres.plugin_triggers import qualified as _qualified
 from gateway.postgres.schema import quote
 
 if TYPE_CHECKING:
@@ -40,13 +47,13 @@ if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.postgres.schema import Mapping
 
-VERSION = 2  # 2: the API key plugin's table (its block below)
+VERSION = 3  # 2: the API key plugin's table; 3: the member table (organizations); their blocks below
 # Without triggers, the longest a revoked session stays served from the LRU (the Redis tier is
 # bypassed then: its values live minutes). Short enough that a user signing out and retrying
 # sees it refused; long enough that a hot session costs each worker one query per 5 s.
 UNTRIGGERED_TTL_S = 5.0
 _LOCK = 0x6761_7465_7761_7901  # pg_advisory_xact_lock key: one installer at a time
-_NAME = re.compile(r"gateway_(session|user|flush|apikey|apikeyflush)_notify_v([0-9]+)")
+_NAME = re.compile(r"gateway_(session|user|flush|apikey|apikeyflush|member|member_flush)_notify_v([0-9]+)")
 
 
 def names(version: int = VERSION) -> tuple[str, str, str]:
@@ -67,14 +74,6 @@ def staleness_bound_s(settings: Settings) -> float:
     if settings.cookie_cache != "off":
         bound = max(bound, settings.cookie_cache_max_age_s)
     return bound
-
-
-def _qualified(m: Mapping, name: str) -> str:
-    return (quote(m.db_schema) + "." if m.db_schema else "") + quote(name)
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def install_sql(
@@ -126,7 +125,7 @@ COMMENT ON FUNCTION {fn_s}() IS {mark};
 {_trigger(user_fn, u.name, fn_u, "AFTER UPDATE OR DELETE", "ROW")}
 {_trigger(flush_fn, s.name, fn_f, "AFTER TRUNCATE", "STATEMENT")}
 {_trigger(flush_fn, u.name, fn_f, "AFTER TRUNCATE", "STATEMENT")}
-{api_key_sql(m, ch, version)}{_drops(m, older)}COMMIT;
+{api_key_sql(m, ch, version)}{member_sql(m, channel, version)}{_drops(m, older)}COMMIT;
 """  # noqa: S608  (identifiers quoted, literals escaped)
 
 
@@ -134,24 +133,20 @@ def _drops(m: Mapping, older: Iterable[Installed]) -> str:
     """Drop other versions' triggers, then their functions (named as the catalogue spells them)."""
     found = list(older)
     tables = {True: m.session.name, False: m.user.name}
-    lines = [f"DROP TRIGGER IF EXISTS {quote(t.name)} ON {_table_of(m, t) or tables[t.on_session]};" for t in found]
+    # The catalogue's own name for the table where it was read (the API key and member tables' triggers).
+    lines = [f"DROP TRIGGER IF EXISTS {quote(t.name)} ON {t.table or tables[t.on_session]};" for t in found]
     lines += [f"DROP FUNCTION IF EXISTS {f};" for f in dict.fromkeys(t.function for t in found)]
     return "".join(line + "\n" for line in lines)
-
-
-def _trigger(name: str, table: str, function: str, when: str, each: str) -> str:
-    return (
-        f"DROP TRIGGER IF EXISTS {quote(name)} ON {table};\n"
-        f"CREATE TRIGGER {quote(name)} {when} ON {table} FOR EACH {each} EXECUTE FUNCTION {function}();"
-    )
 
 
 def uninstall_sql(m: Mapping) -> str:
     """The SQL that removes every trigger and function ``install_sql`` creates."""
     drops = [f"DROP TRIGGER IF EXISTS {quote(n)} ON {t};" for n, t in _triggers(m)]
     # The API key function only where its triggers are known to go too (a trigger left would hold it).
-    functions = (*names(), api_key_names()[0]) if m.api_key is not None else names()
+    functions = (*names(), api_key_names(VERSION)[0]) if m.api_key is not None else names()
     drops += [f"DROP FUNCTION IF EXISTS {_qualified(m, n)}();" for n in functions]
+    # organizations: CASCADE drops their triggers, wherever the member table is (or however mapped now)
+    drops += [f"DROP FUNCTION IF EXISTS {_qualified(m, n)}() CASCADE;" for n in member_names(VERSION)]
     return "BEGIN;\n" + "\n".join(drops) + "\nCOMMIT;\n"
 
 
@@ -161,20 +156,23 @@ def _triggers(m: Mapping) -> list[tuple[str, str]]:
         (USER_FUNCTION, m.user.name),
         (FLUSH_FUNCTION, m.session.name),
         (FLUSH_FUNCTION, m.user.name),
-    ] + ([(name, m.api_key.name) for name in api_key_names()] if m.api_key is not None else [])
+    ] + ([(name, m.api_key.name) for name in api_key_names(VERSION)] if m.api_key is not None else [])
 
 
 # The gateway's triggers (any version) on the tables ($1 the session table, $2 the user table, $3
-# the API key table or NULL, as ``Table.name`` spells them); none if a table is missing.
-STATUS_SQL = r"""SELECT t.tgname, p.oid::regprocedure::text, t.tgrelid = to_regclass($1)
+# the API key table or '', $4 the member table or '', as ``Table.name`` spells them); none if a
+# table is missing. The fourth column: the table as the catalogue spells it (to drop a trigger there).
+STATUS_SQL = r"""SELECT t.tgname, p.oid::regprocedure::text, t.tgrelid = to_regclass($1), t.tgrelid::regclass::text
 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-WHERE NOT t.tgisinternal AND t.tgrelid IN (to_regclass($1), to_regclass($2), to_regclass($3))
-  AND t.tgname ~ '^gateway_(session|user|flush|apikey|apikeyflush)_notify_v[0-9]+$'"""
+WHERE NOT t.tgisinternal
+  AND t.tgrelid IN (to_regclass($1), to_regclass($2), to_regclass(nullif($3, '')), to_regclass(nullif($4, '')))
+  AND t.tgname ~ '^gateway_(session|user|flush|apikey|apikeyflush|member|member_flush)_notify_v[0-9]+$'"""
 
 
-def status_args(m: Mapping) -> tuple[str, str, str | None]:
+def status_args(m: Mapping) -> tuple[str, str, str, str]:
     """``STATUS_SQL``'s parameters for a mapping."""
-    return m.session.name, m.user.name, None if m.api_key is None else m.api_key.name
+    api_key, member = m.api_key, m.member
+    return m.session.name, m.user.name, "" if api_key is None else api_key.name, "" if member is None else member.name
 
 
 class Installed(NamedTuple):
@@ -183,6 +181,7 @@ class Installed(NamedTuple):
     name: str
     function: str  # as ``regprocedure`` prints it: quoted, qualified where needed, with "()"
     on_session: bool
+    table: str = ""  # as ``regclass`` prints it (quoted, qualified where needed)
 
     @property
     def version(self) -> int:
@@ -204,75 +203,24 @@ class Status(NamedTuple):
         return sorted({t.version for t in self.older})
 
 
-def status(rows: Iterable[tuple[str, str, bool]], *, api_keys: bool = False) -> Status:
+def status(
+    rows: Iterable[tuple[str, str, bool] | tuple[str, str, bool, str]],
+    *,
+    api_keys: bool = False,
+    organizations: bool = False,
+) -> Status:
     """Read ``STATUS_SQL``'s rows: current only if all triggers of ``VERSION`` are on their tables.
 
-    ``api_keys``: the API key table's two are wanted too (``Mapping.api_key``).
+    ``api_keys``: the API key table's two are wanted too (``Mapping.api_key``); ``organizations``:
+    the member table's two (``Mapping.member``).
     """
     found = [Installed(*row) for row in rows]
     session_fn, user_fn, flush_fn = names()
     wanted = {(session_fn, True), (user_fn, False), (flush_fn, True), (flush_fn, False)}
     if api_keys:
-        wanted |= {(name, False) for name in api_key_names()}
+        wanted |= {(name, False) for name in api_key_names(VERSION)}
+    if organizations:
+        wanted |= {(name, False) for name in member_names(VERSION)}
     current = wanted <= {(t.name, t.on_session) for t in found}
     older = tuple(t for t in found if t.version < VERSION)
     return Status(current, older, tuple(t for t in found if t.version > VERSION))
-
-
-# --- API keys (h-apikeys): the API key plugin's table, with GATEWAY_API_KEYS=on ---------------------
-# Every verification through Better Auth writes its key's row (``remaining``, ``requestCount``,
-# ``lastRequest``, ``lastRefillAt``, ``updatedAt``): those columns alone say nothing, unless the
-# row written is spent (``remaining`` at 0, ``requestCount`` at ``rateLimitMax`` with the limit on,
-# a new window included), after which Better Auth refuses it, writing nothing more, and so must
-# every worker. Anything else (``enabled``, ``expiresAt``,
-# the key, its owner, its limits…) and a DELETE (revocation, expiry, exhaustion) notify
-# ``k:<sha256 hex of the key column>``; a TRUNCATE ``k:*``. Columns are read through ``to_jsonb``
-# so a column an older plugin did not make is NULL, never an error in Better Auth's write.
-
-
-def api_key_names(version: int = VERSION) -> tuple[str, str]:
-    """The API key row trigger's name (also its function's) and its TRUNCATE trigger's."""
-    return f"gateway_apikey_notify_v{version}", f"gateway_apikeyflush_notify_v{version}"
-
-
-def api_key_sql(m: Mapping, channel_literal: str, version: int = VERSION) -> str:
-    """The API key table's function and triggers (empty without one); ``channel_literal``: the quoted channel."""
-    k = m.api_key
-    if k is None:
-        return ""
-    row_name, truncate_name = api_key_names(version)
-    fn = _qualified(m, row_name)
-    usage = " - ".join(
-        _literal(k.column(f)) for f in ("remaining", "requestCount", "lastRequest", "lastRefillAt", "updatedAt")
-    )
-    fields = ("remaining", "requestCount", "rateLimitMax", "rateLimitEnabled")
-    remaining, count, most, limited = (_literal(k.column(f)) for f in fields)
-    digest = f"encode(sha256(convert_to(OLD.{quote(k.column('key'))}::text, 'UTF8')), 'hex')"
-    return f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $gateway$
-DECLARE
-  n jsonb;
-  o jsonb;
-BEGIN
-  IF TG_OP = 'TRUNCATE' THEN
-    PERFORM pg_notify({channel_literal}, 'k:*');
-    RETURN NULL;
-  END IF;
-  o := to_jsonb(OLD);
-  n := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(NEW) END;
-  IF TG_OP = 'DELETE'
-     OR (n - {usage}) IS DISTINCT FROM (o - {usage})
-     OR (n ->> {remaining})::numeric <= 0
-     OR ((n ->> {count})::numeric >= (n ->> {most})::numeric AND coalesce((n ->> {limited})::boolean, true)) THEN
-    PERFORM pg_notify({channel_literal}, 'k:' || {digest});
-  END IF;
-  RETURN NULL;
-END
-$gateway$;
-{_trigger(row_name, k.name, fn, "AFTER UPDATE OR DELETE", "ROW")}
-{_trigger(truncate_name, k.name, fn, "AFTER TRUNCATE", "STATEMENT")}
-"""
-
-
-def _table_of(m: Mapping, trigger: Installed) -> str | None:
-    """The API key table, for one of its triggers (``None`` for the others)."""
-    return m.api_key.name if m.api_key is not None and "_apikey" in trigger.name else None

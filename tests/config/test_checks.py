@@ -168,3 +168,31 @@ def test_a_bad_rules_file_stops_a_worker(bad_rules: dict[str, str], monkeypatch:
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=r"GATEWAY_RULES_FILE: .*allowed_rolez"):
         create_app()
+
+
+def test_organizations_need_postgres_and_no_cookie_cache() -> None:
+    """GATEWAY_ORGANIZATIONS=on reads the member table: not from secondary storage nor the cookie cache."""
+    base = {"BETTER_AUTH_SECRET": "s" * 40, "GATEWAY_ORGANIZATIONS": "on"}
+    on = load_settings(base | {"DATABASE_URL": "postgresql://db/app", "GATEWAY_MEMBER_FIELDS": "userId=user_ref"})
+    assert on.organizations == "on"
+    assert on.member_fields == {"userId": "user_ref"}
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            base
+            | {
+                "GATEWAY_SECONDARY_STORAGE_URL": "redis://r:6379/0",
+                "GATEWAY_COOKIE_CACHE": "compact",
+                "GATEWAY_MEMBER_TABLE": "bad-name",
+                "GATEWAY_MEMBER_FIELDS": "userid=x",
+            }
+        )
+    text = str(info.value)
+    for name in (
+        "GATEWAY_ORGANIZATIONS: on needs sessions read from Postgres",
+        "GATEWAY_ORGANIZATIONS: on needs GATEWAY_COOKIE_CACHE=off",
+        "GATEWAY_MEMBER_TABLE: 'bad-name' is not a valid SQL identifier",
+        "GATEWAY_MEMBER_FIELDS: 'userid' is not a member field",
+    ):
+        assert name in text
+    with pytest.raises(ConfigError, match="GATEWAY_ORGANIZATIONS"):
+        load_settings(base | {"DATABASE_URL": "postgresql://db/app", "GATEWAY_ORGANIZATIONS": "yes"})

@@ -810,8 +810,11 @@ async def test_absolute_form_host_is_the_one_judged(
 
 
 def every_identity_header() -> list[str]:
-    """Every header the gateway can send as identity (gateway/http/responses.py), in its own spelling."""
-    return [header for _, header in responses.Identity(remote=True).names]
+    """Every header the gateway can send as identity (gateway/http/responses.py), in its own spelling.
+
+    The organizations' too: a proxy must overwrite them even where the gateway does not send them.
+    """
+    return [header for _, header in responses.Identity(remote=True, organizations=True).names]
 
 
 @pytest.mark.parametrize("kind", list(PROXIES))

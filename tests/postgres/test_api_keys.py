@@ -18,9 +18,10 @@ from gateway.postgres import seed
 from gateway.postgres.admin import check_database
 from gateway.postgres.api_keys import ApiKeyStore
 from gateway.postgres.installer import ensure_triggers
+from gateway.postgres.plugin_triggers import api_key_names
 from gateway.postgres.schema import mapping_from
 from gateway.postgres.store import Store
-from gateway.postgres.triggers import VERSION, api_key_names, install_sql, names
+from gateway.postgres.triggers import VERSION, install_sql, names
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -122,7 +123,7 @@ async def test_installed_v1_upgrades_to_this_version_with_the_api_key_block(data
         outcome = await ensure_triggers(on)
         assert (outcome.current, outcome.message) == (True, f"upgraded from v1 to v{VERSION}")
         found = {r[0] for r in await db.fetch("select tgname from pg_trigger where tgname like 'gateway%'")}
-        assert found == set(names()) | set(api_key_names())
+        assert found == set(names()) | set(api_key_names(VERSION))
         assert (await ensure_triggers(on)).message == f"already current (v{VERSION})"
         # Without GATEWAY_API_KEYS the block is not wanted: the same install is current too.
         assert (await ensure_triggers(off)).message == f"already current (v{VERSION})"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import cast
 
+import msgspec
 import pytest
 
 from gateway.config import load_settings
@@ -90,3 +92,43 @@ def test_the_mac_key_binds_the_answered_fields_and_the_mapping() -> None:
         settings = load_settings(ENV, overrides)
         keys.add(mac_key(settings.secret.reveal(), value_configuration(settings)))
     assert len(keys) == len(changes)
+
+
+class _SessionBeforeOrganizations(msgspec.Struct, frozen=True):
+    """``Session`` as values were written before the organization fields existed."""
+
+    expires_at: float
+    banned_until: float
+    session: dict[str, object]
+    user: dict[str, object]
+    role: str | None = None
+
+
+def test_a_value_written_before_organizations_still_opens(values: Values) -> None:
+    """The organization fields are optional: a value without them opens, with neither organization nor role."""
+    old = _SessionBeforeOrganizations(SESSION.expires_at, 0.0, SESSION.session, SESSION.user, "admin")
+    raw = values.seal(KEY, cast("Session", old), 7, time.time() + 60)
+    assert raw is not None
+    opened = values.open(KEY, raw, 7, time.time())
+    assert opened == SESSION
+    assert opened is not None
+    assert (opened.org_id, opened.org_role) == (None, None)
+    with_org = msgspec.structs.replace(SESSION, org_id="o1", org_role="admin,member")
+    sealed = values.seal(KEY, with_org, 7, time.time() + 60)
+    assert sealed is not None
+    assert values.open(KEY, sealed, 7, time.time()) == with_org
+
+
+def test_organizations_on_is_another_configuration() -> None:
+    """Off, the configuration's bytes are what they were (no cold start); on, values without roles are not ours."""
+    off = load_settings(ENV)
+    fields = off.returned_fields
+    before = msgspec.json.encode(
+        {"user": sorted(fields.user), "session": sorted(fields.session), "schema": ""}
+        | {"tables": [["session", [], False], ["user", [], False]], "token": "token"}
+    )
+    assert value_configuration(off) == before
+    on = load_settings(ENV | {"GATEWAY_ORGANIZATIONS": "on"})
+    assert value_configuration(on) != before
+    renamed = load_settings(ENV | {"GATEWAY_ORGANIZATIONS": "on", "GATEWAY_MEMBER_TABLE": "memberships"})
+    assert value_configuration(renamed) != value_configuration(on)

@@ -18,7 +18,7 @@ for any ASGI app (Starlette, FastAPI). Needs httpx only.
 
 from better_auth_gateway_client.client import GatewayClient, SyncGatewayClient
 from better_auth_gateway_client.errors import GatewayUnavailable, RateLimited
-from better_auth_gateway_client.identity import Identity, Session, User
+from better_auth_gateway_client.identity import Identity, Organization, Session, User
 from better_auth_gateway_client.protocol import CREDENTIAL_HEADERS
 
 __version__ = "0.1.0"
@@ -28,6 +28,7 @@ __all__ = [
     "GatewayClient",
     "GatewayUnavailable",
     "Identity",
+    "Organization",
     "RateLimited",
     "Session",
     "SyncGatewayClient",

@@ -91,12 +91,30 @@ class Session:
     extra: Mapping[str, Any] = _extra()
 
 
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Organization:
+    """The session's active organization and the member's role in it (a gateway with GATEWAY_ORGANIZATIONS=on)."""
+
+    id: str
+    role: str | None = None  # None: the user is no member of it (any more)
+    extra: Mapping[str, Any] = _extra()
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The member's roles (Better Auth keeps several comma-separated in one field)."""
+        return tuple(r.strip() for r in (self.role or "").split(",") if r.strip())
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Identity:
-    """Who a valid session belongs to (``session`` is ``None`` for a JWT of the JWT plugin)."""
+    """Who a valid session belongs to (``session`` is ``None`` for a JWT of the JWT plugin).
+
+    ``organization``: the active one, from a gateway with organizations on; else ``None``.
+    """
 
     user: User
     session: Session | None
+    organization: Organization | None = None
 
 
 def decode_identity(body: bytes) -> Identity:
@@ -107,8 +125,12 @@ def decode_identity(body: bytes) -> Identity:
         raise MalformedAnswer("the answer is not JSON") from exc
     if not isinstance(document, dict) or "user" not in document:
         raise MalformedAnswer("the answer holds no user")
-    session = document.get("session")
-    return Identity(_USER.read(document["user"]), None if session is None else _SESSION.read(session))
+    session, organization = document.get("session"), document.get("organization")
+    return Identity(
+        _USER.read(document["user"]),
+        None if session is None else _SESSION.read(session),
+        None if organization is None else _ORGANIZATION.read(organization),
+    )
 
 
 def parse_date(value: str) -> dt.datetime:
@@ -182,3 +204,4 @@ class _Shape:
 
 _USER = _Shape(User)
 _SESSION = _Shape(Session)
+_ORGANIZATION = _Shape(Organization)
