@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 class Stripper:
-    """Builds the credential-free ``Cookie``, ``Authorization``, ``X-Session-Token`` (and API key headers) for the upstream."""
+    """Builds the credential-free ``Cookie``, ``Authorization``, ``X-Session-Token``, key headers for the upstream."""
 
     __slots__ = ("_blank", "_names", "_prefixes")
 
