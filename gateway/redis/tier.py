@@ -154,8 +154,10 @@ class RedisTier:
         """Tombstone these users and every cached session of theirs (a best effort: never raises)."""
 
         async def run() -> None:
-            ttl, commands = self._tombstone_ms, [("EVAL", REVOKE_USER, 2, *self._user_keys(u)) for u in user_ids]
-            listed = await self._reads.execute([(*command, ttl, TOMBSTONE) for command in commands])
+            ttl = self._tombstone_ms
+            listed = await self._reads.execute(
+                [("EVAL", REVOKE_USER, 2, *self._user_keys(user_id), ttl, TOMBSTONE) for user_id in user_ids]
+            )
             await self._tombstone([m.decode() if isinstance(m, bytes) else m for members in listed for m in members])
 
         await self._guarded(run())
