@@ -98,6 +98,8 @@ async def run(args: argparse.Namespace) -> None:
     dsn, tokens = await seeded(admin_dsn)
     env = {"DATABASE_URL": dsn, "BETTER_AUTH_SECRET": SECRET, "GATEWAY_L1_MAX_ENTRIES": "0"}
     env |= {"GATEWAY_RATE_LIMIT_PER_MINUTE": "0", "GATEWAY_LISTEN": "false"}
+    # cProfile slows everything several times over: a Redis budget of 250 ms would turn it off midway.
+    env |= {"GATEWAY_REDIS_TIMEOUT_S": "2", "GATEWAY_DB_TIMEOUT_S": "5"}
     if args.tier == "redis":
         env |= {"REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": "gwprofile" + seed.generate_id(6)}
     app = App(load_settings(env), open_resources)

@@ -2,7 +2,7 @@
 
 redis-py's asyncio client checks a connection out of its pool for every command and parses each
 reply through several layers: ~50 µs of Python per command here, ten times a pipelined one
-(``reference/performance.md``). On a ``Pipe`` a command is one ``transport.write``, hiredis parses
+(``docs/performance.md``). On a ``Pipe`` a command is one ``transport.write``, hiredis parses
 what arrives, and each reply goes to the oldest waiter's callback: no task, no lock, no pool.
 
 A pipe that fails in any way is finished: a reply later than the budget (a hung server, or a dead
@@ -105,7 +105,9 @@ class Pipe(asyncio.Protocol):
         if not self._waiting:
             return
         deadline = self._waiting[0][0]
-        if self._loop.time() >= deadline - 0.001:  # the loop may fire a timer up to its clock's resolution early
+        # Both asyncio and uvloop read their sockets between a busy stretch of callbacks and the
+        # next timers: a reply that came in time has been handed over before this runs.
+        if self._loop.time() >= deadline - 0.001:  # a timer may fire up to the clock's resolution early
             self._fail(f"no reply within {self._timeout_s:g}s")
         else:
             self._timer = self._loop.call_at(deadline, self._expire)
