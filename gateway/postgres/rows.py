@@ -43,13 +43,14 @@ def to_session(query: Query, row: Sequence[Any], offset: int = 0) -> Session:
     """
     # Every Postgres hit comes through here (its cost showed in the profile of a caches-off hit:
     # benchmarks/results/): values shown as they are skip the call, the positions are read once.
-    n, m, at = len(query.session_fields), len(query.user_fields), query.positions
-    values = [v if type(v) in _AS_IS else json_value(v) for v in row[offset : offset + n + m]]
-    role = row[offset + at["role"]] if "role" in at else None
-    banned = row[offset + at["banned"]] if "banned" in at else None
-    ban_expires = row[offset + at["banExpires"]] if "banExpires" in at else None
+    raw = row[offset:]  # a tuple (an asyncpg Record slices into one), not a list copied first
+    n, at = len(query.session_fields), query.positions
+    values = [v if type(v) in _AS_IS else json_value(v) for v in raw[: n + len(query.user_fields)]]
+    role = raw[at["role"]] if "role" in at else None
+    banned = raw[at["banned"]] if "banned" in at else None
+    ban_expires = raw[at["banExpires"]] if "banExpires" in at else None
     return Session(
-        expires_at=unix_seconds(row[offset + at["expiresAt"]]),
+        expires_at=unix_seconds(raw[at["expiresAt"]]),
         banned_until=0.0 if banned is not True else math.inf if ban_expires is None else unix_seconds(ban_expires),
         session=dict(zip(query.session_fields, values[:n], strict=True)),
         user=dict(zip(query.user_fields, values[n:], strict=True)),
