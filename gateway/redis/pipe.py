@@ -163,5 +163,5 @@ async def _handshake(pipe: Pipe, username: str | None, password: str | None, db:
         steps.append(pipe.call("AUTH", *([username] if username else []), password))
     if db:
         steps.append(pipe.call("SELECT", db))
-    steps.append(pipe.call("PING"))
-    await asyncio.gather(*steps)  # sent together; replies come in order, so the first refusal is the error
+    if steps:  # nothing to say otherwise: the first command is the first round trip, as with redis-py
+        await asyncio.gather(*steps)  # sent together; replies come in order, so the first refusal is the error

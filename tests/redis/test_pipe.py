@@ -134,14 +134,28 @@ async def test_a_killed_redis_fails_every_waiter_at_once(own_redis: RedisServer,
     assert "connection lost" in str(pipe.failure)
 
 
-async def test_a_black_hole_fails_the_connection_within_the_budget(redis_url: str) -> None:
-    """A link that accepts the connection and carries nothing: opening a pipe fails in the budget, never hangs."""
+async def test_a_black_hole_fails_the_first_command_within_the_budget(redis_url: str) -> None:
+    """A link that accepts the connection and carries nothing: the first command fails in the budget, never hangs."""
+    proxy = await Proxy(redis_url.replace("redis://", "postgresql://")).start()
+    try:
+        proxy.stalled = True
+        pipe = await opened(f"redis://127.0.0.1:{proxy.port}/0", timeout_s=0.3)  # nothing to say before a command
+        started = time.monotonic()
+        with pytest.raises(PipeFailed, match="no reply within"):
+            await pipe.call("PING")
+        assert time.monotonic() - started < 1.5
+    finally:
+        await proxy.close()
+
+
+async def test_a_black_hole_fails_the_handshake_within_the_budget(redis_url: str) -> None:
+    """With a password to send, a link that carries nothing fails the opening itself within the budget."""
     proxy = await Proxy(redis_url.replace("redis://", "postgresql://")).start()
     try:
         proxy.stalled = True
         started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            await opened(f"redis://127.0.0.1:{proxy.port}/0", timeout_s=0.3)
+        with pytest.raises((TimeoutError, PipeFailed)):
+            await opened(f"redis://:pw@127.0.0.1:{proxy.port}/0", timeout_s=0.3)
         assert time.monotonic() - started < 1.5
     finally:
         await proxy.close()
