@@ -12,8 +12,9 @@
 - ``<prefix>:v2:gen`` is a generation number, read with every ``MGET``: a value from another
   generation is a miss. Bumping it makes everything cached before unusable at once; a process
   never lets it go back (``generation``).
-- Reads made in the same loop tick go out as one ``MGET``, writes as one pipeline: the redis-py
-  client, not Redis, is the cost of a round trip. ``drain()`` awaits the writes queued so far.
+- Reads made in the same loop tick go out as one ``MGET`` on a pipelined connection of their own
+  (``reads``, ``pipe``): the redis-py client, not Redis, is the cost of a round trip. Writes
+  (misses only) go through redis-py as one pipeline per tick; ``drain()`` awaits those queued so far.
 - Redis failing never fails a request: the tier turns into misses, stops trying (``degraded``)
   and a background probe, backing off with jitter, brings it back.
 """
@@ -24,22 +25,21 @@ import asyncio
 import hashlib
 import logging
 import random as _random
-import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.core.backoff import Backoff, jitter
 from gateway.core.errors import CacheUnavailable
-from gateway.lookup.batching import Batcher
 from gateway.lookup.protocols import SharedRead as Lookup
 from gateway.redis import client as redis_client
 from gateway.redis.generation import Generation
+from gateway.redis.reads import ClusterReads, PipelinedReads
 from gateway.redis.scripts import INDEX_UNLESS_REVOKED, REVOKE_USER, SET_UNLESS_REVOKED, TOMBSTONE
 from gateway.redis.values import Values, mac_key
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from redis.asyncio import Redis
 
@@ -89,8 +89,13 @@ class RedisTier:
         self._tombstone_ms = int(tombstone_s(settings) * 1000)
         self._clock = clock
         self._repair: asyncio.Task[bool] | None = None
-        self._mget = client.mget_nonatomic if isinstance(client, RedisCluster) else client.mget
-        self._reads: Batcher[str, Lookup] = Batcher(self._read_many, settings.batch_max_size)
+        parts: dict[str, Any] = {"timeout_s": self._timeout_s, "max_size": settings.batch_max_size}
+        parts |= {"decode": self._decode, "failed": self._degrade, "observe": self._observe}
+        self._reads = (
+            ClusterReads(client, self.generation.key, **parts)
+            if isinstance(client, RedisCluster)
+            else PipelinedReads(client, self.generation.key, **parts)
+        )
         self._writes: list[tuple[str, bytes, int, str]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.degraded: str | None = None  # why Redis is being skipped, while it is
@@ -105,11 +110,13 @@ class RedisTier:
         tag = "{" + hashlib.sha256(user_id.encode()).hexdigest() + "}"
         return [self._prefix + "u:" + tag, self._prefix + "r:" + tag]
 
-    async def get(self, token_digest: str) -> Lookup | None:
+    def get(self, token_digest: str) -> asyncio.Future[Lookup | None]:
         """The session cached under a token hash, with the generation read; ``None`` if Redis is down."""
         if self.degraded is not None:
-            return None
-        return await self._reads.get(self.key(token_digest))
+            skipped: asyncio.Future[Lookup | None] = asyncio.get_running_loop().create_future()
+            skipped.set_result(None)
+            return skipped
+        return self._reads.get(self._session_prefix + token_digest)
 
     def put(self, token_digest: str, session: Session, generation: int) -> None:
         """Cache ``session`` (in the background) until the L2 TTL or its ``expiresAt``, whichever is first.
@@ -147,10 +154,10 @@ class RedisTier:
         """Tombstone these users and every cached session of theirs (a best effort: never raises)."""
 
         async def run() -> None:
-            pipe = self._client.pipeline(transaction=False)
-            for user_id in user_ids:
-                pipe.eval(REVOKE_USER, 2, *self._user_keys(user_id), self._tombstone_ms, TOMBSTONE)
-            listed = await pipe.execute()
+            ttl = self._tombstone_ms
+            listed = await self._reads.execute(
+                [("EVAL", REVOKE_USER, 2, *self._user_keys(user_id), ttl, TOMBSTONE) for user_id in user_ids]
+            )
             await self._tombstone([m.decode() if isinstance(m, bytes) else m for members in listed for m in members])
 
         await self._guarded(run())
@@ -166,13 +173,14 @@ class RedisTier:
             CacheUnavailable: Redis did not answer within the budget (the cause chained).
         """
         async with redis_client.answering(self._timeout_s, CacheUnavailable):
-            await self._client.ping()
+            await self._reads.ping()
 
     async def close(self) -> None:
         """Stop the background work (queued writes are dropped) and close the connections."""
         for task in (*self._background, *([self._probe] if self._probe else [])):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self._reads.close()
         await redis_client.close(self._client)
 
     def _repair_generation(self) -> None:
@@ -181,10 +189,8 @@ class RedisTier:
 
     async def _tombstone(self, digests: list[str]) -> None:
         if digests:
-            pipe = self._client.pipeline(transaction=False)
-            for digest in digests:
-                pipe.set(self.key(digest), TOMBSTONE, px=self._tombstone_ms)
-            await pipe.execute()
+            ttl = self._tombstone_ms
+            await self._reads.execute([("SET", self.key(digest), TOMBSTONE, "PX", ttl) for digest in digests])
 
     async def _guarded(self, work: Awaitable[Any]) -> bool:
         """Run ``work`` within the budget; ``False`` (and degrade) if Redis failed it."""
@@ -202,26 +208,18 @@ class RedisTier:
         task.add_done_callback(self._background.discard)
         return task
 
-    async def _read_many(self, keys: Sequence[str]) -> Mapping[str, Lookup]:
-        started = time.perf_counter()
-        try:
-            async with redis_client.answering(self._timeout_s, CacheUnavailable):
-                gen_raw, *values = await self._mget([self.generation.key, *keys])
-        except CacheUnavailable as exc:
-            self._degrade(exc)
-            return {}
-        finally:
-            self._observe(time.perf_counter() - started)
-        generation = self.generation.read(gen_raw)
+    def _decode(self, keys: Sequence[str], raw: list[Any]) -> list[Lookup] | None:
+        """What an ``MGET`` of the generation and ``keys`` read; ``None`` if the generation is not to be trusted."""
+        generation = self.generation.read(raw[0])
         if generation is None:
             # Rolled back, or garbage: trust nothing read with it (the callers count these as
             # errors and ask Postgres), and set it back in the background. An MGET that raced
             # one of our own bumps lands here too; the repair then finds nothing to do.
             self._repair_generation()
-            return {}
+            return None
         now, open_ = self._clock(), self._values.open
-        pairs = zip(keys, values, strict=True)
-        return {key: Lookup(open_(key, raw, generation, now), generation) for key, raw in pairs}
+        pairs = zip(keys, raw[1:], strict=True)
+        return [Lookup(open_(key, value, generation, now), generation) for key, value in pairs]
 
     def _flush_writes(self) -> None:
         writes, self._writes = self._writes, []
@@ -231,16 +229,17 @@ class RedisTier:
     async def _write(self, writes: list[tuple[str, bytes, int, str]]) -> None:
         # Two steps, in this order (a user's list and a session live in different hash slots):
         # list each session under its user unless the user is tombstoned, then write the ones listed.
-        pipe = self._client.pipeline(transaction=False)
-        for key, _, _, user_id in writes:
-            digest = key[len(self._session_prefix) :]
-            pipe.eval(INDEX_UNLESS_REVOKED, 2, *self._user_keys(user_id), digest, int(self._ttl_s * 1000))
-        listed = await pipe.execute()
-        pipe = self._client.pipeline(transaction=False)
-        for (key, value, ttl_ms, _), ok in zip(writes, listed, strict=True):
-            if ok:
-                pipe.eval(SET_UNLESS_REVOKED, 1, key, value, ttl_ms, TOMBSTONE)
-        await pipe.execute()
+        head, list_ttl_ms = len(self._session_prefix), int(self._ttl_s * 1000)
+        listed = await self._reads.execute(
+            [("EVAL", INDEX_UNLESS_REVOKED, 2, *self._user_keys(u), key[head:], list_ttl_ms) for key, _, _, u in writes]
+        )
+        await self._reads.execute(
+            [
+                ("EVAL", SET_UNLESS_REVOKED, 1, key, value, ttl_ms, TOMBSTONE)
+                for (key, value, ttl_ms, _), ok in zip(writes, listed, strict=True)
+                if ok
+            ]
+        )
 
     def _degrade(self, exc: CacheUnavailable) -> None:
         """Stop using Redis and start probing it in the background until it answers again."""

@@ -1,0 +1,129 @@
+"""The shared tier's pipelined reads against real Redis: one MGET per tick, misses (never hangs) on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+
+from gateway.config import load_settings
+from gateway.redis.client import connect
+from gateway.redis.tier import RedisTier
+from gateway.resources import value_configuration
+from tests.redis.test_tier import ENV, digest, session
+from tests.support.waiting import eventually
+
+if TYPE_CHECKING:
+    from tests.support.redis import RedisServer
+
+
+def tier_on(url: str, prefix: str, observed: list[float] | None = None, **overrides: Any) -> RedisTier:
+    settings = load_settings(ENV | {"REDIS_URL": url}, {"redis_prefix": prefix} | overrides)
+    client = connect(url, timeout_s=settings.redis_timeout_s, pool_max_size=settings.redis_pool_max_size)
+    observe = None if observed is None else observed.append
+    return RedisTier(client, settings, value_configuration(settings), time.time, observe=observe)
+
+
+async def clients_of(url: str) -> int:
+    probe = aioredis.Redis.from_url(url)
+    try:
+        return int((await probe.info("clients"))["connected_clients"]) - 1  # not counting the probe
+    finally:
+        await probe.aclose()
+
+
+async def test_the_reads_of_one_tick_are_one_mget(redis_url: str, redis_prefix: str) -> None:
+    """A hundred lookups asked in one tick go out as one MGET, and each gets its own session back."""
+    observed: list[float] = []
+    tier = tier_on(redis_url, redis_prefix, observed)
+    try:
+        for n in range(100):
+            tier.put(digest(n), session(n), 0)
+        await tier.drain()
+        observed.clear()
+        found = await asyncio.gather(*(tier.get(digest(n)) for n in range(101)))  # the last one: never written
+        assert len(observed) == 1
+        assert [f.session if f else "error" for f in found] == [*(session(n) for n in range(100)), None]
+    finally:
+        await tier.close()
+
+
+async def test_reads_and_writes_share_one_connection(own_redis: RedisServer) -> None:
+    """Reads, writes and revocations of a tier take one connection to Redis, whatever the load."""
+    tier = tier_on(own_redis.url, "gwt")
+    try:
+        for n in range(200):
+            tier.put(digest(n), session(n), 0)
+        await asyncio.gather(tier.drain(), *(tier.get(digest(n)) for n in range(200)), tier.revoke([digest(7)]))
+        assert await clients_of(own_redis.url) == 1
+    finally:
+        await tier.close()
+    assert await clients_of(own_redis.url) == 0  # closed with the tier
+
+
+async def test_a_paused_redis_is_a_miss_within_the_budget_then_recovers(own_redis: RedisServer) -> None:
+    """Redis stops answering mid-pipeline: lookups waiting are misses after the budget, then Redis serves again."""
+    tier = tier_on(own_redis.url, "gwt", redis_timeout_s=0.3, redis_backoff_s=0.05)
+    assert own_redis.proc is not None
+    try:
+        tier.put(digest(1), session(1), 0)
+        await tier.drain()
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            found = await asyncio.gather(*(tier.get(digest(1)) for _ in range(30)))
+            assert found == [None] * 30  # an error for the tiers: they ask Postgres
+            assert time.monotonic() - started < 1.5
+            assert tier.degraded is not None
+            assert "no reply within" in tier.degraded
+            assert await tier.get(digest(1)) is None  # degraded: not even tried
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+        await eventually(lambda: tier.degraded is None, within=5)
+        tier.put(digest(2), session(2), tier.generation.floor)  # the recovery bumped the generation
+        await tier.drain()
+        back = await tier.get(digest(2))
+        assert back is not None
+        assert back.session == session(2)
+    finally:
+        await tier.close()
+
+
+async def test_a_redis_killed_mid_pipeline_is_a_miss_at_once_then_recovers(own_redis: RedisServer) -> None:
+    """Redis dies with reads in flight: they are misses at once (not at the budget's end); a new Redis is used."""
+    tier = tier_on(own_redis.url, "gwt", redis_timeout_s=5.0, redis_backoff_s=0.05)
+    assert own_redis.proc is not None
+    try:
+        assert await tier.get(digest(1)) is not None  # the pipe is open
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)  # the reads below are surely in flight when it dies
+        reads = [tier.get(digest(n)) for n in range(20)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        own_redis.kill()
+        assert await asyncio.gather(*reads) == [None] * 20
+        assert time.monotonic() - started < 2
+        own_redis.start()
+        await eventually(lambda: tier.degraded is None, within=5)
+        found = await tier.get(digest(1))
+        assert found is not None
+        assert found.session is None  # a miss on the new, empty Redis: not an error
+    finally:
+        await tier.close()
+
+
+async def test_reads_before_the_first_connection_wait_for_it(own_redis: RedisServer) -> None:
+    """Reads asked in several ticks before the pipe is open share the one connection made, then are sent."""
+    tier = tier_on(own_redis.url, "gwt")
+    try:
+        first = [tier.get(digest(n)) for n in range(5)]
+        await asyncio.sleep(0)
+        second = [tier.get(digest(n)) for n in range(5, 10)]
+        found = await asyncio.gather(*first, *second)
+        assert all(f is not None and f.session is None for f in found)
+        assert await clients_of(own_redis.url) == 1
+    finally:
+        await tier.close()
