@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
@@ -21,6 +22,7 @@ from gateway.http import policy
 from gateway.http.app import App
 from gateway.lookup.decision import Decider
 from gateway.lookup.tiers import Tiers
+from gateway.lookup.traced import TracedShared, TracedSource
 from gateway.postgres.listener import Listener
 from gateway.postgres.schema import mapping_from
 from gateway.postgres.store import Store
@@ -31,6 +33,7 @@ from gateway.redis.secondary_storage import SecondaryStorage
 from gateway.redis.tier import RedisTier, tombstone_s
 from gateway.telemetry.logs import configure_logging
 from gateway.telemetry.metrics import Metrics
+from gateway.telemetry.tracing import open_tracing
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from gateway.config import Secret, Settings
-    from gateway.lookup.protocols import SessionSource
+    from gateway.lookup.protocols import SessionSource, SharedCache
 
 log = logging.getLogger("gateway")
 
@@ -123,9 +126,10 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             configuration = value_configuration(settings)
             redis = RedisTier(client, settings, configuration, clock, observe=observe, event=metrics.event)
             stack.push_async_callback(redis.close)
+        source, shared = _traced(stack, source, redis, "postgresql" if store is not None else "redis")
         tiers = Tiers(
             source,
-            redis,
+            shared,
             max_entries=settings.l1_max_entries,
             ttl_s=ttl_s,
             negative_max_entries=settings.negative_max_entries,
@@ -167,6 +171,17 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             jwts = JwtVerifier(keys, audience=audience, issuer=issuer)
         decider = Decider(verifier, tiers, cookie_cache, jwts)
         yield Resources(store, secondary, redis, tiers, decider, listener, metrics)
+
+
+def _traced(
+    stack: contextlib.AsyncExitStack, source: SessionSource, redis: RedisTier | None, system: str
+) -> tuple[SessionSource, SharedCache | None]:
+    """The ports in spans, if the ``OTEL_*`` variables turn tracing on (``gateway.telemetry.tracing``)."""
+    tracing = open_tracing(os.environ)
+    if tracing is None:
+        return source, redis
+    stack.push_async_callback(asyncio.to_thread, tracing.shutdown)  # the last spans exported on close
+    return TracedSource(source, tracing, system), None if redis is None else TracedShared(redis, tracing)
 
 
 def value_configuration(settings: Settings) -> bytes:

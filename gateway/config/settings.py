@@ -164,6 +164,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON lines
     log_decisions_sample: float = 0.0  # at info, the share of decisions logged (at debug: all)
 
+    # Observability (issue 20): one access line per decided request; X-Request-ID on /validate answers.
+    access_log: Literal["off", "on"] = "off"
+    request_id_header: Literal["off", "on"] = "off"
+
     # Operations.
     metrics_port: int = 0  # 0: /metrics on the main port only; else also served on this port
     metrics_flush_s: float = 1.0

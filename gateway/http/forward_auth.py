@@ -59,7 +59,10 @@ class ForwardAuth:
         self._param = settings.redirect_param
         self._redirect_hosts = settings.redirect_hosts  # lower case; by default the login URL's host
         # Decision logging needs the full path (it times and fingerprints every answer).
-        self._simple = self._rules is None and self._strip is None and not pipeline.log.enabled
+        # So do the access log and the echoed request ID (``observing``).
+        self._simple = (
+            self._rules is None and self._strip is None and not pipeline.log.enabled and not pipeline.observer.full_path
+        )
 
     def watching_rules(self, event: Callable[[str], None]) -> AbstractAsyncContextManager[None]:
         """While open, reload the rules file on SIGHUP and on a change (``rules_file``); ``event`` counts reloads."""
