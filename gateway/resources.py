@@ -22,7 +22,7 @@ from gateway.http import policy
 from gateway.http.app import App
 from gateway.lookup.decision import Decider
 from gateway.lookup.tiers import Tiers
-from gateway.lookup.traced import TracedShared, TracedSource
+from gateway.lookup.traced import traced
 from gateway.postgres.listener import Listener
 from gateway.postgres.schema import mapping_from
 from gateway.postgres.store import Store
@@ -33,7 +33,6 @@ from gateway.redis.secondary_storage import SecondaryStorage
 from gateway.redis.tier import RedisTier, tombstone_s
 from gateway.telemetry.logs import configure_logging
 from gateway.telemetry.metrics import Metrics
-from gateway.telemetry.tracing import open_tracing
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,7 +40,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from gateway.config import Secret, Settings
-    from gateway.lookup.protocols import SessionSource, SharedCache
+    from gateway.lookup.protocols import SessionSource
 
 log = logging.getLogger("gateway")
 
@@ -126,7 +125,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             configuration = value_configuration(settings)
             redis = RedisTier(client, settings, configuration, clock, observe=observe, event=metrics.event)
             stack.push_async_callback(redis.close)
-        source, shared = _traced(stack, source, redis, "postgresql" if store is not None else "redis")
+        source, shared = traced(stack, os.environ, source, redis, "postgresql" if store is not None else "redis")
         tiers = Tiers(
             source,
             shared,
@@ -171,17 +170,6 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             jwts = JwtVerifier(keys, audience=audience, issuer=issuer)
         decider = Decider(verifier, tiers, cookie_cache, jwts)
         yield Resources(store, secondary, redis, tiers, decider, listener, metrics)
-
-
-def _traced(
-    stack: contextlib.AsyncExitStack, source: SessionSource, redis: RedisTier | None, system: str
-) -> tuple[SessionSource, SharedCache | None]:
-    """The ports in spans, if the ``OTEL_*`` variables turn tracing on (``gateway.telemetry.tracing``)."""
-    tracing = open_tracing(os.environ)
-    if tracing is None:
-        return source, redis
-    stack.push_async_callback(asyncio.to_thread, tracing.shutdown)  # the last spans exported on close
-    return TracedSource(source, tracing, system), None if redis is None else TracedShared(redis, tracing)
 
 
 def value_configuration(settings: Settings) -> bytes:

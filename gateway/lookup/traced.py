@@ -7,10 +7,14 @@ themselves and nothing here runs. Only reads are traced (a shared-cache ``get``,
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
+
+from gateway.telemetry.tracing import open_tracing
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Mapping, Sequence
+    from contextlib import AsyncExitStack
 
     from gateway.core.sessions import Session
     from gateway.lookup.protocols import SessionSource, SharedCache, SharedRead
@@ -63,3 +67,21 @@ class TracedShared:
     def bump_generation(self) -> Awaitable[bool]:
         """Passed through."""
         return self._shared.bump_generation()
+
+
+def traced(
+    stack: AsyncExitStack, environ: Mapping[str, str], source: SessionSource, shared: SharedCache | None, system: str
+) -> tuple[SessionSource, SharedCache | None]:
+    """The ports in spans if the ``OTEL_*`` variables in ``environ`` turn tracing on, else as they are.
+
+    ``system``: the source's (``postgresql``, or ``redis`` for secondary storage). The tracer is
+    shut down when ``stack`` closes (what is left exported), after whatever it opens later.
+
+    Raises:
+        ConfigError: tracing is asked for but can't start (``tracing.problems``).
+    """
+    tracing = open_tracing(environ)
+    if tracing is None:
+        return source, shared
+    stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
+    return TracedSource(source, tracing, system), None if shared is None else TracedShared(shared, tracing)

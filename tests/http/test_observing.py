@@ -50,7 +50,7 @@ def lines(server: Server, logger: str) -> list[dict[str, Any]]:
 async def test_a_requests_id_is_in_its_decision_and_access_lines_and_no_credential_anywhere(
     db: asyncpg.Connection, database: str, start_gateway: Any
 ) -> None:
-    """X-Request-ID, else traceparent's trace ID, else a made ID: in both lines and echoed; no token, cookie or key logged."""
+    """X-Request-ID, else traceparent's trace ID, else a made ID: in both lines, echoed; no credential logged."""
     user = await seed.create_user(db, email="access@example.com")
     token = await seed.create_session(db, user)
     env = {
@@ -124,7 +124,7 @@ async def test_a_requests_id_is_in_its_decision_and_access_lines_and_no_credenti
 async def test_the_latency_histogram_and_in_flight_gauge_add_up_over_workers(
     db: asyncpg.Connection, database: str, start_gateway: Any
 ) -> None:
-    """With 2 workers: every decision is one observation (the hit path's included); requests waiting on a lookup are in flight."""
+    """With 2 workers: each decision is one observation (hit path included); requests awaiting lookups are in flight."""
     user = await seed.create_user(db, email="latency@example.com")
     tokens = [await seed.create_session(db, user) for _ in range(4)]
     env = {"DATABASE_URL": database, "GATEWAY_METRICS_FLUSH_S": "0.1", "GATEWAY_DB_TIMEOUT_S": "20"}
@@ -160,7 +160,7 @@ async def test_the_latency_histogram_and_in_flight_gauge_add_up_over_workers(
             ]
 
             async def five_in_flight() -> bool:
-                return total(await scrape(gw.url), "gateway_requests_in_flight") == 5  # noqa: PLR2004
+                return total(await scrape(gw.url), "gateway_requests_in_flight") == 5
 
             await eventually(five_in_flight, within=10)
             await transaction.rollback()

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     import pytest
 
-VALUES = [0.0, 0.000003, 0.00001, 0.0000100001, 0.0004, 0.001, 0.0123, 0.5, 5.0, 7.5, 120.0] + list(BUCKETS)
+VALUES = [0.0, 0.000003, 0.00001, 0.0000100001, 0.0004, 0.001, 0.0123, 0.5, 5.0, 7.5, 120.0, *BUCKETS]
 
 
 def histogram(registry: CollectorRegistry) -> Histogram:

@@ -41,10 +41,11 @@ def test_tracing_is_off_unless_an_otel_variable_asks() -> None:
 
 def test_an_unsupported_exporter_is_a_configuration_problem() -> None:
     """An exporter the gateway can't build is said, with what is supported; a supported one is no problem."""
-    assert problems({"OTEL_TRACES_EXPORTER": "zipkin"}) == [
+    expected = (
         "OTEL_TRACES_EXPORTER: 'zipkin' (protocol 'http/protobuf') is not supported: "
         "otlp (http/protobuf or grpc), console or none"
-    ]
+    )
+    assert problems({"OTEL_TRACES_EXPORTER": "zipkin"}) == [expected]
     assert problems({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}) != []
     assert problems({"OTEL_TRACES_EXPORTER": "otlp"}) == []
 
