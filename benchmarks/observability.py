@@ -9,7 +9,9 @@ decision-latency histogram, the in-flight gauge, build_info and process series: 
 with OpenTelemetry tracing on as well (an OTLP endpoint set: no span is made on an L1 hit); and
 with everything on (tracing, ``GATEWAY_ACCESS_LOG=on``, ``GATEWAY_REQUEST_ID_HEADER=on``: each
 hit then goes down the full pipeline and writes a log line, to a file). Only ratios to the floor
-of the same run are compared.
+of the same run are compared: throughput, and, steadier on a shared machine, the server's CPU
+time per request (every process of it, from ``/proc``): the floor's CPU per request over the
+configuration's is the share of the floor's speed it would reach on a core of its own.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -24,10 +27,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
+import psutil
 
-from benchmarks.http_compare import LUA, ROOT, SESSIONS, Result, granian, setup_database, wrk
+from benchmarks.http_compare import LUA, ROOT, SESSIONS, granian, setup_database
 from tests.support.credentials import SECRET
 from tests.support.ports import free_port
 from tests.support.postgres import drop_database
@@ -59,6 +64,33 @@ async def warm(port: int, tokens: list[str]) -> None:
                 *(c.get(f"http://127.0.0.1:{port}/validate", headers={"authorization": f"Bearer {t}"}) for t in batch)
             )
             assert {r.status_code for r in answers} == {200}
+
+
+class Result(NamedTuple):
+    rps: float
+    cpu_us: float  # the server's CPU time (every process of it) per request answered
+    p99_ms: float
+
+
+def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    """User + system CPU time of the server: the process and its workers."""
+    root = psutil.Process(proc.pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+
+
+def measure(proc: subprocess.Popen[bytes], port: int, script: Path, duration: float, connections: int) -> Result:
+    """wrk pinned to CPU 1 (``-t1 --latency``): throughput, the server's CPU per request, p99."""
+    before = cpu_seconds(proc)
+    command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{round(duration)}s", "--latency"]
+    out = subprocess.run(
+        [*command, "-s", str(script), f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    spent = cpu_seconds(proc) - before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return Result(rps, spent / requests * 1e6, p99)
 
 
 def checkout(commit: str, folder: Path) -> Path:
@@ -122,22 +154,30 @@ def main() -> None:
                 try:
                     if name != "floor":
                         asyncio.run(warm(port, tokens))
-                    wrk(port, script, 3, args.connections)
-                    results.setdefault(name, []).append(wrk(port, script, args.duration, args.connections))
+                    measure(proc, port, script, 3, args.connections)  # warm-up
+                    results.setdefault(name, []).append(measure(proc, port, script, args.duration, args.connections))
                 finally:
                     proc.terminate()
                     proc.wait(15)
-                print(f"run {run + 1}: {name}: {results[name][-1].rps:,.0f} req/s", file=sys.stderr)
+                last = results[name][-1]
+                print(
+                    f"run {run + 1}: {name}: {last.rps:,.0f} req/s, {last.cpu_us:.1f} us CPU/request", file=sys.stderr
+                )
     finally:
         asyncio.run(drop_database(admin_dsn, dsn))
         logged = (folder / "server.log").stat().st_size if (folder / "server.log").exists() else 0
         shutil.rmtree(folder, ignore_errors=True)
-    floor = statistics.median(r.rps for r in results["floor"])
-    print(f"\n| configuration | req/s (median of {args.runs}) | vs floor | p99 ms |\n|---|---:|---:|---:|")
+    floor = {f: statistics.median(getattr(r, f) for r in results["floor"]) for f in Result._fields}
+    print(
+        f"\n| configuration (median of {args.runs}) | req/s | vs floor | CPU us/request | floor CPU / its | p99 ms |"
+        "\n|---|---:|---:|---:|---:|---:|"
+    )
     for name, *_ in configs:
-        rps = statistics.median(r.rps for r in results[name])
-        p99 = statistics.median(r.p99_ms for r in results[name])
-        print(f"| {name} | {rps:,.0f} | {rps / floor:.1%} | {p99:.2f} |")
+        m = {f: statistics.median(getattr(r, f) for r in results[name]) for f in Result._fields}
+        print(
+            f"| {name} | {m['rps']:,.0f} | {m['rps'] / floor['rps']:.1%} | {m['cpu_us']:.1f} | "
+            f"{floor['cpu_us'] / m['cpu_us']:.1%} | {m['p99_ms']:.2f} |"
+        )
     print(f"\n(server log: {logged:,} bytes)")
 
 

@@ -31,6 +31,8 @@ class AccessLog:
     def __init__(self, *, enabled: bool) -> None:
         self._log = logging.getLogger("gateway.access")
         self.enabled = enabled
+        if enabled:  # asked for by its own setting: written whatever GATEWAY_LOG_LEVEL is
+            self._log.setLevel(logging.INFO)
 
     def record(  # noqa: PLR0913  (each field of the line, named)
         self,
@@ -45,7 +47,7 @@ class AccessLog:
         seconds: float,
     ) -> None:
         """Log one decided request (the fields as the module docstring says)."""
-        if not self.enabled or not self._log.isEnabledFor(logging.INFO):
+        if not self.enabled:
             return
         fields = {
             "request_id": request_id,

@@ -78,7 +78,10 @@ def test_hostile_values_are_escaped_and_bounded(access: tuple[Lines, Lines]) -> 
     assert len(json.loads(as_json.lines[0])["path"]) < 600
 
 
-def test_off_writes_nothing(access: tuple[Lines, Lines]) -> None:
-    """Disabled (the default), no line, whatever the logger's level."""
+def test_off_writes_nothing_and_on_writes_whatever_the_log_level(access: tuple[Lines, Lines]) -> None:
+    """Disabled (the default), no line; enabled, lines even when the gateway logs only warnings."""
     record(AccessLog(enabled=False))
     assert access[0].lines == []
+    logging.getLogger("gateway.access").setLevel(logging.WARNING)
+    record(AccessLog(enabled=True))
+    assert len(access[0].lines) == 1
