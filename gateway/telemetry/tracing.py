@@ -18,6 +18,7 @@ the trace of the request that opened the batch. A span never carries a token, a 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import TYPE_CHECKING, Any
 
 from gateway.core.errors import ConfigError
@@ -129,9 +130,15 @@ class Tracing:
         """Mark ``span`` failed (a lookup that returned no answer without raising)."""
         span.set_status(self._status(self._error, why))
 
-    def shutdown(self) -> None:
-        """Export what is left and stop (the worker is closing)."""
-        self._provider.shutdown()
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Export what is left and stop (the worker is closing), waiting at most ``timeout_s``.
+
+        An export to a collector that is away retries for its whole timeout
+        (``OTEL_EXPORTER_OTLP_TIMEOUT``, 10 s): a worker must not outstay its shutdown grace for it.
+        """
+        closing = threading.Thread(target=self._provider.shutdown, name="otel-shutdown", daemon=True)
+        closing.start()
+        closing.join(timeout_s)
 
 
 def open_tracing(environ: Mapping[str, str]) -> Tracing | None:
