@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
@@ -21,6 +22,7 @@ from gateway.http import policy
 from gateway.http.app import App
 from gateway.lookup.decision import Decider
 from gateway.lookup.tiers import Tiers
+from gateway.lookup.traced import traced
 from gateway.postgres.api_keys import open_api_keys
 from gateway.postgres.listener import Listener
 from gateway.postgres.refresh import sliding_refresh
@@ -127,9 +129,10 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             configuration = value_configuration(settings)
             redis = RedisTier(client, settings, configuration, clock, observe=observe, event=metrics.event)
             stack.push_async_callback(redis.close)
+        source, shared = traced(stack, os.environ, source, redis, "postgresql" if store is not None else "redis")
         tiers = Tiers(
             source,
-            redis,
+            shared,
             max_entries=settings.l1_max_entries,
             ttl_s=ttl_s,
             negative_max_entries=settings.negative_max_entries,

@@ -22,6 +22,7 @@ from gateway.http.policy import rules_file_problems
 from gateway.postgres.installer import startup_triggers
 from gateway.postgres.pooler import require_direct
 from gateway.telemetry.logs import configure_logging
+from gateway.telemetry.tracing import problems as tracing_problems
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -93,6 +94,9 @@ def serve(settings: Settings) -> int:
     os.environ["GATEWAY_HOST"], os.environ["GATEWAY_PORT"] = settings.host, str(settings.port)
     os.environ["GATEWAY_WORKERS"] = str(settings.workers)
     if settings.secondary_storage_url is None and not listen_url_direct(settings):
+        return EXIT_CONFIG
+    for problem in tracing_problems(os.environ):  # before the workers, which would each stop on it
+        print(f"gateway: invalid configuration:\n  - {problem}", file=sys.stderr)  # noqa: T201
         return EXIT_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     log.info("effective configuration", extra={"config": describe(settings)})

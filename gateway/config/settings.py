@@ -195,6 +195,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     session_disable_refresh: bool = False
     session_defer_refresh: bool = False
     cookie_domain: str = ""
+    # Observability (issue 20): one access line per decided request; X-Request-ID on /validate answers.
+    access_log: Literal["off", "on"] = "off"
+    request_id_header: Literal["off", "on"] = "off"
 
     # Operations.
     metrics_port: int = 0  # 0: /metrics on the main port only; else also served on this port

@@ -8,6 +8,7 @@ composition root (``gateway.resources``) wires them and builds the app for grani
 from __future__ import annotations
 
 import contextlib
+from time import perf_counter
 from typing import TYPE_CHECKING, cast
 
 from gateway.http import responses
@@ -30,6 +31,10 @@ if TYPE_CHECKING:
     Handler = Callable[[Scope, HTTPProtocol], Awaitable[None]]
 
 
+def _unbound(_: float) -> None:
+    """Before ``open``: nothing to count into (and the hit path refuses to serve)."""
+
+
 class App:
     """The gateway as an RSGI application; granian calls ``__rsgi_init__`` in each worker.
 
@@ -43,6 +48,7 @@ class App:
         self._forward_auth = ForwardAuth(settings, self._pipeline)
         api = Api(settings, self._pipeline)
         self._stack = contextlib.AsyncExitStack()
+        self._hit_seconds: Callable[[float], None] = _unbound  # the latency histogram's validate/l1 child
         self._routes: dict[str, tuple[frozenset[str] | None, Handler]] = {
             "/v1/validate": (frozenset({"POST"}), api.validate),
             "/api/auth/get-session": (frozenset({"GET", "HEAD", "POST"}), api.get_session),  # POST: deferred refresh
@@ -54,6 +60,7 @@ class App:
     async def open(self) -> None:
         """Open the worker's parts; watch the rules file (reloads) until ``close``."""
         self._pipeline.bind(await self._stack.enter_async_context(self._opener(self.settings)))
+        self._hit_seconds = self.parts.metrics.decision_seconds.child("validate", "l1").observe
         await self._stack.enter_async_context(self._forward_auth.watching_rules(self.parts.metrics.event))
 
     async def close(self) -> None:
@@ -74,9 +81,11 @@ class App:
     async def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> None:
         path = scope.path
         if path == "/validate":
+            started = perf_counter()
             found = self._forward_auth.hit(scope)
             if isinstance(found, list):  # a cached session's headers: answered with no coroutine
-                return proto.response_empty(200, found)
+                proto.response_empty(200, found)
+                return self._hit_seconds(perf_counter() - started)
             return await self._forward_auth(scope, proto, found)
         route = self._routes.get(path)
         if route is None:

@@ -65,7 +65,10 @@ class ForwardAuth:
         self._param = settings.redirect_param
         self._redirect_hosts = settings.redirect_hosts  # lower case; by default the login URL's host
         # Decision logging needs the full path (it times and fingerprints every answer).
-        self._simple = self._rules is None and self._strip is None and not pipeline.log.enabled
+        # So do the access log and the echoed request ID (``observing``).
+        self._simple = (
+            self._rules is None and self._strip is None and not pipeline.log.enabled and not pipeline.observer.full_path
+        )
         # GATEWAY_SESSION_REFRESH=all: a due session takes the full path, which slides it (gateway.http.sliding).
         self._sliding = Sliding(settings, pipeline)
         self._slides, self._slack = self._sliding.on_validate, self._sliding.slack

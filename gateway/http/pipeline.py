@@ -20,6 +20,7 @@ from gateway.credentials.api_keys import api_key_credential
 from gateway.credentials.cookie_cache import data_cookie
 from gateway.credentials.tokens import Kind, cookie_header, find_credential
 from gateway.http.budget import Budget
+from gateway.http.observing import Observer
 from gateway.telemetry.logs import DecisionLog
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class Pipeline:
     def __init__(self, settings: Settings) -> None:
         self.budget = budget_from(settings)
         self.log = DecisionLog(settings.log_decisions_sample)
+        self.observer = Observer(settings)  # request IDs, latency, in flight, the access log
         self._names = settings.cookie_names
         self._data_names = settings.data_cookie_names if settings.cookie_cache != "off" else ()
         # The API key plugin's headers (GATEWAY_API_KEYS=on): read before any session credential.
@@ -103,6 +105,7 @@ class Pipeline:
         """Serve from ``parts`` (once they are open)."""
         self._parts = parts
         self.cached = parts.decider.cached
+        self.observer.bind(parts.metrics)
 
     @property
     def parts(self) -> Parts:
@@ -138,7 +141,8 @@ class Pipeline:
     ) -> Awaitable[Verdict]:
         """The verdict; a lookup it needs waits for its turn in the address's failure budget."""
         turn = self.budget.turn(scope.client, scope.headers.get) if self.budget.enabled else None
-        return self.parts.decider.decide(credential, allow_jwt=allow_jwt, turn=turn, need_token=need_token)
+        verdict = self.parts.decider.decide(credential, allow_jwt=allow_jwt, turn=turn, need_token=need_token)
+        return self.observer.watch(verdict) if self.observer.access.enabled else verdict
 
     async def answer(
         self,
@@ -149,10 +153,15 @@ class Pipeline:
     ) -> None:
         """Answer a request with ``respond`` (which decides, through ``decide``); count and log it once."""
         started = time.perf_counter()
-        status, headers, label, body = await respond(scope, credential)
+        request, context = self.observer.begin(scope)
+        try:
+            status, headers, label, body = await respond(scope, credential)
+        finally:
+            self.observer.end(context)
         self.parts.metrics.decision(label)
         if self.log.enabled:
-            self.log.record(label, credential, started)
+            self.log.record(label, credential, started, request)
+        headers = self.observer.done(scope, request, status=status, headers=headers, reason=label, started=started)
         if body is None:
             return proto.response_empty(status, headers)
         return proto.response_bytes(status, headers, body)

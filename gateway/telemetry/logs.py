@@ -18,6 +18,7 @@ import msgspec
 
 if TYPE_CHECKING:
     from gateway.credentials.tokens import Credential
+    from gateway.telemetry.requests import Request
 
 _JSON = msgspec.json.Encoder()
 _STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -68,14 +69,18 @@ class DecisionLog:
         self._level = logging.DEBUG if debug else logging.INFO
         self.enabled = self._rate > 0  # checked first on the hot path: off costs nothing more
 
-    def record(self, reason: str, credential: Credential | None, started: float) -> None:
-        """Log one decision (if enabled and sampled) with its reason, latency and fingerprint."""
+    def record(
+        self, reason: str, credential: Credential | None, started: float, request: Request | None = None
+    ) -> None:
+        """Log one decision (if enabled and sampled) with its reason, latency, fingerprint and request ID."""
         if not self.enabled or (self._rate < 1 and random.random() >= self._rate):  # noqa: S311  (sampling)
             return
         extra = {
+            "request_id": request.id if request is not None else "",
+            "trace_id": request.trace_id if request is not None else "",
             "reason": str(reason),
             "credential": credential.kind.name if credential is not None else "none",
             "fingerprint": fingerprint(credential),
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
         }
-        self._log.log(self._level, "decision %s", reason, extra=extra)
+        self._log.log(self._level, "decision %s id=%s", reason, extra["request_id"] or "-", extra=extra)

@@ -8,7 +8,11 @@ any number of workers.
 
 The hot path doesn't touch prometheus-client (a locked mmap write per increment): it bumps plain
 integers, which ``flush`` (every ``GATEWAY_METRICS_FLUSH_S``, and at shutdown) adds to the
-Prometheus series. A scrape may lag by that interval.
+Prometheus series. A scrape may lag by that interval. The decision-latency histogram is counted
+the same way (``latency``), and so is the in-flight gauge: a plain integer, sampled at each flush
+(a hit answered with no coroutine is never in flight when the loop runs a flush). How each
+series adds up over the workers: counters and histograms sum every worker's numbers, past ones
+included; the gauges sum the live workers (``livesum``); ``process``'s series are documented there.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from collections import defaultdict
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+from gateway.telemetry import latency
+from gateway.telemetry.process import ProcessSampler, build_info
+from gateway.telemetry.requests import CURRENT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -30,6 +38,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # What a decision's reason counts as.
 _OUTCOMES = {"ok": "allow", "backend_unavailable": "error", "forbidden": "forbidden", "anonymous": "allow"}
+# Events that tell which tier a request's lookup ended at (``requests.Request.tier``).
+_EVENT_TIERS = {"singleflight_join": "joined", "respelled_hit": "l1"}
 
 
 def multiprocess_mode() -> bool:
@@ -70,8 +80,22 @@ class Metrics:
                 ("pool_connections_idle", "Idle Postgres connections in the pools."),
                 ("listener_connected", "Workers whose LISTEN connection is up."),
                 ("redis_degraded", "Workers currently skipping Redis."),
+                ("requests_in_flight", "Decision requests being answered (waiting on a lookup), all workers."),
             )
         }
+        self.decision_seconds = latency.DecisionSeconds(
+            Histogram(
+                "gateway_decision_seconds",
+                "Time to decide a request, by endpoint (validate, v1_validate, get_session) and the tier that "
+                "answered (l1, cookie_cache, redis, postgres, jwt, joined: a lookup in flight, none).",
+                ["endpoint", "tier"],
+                buckets=latency.BUCKETS,
+                registry=r,
+            )
+        )
+        self.in_flight = 0  # decision requests awaiting their answer in this worker (``requests_in_flight``)
+        build_info(r)
+        self._process = ProcessSampler(r, multiprocess=multiprocess_mode())
         self._counts: defaultdict[tuple[str, ...], int] = defaultdict(int)
         # Forward-auth answers served from the LRU, the hottest path: a plain integer, which
         # ``flush`` adds to both the allowed decisions and the L1 hits.
@@ -83,12 +107,20 @@ class Metrics:
         self._counts["d", reason] += 1
 
     def lookup(self, tier: str, result: str) -> None:
-        """Count one cache or store lookup."""
+        """Count one cache or store lookup; the request being decided (if any) last consulted ``tier``."""
         self._counts["l", tier, result] += 1
+        request = CURRENT.get()
+        if request is not None:
+            request.tier = tier
 
     def event(self, name: str) -> None:
         """Count one event."""
         self._counts["e", name] += 1
+        tier = _EVENT_TIERS.get(name)
+        if tier is not None:
+            request = CURRENT.get()
+            if request is not None:
+                request.tier = tier
 
     def flush(self) -> None:
         """Add what was counted since the last flush to the Prometheus series; sample the gauges."""
@@ -104,9 +136,12 @@ class Metrics:
                 self._lookups.labels(key[1], key[2]).inc(n)
             else:
                 self._events.labels(key[1]).inc(n)
+        self.decision_seconds.flush()
+        self._gauges["requests_in_flight"].set(self.in_flight)
         for sample in self.samplers:
             for name, value in sample().items():
                 self._gauges[name].set(value)
+        self._process.sample()
 
     def exposition(self) -> bytes:
         """The text format of every series: summed over the workers in multiprocess mode."""

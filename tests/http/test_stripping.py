@@ -7,10 +7,21 @@ from gateway.http.stripping import Stripper
 from tests.support.credentials import SECRET
 
 
-class _Headers(dict[str, str]):
-    def get_all(self, name: str) -> list[str]:
-        value = self.get(name)
+class _Headers:
+    """Headers as granian gives them (``tokens.Headers``): one value per name here."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        self._values = values
+
+    def get(self, name: str, /) -> str | None:
+        return self._values.get(name)
+
+    def get_all(self, name: str, /) -> list[str]:
+        value = self._values.get(name)
         return [] if value is None else [value]
+
+    def keys(self) -> list[str]:
+        return list(self._values)
 
 
 def _stripper(env: dict[str, str]) -> Stripper:

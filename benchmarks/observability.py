@@ -1,0 +1,185 @@
+"""What observability costs on the hit path: the /validate L1 hit's ratio to the floor, features off and on.
+
+    python -m benchmarks.observability [--runs 3] [--duration 8] [--connections 64] [--before <commit>]
+
+One run measures, each as ``benchmarks.http_compare`` does (server pinned to CPU 0, wrk to CPU 1,
+alternating order, medians): the floor; the gateway at ``--before`` (the commit before the
+observability work, checked out into a temporary folder); this tree with its defaults (the
+decision-latency histogram, the in-flight gauge, build_info and process series: always on);
+with OpenTelemetry tracing on as well (an OTLP endpoint set: no span is made on an L1 hit); and
+with everything on (tracing, ``GATEWAY_ACCESS_LOG=on``, ``GATEWAY_REQUEST_ID_HEADER=on``: each
+hit then goes down the full pipeline and writes a log line, to a file). Only ratios to the floor
+of the same run are compared: throughput, and, steadier on a shared machine, the server's CPU
+time per request (every process of it, from ``/proc``): the floor's CPU per request over the
+configuration's is the share of the floor's speed it would reach on a core of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import httpx
+import psutil
+
+from benchmarks.http_compare import LUA, ROOT, SESSIONS, granian, setup_database
+from tests.support.credentials import SECRET
+from tests.support.ports import free_port
+from tests.support.postgres import drop_database
+
+
+def start(command: list[str], env: dict[str, str], port: int, pythonpath: Path, log: Path) -> subprocess.Popen[bytes]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DATABASE_URL", "REDIS_URL", "OTEL_"))}
+    full |= env | {"PYTHONPATH": str(pythonpath)}
+    with log.open("ab") as out:
+        proc = subprocess.Popen(["taskset", "-c", "0", *command], env=full, cwd=pythonpath, stdout=out, stderr=out)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        except httpx.TransportError:
+            time.sleep(0.1)
+        else:
+            return proc
+    proc.kill()
+    raise RuntimeError(f"{command} did not start: see {log}")
+
+
+async def warm(port: int, tokens: list[str]) -> None:
+    """Every token validated once (so every measured request is an L1 hit), with patience for a busy machine."""
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=16)) as c:
+        for i in range(0, len(tokens), 200):
+            batch = tokens[i : i + 200]
+            answers = await asyncio.gather(
+                *(c.get(f"http://127.0.0.1:{port}/validate", headers={"authorization": f"Bearer {t}"}) for t in batch)
+            )
+            assert {r.status_code for r in answers} == {200}
+
+
+class Result(NamedTuple):
+    rps: float
+    cpu_us: float  # the server's CPU time (every process of it) per request answered
+    p99_ms: float
+
+
+def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    """User + system CPU time of the server: the process and its workers."""
+    root = psutil.Process(proc.pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+
+
+def measure(proc: subprocess.Popen[bytes], port: int, script: Path, duration: float, connections: int) -> Result:
+    """wrk pinned to CPU 1 (``-t1 --latency``): throughput, the server's CPU per request, p99."""
+    before = cpu_seconds(proc)
+    command = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{round(duration)}s", "--latency"]
+    out = subprocess.run(
+        [*command, "-s", str(script), f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    spent = cpu_seconds(proc) - before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    value, unit = re.search(r"\s99%\s+([\d.]+)(us|ms|s)", out).groups()  # type: ignore[union-attr]
+    p99 = float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return Result(rps, spent / requests * 1e6, p99)
+
+
+def checkout(commit: str, folder: Path) -> Path:
+    """The tree at ``commit``, exported into ``folder`` (the gateway as it was)."""
+    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=8)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=2000, help="distinct sessions the load cycles through")
+    parser.add_argument("--before", default=None, help="default: where this branch left main")
+    args = parser.parse_args()
+    if args.before is None:
+        base = subprocess.run(
+            ["git", "merge-base", "HEAD", "main"], cwd=ROOT, check=True, capture_output=True, text=True
+        )
+        args.before = base.stdout.strip()[:10]
+    os.sched_setaffinity(0, {1})
+    admin_dsn, dsn, tokens = asyncio.run(setup_database())
+    tokens = tokens[: args.tokens]
+    port = free_port()
+    folder = Path(tempfile.mkdtemp(prefix="gw-obs-bench-"))
+    (folder / "before").mkdir()
+    before = checkout(args.before, folder / "before")
+    (folder / "tokens").write_text("\n".join(tokens) + "\n")
+    (folder / "unknown").write_text("x\n")
+    script = folder / "plain.lua"
+    script.write_text(LUA % {"tokens": folder / "tokens", "unknown": folder / "unknown", "mixed": "false"})
+    gateway = {
+        "DATABASE_URL": dsn,
+        "BETTER_AUTH_SECRET": SECRET,
+        "GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
+        "GATEWAY_LOG_LEVEL": "info",
+        "GATEWAY_LOG_FORMAT": "json",
+        "GATEWAY_L1_MAX_ENTRIES": str(2 * SESSIONS),
+    }
+    tracing = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    serve = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "1"]
+    configs = [
+        ("floor", granian("benchmarks.apps.floor:app", port), {}, ROOT),
+        (f"before ({args.before})", serve, gateway, before),
+        ("defaults (metrics on)", serve, gateway, ROOT),
+        ("+ tracing on", serve, gateway | tracing, ROOT),
+        (
+            "+ access log, request ID header",
+            serve,
+            gateway | tracing | {"GATEWAY_ACCESS_LOG": "on", "GATEWAY_REQUEST_ID_HEADER": "on"},
+            ROOT,
+        ),
+    ]
+    results: dict[str, list[Result]] = {}
+    try:
+        for run in range(args.runs):
+            for name, command, env, tree in configs if run % 2 == 0 else reversed(configs):
+                proc = start(command, env, port, tree, folder / "server.log")
+                try:
+                    if name != "floor":
+                        asyncio.run(warm(port, tokens))
+                    measure(proc, port, script, 3, args.connections)  # warm-up
+                    results.setdefault(name, []).append(measure(proc, port, script, args.duration, args.connections))
+                finally:
+                    proc.terminate()
+                    proc.wait(15)
+                last = results[name][-1]
+                print(
+                    f"run {run + 1}: {name}: {last.rps:,.0f} req/s, {last.cpu_us:.1f} us CPU/request", file=sys.stderr
+                )
+    finally:
+        asyncio.run(drop_database(admin_dsn, dsn))
+        logged = (folder / "server.log").stat().st_size if (folder / "server.log").exists() else 0
+        shutil.rmtree(folder, ignore_errors=True)
+    floor = {f: statistics.median(getattr(r, f) for r in results["floor"]) for f in Result._fields}
+    print(
+        f"\n| configuration (median of {args.runs}) | req/s | vs floor | CPU us/request | floor CPU / its | p99 ms |"
+        "\n|---|---:|---:|---:|---:|---:|"
+    )
+    for name, *_ in configs:
+        m = {f: statistics.median(getattr(r, f) for r in results[name]) for f in Result._fields}
+        print(
+            f"| {name} | {m['rps']:,.0f} | {m['rps'] / floor['rps']:.1%} | {m['cpu_us']:.1f} | "
+            f"{floor['cpu_us'] / m['cpu_us']:.1%} | {m['p99_ms']:.2f} |"
+        )
+    print(f"\n(server log: {logged:,} bytes)")
+
+
+if __name__ == "__main__":
+    main()
