@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, cast
 import msgspec
 
 from gateway.core.sessions import Reason
-from gateway.credentials.tokens import header_credential
+from gateway.credentials.tokens import header_credential, home_token
 from gateway.http import responses
 from gateway.http.pipeline import Answer
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 JSON = [responses.JSON_TYPE]
 _BODY_TIMEOUT = [responses.JSON_TYPE, ("connection", "close")]
 _NULL_SESSION = [responses.JSON_TYPE, responses.NO_STORE, ("pragma", "no-cache")]
+SESSION = _NULL_SESSION  # get-session's headers, with or without a session
 
 
 class _Body(msgspec.Struct):
@@ -48,6 +49,8 @@ class Api:
         retry_after = ("retry-after", str(pipeline.budget.retry_after_s))
         body = responses.error("rate_limited", "too many failed lookups from this address: try again")
         self._rate_limited = Answer(429, [*JSON, responses.NO_STORE, retry_after], Reason.rate_limited, body)
+        # Decision logging times and fingerprints every answer: then no hit skips the pipeline.
+        self._fast = not pipeline.log.enabled
 
     async def validate(self, scope: Scope, proto: HTTPProtocol) -> None:
         """``POST /v1/validate``: the identity as JSON, for the body's ``token`` or the request's credential."""
@@ -59,6 +62,12 @@ class Api:
         except msgspec.DecodeError as exc:
             return proto.response_bytes(400, JSON, responses.error("bad_request", str(exc)))
         credential = header_credential(token) if token else self._pipeline.credential(_headers(scope))
+        entry = self._pipeline.cached(credential.key) if self._fast and credential is not None else None
+        if entry is not None:  # a cached session: its body, rendered by the first hit that sent it
+            identity = entry.identity
+            if identity is None:
+                identity = entry.identity = responses.identity(entry.session)
+            return proto.response_bytes(200, JSON, identity)
         return await self._pipeline.answer(scope, proto, credential, self._identity)
 
     async def _identity(self, scope: Scope, credential: Credential | None) -> Answer:
@@ -72,13 +81,36 @@ class Api:
             return Answer(503, self._deny.json_unavailable, reason, responses.error("unavailable", reason))
         return Answer(401, self._deny.json_unauthenticated[reason], reason, responses.error("unauthorized", reason))
 
-    async def get_session(self, scope: Scope, proto: HTTPProtocol) -> None:
-        """Better Auth's get-session, read-only: the same JSON, or ``null`` with status 200."""
-        credential = self._pipeline.credential(_headers(scope))
+    def session_hit(self, scope: Scope) -> bytes | Credential | None:
+        """get-session's hit path: a cached session's body, with no HMAC, no encoding and no coroutine.
+
+        The body holds the token its key proves (``home_token``), rendered by the first hit and
+        reused. Otherwise the request's credential (``None``: it carries none), for ``get_session``.
+        """
+        h = _headers(scope)
+        pipeline = self._pipeline
+        credential = pipeline.find(h, h.get("authorization"))
+        if credential is None or not self._fast:
+            return pipeline.with_cookie_cache(credential, h)
+        entry = pipeline.cached(credential.key)
+        if entry is None:
+            return pipeline.with_cookie_cache(credential, h)
+        answer = entry.answer
+        if answer is None:
+            answer = entry.answer = responses.better_auth_session(entry.session, home_token(credential.key))
+        return answer
+
+    async def get_session(self, scope: Scope, proto: HTTPProtocol, credential: Credential | None = None) -> None:
+        """Better Auth's get-session, read-only: the same JSON, or ``null`` with status 200.
+
+        ``credential``: the one ``session_hit`` found, if it ran (else it is found here).
+        """
+        if credential is None:
+            credential = self._pipeline.credential(_headers(scope))
         return await self._pipeline.answer(scope, proto, credential, self._session)
 
     async def _session(self, scope: Scope, credential: Credential | None) -> Answer:
-        # The answer holds the token: the decision proves it (once) even for a cached session.
+        # The answer holds the token: the decision proves it (once), or reads it off a cached key.
         verdict = await self._pipeline.decide(scope, credential, need_token=True)
         reason = verdict.reason
         if reason is Reason.rate_limited:

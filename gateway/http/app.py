@@ -11,7 +11,7 @@ import contextlib
 from typing import TYPE_CHECKING, cast
 
 from gateway.http import responses
-from gateway.http.api import JSON, Api
+from gateway.http.api import JSON, SESSION, Api
 from gateway.http.forward_auth import ForwardAuth
 from gateway.http.pipeline import Pipeline
 from gateway.telemetry.metrics import CONTENT_TYPE
@@ -41,7 +41,7 @@ class App:
         self._opener = opener
         self._pipeline = Pipeline(settings)
         self._forward_auth = ForwardAuth(settings, self._pipeline)
-        api = Api(settings, self._pipeline)
+        self._api = api = Api(settings, self._pipeline)
         self._stack = contextlib.AsyncExitStack()
         self._routes: dict[str, tuple[frozenset[str] | None, Handler]] = {
             "/v1/validate": (frozenset({"POST"}), api.validate),
@@ -78,6 +78,11 @@ class App:
             if isinstance(found, list):  # a cached session's headers: answered with no coroutine
                 return proto.response_empty(200, found)
             return await self._forward_auth(scope, proto, found)
+        if path == "/api/auth/get-session" and scope.method == "GET":
+            session = self._api.session_hit(scope)
+            if isinstance(session, bytes):  # a cached session's body: answered with no coroutine
+                return proto.response_bytes(200, SESSION, session)
+            return await self._api.get_session(scope, proto, session)
         route = self._routes.get(path)
         if route is None:
             if path.startswith("/validate/"):  # Envoy's path_prefix form
