@@ -80,9 +80,12 @@ async def warm(port: int, row: Row, values: list[str]) -> None:
     async with httpx.AsyncClient(timeout=10, limits=httpx.Limits(max_connections=64)) as c:
         for i in range(0, len(values), 500):
             answers = await asyncio.gather(
-                *(c.request(row.method, f"http://127.0.0.1:{port}{row.path}", headers={row.header: v}) for v in values[i : i + 500])
+                *(
+                    c.request(row.method, f"http://127.0.0.1:{port}{row.path}", headers={row.header: v})
+                    for v in values[i : i + 500]
+                )
             )
-            if any(a.status_code != 200 or b"null" == a.content for a in answers):
+            if any(a.status_code != 200 or a.content == b"null" for a in answers):
                 raise RuntimeError(f"{row.name}: not every session is valid")
 
 
@@ -131,7 +134,12 @@ def measure(args: argparse.Namespace) -> tuple[list[float], dict[str, dict[str, 
                 for row in ROWS:
                     asyncio.run(warm(port, row, values[row.header]))
                     script = folder / "row.lua"
-                    fields = {"values": folder / row.header, "method": row.method, "path": row.path, "header": row.header}
+                    fields = {
+                        "values": folder / row.header,
+                        "method": row.method,
+                        "path": row.path,
+                        "header": row.header,
+                    }
                     script.write_text(LUA % fields)
                     wrk(port, script, 2, args.connections)  # warm-up
                     rps = wrk(port, script, args.duration, args.connections).rps
@@ -158,7 +166,9 @@ def table(floors: list[float], results: dict[str, dict[str, float]]) -> str:
             cells += [f"{rps:,.0f}", f"{rps / base:.0%}"]
         lines.append(f"| {row.name} | " + " | ".join(cells) + f" | ≥ {row.target:.0%} |")
     lines.append("")
-    lines.append(f"Floor (bare granian RSGI): {floors[0]:,.0f} then {floors[-1]:,.0f} req/s; ratios use the mean, {base:,.0f}.")
+    lines.append(
+        f"Floor (bare granian RSGI): {floors[0]:,.0f} then {floors[-1]:,.0f} req/s; ratios use the mean, {base:,.0f}."
+    )
     return "\n".join(lines)
 
 

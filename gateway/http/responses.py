@@ -57,7 +57,8 @@ class Identity:
         self.names: tuple[tuple[str, str], ...] = tuple(pairs)
         # GATEWAY_FIELD_HEADERS ("user.tenantId" -> "x-tenant-id"; checked at startup): (in user?, field, header).
         self.fields = tuple(
-            (field.startswith("user."), field.partition(".")[2], header.lower()) for field, header in (fields or {}).items()
+            (field.startswith("user."), field.partition(".")[2], header.lower())
+            for field, header in (fields or {}).items()
         )
         self.anonymous = [(header, "") for _, header in self.names] + [(header, "") for _, _, header in self.fields]
 
