@@ -7,8 +7,8 @@ without it only this tree is measured. Method as ``benchmarks.http_compare``: on
 pinned to CPU 0, wrk pinned to CPU 1 (``-t1 -c64``), every session cached before measuring, the
 floor (bare granian RSGI) measured first and last in the same run; figures are ratios to the mean
 of its two measurements. Rows: ``/validate`` (bearer, cookie), get-session (cookie, bearer) and
-``/v1/validate`` (bearer), all L1 hits over ``--sessions`` sessions of one user (default 1,000). The table is printed and
-written to ``benchmarks/results/hot-path-<time>.md``.
+``/v1/validate`` (bearer), all L1 hits over ``--sessions`` sessions of one user (default 1,000).
+The table is printed and written to ``benchmarks/results/hot-path-<time>.md``.
 """
 
 from __future__ import annotations
@@ -185,7 +185,8 @@ def main() -> None:
     header = (
         f"# Hit paths, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n"
         f"Commit {git_commit()}{' vs ' + args.before if args.before else ''}; wrk -t1 -c{args.connections} "
-        f"-d{args.duration}s; one process on CPU 0, wrk on CPU 1; {args.sessions:,} sessions of one user, all cached.\n\n"
+        f"-d{args.duration}s; one process on CPU 0, wrk on CPU 1; {args.sessions:,} sessions of one user, "
+        "all cached.\n\n"
     )
     text = header + table(floors, results)
     print(text)
