@@ -39,7 +39,9 @@ LUA = """
 local values = {}
 for line in io.lines("%(values)s") do values[#values + 1] = line end
 request = function()
-  return wrk.format("%(method)s", "%(path)s", {["%(header)s"] = values[math.random(#values)]})
+  local headers = {["%(header)s"] = values[math.random(#values)]}
+  if "%(method)s" == "POST" then headers["Content-Length"] = "0" end
+  return wrk.format("%(method)s", "%(path)s", headers)
 end
 """
 

@@ -266,3 +266,14 @@ async def test_a_hit_for_a_bearer_and_a_cookie_of_one_token_answers_that_token(
         hit = await call(app, "/api/auth/get-session", carry(signed))
         assert msgspec.json.decode(hit.body)["session"]["token"] == token
     assert macs == []
+
+
+async def test_a_declared_empty_body_is_not_read(app: App, db: asyncpg.Connection) -> None:
+    """``/v1/validate`` with ``Content-Length: 0`` answers from the headers' credential; a body's token still wins."""
+    user = await seed.create_user(db, email=f"{seed.generate_id(8)}@example.com")
+    token = await seed.create_session(db, user)
+    headers = bearer(sign(token, SECRET)) | {"content-length": "0"}
+    for _ in range(2):  # a miss, then a hit
+        assert_allowed("/v1/validate", await call(app, "/v1/validate", headers), token)
+    chunked = await call(app, "/v1/validate", headers | {"transfer-encoding": "chunked"})
+    assert_allowed("/v1/validate", chunked, token)  # read as before (this protocol sends no body)
