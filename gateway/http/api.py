@@ -3,6 +3,10 @@
 Both go down the request pipeline (``pipeline``) as ``/validate`` does; they differ only in how a
 verdict is written: JSON, and for get-session Better Auth's own shape (``null`` with a 200 when
 there is no session), with the token the decision proved.
+
+A cached credential skips the pipeline, as on ``/validate``: the body a hit sends is rendered by
+the first hit and kept on the cache entry (``Entry.identity``, ``Entry.answer``), and get-session
+reads its token off the cached key (``home_token``), so a hit costs no HMAC and no encoding.
 """
 
 from __future__ import annotations
