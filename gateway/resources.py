@@ -13,7 +13,7 @@ import msgspec
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.config import load_settings
-from gateway.core.errors import BackendUnavailable, CacheUnavailable, SchemaMismatch
+from gateway.core.errors import BackendUnavailable, CacheUnavailable
 from gateway.credentials.cookie_cache import CookieCache
 from gateway.credentials.jwts import JwtVerifier, endpoint_keys
 from gateway.credentials.tokens import Verifier
@@ -21,10 +21,12 @@ from gateway.http import policy
 from gateway.http.app import App
 from gateway.lookup.decision import Decider
 from gateway.lookup.tiers import Tiers
+from gateway.postgres.api_keys import open_api_keys
 from gateway.postgres.listener import Listener
+from gateway.postgres.refresh import sliding_refresh
 from gateway.postgres.schema import mapping_from
+from gateway.postgres.startup import postgres_listener, wait_for_postgres
 from gateway.postgres.store import Store
-from gateway.postgres.triggers import staleness_bound_s
 from gateway.redis.client import connect
 from gateway.redis.keyspace import KeyspaceListener
 from gateway.redis.secondary_storage import SecondaryStorage
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 
     from gateway.config import Secret, Settings
     from gateway.lookup.protocols import SessionSource
+    from gateway.lookup.refresh import Refresher
 
 log = logging.getLogger("gateway")
 
@@ -61,6 +64,7 @@ class Resources(NamedTuple):
     decider: Decider
     listener: Listener | KeyspaceListener | None
     metrics: Metrics
+    refresher: Refresher | None = None  # the sliding refresh's writer: Postgres only (gateway.lookup.refresh)
 
     async def pings(self) -> Readiness:
         """Ping every dependency. The session store down fails readiness; Redis down only degrades it."""
@@ -115,7 +119,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             source = store = Store(settings, mapping_from(settings), metrics.event)
             await store.open()
             stack.push_async_callback(store.close)
-            await _wait_for_postgres(store, settings.startup_wait_s)
+            await wait_for_postgres(store, settings.startup_wait_s)
         redis = None
         if settings.redis_url is not None:
             client = _connect_redis(settings.redis_url.reveal(), settings)
@@ -140,33 +144,23 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
             accept_unsigned=settings.accept_unsigned_bearer,
             legacy_ids=settings.token_field == "id",  # noqa: S105  (a column name)
         )
+        api_keys = open_api_keys(settings, store, ttl_s, metrics, clock)  # GATEWAY_API_KEYS=on
         listener: Listener | KeyspaceListener | None = None
         if secondary is not None and ttl_s == settings.l1_ttl_s:
             listener = KeyspaceListener(secondary, tiers, settings.redis_backoff_s, event=metrics.event)
         elif store is not None and settings.listen:
-            listener = _postgres_listener(settings, store, tiers, metrics)
+            listener = postgres_listener(
+                settings, store, tiers, metrics, api_keys, revoked_for_s=_revoked_for_s(settings)
+            )
         if listener is not None:
             listener.start()
             stack.push_async_callback(listener.close)
         metrics.samplers.append(lambda: _gauges(store, redis, listener))
         stack.push_async_callback(_flush_every(metrics, settings.metrics_flush_s))
-        cookie_cache = None
-        if settings.cookie_cache != "off":
-            secrets = tuple(s.reveal() for s in settings.secrets)
-            cookie_cache = CookieCache(
-                settings.cookie_cache, secrets, version=settings.cookie_cache_version, fields=settings.returned_fields
-            )
-        jwts = None
-        audience, issuer = settings.jwt_claims
-        if audience:
-            url, timeout = settings.jwt_jwks_url, settings.db_timeout_s
-            if url or store is None:
-                keys = endpoint_keys(url, timeout)
-            else:
-                keys = partial(store.public_keys, settings.jwt_jwks_table)
-            jwts = JwtVerifier(keys, audience=audience, issuer=issuer)
-        decider = Decider(verifier, tiers, cookie_cache, jwts)
-        yield Resources(store, secondary, redis, tiers, decider, listener, metrics)
+        cookie_cache, jwts = _cookie_cache(settings), _jwts(settings, store)
+        decider = Decider(verifier, tiers, cookie_cache, jwts, api_keys)
+        refresher = None if store is None else sliding_refresh(settings, store, tiers, clock)
+        yield Resources(store, secondary, redis, tiers, decider, listener, metrics, refresher)
 
 
 def value_configuration(settings: Settings) -> bytes:
@@ -184,26 +178,6 @@ def value_configuration(settings: Settings) -> bytes:
     )
 
 
-def _postgres_listener(settings: Settings, store: Store, tiers: Tiers, metrics: Metrics) -> Listener:
-    """The LISTEN listener; with a replica, the store checks its hits on the primary when in doubt.
-
-    While it finds the triggers absent, the caches bound their staleness (``bound_staleness``).
-    Before it has looked (Postgres away), they do not: what it caches then is flushed when it connects.
-    """
-    bound = staleness_bound_s(settings)
-    on_triggers = lambda ok: tiers.bound_staleness(None if ok else bound)  # noqa: E731
-    if settings.read_database_url is None:
-        return Listener(settings, tiers, metrics, on_triggers=on_triggers)
-    store.doubt_with(tiers.revoked_lately)  # revoked lately: the replica may not show it yet
-    return Listener(
-        settings,
-        tiers,
-        metrics,
-        on_flush=partial(store.distrust_replica, _revoked_for_s(settings)),
-        on_triggers=on_triggers,
-    )
-
-
 def create_app() -> App:
     """Build the app from the environment, wired to the parts opened here: granian's factory.
 
@@ -213,6 +187,25 @@ def create_app() -> App:
     settings = load_settings(checks=(policy.rules_file_problems,))
     configure_logging(settings.log_level, settings.log_format)
     return App(settings, open_resources)
+
+
+def _cookie_cache(settings: Settings) -> CookieCache | None:
+    """Better Auth's cookie cache reader, when it is on."""
+    if settings.cookie_cache == "off":
+        return None
+    secrets = tuple(s.reveal() for s in settings.secrets)
+    fields = settings.returned_fields
+    return CookieCache(settings.cookie_cache, secrets, version=settings.cookie_cache_version, fields=fields)
+
+
+def _jwts(settings: Settings, store: Store | None) -> JwtVerifier | None:
+    """The JWT plugin's verifier, when an audience is configured: keys from its JWKS URL or its table."""
+    audience, issuer = settings.jwt_claims
+    if not audience:
+        return None
+    url, timeout = settings.jwt_jwks_url, settings.db_timeout_s
+    keys = endpoint_keys(url, timeout) if url or store is None else partial(store.public_keys, settings.jwt_jwks_table)
+    return JwtVerifier(keys, audience=audience, issuer=issuer)
 
 
 def _revoked_for_s(settings: Settings) -> float:
@@ -237,25 +230,6 @@ async def _open_secondary(url: Secret, settings: Settings, stack: contextlib.Asy
 
 def _connect_redis(url: str, settings: Settings) -> Redis | RedisCluster:
     return connect(url, timeout_s=settings.redis_timeout_s, pool_max_size=settings.redis_pool_max_size)
-
-
-async def _wait_for_postgres(store: Store, budget_s: float) -> None:
-    deadline, delay = time.monotonic() + budget_s, 0.1
-    while True:
-        try:
-            await store.ping()  # also reads the catalogue, so the first request needn't
-        except SchemaMismatch as exc:  # waiting won't fix a configuration
-            log.error("Better Auth's tables are not as configured (503 until they are): %s", exc)  # noqa: TRY400
-            return
-        except BackendUnavailable as exc:
-            if time.monotonic() + delay > deadline:
-                log.warning("Postgres is not ready; serving anyway (503 until it is): %s", exc)
-                return
-            log.info("waiting for Postgres (retrying in %.1fs): %s", delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-        else:
-            return
 
 
 def _gauges(store: Store | None, redis: RedisTier | None, listener: object) -> dict[str, float]:

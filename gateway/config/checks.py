@@ -10,6 +10,8 @@ import re
 from typing import TYPE_CHECKING
 
 from gateway.config import field_headers
+from gateway.config.api_key_checks import api_key_problems
+from gateway.config.refresh import refresh_problems
 from gateway.core.fields import IDENTITY_FIELDS, PLUGINS, names
 
 if TYPE_CHECKING:
@@ -53,6 +55,8 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
     problems.extend(_check_credentials(s))
     problems.extend(_check_fields(s))
     problems.extend(_check_numbers(s))
+    problems.extend(api_key_problems(s))
+    problems.extend(refresh_problems(s))
     return problems
 
 

@@ -200,6 +200,7 @@ _PARSERS: dict[str, Callable[[str], tuple[Network, ...] | tuple[str, ...]]] = {
     "trusted_proxies": parse_networks,
     "rate_limit_exempt": parse_networks,
     "redirect_hosts": _parse_hosts,
+    "api_key_headers": _parse_hosts,  # header names: lower case, blanks dropped
 }
 
 

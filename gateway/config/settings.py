@@ -75,6 +75,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     jwt_jwks_table: str = "jwks"
     secondary_storage_prefix: str = "better-auth:"  # @better-auth/redis-storage's keyPrefix ("" for none)
 
+    # API keys (@better-auth/api-key with enableSessionForAPIKeys; see gateway.credentials.api_keys):
+    # a request carrying one of the headers is judged by its key, before any session credential.
+    api_keys: Literal["off", "on"] = "off"
+    api_key_headers: tuple[str, ...] = ("x-api-key",)  # the plugin's apiKeyHeaders, first non-empty wins
+    api_key_table: str = ""  # the plugin's modelName: apikey (apikeys with use_plural)
+    api_key_fields: dict[str, str] = {}  # custom column names: referenceId=owner_id,...
+    api_key_disable_hashing: bool = False  # the plugin's disableKeyHashing: the key column holds the key itself
+    api_key_min_length: int = 64  # the plugin's defaultKeyLength: a shorter key is refused unread (403)
+    api_key_max_length: int = 512  # longer is garbage, refused unread (the plugin would look it up)
+    api_key_config_id: str = "default"  # the configId whose keys count (the plugin's configId matching)
+    api_key_rate_limit: bool = True  # the plugin's rateLimit.enabled: honour the window its own uses recorded
+    api_key_session_expires_in: int = 604800  # Better Auth's session.expiresIn, which the plugin adds as ms
+
     # Forward auth (see gateway.http.original and gateway.http.policy).
     trusted_proxies: tuple[Network, ...] = LOOPBACK  # whose X-Forwarded-*/X-Original-* count (CIDRs)
     # The proxy in front: only the headers it sets decide the original request (gateway.http.original).
@@ -166,6 +179,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON lines
     log_decisions_sample: float = 0.0  # at info, the share of decisions logged (at debug: all)
+
+    # Sliding refresh (issue 19; gateway.lookup.refresh): Better Auth's session.expiresIn, updateAge,
+    # disableSessionRefresh and deferSessionRefresh, and where the gateway slides a due session:
+    # off (read-only: never writes), get-session (as Better Auth does), or all (/validate and
+    # /v1/validate too: the row slides, set-auth-token is answered). Cookies it sets carry
+    # cookie_domain (advanced.crossSubDomainCookies.domain) when set.
+    session_refresh: Literal["off", "get-session", "all"] = "get-session"
+    session_expires_in_s: int = 604800
+    session_update_age_s: int = 86400
+    session_disable_refresh: bool = False
+    session_defer_refresh: bool = False
+    cookie_domain: str = ""
 
     # Operations.
     metrics_port: int = 0  # 0: /metrics on the main port only; else also served on this port

@@ -5,7 +5,7 @@ Better Auth's get-session returns the fields its configuration declares (``db/sc
 use, and ``additionalFields``, less those marked ``returned: false``. A column another app
 added, a plugin column left by an old migration, or an additional field meant to stay
 server-side is never in its answer, so it is never in the gateway's (get-session,
-``/v1/validate``, ``gateway.client``): the operator names the plugins in use
+``/v1/validate``, the Python client): the operator names the plugins in use
 (``GATEWAY_PLUGINS``) and the returned additional fields (``GATEWAY_USER_ADDITIONAL_FIELDS``,
 ``GATEWAY_SESSION_ADDITIONAL_FIELDS``); ``GATEWAY_*_HIDDEN_FIELDS`` takes fields back out. A
 column's mere existence never widens an answer.

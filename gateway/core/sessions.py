@@ -29,6 +29,10 @@ class Reason(enum.StrEnum):
     invalid_jwt = "invalid_jwt"  # a JWT of the JWT plugin with the wrong audience, issuer or claims
     backend_unavailable = "backend_unavailable"
     rate_limited = "rate_limited"  # the address's failure budget gave this lookup no turn in time (not judged)
+    # API keys (@better-auth/api-key): the plugin's own refusals of a key found.
+    key_disabled = "key_disabled"
+    key_usage_exceeded = "key_usage_exceeded"  # remaining spent, no refill due
+    key_rate_limited = "key_rate_limited"  # the window its recorded uses opened is spent
 
 
 class Session(msgspec.Struct, frozen=True, gc=False):

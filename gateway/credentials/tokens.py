@@ -68,6 +68,7 @@ class Kind(enum.IntEnum):
     bearer = 1
     header = 2  # X-Session-Token or a JSON body's "token": bearer rules
     cookie = 3
+    api_key = 4  # the API key plugin's header (gateway.credentials.api_keys)
 
 
 class Credential(NamedTuple):

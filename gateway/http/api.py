@@ -12,14 +12,16 @@ reads its token off the cached key (``home_token``), so a hit costs no HMAC and 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, cast
 
 import msgspec
 
 from gateway.core.sessions import Reason
-from gateway.credentials.tokens import header_credential, home_token
-from gateway.http import responses
+from gateway.credentials.tokens import Kind, header_credential, home_token
+from gateway.http import api_keys, responses
 from gateway.http.pipeline import Answer
+from gateway.http.sliding import Sliding
 
 if TYPE_CHECKING:
     from granian._granian import RSGIHTTPProtocol as HTTPProtocol
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.credentials.tokens import Credential, Headers
     from gateway.http.pipeline import Pipeline
+    from gateway.lookup.tiers import Entry
 
 JSON = [responses.JSON_TYPE]
 _BODY_TIMEOUT = [responses.JSON_TYPE, ("connection", "close")]
@@ -49,10 +52,12 @@ class Api:
         self._pipeline = pipeline
         self._max_body_bytes = settings.max_body_bytes
         self._body_read_timeout_s = settings.body_read_timeout_s
+        self._api_key_min_length = settings.api_key_min_length
         self._deny = responses.Denials(settings.retry_after_s)
         retry_after = ("retry-after", str(pipeline.budget.retry_after_s))
         body = responses.error("rate_limited", "too many failed lookups from this address: try again")
         self._rate_limited = Answer(429, [*JSON, responses.NO_STORE, retry_after], Reason.rate_limited, body)
+        self.sliding = Sliding(settings, pipeline)  # Better Auth's sliding refresh (gateway.http.sliding)
         # Decision logging times and fingerprints every answer: then no hit skips the pipeline.
         self._fast = not pipeline.log.enabled
 
@@ -66,7 +71,7 @@ class Api:
         except msgspec.DecodeError as exc:
             return proto.response_bytes(400, JSON, responses.error("bad_request", str(exc)))
         credential = header_credential(token) if token else self._pipeline.credential(_headers(scope))
-        entry = self._pipeline.cached(credential.key) if self._fast and credential is not None else None
+        entry = self._cached(credential, slides=self.sliding.on_validate)
         if entry is not None:  # a cached session: its body, rendered by the first hit that sent it
             identity = entry.identity
             if identity is None:
@@ -79,36 +84,52 @@ class Api:
         reason = verdict.reason
         if reason is Reason.rate_limited:
             return self._rate_limited
+        verdict, slid = await self.sliding.identity(scope, credential, verdict)
+        reason = verdict.reason
         if verdict.session is not None:
-            return Answer(200, JSON, reason, responses.identity(verdict.session))
+            return Answer(200, [*JSON, *slid], reason, responses.identity(verdict.session))
         if reason is Reason.backend_unavailable:
             return Answer(503, self._deny.json_unavailable, reason, responses.error("unavailable", reason))
         return Answer(401, self._deny.json_unauthenticated[reason], reason, responses.error("unauthorized", reason))
+
+    def _cached(self, credential: Credential | None, *, slides: bool) -> Entry | None:
+        """The cached entry a hit path may answer from, else ``None`` (the pipeline answers).
+
+        Not with decision logging on, not for an API key (the plugin's own answers), and not for a
+        session due a slide when the endpoint slides (``sliding``: the one compare of its hit paths).
+        """
+        if not self._fast or credential is None or credential.kind is Kind.api_key:
+            return None
+        entry = self._pipeline.cached(credential.key)
+        if entry is not None and slides and entry.session.expires_at <= time.time() + self.sliding.slack:
+            return None
+        return entry
 
     def session_hit(self, scope: Scope) -> bytes | Credential | None:
         """get-session's hit path: a cached session's body, with no HMAC, no encoding and no coroutine.
 
         The body holds the token its key proves (``home_token``), rendered by the first hit and
-        reused. Otherwise the request's credential (``None``: it carries none), for ``get_session``.
+        reused. A session due a refresh (answered slid, or with ``needsRefresh``) takes the
+        pipeline. Otherwise the request's credential (``None``: it carries none), for ``get_session``.
         """
         h = _headers(scope)
-        pipeline = self._pipeline
-        credential = pipeline.find(h, h.get("authorization"))
-        if credential is None or not self._fast:
-            return pipeline.with_cookie_cache(credential, h)
-        entry = pipeline.cached(credential.key)
-        if entry is None:
-            return pipeline.with_cookie_cache(credential, h)
+        credential = self._pipeline.find(h, h.get("authorization"))
+        entry = self._cached(credential, slides=True) if not scope.query_string else None
+        if entry is None or credential is None:
+            return self._pipeline.with_cookie_cache(credential, h)
         answer = entry.answer
         if answer is None:
             answer = entry.answer = responses.better_auth_session(entry.session, home_token(credential.key))
         return answer
 
     async def get_session(self, scope: Scope, proto: HTTPProtocol, credential: Credential | None = None) -> None:
-        """Better Auth's get-session, read-only: the same JSON, or ``null`` with status 200.
+        """Better Auth's get-session: the same JSON (slid when due: ``sliding``), or ``null`` with status 200.
 
         ``credential``: the one ``session_hit`` found, if it ran (else it is found here).
         """
+        if scope.method == "POST" and not self.sliding.defer:
+            status, headers, _, body = self.sliding.not_deferred()
+            return proto.response_bytes(status, headers, body or b"")
         if credential is None:
             credential = self._pipeline.credential(_headers(scope))
         return await self._pipeline.answer(scope, proto, credential, self._session)
@@ -121,9 +142,11 @@ class Api:
             return self._rate_limited
         if reason is Reason.backend_unavailable:
             return Answer(503, self._deny.json_unavailable, reason, responses.error("unavailable", reason))
+        if credential is not None and credential.kind is Kind.api_key:  # the API key plugin's own answers
+            return api_keys.session_answer(verdict, credential, _headers(scope), self._api_key_min_length)
         if verdict.session is None or verdict.token is None:
             return Answer(200, _NULL_SESSION, reason, b"null")
-        return Answer(200, _NULL_SESSION, reason, responses.better_auth_session(verdict.session, verdict.token))
+        return await self.sliding.session_answer(scope, credential, verdict)
 
     async def _read_body(self, scope: Scope, proto: HTTPProtocol) -> bytes | None:
         """Read at most ``max_body_bytes``; answer 413 and return ``None`` beyond that."""

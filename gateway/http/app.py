@@ -45,7 +45,7 @@ class App:
         self._stack = contextlib.AsyncExitStack()
         self._routes: dict[str, tuple[frozenset[str] | None, Handler]] = {
             "/v1/validate": (frozenset({"POST"}), api.validate),
-            "/api/auth/get-session": (frozenset({"GET", "HEAD"}), api.get_session),
+            "/api/auth/get-session": (frozenset({"GET", "HEAD", "POST"}), api.get_session),  # POST: deferred refresh
             "/healthz": (frozenset({"GET", "HEAD"}), self._healthz),
             "/readyz": (frozenset({"GET", "HEAD"}), self._readyz),
             "/metrics": (frozenset({"GET", "HEAD"}), self._metrics),

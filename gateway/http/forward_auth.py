@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
+from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -19,6 +21,7 @@ from gateway.http import policy, responses
 from gateway.http.original import Original, original_request
 from gateway.http.pipeline import Answer
 from gateway.http.rules_file import RulesFile
+from gateway.http.sliding import Sliding
 from gateway.http.stripping import Stripper
 
 if TYPE_CHECKING:
@@ -62,6 +65,9 @@ class ForwardAuth:
         self._redirect_hosts = settings.redirect_hosts  # lower case; by default the login URL's host
         # Decision logging needs the full path (it times and fingerprints every answer).
         self._simple = self._rules is None and self._strip is None and not pipeline.log.enabled
+        # GATEWAY_SESSION_REFRESH=all: a due session takes the full path, which slides it (gateway.http.sliding).
+        self._sliding = Sliding(settings, pipeline)
+        self._slides, self._slack = self._sliding.on_validate, self._sliding.slack
 
     def watching_rules(self, event: Callable[[str], None]) -> AbstractAsyncContextManager[None]:
         """While open, reload the rules file on SIGHUP and on a change (``rules_file``); ``event`` counts reloads."""
@@ -82,9 +88,10 @@ class ForwardAuth:
         if not self._simple or scope.query_string:
             return pipeline.with_cookie_cache(pipeline.find(h, authorization), h)
         credential = None
-        if authorization is not None and authorization[:7].lower() == "bearer ":
+        if authorization is not None and authorization[:7].lower() == "bearer " and not pipeline.api_key_names:
             # A bearer credential's key is the header itself, and only keys of checked
-            # credentials are ever cached: a hit is the answer find_credential would lead to.
+            # credentials are ever cached: a hit is the answer find_credential would lead to
+            # (not with API keys on: a key's header goes first, and find reads it).
             key = authorization
         else:
             credential = pipeline.find(h, authorization)
@@ -92,7 +99,7 @@ class ForwardAuth:
                 return None
             key = credential.key
         entry = pipeline.cached(key)
-        if entry is None:
+        if entry is None or (self._slides and entry.session.expires_at <= time.time() + self._slack):
             return pipeline.with_cookie_cache(credential or pipeline.find(h, authorization), h)
         headers = entry.headers
         if headers is None:  # the first hit renders them; every later one sends the same list
@@ -121,8 +128,12 @@ class ForwardAuth:
             return Answer(403, self._rate_limited, verdict.reason)
         if verdict.reason is Reason.backend_unavailable:
             return Answer(503, self._deny.unavailable, verdict.reason)
+        verdict, slid = await self._sliding.identity(scope, credential, verdict)
         if verdict.session is not None:
-            return self._allow(scope, verdict.session, rule)
+            allowed = self._allow(scope, verdict.session, rule)
+            if slid and allowed.status == HTTPStatus.OK:
+                allowed.headers.extend(slid)  # a list of its own (Identity.headers)
+            return allowed
         if rule.allow_anonymous:
             # A credential that proved nothing is still one: stripped too. no-store: this pass
             # depended on the request, not on the credential a proxy's auth cache keys it by.

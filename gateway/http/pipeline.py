@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from gateway.credentials.api_keys import api_key_credential
 from gateway.credentials.cookie_cache import data_cookie
 from gateway.credentials.tokens import Kind, cookie_header, find_credential
 from gateway.http.budget import Budget
@@ -92,6 +93,8 @@ class Pipeline:
         self.log = DecisionLog(settings.log_decisions_sample)
         self._names = settings.cookie_names
         self._data_names = settings.data_cookie_names if settings.cookie_cache != "off" else ()
+        # The API key plugin's headers (GATEWAY_API_KEYS=on): read before any session credential.
+        self.api_key_names = settings.api_key_headers if settings.api_keys == "on" else ()
         self._parts: Parts | None = None
         # The fast path, bound once the parts are open: one call, no lookups, on every hit.
         self.cached: Callable[[str], Entry | None] = _not_open
@@ -113,6 +116,10 @@ class Pipeline:
 
         ``authorization``: the request's Authorization header, which the caller has read already.
         """
+        if self.api_key_names:  # the plugin's hook runs before Better Auth reads a session
+            key = api_key_credential(headers, self.api_key_names)
+            if key is not None:
+                return key
         return find_credential(authorization, headers.get("x-session-token"), cookie_header(headers), self._names)
 
     def with_cookie_cache(self, credential: Credential | None, headers: Headers) -> Credential | None:

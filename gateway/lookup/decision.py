@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from gateway.credentials.cookie_cache import CookieCache
     from gateway.credentials.jwts import JwtVerifier
     from gateway.credentials.tokens import Credential, Verifier
+    from gateway.lookup.api_keys import ApiKeys
     from gateway.lookup.tiers import Entry, Tiers
 
 
@@ -61,11 +62,13 @@ class Decider:
         tiers: Tiers,
         cookie_cache: CookieCache | None = None,
         jwts: JwtVerifier | None = None,
+        api_keys: ApiKeys | None = None,
     ) -> None:
         self.verifier = verifier
         self.tiers = tiers
         self.cookie_cache = cookie_cache
         self.jwts = jwts
+        self.api_keys = api_keys  # GATEWAY_API_KEYS=on: the API key plugin's keys (gateway.lookup.api_keys)
         self._l1 = tiers.l1
         self._metrics = tiers.metrics
 
@@ -81,7 +84,7 @@ class Decider:
             self._metrics.fast_hits += 1
         return entry
 
-    async def decide(
+    async def decide(  # noqa: PLR0911  (one return per kind of credential)
         self,
         credential: Credential | None,
         *,
@@ -103,6 +106,8 @@ class Decider:
         """
         if credential is None:
             return Verdict(Reason.no_credentials)
+        if credential.kind is Kind.api_key:  # found only with GATEWAY_API_KEYS=on
+            return await self.api_keys.decide(credential, turn) if self.api_keys else Verdict(Reason.malformed)
         if allow_jwt and self._jwt(credential):
             return await self._from_jwt(credential.value)
         entry = self.tiers.cached(credential.key)

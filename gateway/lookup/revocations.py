@@ -78,6 +78,19 @@ class Revocations:
             self._forgot_until = 0.0
         return self._memory.get("s:" + digest) is not None or self._memory.get(user_name(user_id)) is not None
 
+    def token_lately(self, digest: str) -> bool:
+        """Whether this token hash was heard revoked lately, or may have been (``lately`` with no user yet).
+
+        Asked before the shared cache is read: a value it holds for such a token is not trusted
+        whoever its user is, so the read is skipped and the source asked at once (a revoked
+        session is refused one round trip sooner).
+        """
+        if self._forgot_until:
+            if self._forgot_until > self._clock():
+                return True
+            self._forgot_until = 0.0
+        return self._memory.get("s:" + digest) is not None
+
     def stale(self, since: int, digest: str, user_id: str | None) -> bool:
         """Whether an invalidation heard after count ``since`` may concern this token hash or user.
 

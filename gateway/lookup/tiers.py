@@ -126,7 +126,9 @@ class Tiers:
         return await self._flights.run(token, hashed, lambda since: self._load(token, hashed, since), self._joined)
 
     async def _load(self, token: str, digest: str, since: int) -> Session | None:
-        if self.shared is None or self._bounded or self._flushing:
+        # A token revoked lately: its shared value would not be trusted, so don't wait for it
+        # (a revoked session is refused one round trip sooner on every worker).
+        if self.shared is None or self._bounded or self._flushing or self.revocations.token_lately(digest):
             return await self._from_source(token)
         found = await self.shared.get(digest)
         if found is None:

@@ -6,8 +6,10 @@ import asyncio
 from typing import TYPE_CHECKING, NamedTuple
 
 from gateway.core.errors import StoreUnavailable
+from gateway.postgres.api_keys import build_key_query
 from gateway.postgres.connections import connect, store_errors
 from gateway.postgres.installer import read_status
+from gateway.postgres.refresh import refresh_privilege
 from gateway.postgres.schema import COLUMNS_SQL, build_query, mapping_from
 from gateway.postgres.store import PRIMARY_POOL_MAX
 from gateway.postgres.triggers import VERSION, install_sql, staleness_bound_s, uninstall_sql
@@ -123,7 +125,8 @@ async def check_database(settings: Settings) -> list[Finding]:
     try:
         with store_errors():
             async with conn.transaction():  # one server connection, even through a pooler
-                return await _check(conn, settings, mapping_from(settings))
+                m = mapping_from(settings)
+                return [*await _check(conn, settings, m), Finding(*await refresh_privilege(conn, settings, m))]
     except StoreUnavailable as exc:
         return [Finding("warning", f"could not finish checking the database: {exc}")]
     finally:
@@ -141,6 +144,12 @@ async def _check(conn: asyncpg.Connection, settings: Settings, m: Mapping) -> li
         hint = f"GATEWAY_SCHEMA_PRESET={settings.schema_preset}: is that how Better Auth made them?"
         return [Finding("problem", f"Better Auth's tables are not as configured: {exc} ({hint})")]
     tables = Finding("ok", f"tables: {m.session.name} and {m.user.name} have the mapped columns")
+    if m.api_key is not None:  # GATEWAY_API_KEYS=on: the plugin's table must be there, as mapped
+        try:
+            await build_key_query(conn, m.api_key, m, timeout)
+        except LookupError as exc:
+            return [tables, Finding("problem", f"API keys (GATEWAY_API_KEYS=on): {exc}")]
+        tables = Finding("ok", f"tables: {m.session.name}, {m.user.name} and {m.api_key.name} have the mapped columns")
     if settings.secondary_storage_url is not None or not settings.listen:
         return [tables]
     found = await read_status(conn, m, timeout)

@@ -143,8 +143,8 @@ class Pool:
         pool = self._pool
         return (0, 0) if pool is None else (pool.get_size(), pool.get_idle_size())
 
-    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run ``work`` on a pooled connection within the budget.
+    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, read_only: bool = True) -> T:
+        """Run ``work`` on a pooled connection within the budget (through a pooler: read-only unless not ``read_only``).
 
         A cancelled asyncpg query waits for the server to confirm the cancel, which a dead link
         never does: instead, past the budget the connection is terminated (its socket closed) and
@@ -158,7 +158,7 @@ class Pool:
             msg = "the Postgres pool is not open (used before open() or after close())"
             raise StoreUnavailable(msg)
         held: list[asyncpg.Connection] = []
-        step = self._in_transaction(work) if self.route.pooled else work
+        step = self._in_transaction(work, read_only=read_only) if self.route.pooled else work
 
         async def run() -> T:
             async with pool.acquire() as conn:
@@ -180,10 +180,11 @@ class Pool:
             raise
 
     def _in_transaction(
-        self, work: Callable[[asyncpg.Connection], Awaitable[T]]
+        self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, read_only: bool = True
     ) -> Callable[[asyncpg.Connection], Awaitable[T]]:
         """``work`` in a transaction of its own, with the statement timeout set for it alone."""
-        begin = f"BEGIN READ ONLY; SET LOCAL statement_timeout = {timeout_ms(self._timeout_s)}"
+        mode = " READ ONLY" if read_only else ""  # the sliding refresh's write alone is not
+        begin = f"BEGIN{mode}; SET LOCAL statement_timeout = {timeout_ms(self._timeout_s)}"
 
         async def transaction(conn: asyncpg.Connection) -> T:
             await conn.execute(begin)

@@ -40,7 +40,8 @@ class Outcome(NamedTuple):
 
 async def read_status(conn: asyncpg.Connection, m: Mapping, timeout_s: float) -> Status:
     """The triggers' state on the mapped tables (any version)."""
-    return status(await conn.fetch(STATUS_SQL, *status_args(m), timeout=timeout_s))
+    rows = await conn.fetch(STATUS_SQL, *status_args(m), timeout=timeout_s)
+    return status(rows, api_keys=m.api_key is not None)
 
 
 async def ensure_triggers(settings: Settings, *, explicit: bool = False) -> Outcome:

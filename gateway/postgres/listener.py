@@ -72,6 +72,7 @@ class Listener:
         on_flush: Callable[[], None] | None = None,
         on_triggers: Callable[[bool], None] | None = None,
         backoff: Backoff | None = None,
+        on_api_key: Callable[[str], None] | None = None,
     ) -> None:
         dsn = settings.listen_database_url or settings.database_url
         assert dsn is not None  # noqa: S101  (config.validate guarantees it)
@@ -84,6 +85,7 @@ class Listener:
         self._metrics = metrics
         self._on_flush = on_flush or (lambda: None)
         self._on_triggers = on_triggers or (lambda _: None)
+        self._on_api_key = on_api_key  # hears "k:<digest>" and "k:*" (GATEWAY_API_KEYS=on)
         self.bound_s = staleness_bound_s(settings)  # how stale, without the triggers
         self._backoff = backoff or Backoff(_FIRST_RETRY_S, _MAX_RETRY_S)
         mapping = mapping_from(settings)
@@ -177,7 +179,7 @@ class Listener:
         """Read whether this version's triggers are in place; tell ``on_triggers``; whether that changed."""
         async with self._lock:
             rows = await conn.fetch(STATUS_SQL, *self._status_args, timeout=self._timeout_s)
-        installed, before = status(rows).current, self.triggers_installed
+        installed, before = status(rows, api_keys=self._status_args[2] is not None).current, self.triggers_installed
         self.triggers_installed = installed
         if installed == before:
             return False
@@ -202,6 +204,10 @@ class Listener:
             work = self._invalidator.invalidate_token(value)
         elif kind == "u" and value:
             work = self._invalidator.invalidate_user(value)
+        elif kind == "k" and (_DIGEST.fullmatch(value) or value == "*"):
+            if self._on_api_key is not None:  # a gateway without API keys has nothing of them to evict
+                self._on_api_key(value)
+            return
         elif payload == "*":
             if self._checking is not None and not self._checking.done():
                 self._recheck = True  # the check under way looks again when it ends

@@ -74,6 +74,7 @@ class Mapping(NamedTuple):
     session: Table
     user: Table
     token_field: str  # "token", or "id" for the legacy schema
+    api_key: Table | None = None  # the API key plugin's table, with GATEWAY_API_KEYS=on (postgres.api_keys)
 
 
 def mapping_from(settings: Settings) -> Mapping:
@@ -93,7 +94,15 @@ def mapping_from(settings: Settings) -> Mapping:
         table(settings.session_table, "session", settings.session_fields, returned.session),
         table(settings.user_table, "user", settings.user_fields, returned.user),
         settings.token_field,
+        api_key_table(settings) if settings.api_keys == "on" else None,
     )
+
+
+def api_key_table(settings: Settings) -> Table:
+    """The API key plugin's ``apikey`` table (``apikeys`` with ``use_plural``), mapped as the others are."""
+    prefix = quote(settings.db_schema) + "." if settings.db_schema else ""
+    bare = settings.api_key_table or ("apikeys" if settings.use_plural else "apikey")
+    return Table(prefix + quote(bare), bare, settings.api_key_fields, settings.schema_preset == "drizzle")
 
 
 class Query(NamedTuple):
@@ -107,6 +116,7 @@ class Query(NamedTuple):
     # columns; a decision field Better Auth does not return is selected after the user's.
     positions: dict[str, int]
     unreturned: tuple[str, ...] = ()  # "user.role", ...: fields in the tables no answer holds
+    select: str = ""  # the select list alone (``s.`` the session, ``u.`` the user): for the sliding refresh
 
 
 def build_query(m: Mapping, session_columns: list[str], user_columns: list[str]) -> Query:
@@ -141,6 +151,7 @@ def build_query(m: Mapping, session_columns: list[str], user_columns: list[str])
         session_fields=session_fields,
         user_fields=tuple(u.field(c) for c in u_cols),
         positions=positions,
+        select=select,
         unreturned=tuple(
             [f"session.{s.field(c)}" for c in session_columns if c not in s_cols and c != token_col]
             + [f"user.{u.field(c)}" for c in user_columns if c not in u_cols]

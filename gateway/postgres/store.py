@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.core.errors import SchemaMismatch, StoreUnavailable
 from gateway.credentials.tokens import token_hash
@@ -35,7 +35,7 @@ from gateway.postgres.rows import row_session
 from gateway.postgres.schema import COLUMNS_SQL, Mapping, Query, build_query
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     import asyncpg
 
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from gateway.postgres.connections import Pool
 
 log = logging.getLogger("gateway.postgres.store")
+T = TypeVar("T")
 PRIMARY_POOL_MAX = 2  # with a replica: the primary only answers its misses and doubts
 
 
@@ -173,6 +174,22 @@ class Store:
 
         return await (await _get(pool)).run(lookup)
 
+    async def on_primary(
+        self, work: Callable[[asyncpg.Connection, Query], Awaitable[T]], *, read_only: bool = True
+    ) -> T:
+        """Run ``work`` with the lookup's query on the primary (``DATABASE_URL``), never a replica.
+
+        ``read_only=False``: a write (the sliding refresh's), also through a transaction-mode pooler.
+
+        Raises:
+            StoreUnavailable: Postgres did not answer within the budget, or refused the work.
+        """
+
+        async def run(conn: asyncpg.Connection) -> T:
+            return await work(conn, self._query or await self._load_query(conn))
+
+        return await (await _get(self._primary or self._read)).run(run, read_only=read_only)
+
     async def public_keys(self, table: str) -> list[dict[str, Any]]:
         """The JWT plugin's public keys (``jwks.read_keys``), from the primary: a key made a moment ago counts.
 
@@ -182,6 +199,14 @@ class Store:
         sql = keys_sql(self._settings.db_schema, table)
         pool = await _get(self._primary or self._read)
         return await pool.run(lambda conn: read_keys(conn, sql))
+
+    async def run_on_primary(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        """Run ``fn`` on a connection to the primary (the API key lookup: a key made a moment ago counts).
+
+        Raises:
+            StoreUnavailable: Postgres did not answer within the configured budget.
+        """
+        return await (await _get(self._primary or self._read)).run(fn)
 
     async def ping(self) -> None:
         """Run ``SELECT 1`` (on the replica and the primary) and check the mapped tables.

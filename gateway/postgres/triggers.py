@@ -9,7 +9,9 @@ nothing usable to whoever can ``LISTEN``:
   which only moves ``expiresAt`` later and touches ``updatedAt``, says nothing;
 - ``u:<user id>``: a user was deleted, or updated in any column but ``updatedAt`` (ban, e-mail,
   name, role…): every cached session of that user goes;
-- ``*``: a table was truncated: forget everything.
+- ``*``: a table was truncated: forget everything;
+- ``k:<sha256(key column) hex>`` (with ``GATEWAY_API_KEYS=on``): an API key was deleted, or updated
+  in a way that changes a verdict (``api_key_sql``); ``k:*``: the ``apikey`` table was truncated.
 
 The objects carry a version in their names (``_v1``): installing a version also removes the
 triggers and functions of older ones found on the two tables (``STATUS_SQL``), in the same
@@ -38,13 +40,13 @@ if TYPE_CHECKING:
     from gateway.config import Settings
     from gateway.postgres.schema import Mapping
 
-VERSION = 1
+VERSION = 2  # 2: the API key plugin's table (its block below)
 # Without triggers, the longest a revoked session stays served from the LRU (the Redis tier is
 # bypassed then: its values live minutes). Short enough that a user signing out and retrying
 # sees it refused; long enough that a hot session costs each worker one query per 5 s.
 UNTRIGGERED_TTL_S = 5.0
 _LOCK = 0x6761_7465_7761_7901  # pg_advisory_xact_lock key: one installer at a time
-_NAME = re.compile(r"gateway_(session|user|flush)_notify_v([0-9]+)")
+_NAME = re.compile(r"gateway_(session|user|flush|apikey|apikeyflush)_notify_v([0-9]+)")
 
 
 def names(version: int = VERSION) -> tuple[str, str, str]:
@@ -124,7 +126,7 @@ COMMENT ON FUNCTION {fn_s}() IS {mark};
 {_trigger(user_fn, u.name, fn_u, "AFTER UPDATE OR DELETE", "ROW")}
 {_trigger(flush_fn, s.name, fn_f, "AFTER TRUNCATE", "STATEMENT")}
 {_trigger(flush_fn, u.name, fn_f, "AFTER TRUNCATE", "STATEMENT")}
-{_drops(m, older)}COMMIT;
+{api_key_sql(m, ch, version)}{_drops(m, older)}COMMIT;
 """  # noqa: S608  (identifiers quoted, literals escaped)
 
 
@@ -132,7 +134,7 @@ def _drops(m: Mapping, older: Iterable[Installed]) -> str:
     """Drop other versions' triggers, then their functions (named as the catalogue spells them)."""
     found = list(older)
     tables = {True: m.session.name, False: m.user.name}
-    lines = [f"DROP TRIGGER IF EXISTS {quote(t.name)} ON {tables[t.on_session]};" for t in found]
+    lines = [f"DROP TRIGGER IF EXISTS {quote(t.name)} ON {_table_of(m, t) or tables[t.on_session]};" for t in found]
     lines += [f"DROP FUNCTION IF EXISTS {f};" for f in dict.fromkeys(t.function for t in found)]
     return "".join(line + "\n" for line in lines)
 
@@ -147,7 +149,9 @@ def _trigger(name: str, table: str, function: str, when: str, each: str) -> str:
 def uninstall_sql(m: Mapping) -> str:
     """The SQL that removes every trigger and function ``install_sql`` creates."""
     drops = [f"DROP TRIGGER IF EXISTS {quote(n)} ON {t};" for n, t in _triggers(m)]
-    drops += [f"DROP FUNCTION IF EXISTS {_qualified(m, n)}();" for n in names()]
+    # The API key function only where its triggers are known to go too (a trigger left would hold it).
+    functions = (*names(), api_key_names()[0]) if m.api_key is not None else names()
+    drops += [f"DROP FUNCTION IF EXISTS {_qualified(m, n)}();" for n in functions]
     return "BEGIN;\n" + "\n".join(drops) + "\nCOMMIT;\n"
 
 
@@ -157,20 +161,20 @@ def _triggers(m: Mapping) -> list[tuple[str, str]]:
         (USER_FUNCTION, m.user.name),
         (FLUSH_FUNCTION, m.session.name),
         (FLUSH_FUNCTION, m.user.name),
-    ]
+    ] + ([(name, m.api_key.name) for name in api_key_names()] if m.api_key is not None else [])
 
 
-# The gateway's triggers (any version) on the two tables ($1 the session table, $2 the user table,
-# as ``Table.name`` spells them); none if a table is missing.
+# The gateway's triggers (any version) on the tables ($1 the session table, $2 the user table, $3
+# the API key table or NULL, as ``Table.name`` spells them); none if a table is missing.
 STATUS_SQL = r"""SELECT t.tgname, p.oid::regprocedure::text, t.tgrelid = to_regclass($1)
 FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-WHERE NOT t.tgisinternal AND t.tgrelid IN (to_regclass($1), to_regclass($2))
-  AND t.tgname ~ '^gateway_(session|user|flush)_notify_v[0-9]+$'"""
+WHERE NOT t.tgisinternal AND t.tgrelid IN (to_regclass($1), to_regclass($2), to_regclass($3))
+  AND t.tgname ~ '^gateway_(session|user|flush|apikey|apikeyflush)_notify_v[0-9]+$'"""
 
 
-def status_args(m: Mapping) -> tuple[str, str]:
+def status_args(m: Mapping) -> tuple[str, str, str | None]:
     """``STATUS_SQL``'s parameters for a mapping."""
-    return m.session.name, m.user.name
+    return m.session.name, m.user.name, None if m.api_key is None else m.api_key.name
 
 
 class Installed(NamedTuple):
@@ -200,11 +204,75 @@ class Status(NamedTuple):
         return sorted({t.version for t in self.older})
 
 
-def status(rows: Iterable[tuple[str, str, bool]]) -> Status:
-    """Read ``STATUS_SQL``'s rows: current only if all four triggers of ``VERSION`` are on their tables."""
+def status(rows: Iterable[tuple[str, str, bool]], *, api_keys: bool = False) -> Status:
+    """Read ``STATUS_SQL``'s rows: current only if all triggers of ``VERSION`` are on their tables.
+
+    ``api_keys``: the API key table's two are wanted too (``Mapping.api_key``).
+    """
     found = [Installed(*row) for row in rows]
     session_fn, user_fn, flush_fn = names()
     wanted = {(session_fn, True), (user_fn, False), (flush_fn, True), (flush_fn, False)}
+    if api_keys:
+        wanted |= {(name, False) for name in api_key_names()}
     current = wanted <= {(t.name, t.on_session) for t in found}
     older = tuple(t for t in found if t.version < VERSION)
     return Status(current, older, tuple(t for t in found if t.version > VERSION))
+
+
+# --- API keys (h-apikeys): the API key plugin's table, with GATEWAY_API_KEYS=on ---------------------
+# Every verification through Better Auth writes its key's row (``remaining``, ``requestCount``,
+# ``lastRequest``, ``lastRefillAt``, ``updatedAt``): those columns alone say nothing, unless the
+# row written is spent (``remaining`` at 0, ``requestCount`` at ``rateLimitMax`` with the limit on,
+# a new window included), after which Better Auth refuses it, writing nothing more, and so must
+# every worker. Anything else (``enabled``, ``expiresAt``,
+# the key, its owner, its limits…) and a DELETE (revocation, expiry, exhaustion) notify
+# ``k:<sha256 hex of the key column>``; a TRUNCATE ``k:*``. Columns are read through ``to_jsonb``
+# so a column an older plugin did not make is NULL, never an error in Better Auth's write.
+
+
+def api_key_names(version: int = VERSION) -> tuple[str, str]:
+    """The API key row trigger's name (also its function's) and its TRUNCATE trigger's."""
+    return f"gateway_apikey_notify_v{version}", f"gateway_apikeyflush_notify_v{version}"
+
+
+def api_key_sql(m: Mapping, channel_literal: str, version: int = VERSION) -> str:
+    """The API key table's function and triggers (empty without one); ``channel_literal``: the quoted channel."""
+    k = m.api_key
+    if k is None:
+        return ""
+    row_name, truncate_name = api_key_names(version)
+    fn = _qualified(m, row_name)
+    usage = " - ".join(
+        _literal(k.column(f)) for f in ("remaining", "requestCount", "lastRequest", "lastRefillAt", "updatedAt")
+    )
+    fields = ("remaining", "requestCount", "rateLimitMax", "rateLimitEnabled")
+    remaining, count, most, limited = (_literal(k.column(f)) for f in fields)
+    digest = f"encode(sha256(convert_to(OLD.{quote(k.column('key'))}::text, 'UTF8')), 'hex')"
+    return f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $gateway$
+DECLARE
+  n jsonb;
+  o jsonb;
+BEGIN
+  IF TG_OP = 'TRUNCATE' THEN
+    PERFORM pg_notify({channel_literal}, 'k:*');
+    RETURN NULL;
+  END IF;
+  o := to_jsonb(OLD);
+  n := CASE WHEN TG_OP = 'UPDATE' THEN to_jsonb(NEW) END;
+  IF TG_OP = 'DELETE'
+     OR (n - {usage}) IS DISTINCT FROM (o - {usage})
+     OR (n ->> {remaining})::numeric <= 0
+     OR ((n ->> {count})::numeric >= (n ->> {most})::numeric AND coalesce((n ->> {limited})::boolean, true)) THEN
+    PERFORM pg_notify({channel_literal}, 'k:' || {digest});
+  END IF;
+  RETURN NULL;
+END
+$gateway$;
+{_trigger(row_name, k.name, fn, "AFTER UPDATE OR DELETE", "ROW")}
+{_trigger(truncate_name, k.name, fn, "AFTER TRUNCATE", "STATEMENT")}
+"""
+
+
+def _table_of(m: Mapping, trigger: Installed) -> str | None:
+    """The API key table, for one of its triggers (``None`` for the others)."""
+    return m.api_key.name if m.api_key is not None and "_apikey" in trigger.name else None

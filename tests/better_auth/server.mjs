@@ -3,7 +3,7 @@
 // BETTER_AUTH_SECRETS), PORT, BASE_URL; PLUGINS: comma-separated names, or a JSON object of
 // name -> options; OPTIONS: JSON merged into the options (advanced, session, user, ...);
 // SECONDARY_STORAGE (see secondaryStorage below). It migrates its own schema, then prints
-// "ready".
+// "ready". The API key plugin (@better-auth/api-key) is the plugin "apiKey" (options as above).
 import http from "node:http";
 import pg from "pg";
 import { betterAuth } from "better-auth";
@@ -13,9 +13,12 @@ import {
   bearer, admin, organization, jwt, username, anonymous, phoneNumber, twoFactor, lastLoginMethod,
 } from "better-auth/plugins";
 import { redisStorage } from "@better-auth/redis-storage";
+import { apiKey } from "@better-auth/api-key";
 import { Redis } from "ioredis";
 
-const factories = { bearer, admin, organization, jwt, username, anonymous, phoneNumber, twoFactor, lastLoginMethod };
+const factories = {
+  bearer, admin, organization, jwt, username, anonymous, phoneNumber, twoFactor, lastLoginMethod, apiKey,
+};
 function plugin(name, pluginOptions) {
   if (!(name in factories)) throw new Error(`unknown plugin ${name}`);
   return factories[name](pluginOptions);
@@ -75,12 +78,30 @@ async function verifyJwtRoute(req, res) {
   res.writeHead(200, { "content-type": "application/json" });
   res.end(JSON.stringify({ payload: result.payload ?? null }));
 }
+// POST /test/api-key/<create|update|delete> (tests only; with the apiKey plugin): the plugin's
+// server-side calls, which may set what a client may not (userId, remaining, refill, rate limit).
+async function apiKeyRoute(req, res) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  const body = JSON.parse(Buffer.concat(chunks).toString() || "{}");
+  const call = { create: "createApiKey", update: "updateApiKey", delete: "deleteApiKey" }[req.url.split("/").pop()];
+  // With headers the plugin takes the call for a client's (server-only properties refused).
+  const headers = body.headers ? new Headers(body.headers) : undefined;
+  delete body.headers;
+  const result = await auth.api[call](headers ? { body, headers } : { body });
+  res.writeHead(200, { "content-type": "application/json" });
+  res.end(JSON.stringify(result ?? null));
+}
 function failed(res, error) {
   res.writeHead(500);
   res.end(String(error));
 }
 const server = http.createServer((req, res) =>
-  req.url === "/test/verify-jwt" ? verifyJwtRoute(req, res).catch((e) => failed(res, e)) : handler(req, res),
+  req.url === "/test/verify-jwt"
+    ? verifyJwtRoute(req, res).catch((e) => failed(res, e))
+    : req.url.startsWith("/test/api-key/")
+      ? apiKeyRoute(req, res).catch((e) => failed(res, e))
+      : handler(req, res),
 );
 server.listen(Number(process.env.PORT), "127.0.0.1", () => console.log("ready"));
 for (const signal of ["SIGTERM", "SIGINT"]) process.on(signal, () => server.close(() => process.exit(0)));

@@ -16,6 +16,7 @@ import httpx
 import psutil
 
 from gateway.postgres import seed
+from gateway.postgres.triggers import VERSION
 from tests.support.ports import free_port
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ async def test_demo_shows_a_revocation_happen(tmp_path: Path, database: str) -> 
         with (tmp_path / "stderr").open("w") as stderr:
             await _watch_a_revocation(_demo(tmp_path, database, stderr), database, client)
     log = (tmp_path / "stderr").read_text()
-    assert "invalidation triggers: installed v1" in log
+    assert f"invalidation triggers: installed v{VERSION}" in log
     assert "no invalidation triggers" not in log
     assert "then sign it out" in log
 

@@ -25,6 +25,29 @@ def test_a_revoked_token_or_user_is_distrusted_for_revoked_for_s_then_trusted() 
     assert not memory.lately(BYSTANDER, "banned")
 
 
+def test_token_lately_is_lately_for_the_token_alone() -> None:
+    """Asked before the user is known: the token heard revoked, for revoked_for_s; not a user's revocation."""
+    clock = Clock()
+    memory = Revocations(clock, revoked_for_s=10)
+    memory.token(VICTIM)
+    memory.user("banned")
+    assert memory.token_lately(VICTIM)
+    assert not memory.token_lately(BYSTANDER)
+    clock.advance(10.001)
+    assert not memory.token_lately(VICTIM)
+
+
+def test_token_lately_answers_yes_for_every_token_while_a_dropped_revocation_is_in_force() -> None:
+    """An overflowing memory may have dropped any token: every one is 'lately' until the dropped entry lapses."""
+    clock = Clock()
+    memory = Revocations(clock, revoked_for_s=60, max_entries=2)
+    for name in ("a", "b", "c"):
+        memory.token(token_hash(name))
+    assert memory.token_lately(BYSTANDER)
+    clock.advance(60.001)
+    assert not memory.token_lately(BYSTANDER)
+
+
 def test_invalidations_count_every_revocation_and_flush() -> None:
     """The local invalidation count moves by one per revocation or flush heard."""
     memory = Revocations(Clock(), revoked_for_s=10)

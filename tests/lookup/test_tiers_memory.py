@@ -209,6 +209,26 @@ async def test_a_shared_value_of_a_token_or_user_revoked_lately_is_not_trusted()
     assert other.revoked_lately(DIGEST, "alice")
 
 
+async def test_a_token_revoked_lately_is_looked_up_at_the_source_without_waiting_for_the_shared_cache() -> None:
+    """Its shared value would not be trusted anyway: the lookup goes straight to the source, writes nothing back."""
+    world = World()
+    assert world.shared is not None
+    world.shared.values[DIGEST] = (world.alice, 0)
+    other = world.worker()
+    sent = other.invalidate_token(DIGEST)  # an UPDATE of the session: still valid at the source
+    assert sent is not None
+    await sent
+    world.shared.gate.close()  # a read of the shared cache would wait here for ever
+    assert (await asyncio.wait_for(other.load(TOKEN), 5)).session is world.alice
+    assert world.source.calls == [[TOKEN]]
+    assert world.shared.puts == []
+    bystander = asyncio.ensure_future(other.load(OTHER))  # not revoked: the shared cache first, as ever
+    await world.shared.gate.arrived()
+    assert world.source.calls == [[TOKEN]]
+    world.shared.gate.open()
+    await bystander
+
+
 async def test_invalidation_evicts_every_key_of_a_token_or_user() -> None:
     """The LRU is indexed by token hash and user: an invalidation evicts every key caching them, and only those."""
     world = World(shared=False)

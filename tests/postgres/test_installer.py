@@ -15,7 +15,7 @@ from gateway.postgres import seed
 from gateway.postgres.installer import ensure_triggers
 from gateway.postgres.listener import Listener
 from gateway.postgres.schema import mapping_from
-from gateway.postgres.triggers import UNTRIGGERED_TTL_S, install_sql, names
+from gateway.postgres.triggers import UNTRIGGERED_TTL_S, VERSION, install_sql, names
 from tests.config import run_cli
 from tests.support.credentials import SECRET, cookie
 from tests.support.server import every_worker_listening, statuses
@@ -62,7 +62,7 @@ async def test_serve_installs_the_triggers_and_every_worker_refuses_a_signed_out
     gw = start_gateway(env, workers=2)
     await eventually(lambda: every_worker_listening(gw.url), within=10)
     assert await trigger_names(db) == set(names())
-    assert gw.output().count("invalidation triggers: installed v1") == 1  # the main process, not each worker
+    assert gw.output().count(f"invalidation triggers: installed v{VERSION}") == 1  # the main process, not each worker
     assert await statuses(gw.url, cookie(token)) == {200}
     await db.execute('delete from "session" where token = $1', token)  # Better Auth's sign-out
     await asyncio.sleep(0.1)
@@ -117,11 +117,11 @@ async def test_older_triggers_are_upgraded(db: asyncpg.Connection, database: str
     assert await trigger_names(db) == set(names(0))
     outcome = await ensure_triggers(settings)
     assert outcome.current
-    assert outcome.message == "upgraded from v0 to v1"
+    assert outcome.message == f"upgraded from v0 to v{VERSION}"
     assert await trigger_names(db) == set(names())
     assert await db.fetchval("select count(*) from pg_proc where proname like 'gateway%v0'") == 0
     again = await ensure_triggers(settings)
-    assert again.message == "already current (v1)"
+    assert again.message == f"already current (v{VERSION})"
 
 
 async def test_the_listener_bounds_the_caches_when_the_triggers_go(db: asyncpg.Connection, database: str) -> None:
@@ -156,12 +156,12 @@ def test_check_config_checks_the_database_and_install_triggers_installs(db: asyn
     assert "`gateway serve` will install them at startup" in right.stdout
     never = run_cli("check-config", env=env | {"GATEWAY_INSTALL_TRIGGERS": "never"})
     assert never.returncode == 0
-    assert "warning: invalidation triggers: v1 absent, and GATEWAY_INSTALL_TRIGGERS=never" in never.stderr
+    assert f"warning: invalidation triggers: v{VERSION} absent, and GATEWAY_INSTALL_TRIGGERS=never" in never.stderr
     assert f"a revoked session is refused within {UNTRIGGERED_TTL_S:g} s" in never.stderr
     installed = run_cli("install-triggers", env=env | {"GATEWAY_INSTALL_TRIGGERS": "never"})  # asked for: done
     assert installed.returncode == 0, installed.stderr
-    assert installed.stdout == "invalidation triggers: installed v1\n"
-    assert "ok: invalidation triggers: v1 in place" in run_cli("check-config", env=env).stdout
+    assert installed.stdout == f"invalidation triggers: installed v{VERSION}\n"
+    assert f"ok: invalidation triggers: v{VERSION} in place" in run_cli("check-config", env=env).stdout
     away = run_cli("check-config", env=env | {"DATABASE_URL": "postgresql://gw@127.0.0.1:1/app"})
     assert away.returncode == 0, away.stderr
     assert "warning: could not reach Postgres to check the tables and triggers" in away.stderr
