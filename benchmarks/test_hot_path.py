@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import secrets
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -17,10 +18,10 @@ import pytest
 
 from gateway.core.lru import LRU
 from gateway.core.sessions import Session
-from gateway.credentials.tokens import Credential, Kind, Verifier, find_credential, sign, token_hash
-from gateway.http.responses import Identity
+from gateway.credentials.tokens import Verifier, find_credential, sign, token_hash
+from gateway.http.responses import Identity, better_auth_session
 from gateway.lookup.decision import Decider
-from gateway.lookup.tiers import Entry, Tiers
+from gateway.lookup.tiers import Entry, Loaded, Tiers
 from gateway.postgres.seed import generate_id
 
 if TYPE_CHECKING:
@@ -166,17 +167,71 @@ def test_decision_on_a_warm_cache(benchmark: Any) -> None:
     loop.close()
 
 
+def fresh_session(i: int) -> Session:
+    """``session(i)`` with strings of its own, as rows read from Postgres have (none shared)."""
+    iso = f"2026-11-27T10:00:{i % 60:02d}.{i % 1000:03d}Z"
+    return Session(
+        expires_at=2e9,
+        banned_until=0.0,
+        session={
+            "id": secrets.token_hex(16),
+            "expiresAt": iso,
+            "createdAt": iso[:-1] + "Z",
+            "updatedAt": iso[:-1] + "Z",
+            "ipAddress": "",
+            "userAgent": "",
+            "userId": f"user{i}",
+            "impersonatedBy": None,
+            "activeOrganizationId": None,
+        },
+        user={
+            "id": f"user{i}",
+            "name": "Ada Lovelace",
+            "email": f"ada{i}@example.com",
+            "emailVerified": True,
+            "image": None,
+            "createdAt": iso[:-1] + "Z",
+            "updatedAt": iso[:-1] + "Z",
+            "role": "user",
+            "banned": False,
+            "banReason": None,
+            "banExpires": None,
+        },
+        role="user",
+    )
+
+
 def test_memory_per_cached_session(record_property: Any) -> None:
-    """Bytes per cached session at 1M L1 entries (key, entry, session, its two dicts); reported, not asserted."""
-    n = 1_000_000
+    """Bytes per cached session with its get-session answer servable from L1; reported, not asserted.
+
+    Everything a cached session costs a worker: its key (a real signed cookie's), the LRU's slot,
+    the entry, the session and user, the indexes by token hash and by user, and the rendered
+    get-session body a hit sends (stored on the entry where the code keeps one). One user per
+    session (the worst case: nothing shared). ``BENCH_MEMORY_SESSIONS`` sets how many (default
+    100,000; the recorded figure is at 1,000,000:
+    ``BENCH_MEMORY_SESSIONS=1000000 pytest benchmarks/test_hot_path.py -k memory -s``).
+    """
+    n = int(os.environ.get("BENCH_MEMORY_SESSIONS", "100000"))
+    tiers = Tiers(_NoSource(), None, max_entries=n, ttl_s=3600, negative_max_entries=0, negative_ttl_s=1)
+    json_bytes = 0
     gc.collect()
     before = psutil.Process().memory_info().rss  # RSS, not tracemalloc: that would take minutes here
-    lru: LRU[Entry] = LRU(n)
     for i in range(n):
-        key = f"better-auth.session_token={secrets.token_hex(16)}.{'A' * 43}%3D"
-        lru.put(key, Entry(session(i), "0" * 64), 2e9)
+        token = generate_id()
+        key = ";" + quote(f"{token}.{secrets.token_urlsafe(32)[:43]}=", safe="")
+        tiers.remember(key, Loaded(fresh_session(i), token_hash(token), 0))
+        entry = tiers.l1.get(key)
+        assert entry is not None
+        body = better_auth_session(entry.session, token)
+        json_bytes += len(body)
+        if hasattr(entry, "answer"):  # the entry keeps what a get-session hit sends
+            entry.answer = body
     per_session = (psutil.Process().memory_info().rss - before) / n
+    per_json = json_bytes / n
     record_property("bytes_per_session", round(per_session))
-    print(f"\n{per_session:,.0f} bytes per cached session at {n:,} entries (target <= 400)")
-    assert len(lru) == n
-    _ = Credential, Kind  # the shapes measured are the ones the gateway caches
+    record_property("get_session_json_bytes", round(per_json))
+    print(
+        f"\n{per_session:,.0f} bytes per cached session at {n:,} entries; its get-session JSON: "
+        f"{per_json:,.0f} bytes; ratio {per_session / per_json:.2f} (target <= 1.3)"
+    )
+    assert len(tiers.l1) == n

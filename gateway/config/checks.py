@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from gateway.config import field_headers
 from gateway.config.api_key_checks import api_key_problems
 from gateway.config.refresh import refresh_problems
 from gateway.core.fields import IDENTITY_FIELDS, PLUGINS, names
@@ -33,6 +34,7 @@ def validate(s: Settings, need: frozenset[str] = frozenset({"secret", "database"
         )
     problems.extend(_check_stores(s, need))
     problems.extend(_check_forward_auth(s))
+    problems.extend(field_headers.problems(s))
     if not _IDENTIFIER.match(s.channel):
         problems.append("GATEWAY_CHANNEL: letters, digits and _ only, at most 63")
     if not re.fullmatch(r"[A-Za-z0-9_.\-:]{1,64}", s.redis_prefix):

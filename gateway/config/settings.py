@@ -98,6 +98,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     redirect_hosts: tuple[str, ...] = ()
     identity_headers: dict[str, str] = {}  # rename: user, email, name, session_id, role, groups
     remote_headers: bool = False  # also send Remote-User, Remote-Email, Remote-Name, Remote-Groups
+    # Any field as a header (issue 19; gateway.config.field_headers): "user.tenantId=x-tenant-id,..."
+    # sends a returned user or session field as that header of every 200, empty when null.
+    field_headers: dict[str, str] = {}
     strip_credentials: bool = False  # answer Cookie (without Better Auth's) and an empty Authorization
     rules_file: str = ""
     rules_reload_s: float = 2.0  # how often the rules file is read again for a change; 0: only on SIGHUP

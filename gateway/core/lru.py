@@ -75,6 +75,11 @@ class LRU(Generic[V]):
             self._on_evict(key, item[1])
         return item[1]
 
+    def peek(self, key: str) -> V | None:
+        """Return the value under ``key`` (live or not) without marking it used."""
+        item = self._data.get(key)
+        return None if item is None else item[1]
+
     def clear(self) -> None:
         """Drop every entry (``on_evict`` is not called: the owner resets its indexes itself)."""
         self._data.clear()

@@ -213,6 +213,17 @@ def _encode(signed: str) -> str:
 
 
 _PREFIX = {Kind.cookie: _COOKIE_KEY, Kind.bearer: "Bearer ", Kind.header: "x:"}
+_PREFIX_LENGTH = {prefix[0]: len(prefix) for prefix in _PREFIX.values()}
+
+
+def home_token(key: str) -> str:
+    """The token a *home* key (``Proof.key``) names, read off the key: no HMAC.
+
+    Only home keys of credentials that passed the check are ever cached, so the key of a cache
+    hit already proves its token: it is the key less its kind's prefix, up to the signature's
+    dot (a token, legacy ids too, holds neither ``.`` nor ``%``: ``plausible``).
+    """
+    return key[_PREFIX_LENGTH[key[0]] :].partition(".")[0]
 
 
 class Verifier:

@@ -12,7 +12,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, cast
 
 from gateway.http import responses
-from gateway.http.api import JSON, Api
+from gateway.http.api import JSON, SESSION, Api
 from gateway.http.forward_auth import ForwardAuth
 from gateway.http.pipeline import Pipeline
 from gateway.telemetry.metrics import CONTENT_TYPE
@@ -46,9 +46,11 @@ class App:
         self._opener = opener
         self._pipeline = Pipeline(settings)
         self._forward_auth = ForwardAuth(settings, self._pipeline)
-        api = Api(settings, self._pipeline)
+        self._api = api = Api(settings, self._pipeline)
         self._stack = contextlib.AsyncExitStack()
-        self._hit_seconds: Callable[[float], None] = _unbound  # the latency histogram's validate/l1 child
+        # The latency histogram's l1 children of the hit paths (bound in ``open``).
+        self._hit_seconds: Callable[[float], None] = _unbound
+        self._session_hit_seconds: Callable[[float], None] = _unbound
         self._routes: dict[str, tuple[frozenset[str] | None, Handler]] = {
             "/v1/validate": (frozenset({"POST"}), api.validate),
             "/api/auth/get-session": (frozenset({"GET", "HEAD", "POST"}), api.get_session),  # POST: deferred refresh
@@ -60,7 +62,10 @@ class App:
     async def open(self) -> None:
         """Open the worker's parts; watch the rules file (reloads) until ``close``."""
         self._pipeline.bind(await self._stack.enter_async_context(self._opener(self.settings)))
-        self._hit_seconds = self.parts.metrics.decision_seconds.child("validate", "l1").observe
+        seconds = self.parts.metrics.decision_seconds
+        self._hit_seconds = seconds.child("validate", "l1").observe
+        self._session_hit_seconds = seconds.child("get_session", "l1").observe
+        self._api.identity_hit_seconds = seconds.child("v1_validate", "l1").observe
         await self._stack.enter_async_context(self._forward_auth.watching_rules(self.parts.metrics.event))
 
     async def close(self) -> None:
@@ -78,7 +83,7 @@ class App:
         """The open parts; using them before ``open`` is a bug, said precisely."""
         return self._pipeline.parts
 
-    async def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> None:
+    async def __rsgi__(self, scope: Scope, proto: HTTPProtocol) -> None:  # noqa: PLR0911  (a hit path per endpoint, then routes)
         path = scope.path
         if path == "/validate":
             started = perf_counter()
@@ -87,6 +92,13 @@ class App:
                 proto.response_empty(200, found)
                 return self._hit_seconds(perf_counter() - started)
             return await self._forward_auth(scope, proto, found)
+        if path == "/api/auth/get-session" and scope.method == "GET":
+            started = perf_counter()
+            session = self._api.session_hit(scope)
+            if isinstance(session, bytes):  # a cached session's body: answered with no coroutine
+                proto.response_bytes(200, SESSION, session)
+                return self._session_hit_seconds(perf_counter() - started)
+            return await self._api.get_session(scope, proto, session)
         route = self._routes.get(path)
         if route is None:
             if path.startswith("/validate/"):  # Envoy's path_prefix form

@@ -1,8 +1,8 @@
 """``/validate``: the decision endpoint every reverse proxy calls (``docs/forward-auth.md`` §6).
 
 The hit path (no policy, no query, a cached session) goes through the core's fast path
-(``Decider.cached``) and sends a header list that already exists: it is memoised on the cache
-entry (``Entry.memo``, the adapter's slot), so it dies with the entry. Everything else — policy,
+(``Decider.cached``) and sends a header list that already exists: it is rendered once on the cache
+entry (``Entry.headers``, the adapter's slot), so it dies with the entry. Everything else — policy,
 redirect mode, credential stripping — goes down the request pipeline (``pipeline``) and works
 from the original request as ``original`` reconstructs it.
 """
@@ -54,7 +54,10 @@ class ForwardAuth:
         self._networks = settings.trusted_proxies
         self._proxy = settings.proxy
         self._identity = responses.Identity(
-            settings.identity_headers, remote=settings.remote_headers, organizations=settings.organizations == "on"
+            settings.identity_headers,
+            remote=settings.remote_headers,
+            organizations=settings.organizations == "on",
+            fields=settings.field_headers,
         )
         self._deny = responses.Denials(settings.retry_after_s)
         self._organizations = settings.organizations == "on"  # allowed_org_roles can be met (issue 19)
@@ -105,9 +108,9 @@ class ForwardAuth:
         entry = pipeline.cached(key)
         if entry is None or (self._slides and entry.session.expires_at <= time.time() + self._slack):
             return pipeline.with_cookie_cache(credential or pipeline.find(h, authorization), h)
-        headers: HeaderList | None = entry.memo
-        if headers is None:
-            headers = entry.memo = self._identity.headers(entry.session)
+        headers = entry.headers
+        if headers is None:  # the first hit renders them; every later one sends the same list
+            headers = entry.headers = self._identity.headers(entry.session)
         return headers
 
     def __call__(self, scope: Scope, proto: HTTPProtocol, credential: Credential | None) -> Awaitable[None]:

@@ -48,7 +48,12 @@ class Identity:
     """Renders a session as the identity headers of a 200 (names configurable, aliases optional)."""
 
     def __init__(
-        self, renamed: dict[str, str] | None = None, *, remote: bool = False, organizations: bool = False
+        self,
+        renamed: dict[str, str] | None = None,
+        *,
+        remote: bool = False,
+        organizations: bool = False,
+        fields: dict[str, str] | None = None,
     ) -> None:
         names = DEFAULT_IDENTITY | {k: v.lower() for k, v in (renamed or {}).items()}
         pairs = list(names.items())
@@ -57,7 +62,12 @@ class Identity:
         if remote:
             pairs += list(REMOTE_ALIASES.items())
         self.names: tuple[tuple[str, str], ...] = tuple(pairs)
-        self.anonymous = [(header, "") for _, header in self.names]
+        # GATEWAY_FIELD_HEADERS ("user.tenantId" -> "x-tenant-id"; checked at startup): (in user?, field, header).
+        self.fields = tuple(
+            (field.startswith("user."), field.partition(".")[2], header.lower())
+            for field, header in (fields or {}).items()
+        )
+        self.anonymous = [(header, "") for _, header in self.names] + [(header, "") for _, _, header in self.fields]
 
     def headers(self, session: Session) -> list[tuple[str, str]]:
         """Every identity header for ``session``."""
@@ -72,7 +82,19 @@ class Identity:
             "org_id": session.org_id,  # organizations: the active one, and the member's role(s) in it
             "org_role": session.org_role,
         }
-        return [(header, header_value(fields[field])) for field, header in self.names]
+        headers = [(header, header_value(fields[field])) for field, header in self.names]
+        for in_user, field, header in self.fields:  # always sent, empty when null: a forged value is clobbered
+            headers.append((header, header_value(_scalar((user if in_user else session.session).get(field)))))
+        return headers
+
+
+def _scalar(value: Any) -> Any:
+    """A field as a header shows it: a JSON object or array (a ``json`` field) as its JSON text."""
+    if isinstance(value, RawJSON):
+        return value.text
+    if isinstance(value, dict | list):
+        return _encode(value).decode()
+    return value
 
 
 class Denials:
@@ -113,7 +135,7 @@ def better_auth_session(session: Session, token: str) -> bytes:
     return _encode({"session": {**session.session, "token": token}, "user": session.user})
 
 
-def _encode(body: dict[str, Any]) -> bytes:
+def _encode(body: dict[str, Any] | list[Any]) -> bytes:
     """JSON for an answer; a lone surrogate in some string is escaped (``\ud800``), as ``JSON.stringify`` does.
 
     Strings from JSON (a cookie cache, secondary storage, a JWT) may hold one, which UTF-8 cannot

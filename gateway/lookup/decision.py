@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 from gateway.core.errors import BackendUnavailable
 from gateway.core.sessions import Reason, Session, Verdict
 from gateway.credentials.jwts import looks_like_jwt
-from gateway.credentials.tokens import Kind, token_hash
+from gateway.credentials.tokens import Kind, home_token, token_hash
 
 if TYPE_CHECKING:
     from gateway.credentials.cookie_cache import CookieCache
@@ -101,8 +101,8 @@ class Decider:
         get-session, which knows no such credential). ``turn``: the failure budget of the
         request's address, consulted only when a lookup is needed (``Reason.rate_limited`` if
         no turn came); everything answered without one never waits. ``need_token``: the caller
-        answers with the token (Better Auth's get-session), so a cached credential is checked
-        too, once, for the verdict to carry it.
+        answers with the token (Better Auth's get-session): a cached credential's token is read
+        off its key (``home_token``: only checked keys are cached), with no HMAC.
         """
         if credential is None:
             return Verdict(Reason.no_credentials)
@@ -112,7 +112,8 @@ class Decider:
             return await self._from_jwt(credential.value)
         entry = self.tiers.cached(credential.key)
         if entry is not None:
-            return self._proved_hit(credential, entry) if need_token else Verdict(Reason.ok, entry.session)
+            token = home_token(credential.key) if need_token else None
+            return Verdict(Reason.ok, entry.session, token, entry.digest if need_token else None)
         # Better Auth reads its cookie cache before its store: a session it vouches for counts
         # even when a lookup found none a moment ago.
         cached = credential.cached if self.cookie_cache is not None else None
@@ -139,13 +140,6 @@ class Decider:
         if turn is None or self.tiers.joinable(token):  # joining a lookup in flight costs nothing more
             return await self._look_up(key, token, digest)
         return await self._look_up_in_turn(credential, key, token, digest, turn)
-
-    def _proved_hit(self, credential: Credential, entry: Entry) -> Verdict:
-        """A cached credential checked all the same, for its token (``need_token``)."""
-        proof = self.verifier.prove(credential)
-        if isinstance(proof, Reason):  # cannot be, for a cached key: refused all the same
-            return Verdict(proof)
-        return Verdict(Reason.ok, entry.session, proof.token, entry.digest)
 
     def _respelled(self, key: str, cached: str | None, token: str, digest: str) -> Verdict | None:
         """A respelling (``tokens.Proof``): what is known of its home spelling counts for it.

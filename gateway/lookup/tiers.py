@@ -22,6 +22,7 @@ from gateway.core.errors import BackendUnavailable
 from gateway.core.lru import LRU
 from gateway.credentials.tokens import token_hash
 from gateway.lookup.batching import Batcher
+from gateway.lookup.entries import Entry, Keys, index_add, index_discard, index_keys, sharing_user
 from gateway.lookup.flights import Flights, Loaded
 from gateway.lookup.outbox import Outbox
 from gateway.lookup.revocations import MAX_ENTRIES, Revocations
@@ -39,22 +40,6 @@ __all__ = ["Entry", "Loaded", "Tiers"]
 # cache needs to write its tombstones. With Redis on, as long as a value's own lifetime (the L2
 # TTL); with the cookie cache on, as long as a cookie's window (``resources`` passes the longest).
 _REVOKED_FOR_S = 10.0
-
-
-class Entry:
-    """What the LRU holds: a valid session, its token's hash (for the indexes), and a memo.
-
-    ``memo`` belongs to the HTTP adapter (its response headers for this session): the core
-    never reads it. It lives and dies with the entry, so nothing derived from a session outlives
-    its eviction or revocation.
-    """
-
-    __slots__ = ("digest", "memo", "session")
-
-    def __init__(self, session: Session, digest: str) -> None:
-        self.session = session
-        self.digest = digest
-        self.memo: list[tuple[str, str]] | None = None
 
 
 class Tiers:
@@ -92,8 +77,8 @@ class Tiers:
         self._flights = Flights(self.revocations)
         self._joined = functools.partial(self.metrics.event, "singleflight_join")
         self._outbox = Outbox(shared) if shared is not None else None
-        self._by_digest: dict[str, set[str]] = {}
-        self._by_user: dict[str, set[str]] = {}
+        self._by_digest: dict[str, Keys] = {}
+        self._by_user: dict[str, Keys] = {}
 
     @property
     def invalidations(self) -> int:
@@ -211,10 +196,13 @@ class Tiers:
         if session is None or self.revocations.stale(loaded.invalidations, loaded.digest, session.user_id):
             return
         deadline = min(self.l1.clock() + self._ttl_s, session.expires_at)
+        user_id = session.user_id
+        others = index_keys(self._by_user, user_id)
+        session = sharing_user(session, self.l1.peek(others[0]) if others else None)
         self.l1.put(key, Entry(session, loaded.digest), deadline)
         if key in self.l1:  # not dropped (a zero-sized LRU, a deadline already past)
-            self._by_digest.setdefault(loaded.digest, set()).add(key)
-            self._by_user.setdefault(session.user_id, set()).add(key)
+            index_add(self._by_digest, loaded.digest, key)
+            index_add(self._by_user, user_id, key)
 
     def remember_absent(self, key: str, reason: Reason) -> None:
         """Remember that a credential key named no valid session (and why), for the short negative TTL."""
@@ -222,28 +210,24 @@ class Tiers:
 
     def forget(self, key: str, entry: Entry) -> None:
         """Drop an entry leaving the LRU from the indexes (the LRU's ``on_evict``)."""
-        for index, name in ((self._by_digest, entry.digest), (self._by_user, entry.session.user_id)):
-            keys = index.get(name)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del index[name]
+        index_discard(self._by_digest, entry.digest, key)
+        index_discard(self._by_user, entry.session.user_id, key)
 
     def invalidate_token(self, digest: str) -> Awaitable[object] | None:
         """Evict a revoked session everywhere; return the shared cache's work, to await or not."""
         self.revocations.token(digest)
-        self._evict(self._by_digest.get(digest, ()), "invalidation_session")
+        self._evict(index_keys(self._by_digest, digest), "invalidation_session")
         return None if self._outbox is None else self._outbox.token(digest)
 
     def invalidate_user(self, user_id: str) -> Awaitable[object] | None:
         """Evict every session of a user everywhere (banned, deleted, changed)."""
         self.revocations.user(user_id)
-        self._evict(self._by_user.get(user_id, ()), "invalidation_user")
+        self._evict(index_keys(self._by_user, user_id), "invalidation_user")
         return None if self._outbox is None else self._outbox.user(user_id)
 
     def _evict(self, keys: Iterable[str], event: str) -> None:
         self.metrics.event(event)
-        for key in list(keys):
+        for key in keys:
             self.l1.pop(key)
             self.metrics.event("eviction")
 

@@ -128,9 +128,10 @@ async def test_identity_headers_and_a_role_change_heard_by_every_worker(
     assert await header_values(gateway.url, bob | forged, ORG_ROLE) == {"member"}
     assert await header_values(gateway.url, ada, ORG_ROLE) == {"owner"}
 
-    body = (await ba_client.post(gateway.url + "/v1/validate", headers=bob | HOME_PAGE)).json()
-    assert body["organization"] == {"id": people.org_id, "role": "member"}
-    assert body["session"]["activeOrganizationId"] == people.org_id
+    for _ in range(6):  # the first on a worker is decided, the others are its hits (a body kept per entry)
+        body = (await ba_client.post(gateway.url + "/v1/validate", headers=bob | HOME_PAGE)).json()
+        assert body["organization"] == {"id": people.org_id, "role": "member"}
+        assert body["session"]["activeOrganizationId"] == people.org_id
     async with GatewayClient(gateway.url) as client:
         identity = await client.validate_request(bob)
     assert identity is not None

@@ -155,9 +155,9 @@ def assert_allowed(path: str, proto: Protocol, token: str) -> None:
         assert dict(proto.headers)["x-auth-request-email"]
 
 
-# Forward auth and /v1/validate answer a cached credential with no HMAC (its key was checked when
-# cached); get-session answers with the token, so it checks the credential once, cached or not.
-ON_A_HIT = {"/validate": 0, "/v1/validate": 0, "/api/auth/get-session": 1}
+# Every endpoint answers a cached credential with no HMAC: its key was checked when cached, and
+# get-session reads the token it answers with off that key (``home_token``).
+ON_A_HIT = {"/validate": 0, "/v1/validate": 0, "/api/auth/get-session": 0}
 
 
 @pytest.mark.parametrize("path", list(ENDPOINTS))
@@ -169,7 +169,7 @@ async def test_one_hmac_per_request(
     path: str,
     carry: Callable[[str], dict[str, str]],
 ) -> None:
-    """A signed credential costs one HMAC on a miss, and none (get-session: one) on a cached hit."""
+    """A signed credential costs one HMAC on a miss, and none on a cached hit."""
     user = await seed.create_user(db, email=f"{seed.generate_id(8)}@example.com")
     token = await seed.create_session(db, user)
     headers = carry(sign(token, SECRET))
@@ -209,7 +209,71 @@ async def test_the_verdict_carries_the_proved_token(app: App, db: asyncpg.Connec
     proved_hit = await decider.decide(credential, need_token=True)
     assert (missed.token, missed.digest) == (token, token_hash(token))
     assert (hit.token, hit.digest) == (None, None)  # a cached credential needs no check
-    assert (proved_hit.token, proved_hit.digest) == (token, token_hash(token))
+    assert (proved_hit.token, proved_hit.digest) == (token, token_hash(token))  # read off the key, no HMAC
     assert [missed.reason, hit.reason, proved_hit.reason] == [Reason.ok] * 3
     assert token not in repr(missed)
     assert token not in repr(proved_hit)
+
+
+@pytest.mark.parametrize("path", list(ENDPOINTS))
+async def test_a_hit_sends_what_its_entry_rendered_once(app: App, db: asyncpg.Connection, path: str) -> None:
+    """A hit's answer is rendered by the first hit, then the very same object is sent; per credential."""
+    user = await seed.create_user(db, email=f"{seed.generate_id(8)}@example.com")
+    first, second = await seed.create_session(db, user), await seed.create_session(db, user)
+    answers = []
+    for token in (first, second):
+        headers = cookie(sign(token, SECRET))
+        await call(app, path, headers)  # the miss fills the cache
+        hits = [await call(app, path, headers) for _ in range(2)]
+        for hit in hits:
+            assert_allowed(path, hit, token)
+        sent = [hit.headers if path == "/validate" else hit.body for hit in hits]
+        assert sent[0] is sent[1], "a second hit re-rendered its answer"
+        answers.append(sent[0])
+    assert answers[0] != answers[1], "two sessions of one user share no answer"
+    entries = [app.parts.decider.tiers.l1.peek(key_of(cookie(sign(t, SECRET)))) for t in (first, second)]
+    assert entries[0] is not None
+    assert entries[1] is not None
+    assert entries[0].session.user is entries[1].session.user, "a user's sessions share its fields"
+
+
+async def test_a_revoked_entry_takes_its_answers_with_it(app: App, db: asyncpg.Connection) -> None:
+    """After a revocation the rendered get-session body is gone with the entry: the next request is a miss."""
+    user = await seed.create_user(db, email=f"{seed.generate_id(8)}@example.com")
+    token = await seed.create_session(db, user)
+    headers = cookie(sign(token, SECRET))
+    await call(app, "/api/auth/get-session", headers)
+    rendered = await call(app, "/api/auth/get-session", headers)
+    assert msgspec.json.decode(rendered.body)["session"]["token"] == token
+    await db.execute('delete from "session" where token = $1', token)
+    app.parts.decider.tiers.invalidate_token(token_hash(token))
+    assert key_of(headers) not in app.parts.decider.tiers.l1
+    gone = await call(app, "/api/auth/get-session", headers)
+    assert (gone.status, gone.body) == (200, b"null")
+
+
+async def test_a_hit_for_a_bearer_and_a_cookie_of_one_token_answers_that_token(
+    app: App, db: asyncpg.Connection, macs: list[bytes]
+) -> None:
+    """Cookie and bearer keys of one token are two entries; each answers the token its key proves."""
+    user = await seed.create_user(db, email=f"{seed.generate_id(8)}@example.com")
+    token = await seed.create_session(db, user)
+    signed = sign(token, SECRET)
+    for carry in (cookie, bearer):
+        await call(app, "/api/auth/get-session", carry(signed))
+    macs.clear()
+    for carry in (cookie, bearer):
+        hit = await call(app, "/api/auth/get-session", carry(signed))
+        assert msgspec.json.decode(hit.body)["session"]["token"] == token
+    assert macs == []
+
+
+async def test_a_declared_empty_body_is_not_read(app: App, db: asyncpg.Connection) -> None:
+    """``/v1/validate`` with ``Content-Length: 0`` answers from the headers' credential; a body's token still wins."""
+    user = await seed.create_user(db, email=f"{seed.generate_id(8)}@example.com")
+    token = await seed.create_session(db, user)
+    headers = bearer(sign(token, SECRET)) | {"content-length": "0"}
+    for _ in range(2):  # a miss, then a hit
+        assert_allowed("/v1/validate", await call(app, "/v1/validate", headers), token)
+    chunked = await call(app, "/v1/validate", headers | {"transfer-encoding": "chunked"})
+    assert_allowed("/v1/validate", chunked, token)  # read as before (this protocol sends no body)
