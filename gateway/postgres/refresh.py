@@ -59,6 +59,7 @@ def slide_sql(m: Mapping, query: Query) -> str:
     s, u = m.session, m.user
     token, expires, updated = (quote(s.column(f)) for f in (m.token_field, "expiresAt", "updatedAt"))
     join = f"JOIN {u.name} AS u ON u.{quote(u.column('id'))} = s.{quote(s.column('userId'))}"
+    join += f" {query.extra_join}" if query.extra_join else ""  # the member's role: read as the lookup reads it
     update = f"UPDATE {s.name} SET {expires} = $2, {updated} = $3"  # noqa: S608  (identifiers quoted)
     due = f"WHERE {token} = $1 AND {expires} <= $4 AND {expires} > $5"
     return f"WITH s AS ({update} {due} RETURNING *) SELECT {query.select} FROM s {join}"  # noqa: S608  (identifiers quoted, values bound)
