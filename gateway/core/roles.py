@@ -48,7 +48,7 @@ def checked_roles(names: Iterable[object], where: str) -> frozenset[str]:
     """
     roles = []
     for name in names:
-        blank = isinstance(name, str) and name not in (name.strip(), name.strip(_JS_WHITESPACE))
+        blank = isinstance(name, str) and (name != name.strip() or name != name.strip(_JS_WHITESPACE))
         if not isinstance(name, str) or not name or blank or "," in name:
             msg = f"{where}: {name!r} is not a role name (one role: no comma, no surrounding blanks, not empty)"
             raise ValueError(msg)
