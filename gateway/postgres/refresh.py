@@ -4,7 +4,9 @@ Better Auth runs ``UPDATE "session" SET "expiresAt" = $1, "updatedAt" = $2 WHERE
 RETURNING *`` (``internalAdapter.updateSession``) with ``expiresAt = now + expiresIn`` and
 ``updatedAt = now``, JavaScript ``Date``s (milliseconds). The gateway sets the same two columns to
 the same values, and adds two conditions: the row must still be due (``expiresAt <= now +
-expiresIn - updateAge``) and unexpired (``expiresAt > now``). A second writer racing the first
+expiresIn - updateAge``) and unexpired (``expiresAt > now``, by the gateway's clock and by
+Postgres's ``clock_timestamp()`` as the row is checked: a revocation that commits after the
+gateway read its clock is not slid over). A second writer racing the first
 waits for its row lock, then finds the slid row no longer due and writes nothing (Postgres
 re-checks the condition on the row it waited for, under READ COMMITTED); it reads that row back
 in a statement of its own, whose snapshot shows the first writer's commit. An expired or revoked
