@@ -18,11 +18,20 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 
+# What JavaScript's String.prototype.trim() removes (ECMAScript WhiteSpace and LineTerminator).
+# Not str.strip()'s set: that also removes \x1c-\x1f and \x85 and keeps \ufeff, so a stored
+# "\x1fowner" (not "owner" to Better Auth) would read as "owner" here (red team).
+_JS_WHITESPACE = (
+    " \t\n\r\x0b\x0c\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+
+
 def role_list(text: str | None) -> frozenset[str]:
     """The roles in a role string (``None``: none), as Better Auth's ``parseRoleList`` reads them."""
     if not text:
         return frozenset()
-    return frozenset(part for part in (p.strip() for p in text.split(",")) if part)
+    return frozenset(part for part in (p.strip(_JS_WHITESPACE) for p in text.split(",")) if part)
 
 
 def any_role(text: str | None, allowed: frozenset[str]) -> bool:
@@ -39,7 +48,8 @@ def checked_roles(names: Iterable[object], where: str) -> frozenset[str]:
     """
     roles = []
     for name in names:
-        if not isinstance(name, str) or not name or name != name.strip() or "," in name:
+        blank = isinstance(name, str) and (name != name.strip() or name != name.strip(_JS_WHITESPACE))
+        if not isinstance(name, str) or not name or blank or "," in name:
             msg = f"{where}: {name!r} is not a role name (one role: no comma, no surrounding blanks, not empty)"
             raise ValueError(msg)
         roles.append(name)

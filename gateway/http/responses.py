@@ -79,7 +79,9 @@ class Identity:
             "session_id": session.session.get("id"),
             "role": session.role,
             "groups": session.role,  # Better Auth's admin plugin keeps roles comma-separated
-            "org_id": session.org_id,  # organizations: the active one, and the member's role(s) in it
+            # organizations: the active one, and the member's role(s) in it; no member of it: no
+            # organization at all (red team: a removed member's header still named it, a tenant to serve)
+            "org_id": session.org_id if session.org_role is not None else None,
             "org_role": session.org_role,
         }
         headers = [(header, header_value(fields[field])) for field, header in self.names]

@@ -4,7 +4,9 @@ Better Auth runs ``UPDATE "session" SET "expiresAt" = $1, "updatedAt" = $2 WHERE
 RETURNING *`` (``internalAdapter.updateSession``) with ``expiresAt = now + expiresIn`` and
 ``updatedAt = now``, JavaScript ``Date``s (milliseconds). The gateway sets the same two columns to
 the same values, and adds two conditions: the row must still be due (``expiresAt <= now +
-expiresIn - updateAge``) and unexpired (``expiresAt > now``). A second writer racing the first
+expiresIn - updateAge``) and unexpired (``expiresAt > now``, by the gateway's clock and by
+Postgres's ``clock_timestamp()`` as the row is checked: a revocation that commits after the
+gateway read its clock is not slid over). A second writer racing the first
 waits for its row lock, then finds the slid row no longer due and writes nothing (Postgres
 re-checks the condition on the row it waited for, under READ COMMITTED); it reads that row back
 in a statement of its own, whose snapshot shows the first writer's commit. An expired or revoked
@@ -50,18 +52,36 @@ _NUMBERS = frozenset({"bigint", "integer", "numeric", "double precision", "real"
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def slide_sql(m: Mapping, query: Query) -> str:
+def slide_sql(m: Mapping, query: Query, expires_type: str | None = None) -> str:
     """The conditional ``UPDATE … RETURNING`` joined to the user, read with ``query``'s select list.
 
     ``$1`` the token; ``$2`` the new ``expiresAt``; ``$3`` the new ``updatedAt``; ``$4`` the
-    latest ``expiresAt`` still due; ``$5`` now (in ``expiresAt``'s type).
+    latest ``expiresAt`` still due; ``$5`` now (in ``expiresAt``'s type). ``expires_type``: the
+    column's type, for the server's own clock (``_server_now``).
     """
     s, u = m.session, m.user
     token, expires, updated = (quote(s.column(f)) for f in (m.token_field, "expiresAt", "updatedAt"))
     join = f"JOIN {u.name} AS u ON u.{quote(u.column('id'))} = s.{quote(s.column('userId'))}"
+    join += f" {query.extra_join}" if query.extra_join else ""  # the member's role: read as the lookup reads it
     update = f"UPDATE {s.name} SET {expires} = $2, {updated} = $3"  # noqa: S608  (identifiers quoted)
     due = f"WHERE {token} = $1 AND {expires} <= $4 AND {expires} > $5"
+    server_now = _server_now(expires_type)
+    if server_now:  # red team: a revocation (expiresAt = now) committed after $5 was read is not slid over
+        due += f" AND {expires} > {server_now}"
     return f"WITH s AS ({update} {due} RETURNING *) SELECT {query.select} FROM s {join}"  # noqa: S608  (identifiers quoted, values bound)
+
+
+def _server_now(data_type: str | None) -> str:
+    """Postgres's clock as the row is (re)checked, in the column's type; empty for a type it is not read in.
+
+    ``clock_timestamp()``, not ``now()``: it is read again when the ``UPDATE`` re-checks a row it
+    waited for, so a revocation committed while the gateway's own ``now`` was on its way is seen.
+    """
+    if data_type in _NUMBERS:
+        return "(extract(epoch from clock_timestamp()) * 1000)"
+    if data_type == "timestamp without time zone":  # UTC, as Better Auth's adapters write it
+        return "(clock_timestamp() AT TIME ZONE 'UTC')"
+    return "clock_timestamp()" if data_type == "timestamp with time zone" else ""
 
 
 def column_value(data_type: str | None, epoch_ms: int) -> dt.datetime | int:
@@ -156,5 +176,5 @@ class PostgresWriter:
         m = self._mapping
         schema, table = m.db_schema, m.session.bare
         types = [await conn.fetchval(TYPE_SQL, schema, table, m.session.column(f)) for f in ("expiresAt", "updatedAt")]
-        self._prepared = (slide_sql(m, query), types[0], types[1])
+        self._prepared = (slide_sql(m, query, types[0]), types[0], types[1])
         return self._prepared

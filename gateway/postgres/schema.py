@@ -130,6 +130,7 @@ class Query(NamedTuple):
     positions: dict[str, int]
     unreturned: tuple[str, ...] = ()  # "user.role", ...: fields in the tables no answer holds
     select: str = ""  # the select list alone (``s.`` the session, ``u.`` the user): for the sliding refresh
+    extra_join: str = ""  # the join ``select`` also reads (organizations' member): the sliding refresh adds it too
 
 
 def build_query(m: Mapping, session_columns: list[str], user_columns: list[str], extra: Extra | None = None) -> Query:
@@ -169,6 +170,7 @@ def build_query(m: Mapping, session_columns: list[str], user_columns: list[str],
         user_fields=tuple(u.field(c) for c in u_cols),
         positions=positions,
         select=select,
+        extra_join=extra.join if extra else "",
         unreturned=tuple(
             [f"session.{s.field(c)}" for c in session_columns if c not in s_cols and c != token_col]
             + [f"user.{u.field(c)}" for c in user_columns if c not in u_cols]

@@ -128,3 +128,17 @@ def test_identities_compare_and_hash_and_stay_frozen() -> None:
     with pytest.raises(TypeError):
         one.user.extra["plan"] = "free"  # type: ignore[index]
     assert decode_identity(b'{"user": {"id": "u"}, "session": null}').session is None  # a JWT's identity
+
+
+@pytest.mark.parametrize("role", ["\x1fowner", "owner\x1c", "\x85owner", "\ufeffowner", "member, owner", "\xa0owner"])
+def test_organization_roles_read_as_better_auth_reads_them(role: str) -> None:
+    """Red team: ``Organization.roles`` trimmed with str.strip() (``"\\x1fowner"`` read as ``owner``).
+
+    ``gateway.core.roles.role_list`` is checked against Better Auth's own ``parseRoleList``
+    (tests/core/test_roles.py); an app asking ``"owner" in organization.roles`` must get its answer.
+    """
+    from better_auth_gateway_client import Organization  # noqa: PLC0415
+
+    from gateway.core.roles import role_list  # noqa: PLC0415
+
+    assert set(Organization(id="o", role=role).roles) == role_list(role)

@@ -191,6 +191,8 @@ async def test_removal_and_deletion_take_the_role_away(people: People, gateway: 
     await people.post("ada", "/organization/remove-member", {"memberIdOrEmail": "bob@example.com"})
     await within_100ms_of(time.monotonic())
     assert await header_values(gateway.url, bob, ORG_ROLE) == {""}  # still pointing at Acme, no member of it
+    # Red team: the header named Acme still (a tenant an upstream would serve him); README: empty.
+    assert await header_values(gateway.url, bob, ORG_ID) == {""}
 
     assert await header_values(gateway.url, ada, ORG_ROLE) == {"owner"}
     assert await statuses(gateway.url, ada | ADMIN_PAGE, n=8) == {200}

@@ -78,3 +78,36 @@ async def test_a_plausible_key_is_looked_up(gateway: Server, client: httpx.Async
     """The control: a key that passes the checks reaches Postgres (whose missing table makes it a 503)."""
     r = await client.get(gateway.url + "/validate", headers={"x-api-key": PLAUSIBLE})
     assert r.status_code == 503
+
+
+async def test_a_valid_key_on_validate_with_sliding_everywhere(database: str, start_gateway: Any) -> None:
+    """Red team: with GATEWAY_SESSION_REFRESH=all, a key's mock session (always due) went to the session slide.
+
+    A key the session verifier reads as an unsigned token (32 letters: ``defaultKeyLength: 32``)
+    made the slide's proof fail with a KeyError: a 500 for a valid key on /validate and /v1/validate.
+    A key is no session: it is never slid, and answered 200 as Better Auth answers it.
+    """
+    from tests.postgres.test_api_keys import make_key, schema  # noqa: PLC0415  (its table and row)
+
+    db, user = await schema(database)
+    try:
+        key = "K" * 32
+        await make_key(db, user, key)
+    finally:
+        await db.close()
+    env = {
+        "DATABASE_URL": database,
+        "GATEWAY_API_KEYS": "on",
+        "GATEWAY_API_KEY_MIN_LENGTH": "32",
+        "GATEWAY_SESSION_REFRESH": "all",
+        "GATEWAY_LISTEN": "false",
+    }
+    server: Server = start_gateway(env)
+    import httpx  # noqa: PLC0415
+
+    async with httpx.AsyncClient() as client:
+        for path in ("/validate", "/v1/validate"):
+            method = "POST" if path == "/v1/validate" else "GET"
+            r = await client.request(method, server.url + path, headers={"x-api-key": key})
+            assert r.status_code == 200, (path, r.text)
+            assert "set-auth-token" not in r.headers

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.core.sessions import Session
 from gateway.http import policy
+from gateway.http.responses import Identity
 from gateway.http.rules_file import RulesFile
 
 if TYPE_CHECKING:
@@ -96,3 +97,16 @@ def test_a_rules_file_naming_org_roles_needs_the_feature(tmp_path: Path) -> None
     assert on.current.rules[0].allowed_org_roles == frozenset({"admin"})
     assert on.current.rules[0].allows(member("admin"))
     assert not on.current.rules[0].allows(member("member"))
+
+
+def test_the_org_id_header_is_empty_for_no_member_of_it() -> None:
+    """Red team: a member removed from the active organization kept ``X-Auth-Request-Org-Id`` naming it.
+
+    An upstream keying its tenant on that header served the organization to someone no longer in it;
+    the README says both headers are empty then (``/v1/validate`` still says ``{"id", "role": null}``).
+    """
+    headers = Identity(organizations=True).headers
+    assert dict(headers(member(None)))["x-auth-request-org-id"] == ""
+    assert dict(headers(member(None)))["x-auth-request-org-role"] == ""
+    assert dict(headers(member("admin")))["x-auth-request-org-id"] == "org1"
+    assert dict(headers(member(None, None)))["x-auth-request-org-id"] == ""

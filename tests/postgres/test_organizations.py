@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ from gateway.config import load_settings
 from gateway.core.errors import SchemaMismatch
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import token_hash
+from gateway.lookup.refresh import Outcome
 from gateway.postgres import seed
 from gateway.postgres.installer import ensure_triggers
 from gateway.postgres.plugin_triggers import member_names
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from tests.support.resources import Open
 
 CHANNEL = "better_auth_gateway"
+DAY = dt.timedelta(days=1)
 # The organization plugin's tables as Better Auth 1.7 migrates them (default layout, and Drizzle's).
 ORG_DDL = """
 create table "organization" ("id" text not null primary key, "name" text not null, "slug" text not null unique,
@@ -245,3 +248,28 @@ async def test_a_role_change_evicts_the_cached_session(orgs: asyncpg.Connection,
             return verdict.session is not None and verdict.session.org_role == "admin"
 
         await eventually(promoted, within=1)
+
+
+async def test_a_due_session_slides_with_organizations_on(orgs: asyncpg.Connection, gateway: Open) -> None:
+    """Red team: the slide's UPDATE read the member's role without its join, so with organizations on no session slid.
+
+    Postgres refused the statement (no ``gw_member`` in its FROM), every due request was answered
+    unslid after a failed query, and Better Auth's users were signed out after ``expiresIn``.
+    """
+    ada = await seed.create_user(orgs, email="slide-org@example.com")
+    await add_member(orgs, "acme", ada, "owner")
+    token = await seed.create_session(orgs, ada)
+    await set_active(orgs, token, "acme")
+    now = seed.now()
+    sql = 'UPDATE "session" SET "expiresAt" = $2, "updatedAt" = $3 WHERE token = $1'
+    await orgs.execute(sql, token, now + 5 * DAY, now - 2 * DAY)
+    async with gateway() as res:
+        verdict = await res.decider.decide(cred(token))
+        assert verdict.session is not None
+        assert res.refresher is not None
+        refreshed = await res.refresher.refresh(cred(token).key, token, token_hash(token), verdict.session)
+    assert refreshed.outcome is Outcome.written
+    assert refreshed.session is not None
+    assert (refreshed.session.org_id, refreshed.session.org_role) == ("acme", "owner")
+    expires = await orgs.fetchval('SELECT "expiresAt" FROM "session" WHERE token = $1', token)
+    assert expires > now + 6 * DAY

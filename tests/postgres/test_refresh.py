@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import functools
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -17,7 +17,7 @@ from gateway.credentials.tokens import token_hash
 from gateway.lookup.refresh import Outcome
 from gateway.postgres import seed
 from gateway.postgres.admin import check_database
-from gateway.postgres.refresh import PostgresWriter
+from gateway.postgres.refresh import PostgresWriter, _server_now
 from tests.support.credentials import cred
 from tests.support.ports import free_port
 from tests.support.postgres import install_triggers
@@ -227,3 +227,52 @@ async def test_check_config_says_whether_the_role_may_slide(db: asyncpg.Connecti
     finally:
         await db.execute(f'revoke all on "session", "user" from {role}')
         await db.execute(f"drop role {role}")
+
+
+@pytest.mark.parametrize("layout", ["default", "drizzle"])
+async def test_a_revocation_committed_after_the_gateway_read_its_clock_is_not_slid_over(
+    bare_db: asyncpg.Connection, database: str, layout: Literal["default", "drizzle"]
+) -> None:
+    """Red team: the condition compared ``expiresAt`` with the gateway's clock, read before the write.
+
+    A preserve-mode revocation (``expiresAt`` set to now) committed between that read and the
+    ``UPDATE`` still looked unexpired, and the slide gave the revoked session another ``expiresIn``.
+    Here the gateway's clock lags by 5 s (the same as a revocation landing 5 s after it was read):
+    the row must stay revoked. Both ``timestamptz`` and Drizzle's ``timestamp`` columns.
+    """
+    await seed.create_schema(bare_db, layout)
+    uid = await seed.create_user(bare_db, email=f"late-{layout}@example.com", layout=layout)
+    token = await seed.create_session(bare_db, uid, layout=layout, expires_in=5 * DAY)
+    lagging = functools.partial(lambda skew: time.time() - skew, 5.0)
+    preset = {"schema_preset": "drizzle"} if layout == "drizzle" else {}
+    column = "expires_at" if layout == "drizzle" else '"expiresAt"'
+    async with open_gateway(database, listen=False, clock=lagging, **preset) as res:
+        verdict = await res.decider.decide(cred(token))
+        assert verdict.session is not None
+        assert res.refresher is not None
+        now_sql = "(now() AT TIME ZONE 'UTC')" if layout == "drizzle" else "now()"
+        revoke = f"UPDATE session SET {column} = {now_sql} - interval '1 second' WHERE token = $1"  # noqa: S608
+        await bare_db.execute(revoke, token)  # revoked after the verdict, before the slide
+        await res.refresher.refresh(cred(token).key, token, token_hash(token), verdict.session)
+    expires = await bare_db.fetchval(f"SELECT {column} FROM session WHERE token = $1", token)  # noqa: S608
+    expires = expires if expires.tzinfo else expires.replace(tzinfo=dt.UTC)
+    assert expires < seed.now(), "the revoked session was slid"
+
+
+@pytest.mark.parametrize(
+    ("data_type", "literal"),
+    [
+        ("bigint", "(extract(epoch from now()) * 1000)::bigint"),
+        ("double precision", "extract(epoch from now())::double precision * 1000"),
+        ("timestamp without time zone", "(now() AT TIME ZONE 'UTC')"),
+        ("timestamp with time zone", "now()"),
+    ],
+)
+async def test_the_servers_clock_in_each_column_type(db: asyncpg.Connection, data_type: str, literal: str) -> None:
+    """The slide's second condition reads Postgres's clock in the column's own type and unit."""
+    server_now = _server_now(data_type)
+    # a value a minute ahead is later than the server's clock; a minute behind is not
+    minute = "interval '1 minute'" if "time" in data_type else "60000"
+    ahead, behind = f"({literal} + {minute})", f"({literal} - {minute})"
+    assert await db.fetchval(f"SELECT {ahead} > {server_now} AND NOT {behind} > {server_now}")
+    assert _server_now("text") == ""  # a type it cannot read the clock in: the gateway's clock alone

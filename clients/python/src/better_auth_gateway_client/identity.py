@@ -41,6 +41,13 @@ def _extra() -> Any:
     return dataclasses.field(default_factory=_frozen, hash=False)
 
 
+# What JavaScript's String.prototype.trim() removes (Better Auth's parseRoleList trims with it).
+_JS_WHITESPACE = (
+    " \t\n\r\x0b\x0c\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class User:
     """A Better Auth user, as its get-session reports it."""
@@ -101,8 +108,11 @@ class Organization:
 
     @property
     def roles(self) -> tuple[str, ...]:
-        """The member's roles (Better Auth keeps several comma-separated in one field)."""
-        return tuple(r.strip() for r in (self.role or "").split(",") if r.strip())
+        """The member's roles (several comma-separated in one field), as Better Auth's ``parseRoleList`` reads them.
+
+        Trimmed as JavaScript's ``trim()`` trims: ``str.strip()`` would read a leading U+001F as a blank.
+        """
+        return tuple(r for r in (part.strip(_JS_WHITESPACE) for part in (self.role or "").split(",")) if r)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
