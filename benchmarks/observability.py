@@ -32,7 +32,8 @@ from typing import NamedTuple
 import httpx
 import psutil
 
-from benchmarks.http_compare import LUA, ROOT, SESSIONS, granian, setup_database
+from benchmarks.http_compare import ROOT, SESSIONS, granian, setup_database
+from benchmarks.http_load import lua
 from tests.support.credentials import SECRET
 from tests.support.ports import free_port
 from tests.support.postgres import drop_database
@@ -120,10 +121,20 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="gw-obs-bench-"))
     (folder / "before").mkdir()
     before = checkout(args.before, folder / "before")
-    (folder / "tokens").write_text("\n".join(tokens) + "\n")
-    (folder / "unknown").write_text("x\n")
+    (folder / "tokens").write_text("".join(f"Bearer {token}\n" for token in tokens))
+    (folder / "unknown").write_text("Bearer x\n")
     script = folder / "plain.lua"
-    script.write_text(LUA % {"tokens": folder / "tokens", "unknown": folder / "unknown", "mixed": "false"})
+    script.write_text(
+        lua(
+            folder / "tokens",
+            folder / "unknown",
+            garbage="Bearer x",
+            method="GET",
+            path="/validate",
+            header="Authorization",
+            mixed=False,
+        )
+    )
     gateway = {
         "DATABASE_URL": dsn,
         "BETTER_AUTH_SECRET": SECRET,
