@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import pytest
 
+from gateway.postgres.triggers import VERSION
 from tests.config import run_cli
 from tests.support import ROOT
 from tests.support.better_auth import PASSWORD, BetterAuth
@@ -150,7 +151,7 @@ async def test_quick_start_refuses_a_signed_out_session_on_every_worker_within_1
     """As written (triggers installed at startup): a Better Auth sign-out is refused by every worker within 100 ms."""
     gw = await start_as_the_readme_says(better_auth, database, start_gateway, {})
     await eventually(lambda: every_worker_listening(gw.url), within=10)
-    assert "invalidation triggers: installed v1" in gw.output()
+    assert f"invalidation triggers: installed v{VERSION}" in gw.output()
     cookie = await signed_in(better_auth, ba_client)
     assert await statuses(gw.url, cookie) == {200}  # cached in every worker
     replied = await sign_out(better_auth, ba_client, cookie)
