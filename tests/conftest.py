@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -18,7 +17,7 @@ import pytest
 
 from gateway.postgres import seed
 from tests.support.better_auth import install_peer, stateless_client
-from tests.support.postgres import create_database, drop_database
+from tests.support.postgres import as_role, create_database, drop_database
 from tests.support.redis import RedisServer
 from tests.support.server import Server
 
@@ -81,8 +80,7 @@ async def stranger(db: asyncpg.Connection, database: str) -> AsyncIterator[async
     """A connection as a role that may only connect: no privilege on any table (NOTIFY needs none)."""
     role = "gw_stranger_" + seed.generate_id(6).lower()
     await db.execute(f"create role {role} login password 'stranger'")
-    parts = urlsplit(database)
-    dsn = urlunsplit(parts._replace(netloc=f"{role}:stranger@{parts.hostname}:{parts.port}"))
+    dsn = as_role(database, role, "stranger")
     conn = await asyncpg.connect(dsn)
     try:
         yield conn

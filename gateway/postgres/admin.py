@@ -111,9 +111,11 @@ class Finding(NamedTuple):
     text: str
 
 
-# Whether this role could install the triggers: CREATE on the functions' schema, TRIGGER on both tables.
-_MAY_INSTALL_SQL = """SELECT has_schema_privilege(coalesce(nullif($3, ''), current_schema()), 'CREATE'),
-  has_table_privilege(to_regclass($1), 'TRIGGER') AND has_table_privilege(to_regclass($2), 'TRIGGER')"""
+# Whether this role could install the triggers: CREATE on the functions' schema, and the tables
+# (of those the triggers go on) it has no TRIGGER privilege on, by their quoted names.
+_MAY_INSTALL_SQL = """SELECT has_schema_privilege(coalesce(nullif($2, ''), current_schema()), 'CREATE'),
+  coalesce(array_agg(t) FILTER (WHERE NOT has_table_privilege(to_regclass(t), 'TRIGGER')), '{}')
+  FROM unnest($1::text[]) AS t"""
 
 
 async def check_database(settings: Settings) -> list[Finding]:
@@ -160,17 +162,17 @@ async def _check(conn: asyncpg.Connection, settings: Settings, m: Mapping) -> li
     found = await read_status(conn, m, timeout)
     if found.current:
         return [tables, Finding("ok", f"invalidation triggers: v{VERSION} in place")]
-    schema_ok, tables_ok = await conn.fetchrow(
-        _MAY_INSTALL_SQL, m.session.name, m.user.name, m.db_schema, timeout=timeout
-    )
+    # The plugins' tables carry triggers too where their features are on (``plugin_triggers``).
+    triggered = [t.name for t in (m.session, m.user, m.api_key, m.member) if t is not None]
+    schema_ok, unprivileged = await conn.fetchrow(_MAY_INSTALL_SQL, triggered, m.db_schema, timeout=timeout)
     what = f"v{found.older_versions[-1]}, older than v{VERSION}" if found.older else f"v{VERSION} absent"
     bound = f"until they are, a revoked session is refused within {staleness_bound_s(settings):g} s"
     if settings.install_triggers == "never":
         text = f"invalidation triggers: {what}, and GATEWAY_INSTALL_TRIGGERS=never; {bound}"
-    elif schema_ok and tables_ok:
+    elif schema_ok and not unprivileged:
         text = f"invalidation triggers: {what}; `gateway serve` will install them at startup (this role may)"
         return [tables, Finding("ok", text)]
     else:
-        missing = "CREATE on the schema" if not schema_ok else "the TRIGGER privilege on the tables"
+        missing = "CREATE on the schema" if not schema_ok else f"TRIGGER privilege on {', '.join(unprivileged)}"
         text = f"invalidation triggers: {what}, and this role may not install them (no {missing}); {bound}"
     return [tables, Finding("warning", text + " (`gateway install-triggers --print` shows the SQL)")]

@@ -22,6 +22,7 @@ from gateway.postgres.plugin_triggers import api_key_names
 from gateway.postgres.schema import mapping_from
 from gateway.postgres.store import Store
 from gateway.postgres.triggers import VERSION, install_sql, names
+from tests.support.postgres import as_role
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -144,6 +145,30 @@ async def test_check_config_wants_the_table_when_api_keys_are_on(database: str) 
         assert [f for f in findings if f.level == "problem"] == []
         assert any('"apikey" have the mapped columns' in f.text for f in findings)
     finally:
+        await db.close()
+
+
+async def test_check_config_names_a_plugin_table_the_role_may_not_put_triggers_on(database: str) -> None:
+    """The API key table carries triggers too: a role without TRIGGER on it can't install them, and is told which."""
+    db, _ = await schema(database)
+    role = "gw_keys_" + seed.generate_id(6).lower()
+    await db.execute(f"create role {role} login password 'keys'")
+    try:
+        await db.execute(f"grant create on schema public to {role}")
+        await db.execute(f'grant select, trigger on "session", "user" to {role}')
+        await db.execute(f"grant select on apikey to {role}")
+        keyed = as_role(database, role, "keys")
+        on = load_settings({"DATABASE_URL": keyed, "GATEWAY_API_KEYS": "on"}, need=frozenset({"database"}))
+        warned = [f.text for f in await check_database(on) if f.level == "warning" and "triggers" in f.text]
+        assert len(warned) == 1
+        assert 'may not install them (no TRIGGER privilege on "apikey")' in warned[0]
+        off = load_settings({"DATABASE_URL": keyed}, need=frozenset({"database"}))  # no apikey triggers wanted
+        assert any("will install them at startup" in f.text for f in await check_database(off))
+        await db.execute(f"grant trigger on apikey to {role}")
+        assert any("will install them at startup" in f.text for f in await check_database(on))
+    finally:
+        await db.execute(f"drop owned by {role}")
+        await db.execute(f"drop role {role}")
         await db.close()
 
 

@@ -6,7 +6,6 @@ import asyncio
 import os
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -18,6 +17,7 @@ from gateway.postgres.schema import mapping_from
 from gateway.postgres.triggers import UNTRIGGERED_TTL_S, VERSION, install_sql, names
 from tests.config import run_cli
 from tests.support.credentials import SECRET, cookie
+from tests.support.postgres import as_role
 from tests.support.server import every_worker_listening, statuses
 from tests.support.waiting import eventually
 
@@ -46,8 +46,7 @@ async def reader(db: asyncpg.Connection, database: str) -> AsyncIterator[str]:
     role = "gw_reader_" + seed.generate_id(6).lower()
     await db.execute(f"create role {role} login password 'reader'")
     await db.execute(f'grant select on "session", "user" to {role}')
-    parts = urlsplit(database)
-    yield urlunsplit(parts._replace(netloc=f"{role}:reader@{parts.hostname}:{parts.port}"))
+    yield as_role(database, role, "reader")
     await db.execute(f'revoke all on "session", "user" from {role}')
     await db.execute(f"drop role {role}")
 

@@ -8,7 +8,6 @@ import datetime as dt
 import functools
 import time
 from typing import TYPE_CHECKING, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -20,7 +19,7 @@ from gateway.postgres.admin import check_database
 from gateway.postgres.refresh import PostgresWriter, _server_now
 from tests.support.credentials import cred
 from tests.support.ports import free_port
-from tests.support.postgres import install_triggers
+from tests.support.postgres import as_role, install_triggers
 from tests.support.resources import Open, open_gateway
 
 if TYPE_CHECKING:
@@ -194,8 +193,7 @@ async def test_check_config_says_whether_the_role_may_slide(db: asyncpg.Connecti
     role = "gw_reader_" + seed.generate_id(6).lower()
     await db.execute(f"create role {role} login password 'reader'")
     await db.execute(f'grant select on "session", "user" to {role}')
-    parts = urlsplit(database)
-    dsn = urlunsplit(parts._replace(netloc=f"{role}:reader@{parts.hostname}:{parts.port}"))
+    dsn = as_role(database, role, "reader")
     settings = functools.partial(load_settings, {"DATABASE_URL": dsn}, need=frozenset({"database"}))
     try:
         reader = [f for f in await check_database(settings({"listen": False})) if "sliding" in f.text]

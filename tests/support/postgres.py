@@ -16,6 +16,13 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+def as_role(dsn: str, role: str, password: str) -> str:
+    """``dsn`` logging in as ``role``: over TCP as configured, or over the embedded server's socket (no host part)."""
+    parts = urlsplit(dsn)
+    host = parts.netloc.rpartition("@")[2]  # "host:port", or "" where ?host= names a socket directory
+    return urlunsplit(parts._replace(netloc=f"{role}:{password}@{host}"))
+
+
 async def create_database(admin_dsn: str, prefix: str = "gw_test_") -> str:
     """Create a new, empty database on ``admin_dsn``'s server; return its DSN."""
     name = prefix + secrets.token_hex(6)
