@@ -112,10 +112,15 @@ class Verdict(NamedTuple):
     session: Session | None = None
     token: str | None = None
     digest: str | None = None
+    # A rate-limited API key's wait until its window closes, in ms (the plugin's ``details.tryAgainIn``).
+    try_again_in_ms: int | None = None
 
     def __repr__(self) -> str:
         token = "None" if self.token is None else "<hidden>"
-        return f"Verdict(reason={self.reason!r}, session={self.session!r}, token={token}, digest={self.digest!r})"
+        return (
+            f"Verdict(reason={self.reason!r}, session={self.session!r}, token={token}, digest={self.digest!r}, "
+            f"try_again_in_ms={self.try_again_in_ms!r})"
+        )
 
     @property
     def allowed(self) -> bool:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import math
 import re
 from typing import TYPE_CHECKING
 
@@ -171,6 +172,13 @@ def _rate_limited(key: ApiKeyRecord, now: float) -> bool:
     if (now - key.last_request) * 1000 > key.rate_limit_window_ms:
         return False  # the plugin would start a new window
     return (key.request_count or 0) >= key.rate_limit_max
+
+
+def try_again_in_ms(key: ApiKeyRecord, now: float) -> int | None:
+    """A rate-limited key's wait until its window closes (``evaluateRateLimit``'s ``tryAgainIn``, in ms)."""
+    if key.last_request is None or key.rate_limit_window_ms is None:
+        return None
+    return math.ceil(key.rate_limit_window_ms - (now - key.last_request) * 1000)
 
 
 def mock_session(

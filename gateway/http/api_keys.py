@@ -3,7 +3,8 @@
 For a valid key Better Auth answers the session its hook made up: the key's ``id``, the key
 itself as ``token``, the request's ``user-agent`` and client IP (``getIP``: the one address of
 ``X-Forwarded-For``), now as ``createdAt``/``updatedAt``. For a refused key it answers the
-plugin's error (401, 403 or 429 with ``{"code", "message"}``), never ``null``.
+plugin's error (401, 403 or 429 with ``{"code", "message"}``, and the rate limit's
+``details.tryAgainIn``), never ``null``.
 """
 
 from __future__ import annotations
@@ -40,7 +41,10 @@ def session_answer(verdict: Verdict, credential: Credential, headers: Headers, m
     status, code, message = (
         SHORT_KEY_REFUSAL if short else BETTER_AUTH_REFUSALS.get(reason, BETTER_AUTH_REFUSALS[Reason.malformed])
     )
-    return Answer(status, _HEADERS, reason, _ERROR.encode({"code": code, "message": message}))
+    refusal: dict[str, object] = {"code": code, "message": message}
+    if verdict.try_again_in_ms is not None:  # the plugin's APIError for a spent rate-limit window says when
+        refusal["details"] = {"tryAgainIn": verdict.try_again_in_ms}
+    return Answer(status, _HEADERS, reason, _ERROR.encode(refusal))
 
 
 def client_ip(headers: Headers) -> str | None:

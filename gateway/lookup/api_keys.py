@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from gateway.core.errors import BackendUnavailable
 from gateway.core.lru import LRU
 from gateway.core.sessions import Reason, Verdict
-from gateway.credentials.api_keys import check_key, judge_key, key_digest, mock_session, stored_key
+from gateway.credentials.api_keys import (
+    check_key,
+    judge_key,
+    key_digest,
+    mock_session,
+    stored_key,
+    try_again_in_ms,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -132,6 +139,8 @@ class ApiKeys:
             return Verdict(Reason.unknown_session, None, value, digest)
         rules = self._rules
         reason = judge_key(found, now, config_id=rules.api_key_config_id, rate_limit=rules.api_key_rate_limit)
+        if reason is Reason.key_rate_limited:
+            return Verdict(reason, None, value, digest, try_again_in_ms(found, now))
         if reason is not Reason.ok:
             return Verdict(reason, None, value, digest)
         expires_in = rules.api_key_session_expires_in

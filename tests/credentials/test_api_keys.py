@@ -20,6 +20,7 @@ from gateway.credentials.api_keys import (
     key_digest,
     mock_session,
     stored_key,
+    try_again_in_ms,
 )
 from gateway.credentials.tokens import Kind
 
@@ -165,6 +166,13 @@ def test_the_rate_limit_is_not_honoured_where_the_plugin_turns_it_off() -> None:
     spent = record(rate_limit_window_ms=60_000, rate_limit_max=2, request_count=2, last_request=NOW - 10)
     assert judge_key(spent, NOW, rate_limit=False) is Reason.ok
     assert judge_key(record(config_id="ci"), NOW, config_id="ci") is Reason.ok
+
+
+def test_a_spent_window_says_when_it_closes_as_the_plugin_does() -> None:
+    """``tryAgainIn``: the window's length less the time since the last recorded use, in ms, rounded up."""
+    spent = record(rate_limit_window_ms=60_000, rate_limit_max=2, request_count=2, last_request=NOW - 10.0004)
+    assert try_again_in_ms(spent, NOW) == 50_000  # 49,999.6 ms, up
+    assert try_again_in_ms(record(rate_limit_window_ms=60_000), NOW) is None  # never used: no window
 
 
 def test_the_mock_session_is_the_plugins() -> None:
