@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -29,11 +30,24 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _run_as(host: str) -> str:
+    """The user PgBouncer drops to as root: ``postgres``, or the owner of a socket directory it must enter.
+
+    The embedded Postgres (``pgserver``) runs as a user of its own and keeps its socket in a
+    directory only that user may enter.
+    """
+    if host.startswith("/"):
+        owner = pwd.getpwuid(Path(host).stat().st_uid).pw_name
+        if owner != "root":
+            return owner
+    return "postgres"
+
+
 class PgBouncer:
     """PgBouncer on a free port, pooling every database of the Postgres ``dsn`` points at (trust auth).
 
-    Run as root (CI), it drops to the ``postgres`` user (``-u``), as PgBouncer refuses to run as
-    root; its files live in a directory of its own that user can read.
+    Run as root (CI), it drops to another user (``-u``: ``_run_as``), as PgBouncer refuses to run
+    as root; its files live in a directory of its own that user can read.
     """
 
     def __init__(
@@ -66,7 +80,7 @@ class PgBouncer:
         self.log = self.directory / "pgbouncer.log"
         args = [binary, str(ini)]
         if os.geteuid() == 0:
-            args[1:1] = ["-u", "postgres"]
+            args[1:1] = ["-u", _run_as(host)]
         self._log_file = self.log.open("wb")
         self.proc = subprocess.Popen(args, stdout=self._log_file, stderr=subprocess.STDOUT)  # noqa: S603  (our own args)
         self._wait_listening()
