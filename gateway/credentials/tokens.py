@@ -112,14 +112,10 @@ def find_credential(
     return None
 
 
-_new = tuple.__new__
-
-
 def cookie_credential(header: str, names: tuple[str, ...]) -> Credential | None:
     """The session cookie of a Cookie header as a credential (its key: ``Credential``), or ``None``."""
     found = cookie_value(header, names)
-    # tuple.__new__: a third of the cost of Credential's generated __new__, on every memo miss.
-    return _new(Credential, (_COOKIE_KEY + found, Kind.cookie, found, None)) if found else None
+    return Credential(_COOKIE_KEY + found, Kind.cookie, found) if found else None
 
 
 def header_credential(value: str) -> Credential:
@@ -164,48 +160,17 @@ def cookie_pairs(header: str) -> Iterator[tuple[str, str]]:
 def cookie_value(header: str, names: tuple[str, ...]) -> str | None:
     """Return the (undecoded) value of the first of ``names`` present in a Cookie header.
 
-    The first occurrence of a name wins, and ``names`` are in order of preference: exactly what
-    ``cookie_pairs`` reads, found with ``str.find`` rather than by splitting every pair (a cookie
-    hit's header is parsed on every request whose header the memo below does not hold).
+    The first occurrence of a name wins, and ``names`` are in order of preference.
     """
-    for name in names:
-        value = _first_value(header, name)
-        if value is not None:
-            return value
-    return None
-
-
-def _first_value(header: str, name: str) -> str | None:
-    """The value of the first pair ``cookie_pairs`` would name ``name``, or ``None``.
-
-    An occurrence of ``name`` is a pair's name only when nothing but whitespace lies between it
-    and its pair's start (just after the last ``;`` before it, or the header's start) and between
-    it and the next ``=``, with no ``;`` before that ``=``: then the pair's first ``=`` is that
-    one, and its trimmed name is ``name``. A name that no pair can have (padded, or holding
-    ``=`` or ``;``) is never found, as ``cookie_pairs`` never yields it.
-    """
-    if "=" in name or ";" in name or name.strip(_JS_WHITESPACE) != name:
+    if names[-1] not in header:  # cheap: the name (of two, the plain one: in the __Secure- one too)
         return None
-    at = header.find(name)
-    while at != -1:
-        after = at + len(name)
-        eq = header.find("=", after)
-        if eq == -1:
-            return None  # no pair can start at or after this occurrence
-        end = header.find(";", after)
-        if end == -1:
-            end = len(header)
-        start = header.rfind(";", 0, at) + 1
-        # (Slices are stripped only when not empty: the usual header has no padding to strip.)
-        if (
-            eq < end
-            and (eq == after or not header[after:eq].strip(_JS_WHITESPACE))
-            and (start == at or not header[start:at].strip(_JS_WHITESPACE))
-        ):
-            value = header[eq + 1 : end].strip(_JS_WHITESPACE)
-            return value[1:-1] if value[:1] == '"' else value
-        at = header.find(name, at + 1)
-    return None
+    found: dict[str, str] = {}
+    for name, value in cookie_pairs(header):
+        if name in names and name not in found:
+            found[name] = value
+            if name == names[0]:
+                break
+    return next((found[n] for n in names if n in found), None)
 
 
 # A browser sends the same Cookie header with every request until one of its cookies changes:
