@@ -1,12 +1,14 @@
 """CPU cost of one cached hit per endpoint, in process, for this tree and another: less noise than wrk.
 
-    python -m benchmarks.hit_cost [--before DIR] [--rounds 7] [--calls 20000]
+    python -m benchmarks.hit_cost [--before DIR] [--rounds 7] [--calls 20000] [--sessions 1]
 
 The app is opened on a fresh database (one real session) and called through its RSGI interface
 with a recording protocol (as ``tests/http/test_pipeline.py`` does), no sockets: what is measured
 is the gateway's own work on a hit (finding the credential, the cache, rendering or not), which
 the HTTP comparison can only see through granian and wrk. Each row: the best of ``--rounds``
 rounds of ``--calls`` calls, in µs per call; trees are run alternately in subprocesses.
+``--sessions 10000`` cycles the calls through that many cached sessions, as the HTTP comparison's
+wrk does (a memo smaller than the sessions in use shows only then).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ ROWS = [
 ]
 
 
-async def _measure(dsn: str, token: str, rounds: int, calls: int) -> dict[str, float]:
+async def _measure(dsn: str, tokens: list[str], rounds: int, calls: int) -> dict[str, float]:
     from gateway.config import load_settings  # noqa: PLC0415  (the tree under test, from PYTHONPATH)
     from gateway.credentials.tokens import sign  # noqa: PLC0415
     from gateway.http.app import App  # noqa: PLC0415
@@ -47,21 +50,26 @@ async def _measure(dsn: str, token: str, rounds: int, calls: int) -> dict[str, f
     )
     app = App(settings, open_resources)
     await app.open()
-    signed = sign(token, SECRET)
-    values = {"authorization": f"Bearer {signed}", "cookie": f"theme=dark; {COOKIE}={quote(signed, safe='')}; x=1"}
+
+    def values(token: str) -> dict[str, str]:
+        signed = sign(token, SECRET)
+        return {"authorization": f"Bearer {signed}", "cookie": f"theme=dark; {COOKIE}={quote(signed, safe='')}; x=1"}
+
     out: dict[str, float] = {}
     try:
         for name, method, path, header in ROWS:
             extra = {"content-length": "0"} if method == "POST" else {}
-            scope: Any = Scope(method, path, {header: values[header]} | extra)
+            scopes: list[Any] = [Scope(method, path, {header: values(t)[header]} | extra) for t in tokens]
             proto: Any = Protocol()
-            await app.__rsgi__(scope, proto)  # the miss that fills the cache
-            await app.__rsgi__(scope, proto)  # the first hit, which renders
-            assert proto.status == 200, (name, proto.status)
+            for scope in scopes:
+                await app.__rsgi__(scope, proto)  # the miss that fills the cache
+                await app.__rsgi__(scope, proto)  # the first hit, which renders
+                assert proto.status == 200, (name, proto.status)
             best = float("inf")
+            cycle = (scopes * (calls // len(scopes) + 1))[:calls]
             for _ in range(rounds):
                 started = time.perf_counter()
-                for _ in range(calls):
+                for scope in cycle:
                     await app.__rsgi__(scope, proto)
                 best = min(best, (time.perf_counter() - started) / calls)
             out[name] = best * 1e6
@@ -71,8 +79,8 @@ async def _measure(dsn: str, token: str, rounds: int, calls: int) -> dict[str, f
 
 
 def _child() -> None:
-    dsn, token, rounds, calls = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-    print(json.dumps(asyncio.run(_measure(dsn, token, rounds, calls))))
+    dsn, tokens, rounds, calls = sys.argv[2], Path(sys.argv[3]).read_text().split(), int(sys.argv[4]), int(sys.argv[5])
+    print(json.dumps(asyncio.run(_measure(dsn, tokens, rounds, calls))))
 
 
 def main() -> None:
@@ -80,6 +88,7 @@ def main() -> None:
     parser.add_argument("--before", default="")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=20000)
+    parser.add_argument("--sessions", type=int, default=1, help="cycle through this many cached sessions")
     args = parser.parse_args()
     from benchmarks.http_compare import setup_database  # noqa: PLC0415
     from tests.support.postgres import drop_database  # noqa: PLC0415
@@ -87,11 +96,13 @@ def main() -> None:
     admin_dsn, dsn, tokens = asyncio.run(setup_database())
     trees = {"before": Path(args.before), "after": ROOT} if args.before else {"after": ROOT}
     results: dict[str, list[dict[str, float]]] = {}
+    sessions = Path(tempfile.mkdtemp(prefix="gw-hit-cost-")) / "tokens"  # too many for one argument
+    sessions.write_text("\n".join(tokens[: args.sessions]))
     try:
         for _ in range(3):  # alternately, three times: the best of each
             for label, tree in trees.items():
                 env = os.environ | {"PYTHONPATH": str(tree)}
-                command = [sys.executable, str(Path(__file__)), "--child", dsn, tokens[0], str(args.rounds)]
+                command = [sys.executable, str(Path(__file__)), "--child", dsn, str(sessions), str(args.rounds)]
                 command.append(str(args.calls))
                 done = subprocess.run(command, check=False, env=env, cwd=tree, capture_output=True, text=True)
                 if done.returncode:

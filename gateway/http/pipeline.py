@@ -79,11 +79,59 @@ class Answer(NamedTuple):
     body: bytes | None = None  # None: an empty response (forward auth)
 
 
+class KnownCookies:
+    """Cookie headers whose session cookie was found cached, each with its credential: the hit path's memo.
+
+    ``find_credential`` remembers the last 4,096 Cookie headers it read, whatever they held (it
+    must stay small: anyone can send headers). Under more live sessions than that, every cookie
+    hit read its header again. This memo is as large as the L1 but admits a header only when its
+    credential's key is cached there, i.e. was checked (only checked home keys are cached):
+    forged, unknown or respelled cookies never enter it. A header maps only to the credential
+    ``find_credential`` read from exactly those bytes, and the L1 still decides every request,
+    so a revoked or evicted session is never answered from here. One header per credential key
+    (a client that varies its other cookies replaces its own header, never grows the memo), and
+    headers longer than ``MAX_LENGTH`` are not kept: at most ``max_entries`` short headers.
+    """
+
+    MAX_LENGTH = 2048
+
+    __slots__ = ("_by_key", "_credentials", "_max")
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._credentials: dict[str, Credential] = {}  # Cookie header → its credential, oldest first
+        self._by_key: dict[str, str] = {}  # a credential key → the one header kept for it
+
+    def get(self, header: str) -> Credential | None:
+        """The credential remembered for exactly this Cookie header, if any."""
+        return self._credentials.get(header)
+
+    def add(self, header: str, credential: Credential) -> None:
+        """Remember ``credential`` (which the caller found cached) for ``header``, replacing its key's last."""
+        if len(header) > self.MAX_LENGTH or self._max <= 0:
+            return
+        credentials = self._credentials
+        previous = self._by_key.pop(credential.key, None)
+        if previous is not None:
+            del credentials[previous]
+        elif len(credentials) >= self._max:
+            del self._by_key[credentials.pop(next(iter(credentials))).key]
+        credentials[header] = credential
+        self._by_key[credential.key] = header
+
+    def __len__(self) -> int:
+        return len(self._credentials)
+
+
 _NOT_OPEN = "the gateway's resources are not open: __rsgi_init__/open() has not run"
 
 
 def _not_open(_: str) -> Entry | None:
     raise RuntimeError(_NOT_OPEN)
+
+
+def _nowhere(_: str) -> bool:
+    return False
 
 
 class Pipeline:
@@ -98,12 +146,15 @@ class Pipeline:
         # The API key plugin's headers (GATEWAY_API_KEYS=on): read before any session credential.
         self.api_key_names = settings.api_key_headers if settings.api_keys == "on" else ()
         self._parts: Parts | None = None
+        self._in_l1: Callable[[str], bool] = _nowhere  # whether the L1 holds a key (``KnownCookies``)
+        self.known_cookies = KnownCookies(settings.l1_max_entries)
         # The fast path, bound once the parts are open: one call, no lookups, on every hit.
         self.cached: Callable[[str], Entry | None] = _not_open
 
     def bind(self, parts: Parts) -> None:
         """Serve from ``parts`` (once they are open)."""
         self._parts = parts
+        self._in_l1 = parts.decider.tiers.l1.__contains__
         self.cached = parts.decider.cached
         self.observer.bind(parts.metrics)
 
@@ -123,7 +174,16 @@ class Pipeline:
             key = api_key_credential(headers, self.api_key_names)
             if key is not None:
                 return key
-        return find_credential(authorization, headers.get("x-session-token"), cookie_header(headers), self._names)
+        session_header = headers.get("x-session-token")
+        cookie = cookie_header(headers)
+        if cookie is None or session_header or (authorization is not None and authorization[:7].lower() == "bearer "):
+            return find_credential(authorization, session_header, cookie, self._names)
+        credential = self.known_cookies.get(cookie)
+        if credential is None:
+            credential = find_credential(None, None, cookie, self._names)
+            if credential is not None and self._in_l1(credential.key):
+                self.known_cookies.add(cookie, credential)
+        return credential
 
     def with_cookie_cache(self, credential: Credential | None, headers: Headers) -> Credential | None:
         """Add Better Auth's cookie cache value to a session cookie, when the cookie cache is on."""

@@ -18,6 +18,7 @@ from gateway.config import load_settings
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import find_credential, sign, token_hash
 from gateway.http.app import App
+from gateway.http.pipeline import KnownCookies
 from gateway.postgres import seed
 from gateway.resources import open_resources
 from tests.support.credentials import SECRET
@@ -277,3 +278,82 @@ async def test_a_declared_empty_body_is_not_read(app: App, db: asyncpg.Connectio
         assert_allowed("/v1/validate", await call(app, "/v1/validate", headers), token)
     chunked = await call(app, "/v1/validate", headers | {"transfer-encoding": "chunked"})
     assert_allowed("/v1/validate", chunked, token)  # read as before (this protocol sends no body)
+
+
+def known(app: App) -> KnownCookies:
+    return app._pipeline.known_cookies
+
+
+async def test_only_a_cached_cookies_header_is_known(app: App, db: asyncpg.Connection) -> None:
+    """Forged, unknown and respelled cookies never enter the memo; a cached one's header does, on its hit.
+
+    A respelling (a token character percent-encoded) proves the same token, but only the home
+    spelling is cached, so only the home spelling's header may be remembered.
+    """
+    user = await seed.create_user(db, email=f"{seed.generate_id(8)}@example.com")
+    token = await seed.create_session(db, user)
+    signed = sign(token, SECRET)
+    forged = signed[:-2] + ("A=" if signed[-2] != "A" else "B=")
+    respelled = f"%{ord(token[0]):02X}{quote(signed, safe='')[1:]}"
+    unknown = sign(seed.generate_id(), SECRET)
+    for value in (forged, unknown):
+        for _ in range(2):
+            await call(app, "/validate", cookie(value))
+    assert len(known(app)) == 0
+    await call(app, "/validate", cookie(signed))
+    assert len(known(app)) == 0, "a miss: not cached yet when read"
+    assert_allowed("/validate", await call(app, "/validate", cookie(signed)), token)
+    assert known(app).get(cookie(signed)["cookie"]) is not None
+    respelled_header = {"cookie": f"{COOKIE_NAME}={respelled}"}
+    for _ in range(2):
+        assert_allowed("/validate", await call(app, "/validate", respelled_header), token)
+    assert known(app).get(respelled_header["cookie"]) is None, "a respelling's key is never cached"
+    assert len(known(app)) == 1
+
+
+async def test_a_known_cookie_yields_to_a_bearer_and_a_session_header(app: App, db: asyncpg.Connection) -> None:
+    """Better Auth's order holds with the memo: a bearer or X-Session-Token beside a known Cookie wins."""
+    tokens, emails = [], []
+    for _ in range(2):
+        emails.append(f"{seed.generate_id(8)}@example.com")
+        tokens.append(await seed.create_session(db, await seed.create_user(db, email=emails[-1])))
+    ours, theirs = cookie(sign(tokens[0], SECRET)), sign(tokens[1], SECRET)
+    for _ in range(2):
+        await call(app, "/v1/validate", ours | {"content-length": "0"})
+    assert known(app).get(ours["cookie"]) is not None
+    for other in (bearer(theirs), {"x-session-token": theirs}):
+        for _ in range(2):
+            answer = await call(app, "/v1/validate", ours | other | {"content-length": "0"})
+            assert msgspec.json.decode(answer.body)["user"]["email"] == emails[1]
+
+
+async def test_a_client_varying_its_other_cookies_keeps_one_header(app: App, db: asyncpg.Connection) -> None:
+    """One header per credential key: varying the other cookies replaces the header, never adds one."""
+    user = await seed.create_user(db, email=f"{seed.generate_id(8)}@example.com")
+    token = await seed.create_session(db, user)
+    value = quote(sign(token, SECRET), safe="")
+    headers = [{"cookie": f"n={n}; {COOKIE_NAME}={value}"} for n in range(5)]
+    for each in headers:
+        assert_allowed("/validate", await call(app, "/validate", each), token)
+    assert len(known(app)) == 1
+    assert known(app).get(headers[-1]["cookie"]) is not None
+
+
+def test_known_cookies_are_bounded() -> None:
+    """At most ``max_entries`` headers (the oldest leaves first), none longer than ``MAX_LENGTH``."""
+    memo = KnownCookies(2)
+    found = [find_credential(None, None, f"{COOKIE_NAME}=v{n}", (COOKIE_NAME,)) for n in range(3)]
+    for n, credential in enumerate(found):
+        assert credential is not None
+        memo.add(f"{COOKIE_NAME}=v{n}", credential)
+    assert len(memo) == 2
+    assert memo.get(f"{COOKIE_NAME}=v0") is None
+    assert memo.get(f"{COOKIE_NAME}=v2") == found[2]
+    long = f"{COOKIE_NAME}=v3; pad={'x' * KnownCookies.MAX_LENGTH}"
+    credential = find_credential(None, None, long, (COOKIE_NAME,))
+    assert credential is not None
+    memo.add(long, credential)
+    assert memo.get(long) is None
+    off = KnownCookies(0)  # the L1 off: nothing is cached, nothing is known
+    off.add(f"{COOKIE_NAME}=v2", credential)
+    assert len(off) == 0
