@@ -135,7 +135,9 @@ class ForwardAuth:
             return Answer(403, self._rate_limited, verdict.reason)
         if verdict.reason is Reason.backend_unavailable:
             return Answer(503, self._deny.unavailable, verdict.reason)
-        verdict, slid = await self._sliding.identity(scope, credential, verdict)
+        slid: list[tuple[str, str]] = []
+        if self._slides:  # else no coroutine to await: sliding is off on this endpoint
+            verdict, slid = await self._sliding.identity(scope, credential, verdict)
         if verdict.session is not None:
             allowed = self._allow(scope, verdict.session, rule)
             if slid and allowed.status == HTTPStatus.OK:
@@ -169,7 +171,7 @@ class ForwardAuth:
         )
 
     def _allow(self, scope: Scope, session: Session, rule: policy.Policy | policy.Both) -> Answer:
-        if not rule.allows(session):
+        if rule is not policy.DEFAULT and not rule.allows(session):  # the default constrains nothing
             return Answer(403, self._deny.forbidden, "forbidden")
         headers = self._identity.headers(session)
         if self._rules is not None:
