@@ -120,16 +120,19 @@ class ForwardAuth:
     async def _answer(self, scope: Scope, credential: Credential | None) -> Answer:  # noqa: PLR0911  (one return per outcome)
         envoy = scope.path.startswith("/validate/")  # its query belongs to the original request
         query = "" if envoy else scope.query_string
-        try:
-            asked = policy.from_query(query, organizations=self._organizations)
-        except ValueError:
-            return Answer(400, _BAD_POLICY, "bad_policy")
-        # The auth URL's policy adds to the rules file's, never replaces it: an admins-only route
-        # still obeys its host's rule (red team of issue 14, N).
-        matched = self._rule(scope)
-        if matched is None:  # checked before any lookup: an unjudgeable request costs no I/O
-            return Answer(403, _AMBIGUOUS, "ambiguous_request")
-        rule = policy.both(asked, matched)
+        if query or self._rules is not None:
+            try:
+                asked = policy.from_query(query, organizations=self._organizations)
+            except ValueError:
+                return Answer(400, _BAD_POLICY, "bad_policy")
+            # The auth URL's policy adds to the rules file's, never replaces it: an admins-only route
+            # still obeys its host's rule (red team of issue 14, N).
+            matched = self._rule(scope)
+            if matched is None:  # checked before any lookup: an unjudgeable request costs no I/O
+                return Answer(403, _AMBIGUOUS, "ambiguous_request")
+            rule = policy.both(asked, matched)
+        else:  # no query, no rules file: what from_query, _rule and both would come to
+            rule = policy.DEFAULT
         verdict = await self._pipeline.decide(scope, credential, allow_jwt=True)
         if verdict.reason is Reason.rate_limited:
             return Answer(403, self._rate_limited, verdict.reason)

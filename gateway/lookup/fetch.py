@@ -62,7 +62,9 @@ class Fetcher:
             fetched: Fetched = asyncio.get_running_loop().create_future()
             self._from_source(token, digest, since, None, fetched)
             return fetched
-        read = asyncio.ensure_future(shared.get(digest))  # the Redis tier's is a future already
+        reading = shared.get(digest)
+        # The Redis tier's is a future already; a coroutine (tracing, tests) gets a task.
+        read = reading if isinstance(reading, asyncio.Future) else asyncio.ensure_future(reading)
         fetched = read.get_loop().create_future()
         read.add_done_callback(functools.partial(self._after_shared, token, digest, since, fetched))
         return fetched

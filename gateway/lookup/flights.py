@@ -87,7 +87,9 @@ class Flights:
                 return Loaded(session, digest, flight.since)
             # Its user was revoked while it ran, maybe after this caller asked: ask again.
         since = revocations.invalidations
-        fetched = asyncio.ensure_future(fetch(since))  # a future as it is; a coroutine in a task
+        fetching = fetch(since)
+        # A future as it is (the tiers' fetch: no task); a coroutine in a task of its own.
+        fetched = fetching if isinstance(fetching, asyncio.Future) else asyncio.ensure_future(fetching)
         if fetched.done():  # answered at once: nothing to share, nothing to settle
             return Loaded(fetched.result(), digest, since)
         self._inflight[token] = _Flight(since, fetched)
