@@ -181,8 +181,20 @@ _MEMO_MAX = 2048
 _remembered_cookie_credential = functools.lru_cache(maxsize=4096)(cookie_credential)
 
 
+# The escapes ``encodeURIComponent`` makes of a signed value (``_encode``), in either case.
+_SIGNED_ESCAPES = (("%2B", "+"), ("%2F", "/"), ("%3D", "="), ("%2b", "+"), ("%2f", "/"), ("%3d", "="))
+
+
 def decode_uri_component(value: str) -> str:
     """Percent-decode like JavaScript's ``decodeURIComponent``; on failure return ``value``."""
+    # A signed cookie as Better Auth sets it holds only these escapes: six replaces are a fifth
+    # of ``unquote`` (2.2 µs). Escapes can't overlap, and none decodes to "%": if no "%" is
+    # left, each one was a whole escape and the decoding is decodeURIComponent's.
+    decoded = value
+    for escape, char in _SIGNED_ESCAPES:
+        decoded = decoded.replace(escape, char)
+    if "%" not in decoded:
+        return decoded
     if _BAD_ESCAPE.search(value):
         return value
     try:

@@ -120,22 +120,27 @@ class ForwardAuth:
     async def _answer(self, scope: Scope, credential: Credential | None) -> Answer:  # noqa: PLR0911  (one return per outcome)
         envoy = scope.path.startswith("/validate/")  # its query belongs to the original request
         query = "" if envoy else scope.query_string
-        try:
-            asked = policy.from_query(query, organizations=self._organizations)
-        except ValueError:
-            return Answer(400, _BAD_POLICY, "bad_policy")
-        # The auth URL's policy adds to the rules file's, never replaces it: an admins-only route
-        # still obeys its host's rule (red team of issue 14, N).
-        matched = self._rule(scope)
-        if matched is None:  # checked before any lookup: an unjudgeable request costs no I/O
-            return Answer(403, _AMBIGUOUS, "ambiguous_request")
-        rule = policy.both(asked, matched)
+        if query or self._rules is not None:
+            try:
+                asked = policy.from_query(query, organizations=self._organizations)
+            except ValueError:
+                return Answer(400, _BAD_POLICY, "bad_policy")
+            # The auth URL's policy adds to the rules file's, never replaces it: an admins-only route
+            # still obeys its host's rule (red team of issue 14, N).
+            matched = self._rule(scope)
+            if matched is None:  # checked before any lookup: an unjudgeable request costs no I/O
+                return Answer(403, _AMBIGUOUS, "ambiguous_request")
+            rule = policy.both(asked, matched)
+        else:  # no query, no rules file: what from_query, _rule and both would come to
+            rule = policy.DEFAULT
         verdict = await self._pipeline.decide(scope, credential, allow_jwt=True)
         if verdict.reason is Reason.rate_limited:
             return Answer(403, self._rate_limited, verdict.reason)
         if verdict.reason is Reason.backend_unavailable:
             return Answer(503, self._deny.unavailable, verdict.reason)
-        verdict, slid = await self._sliding.identity(scope, credential, verdict)
+        slid: list[tuple[str, str]] = []
+        if self._slides:  # else no coroutine to await: sliding is off on this endpoint
+            verdict, slid = await self._sliding.identity(scope, credential, verdict)
         if verdict.session is not None:
             allowed = self._allow(scope, verdict.session, rule)
             if slid and allowed.status == HTTPStatus.OK:
@@ -169,7 +174,7 @@ class ForwardAuth:
         )
 
     def _allow(self, scope: Scope, session: Session, rule: policy.Policy | policy.Both) -> Answer:
-        if not rule.allows(session):
+        if rule is not policy.DEFAULT and not rule.allows(session):  # the default constrains nothing
             return Answer(403, self._deny.forbidden, "forbidden")
         headers = self._identity.headers(session)
         if self._rules is not None:

@@ -18,18 +18,18 @@ import functools
 import time
 from typing import TYPE_CHECKING
 
-from gateway.core.errors import BackendUnavailable
 from gateway.core.lru import LRU
 from gateway.credentials.tokens import token_hash
 from gateway.lookup.batching import Batcher
 from gateway.lookup.entries import Entry, Keys, index_add, index_discard, index_keys, sharing_user
+from gateway.lookup.fetch import Fetcher, timed
 from gateway.lookup.flights import Flights, Loaded
 from gateway.lookup.outbox import Outbox
 from gateway.lookup.revocations import MAX_ENTRIES, Revocations
 from gateway.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Iterable
 
     from gateway.core.sessions import Reason, Session
     from gateway.lookup.protocols import SessionSource, SharedCache
@@ -65,6 +65,7 @@ class Tiers:
     ) -> None:
         self.metrics = metrics or Metrics()
         self.l1: LRU[Entry] = LRU(max_entries, clock, on_evict=self.forget)
+        self._l1_on = max_entries > 0  # off: ``remember`` has nothing to build
         self.negative: LRU[Reason] = LRU(negative_max_entries, clock)
         self.shared = shared
         self.revocations = Revocations(clock, revoked_for_s, revoked_max_entries)
@@ -73,7 +74,16 @@ class Tiers:
         self._flushing = 0  # flushes waiting on the shared cache's bump: it is trusted for nothing meanwhile
         # A negative entry must not outlive a positive one (a session created meanwhile).
         self._negative_ttl_s = min(negative_ttl_s, ttl_s)
-        self._source: Batcher[str, Session] = Batcher(self._timed(source.fetch_many), batch_max_size)
+        histogram = self.metrics.backend_seconds.labels("postgres")
+        batches: Batcher[str, Session] = Batcher(timed(source.fetch_many, histogram.observe), batch_max_size)
+        self._fetch = Fetcher(
+            source=batches,
+            shared=shared,
+            revocations=self.revocations,
+            metrics=self.metrics,
+            skipped=self._skip_shared,
+            flushing=self._flushing_now,
+        )
         self._flights = Flights(self.revocations)
         self._joined = functools.partial(self.metrics.event, "singleflight_join")
         self._outbox = Outbox(shared) if shared is not None else None
@@ -123,54 +133,13 @@ class Tiers:
             BackendUnavailable: the source could not answer and the shared cache had no session.
         """
         hashed = token_hash(token) if digest is None else digest
-        return await self._flights.run(token, hashed, lambda since: self._load(token, hashed, since), self._joined)
+        return await self._flights.run(token, hashed, lambda since: self._fetch(token, hashed, since), self._joined)
 
-    async def _load(self, token: str, digest: str, since: int) -> Session | None:
-        # A token revoked lately: its shared value would not be trusted, so don't wait for it
-        # (a revoked session is refused one round trip sooner on every worker).
-        if self.shared is None or self._bounded or self._flushing or self.revocations.token_lately(digest):
-            return await self._from_source(token)
-        found = await self.shared.get(digest)
-        if found is None:
-            self.metrics.lookup("redis", "error")
-        elif (
-            found.session is not None
-            and not self._flushing
-            and not self.revocations.lately(digest, found.session.user_id)
-        ):
-            self.metrics.lookup("redis", "hit")
-            return found.session
-        else:
-            self.metrics.lookup("redis", "miss")
-        session = await self._from_source(token)
-        # Not after an invalidation heard since the lookup began: what the source said may be
-        # stale (the shared cache also refuses writes over a token's or user's tombstone).
-        if session is not None and found is not None and not self.revocations.stale(since, digest, session.user_id):
-            self.shared.put(digest, session, found.generation)
-        return session
+    def _skip_shared(self) -> bool:
+        return self._bounded or bool(self._flushing)
 
-    async def _from_source(self, token: str) -> Session | None:
-        try:
-            session = await self._source.get(token)
-        except BackendUnavailable:
-            self.metrics.lookup("postgres", "error")
-            raise
-        self.metrics.lookup("postgres", "miss" if session is None else "hit")
-        return session
-
-    def _timed(
-        self, bulk: Callable[[Sequence[str]], Awaitable[Mapping[str, Session]]]
-    ) -> Callable[[Sequence[str]], Awaitable[Mapping[str, Session]]]:
-        histogram = self.metrics.backend_seconds.labels("postgres")
-
-        async def timed(tokens: Sequence[str]) -> Mapping[str, Session]:
-            started = time.perf_counter()
-            try:
-                return await bulk(tokens)
-            finally:
-                histogram.observe(time.perf_counter() - started)
-
-        return timed
+    def _flushing_now(self) -> bool:
+        return bool(self._flushing)
 
     def bound_staleness(self, bound_s: float | None) -> None:
         """Cap how long a session is cached unchecked at ``bound_s`` (``None``: as configured).
@@ -193,7 +162,9 @@ class Tiers:
         began: what it read may be revoked.
         """
         session = loaded.session
-        if session is None or self.revocations.stale(loaded.invalidations, loaded.digest, session.user_id):
+        if not self._l1_on or session is None:  # off: nothing to build an entry for
+            return
+        if self.revocations.stale(loaded.invalidations, loaded.digest, session.user_id):
             return
         deadline = min(self.l1.clock() + self._ttl_s, session.expires_at)
         user_id = session.user_id

@@ -152,3 +152,41 @@ async def test_no_join_after_a_flush() -> None:
     assert not group.joinable("t", DIGEST)
     fetch.gate.open()
     await early
+
+
+async def test_a_fetch_that_is_a_future_runs_in_no_task_and_outlives_its_starter() -> None:
+    """The tiers' fetch is a future (``lookup.fetch``): shared as it is, no task; its starter leaving leaves it be."""
+    group, _ = flights()
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[Session | None]] = []
+
+    def fetch(_: int) -> asyncio.Future[Session | None]:
+        futures.append(loop.create_future())
+        return futures[-1]
+
+    tasks_before = len(asyncio.all_tasks())
+    first = asyncio.ensure_future(group.run("t", DIGEST, fetch))
+    await asyncio.sleep(0)
+    joined = asyncio.Event()
+    second = asyncio.ensure_future(group.run("t", DIGEST, fetch, joined.set))
+    await joined.wait()
+    assert len(asyncio.all_tasks()) == tasks_before + 2  # the two callers: the fetch has none
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert not futures[0].cancelled()  # the fetch the other caller waits for
+    futures[0].set_result(session())
+    assert (await second).session == futures[0].result()
+    assert len(futures) == 1
+    assert len(group) == 0
+
+
+async def test_a_future_fetchs_error_reaches_every_caller() -> None:
+    """An exception set on a fetch that is a future is every caller's (a 503 upstream, never a 401)."""
+    group, _ = flights()
+    fetched: asyncio.Future[Session | None] = asyncio.get_running_loop().create_future()
+    callers = [asyncio.ensure_future(group.run("t", DIGEST, lambda _: fetched)) for _ in range(3)]
+    await asyncio.sleep(0)
+    fetched.set_exception(StoreUnavailable("down"))
+    results = await asyncio.gather(*callers, return_exceptions=True)
+    assert [type(r) for r in results] == [StoreUnavailable] * 3
