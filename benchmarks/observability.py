@@ -8,7 +8,7 @@ observability work, checked out into a temporary folder); this tree with its def
 decision-latency histogram, the in-flight gauge, build_info and process series: always on);
 with OpenTelemetry tracing on as well (an OTLP endpoint set: no span is made on an L1 hit); and
 with everything on (tracing, ``GATEWAY_ACCESS_LOG=on``, ``GATEWAY_REQUEST_ID_HEADER=on``: each
-hit then goes down the full pipeline and writes a log line, to a file). Only ratios to the floor
+hit, still on the hit path, echoes its ID and writes an access line, to a file). Only ratios to the floor
 of the same run are compared: throughput, and, steadier on a shared machine, the server's CPU
 time per request (every process of it, from ``/proc``): the floor's CPU per request over the
 configuration's is the share of the floor's speed it would reach on a core of its own.

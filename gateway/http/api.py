@@ -62,9 +62,10 @@ class Api:
         body = responses.error("rate_limited", "too many failed lookups from this address: try again")
         self._rate_limited = Answer(429, [*JSON, responses.NO_STORE, retry_after], Reason.rate_limited, body)
         self.sliding = Sliding(settings, pipeline)  # Better Auth's sliding refresh (gateway.http.sliding)
-        # Decision logging times and fingerprints every answer, the access log and the echoed request
-        # ID need every request (``observing``): then no hit skips the pipeline.
-        self._fast = not pipeline.log.enabled and not pipeline.observer.full_path
+        # Decision logging times and fingerprints every answer: then no hit skips the pipeline. The
+        # access log does not (``observing``: a hit writes its line).
+        self._fast = not pipeline.log.enabled
+        self._observer = pipeline.observer
         # The latency histogram's v1_validate/l1 child, bound once the parts are open (``App.open``).
         self.identity_hit_seconds: Callable[[float], None] = _unbound
 
@@ -85,7 +86,12 @@ class Api:
             if identity is None:
                 identity = entry.identity = responses.identity(entry.session, organizations=self._organizations)
             proto.response_bytes(200, JSON, identity)
-            return self.identity_hit_seconds(perf_counter() - started)
+            seconds = perf_counter() - started
+            self.identity_hit_seconds(seconds)
+            observer = self._observer
+            if observer.observed:
+                observer.hit(scope, observer.hit_request(scope), "v1_validate", entry.session.user_id, seconds)
+            return None
         return await self._pipeline.answer(scope, proto, credential, self._identity)
 
     async def _identity(self, scope: Scope, credential: Credential | None) -> Answer:
@@ -115,8 +121,8 @@ class Api:
             return None
         return entry
 
-    def session_hit(self, scope: Scope) -> bytes | Credential | None:
-        """get-session's hit path: a cached session's body, with no HMAC, no encoding and no coroutine.
+    def session_hit(self, scope: Scope) -> Entry | Credential | None:
+        """get-session's hit path: a cached session's entry, its body rendered: no HMAC, no encoding, no coroutine.
 
         The body holds the token its key proves (``home_token``), rendered by the first hit and
         reused. A session due a refresh (answered slid, or with ``needsRefresh``) takes the
@@ -127,10 +133,9 @@ class Api:
         entry = self._cached(credential, slides=True) if not scope.query_string else None
         if entry is None or credential is None:
             return self._pipeline.with_cookie_cache(credential, h)
-        answer = entry.answer
-        if answer is None:
-            answer = entry.answer = responses.better_auth_session(entry.session, home_token(credential.key))
-        return answer
+        if entry.answer is None:
+            entry.answer = responses.better_auth_session(entry.session, home_token(credential.key))
+        return entry
 
     async def get_session(self, scope: Scope, proto: HTTPProtocol, credential: Credential | None = None) -> None:
         """Better Auth's get-session: the same JSON (slid when due: ``sliding``), or ``null`` with status 200.

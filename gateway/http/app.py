@@ -7,6 +7,7 @@ composition root (``gateway.resources``) wires them and builds the app for grani
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 from time import perf_counter
@@ -16,10 +17,10 @@ from gateway.http import responses
 from gateway.http.api import JSON, SESSION, Api
 from gateway.http.forward_auth import ForwardAuth
 from gateway.http.pipeline import Pipeline
+from gateway.lookup.entries import Entry
 from gateway.telemetry.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
-    import asyncio
     from collections.abc import Awaitable, Callable
 
     from granian._granian import RSGIHTTPProtocol as HTTPProtocol
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from gateway.http.pipeline import Opener, Parts
 
     Handler = Callable[[Scope, HTTPProtocol], Awaitable[None]]
+    HeaderList = list[tuple[str, str]]
 
 
 def _unbound(_: float) -> None:
@@ -52,6 +54,8 @@ class App:
         # The latency histogram's l1 children of the hit paths (bound in ``open``).
         self._hit_seconds: Callable[[float], None] = _unbound
         self._session_hit_seconds: Callable[[float], None] = _unbound
+        self._observer = observer = self._pipeline.observer
+        self._observed = observer.observed  # the access log or the echoed request ID: a hit does more
         self._routes: dict[str, tuple[frozenset[str] | None, Handler]] = {
             "/v1/validate": (frozenset({"POST"}), api.validate),
             "/api/auth/get-session": (frozenset({"GET", "HEAD", "POST"}), api.get_session),  # POST: deferred refresh
@@ -63,6 +67,8 @@ class App:
     async def open(self) -> None:
         """Open the worker's parts; watch the rules file (reloads) until ``close``."""
         self._pipeline.bind(await self._stack.enter_async_context(self._opener(self.settings)))
+        self._observer.access.open(asyncio.get_running_loop())
+        self._stack.callback(self._observer.access.close)  # closed first: the last lines are written
         seconds = self.parts.metrics.decision_seconds
         self._hit_seconds = seconds.child("validate", "l1").observe
         self._session_hit_seconds = seconds.child("get_session", "l1").observe
@@ -95,16 +101,23 @@ class App:
         if path == "/validate":
             started = perf_counter()
             found = self._forward_auth.hit(scope)
-            if isinstance(found, list):  # a cached session's headers: answered with no coroutine
-                proto.response_empty(200, found)
+            if isinstance(found, Entry):  # a cached session's headers: answered with no coroutine
+                if self._observed:
+                    return self._observed_hit(scope, proto, found, started)
+                proto.response_empty(200, cast("HeaderList", found.headers))
                 return self._hit_seconds(perf_counter() - started)
             return await self._forward_auth(scope, proto, found)
         if path == "/api/auth/get-session" and scope.method == "GET":
             started = perf_counter()
             session = self._api.session_hit(scope)
-            if isinstance(session, bytes):  # a cached session's body: answered with no coroutine
-                proto.response_bytes(200, SESSION, session)
-                return self._session_hit_seconds(perf_counter() - started)
+            if isinstance(session, Entry):  # a cached session's body: answered with no coroutine
+                proto.response_bytes(200, SESSION, cast("bytes", session.answer))
+                seconds = perf_counter() - started
+                self._session_hit_seconds(seconds)
+                if self._observed:
+                    observer = self._observer
+                    observer.hit(scope, observer.hit_request(scope), "get_session", session.session.user_id, seconds)
+                return None
             return await self._api.get_session(scope, proto, session)
         route = self._routes.get(path)
         if route is None:
@@ -116,6 +129,15 @@ class App:
             headers = [*JSON, ("allow", ", ".join(sorted(methods)))]
             return proto.response_bytes(405, headers, responses.error("method_not_allowed", scope.method))
         return await handler(scope, proto)
+
+    def _observed_hit(self, scope: Scope, proto: HTTPProtocol, entry: Entry, started: float) -> None:
+        """``/validate``'s hit with the request ID echoed and the access line written (``observing``)."""
+        observer = self._observer
+        request = observer.hit_request(scope)
+        proto.response_empty(200, observer.echoed(cast("HeaderList", entry.headers), request))
+        seconds = perf_counter() - started
+        self._hit_seconds(seconds)
+        observer.hit(scope, request, "validate", entry.session.user_id, seconds)
 
     async def _envoy(self, scope: Scope, proto: HTTPProtocol) -> None:
         """``/validate/<original path>``: forward auth with no fast path (the path is the original request's)."""

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from gateway.core.sessions import Session, Verdict
     from gateway.credentials.tokens import Credential, Headers
     from gateway.http.pipeline import Pipeline
+    from gateway.lookup.entries import Entry
 
 HeaderList = list[tuple[str, str]]
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
@@ -67,11 +68,9 @@ class ForwardAuth:
         self._login = settings.login_url
         self._param = settings.redirect_param
         self._redirect_hosts = settings.redirect_hosts  # lower case; by default the login URL's host
-        # Decision logging needs the full path (it times and fingerprints every answer).
-        # So do the access log and the echoed request ID (``observing``).
-        self._simple = (
-            self._rules is None and self._strip is None and not pipeline.log.enabled and not pipeline.observer.full_path
-        )
+        # Decision logging needs the full path (it times and fingerprints every answer); the access
+        # log and the echoed request ID do not (``observing``: the hit path writes and echoes them).
+        self._simple = self._rules is None and self._strip is None and not pipeline.log.enabled
         # GATEWAY_SESSION_REFRESH=all: a due session takes the full path, which slides it (gateway.http.sliding).
         self._sliding = Sliding(settings, pipeline)
         self._slides, self._slack = self._sliding.on_validate, self._sliding.slack
@@ -82,8 +81,8 @@ class ForwardAuth:
             return contextlib.nullcontext()
         return self._rules.watching(self._rules_reload_s, event)
 
-    def hit(self, scope: Scope) -> HeaderList | Credential | None:
-        """The hit path: a cached session's headers, with no HMAC, no I/O and no coroutine.
+    def hit(self, scope: Scope) -> Entry | Credential | None:
+        """The hit path: a cached session's entry, its headers rendered, with no HMAC, no I/O and no coroutine.
 
         Otherwise the request's credential (``None``: it carries none), found once, for the full
         path (``__call__``): no cached session, or a query string, a policy or credential
@@ -108,10 +107,9 @@ class ForwardAuth:
         entry = pipeline.cached(key)
         if entry is None or (self._slides and entry.session.expires_at <= time.time() + self._slack):
             return pipeline.with_cookie_cache(credential or pipeline.find(h, authorization), h)
-        headers = entry.headers
-        if headers is None:  # the first hit renders them; every later one sends the same list
-            headers = entry.headers = self._identity.headers(entry.session)
-        return headers
+        if entry.headers is None:  # the first hit renders them; every later one sends the same list
+            entry.headers = self._identity.headers(entry.session)
+        return entry
 
     def __call__(self, scope: Scope, proto: HTTPProtocol, credential: Credential | None) -> Awaitable[None]:
         """Answer one forward-auth request that ``hit`` did not, down the request pipeline."""

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from tests.support.server import Server
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+ENDPOINTS = ("validate", "get_session", "v1_validate")
 HOSTILE_ID = 'x" forged="1 \\u0000'  # a quote, spaces, a backslash: not an ID, never echoed
 
 
@@ -167,3 +168,78 @@ async def test_the_latency_histogram_and_in_flight_gauge_add_up_over_workers(
             assert {r.status_code for r in await asyncio.gather(*waiting)} == {401}
     finally:
         await lock.close()
+
+
+async def test_hits_served_from_l1_write_their_access_line_and_echo_their_id(
+    db: asyncpg.Connection, database: str, start_gateway: Any
+) -> None:
+    """A session's second request on each endpoint is an L1 hit: its line (user, original request, ID), no secret."""
+    user = await seed.create_user(db, email="hits@example.com")
+    token = await seed.create_session(db, user)
+    env = {
+        "DATABASE_URL": database,
+        "GATEWAY_PROXY": "traefik",
+        "GATEWAY_ACCESS_LOG": "on",
+        "GATEWAY_REQUEST_ID_HEADER": "on",
+        "GATEWAY_LOG_FORMAT": "json",
+        "GATEWAY_METRICS_FLUSH_S": "0.1",
+    }
+    gw: Server = start_gateway(env)
+    original = {"x-forwarded-method": "PUT", "x-forwarded-proto": "https", "x-forwarded-host": "app.example.com"}
+    original |= {"x-forwarded-uri": "/docs/1?token=QUERYSECRET0123"}
+    bearer = {"authorization": f"Bearer {sign(token, SECRET)}"}
+    async with httpx.AsyncClient(timeout=5) as c:
+        for n in (1, 2):
+            r = await c.get(gw.url + "/validate", headers=original | bearer | {"x-request-id": f"fa-{n}"})
+            assert (r.status_code, r.headers["x-request-id"]) == (200, f"fa-{n}")
+            r = await c.get(gw.url + "/api/auth/get-session", headers=cookie(token) | {"x-request-id": f"gs-{n}"})
+            assert r.json()["user"]["id"] == user
+            r = await c.post(gw.url + "/v1/validate", json={"token": token}, headers={"x-request-id": f"v1-{n}"})
+            assert r.status_code == 200
+        made = (await c.get(gw.url + "/validate", headers=bearer)).headers["x-request-id"]  # a hit: an ID made
+
+    async def hits() -> bool:  # the second of each (and the third /validate) was an L1 hit
+        now = await scrape(gw.url)
+        counts = [total(now, "gateway_decision_seconds_count", endpoint=e, tier="l1") for e in ENDPOINTS]
+        return counts == [2, 1, 1]
+
+    await eventually(hits, within=5)
+
+    await eventually(lambda: len(lines(gw, "gateway.access")) >= 7, within=5)
+    access = {line["request_id"]: line for line in lines(gw, "gateway.access")}
+    assert {rid: access[rid]["user_id"] for rid in ("fa-2", "gs-2", "v1-2", made)} == dict.fromkeys(
+        ("fa-2", "gs-2", "v1-2", made), user
+    )
+    fields = ("method", "host", "path", "status", "reason")
+    assert [access[rid][k] for k in fields for rid in ("fa-1", "fa-2")] == [
+        "PUT", "PUT", "app.example.com", "app.example.com", "/docs/1", "/docs/1", 200, 200, "ok", "ok"
+    ]  # fmt: skip
+    assert [access["gs-2"][k] for k in fields] == [
+        "GET",
+        gw.url.removeprefix("http://"),
+        "/api/auth/get-session",
+        200,
+        "ok",
+    ]
+    assert access["v1-2"]["path"] == "/v1/validate"
+    text = gw.output()
+    for secret in (token, sign(token, SECRET), quote(sign(token, SECRET), safe=""), SECRET, "QUERYSECRET0123"):
+        assert secret not in text
+
+
+async def test_lines_of_hits_just_before_shutdown_are_not_lost(
+    db: asyncpg.Connection, database: str, start_gateway: Any
+) -> None:
+    """Hits answered, then SIGTERM at once: every one of their lines is in the output, in order."""
+    user = await seed.create_user(db, email="shutdown@example.com")
+    token = await seed.create_session(db, user)
+    env = {"DATABASE_URL": database, "GATEWAY_ACCESS_LOG": "on", "GATEWAY_LOG_FORMAT": "json"}
+    gw: Server = start_gateway(env)
+    bearer = {"authorization": f"Bearer {sign(token, SECRET)}"}
+    sent = [f"last-{n}" for n in range(300)]  # more than a batch
+    async with httpx.AsyncClient(timeout=5) as c:
+        for rid in sent:
+            assert (await c.get(gw.url + "/validate", headers=bearer | {"x-request-id": rid})).status_code == 200
+    assert gw.stop() == 0
+    written = [line["request_id"] for line in lines(gw, "gateway.access")]
+    assert written == sent
