@@ -306,3 +306,34 @@ async def test_a_revocation_during_a_redis_read_wins_over_it(
         shared = await res.redis.get(digest)
         assert shared is None or shared.session is None  # a tombstone, or nothing
         assert (await res.decider.decide(cred(token))).reason is Reason.unknown_session
+
+
+async def test_the_first_callers_going_away_leaves_the_shared_fetch_be(
+    db: asyncpg.Connection, database: str, gateway: Open
+) -> None:
+    """Red team of the fetch chained by callbacks: the caller that started a fetch is cancelled mid-read.
+
+    Those that joined it still get its answer, from the one query, and the session is cached.
+    """
+    import asyncpg  # noqa: PLC0415  (a second connection, to hold the lock)
+
+    token = await seed.create_session(db, await seed.create_user(db, email="leaving@example.com"))
+    lock = await asyncpg.connect(database)
+    try:
+        async with gateway(redis=True, db_timeout_s=5) as res:
+            assert res.store is not None
+            async with lock.transaction():
+                await lock.execute('lock table "session" in access exclusive mode')  # lookups now wait on Postgres
+                first = asyncio.ensure_future(res.decider.decide(cred(token)))
+                await eventually(lambda: res.tiers.joinable(token))
+                others = [asyncio.ensure_future(res.decider.decide(cred(token))) for _ in range(3)]
+                await asyncio.sleep(0.05)
+                first.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await first
+            assert {(await other).reason for other in others} == {Reason.ok}
+            assert res.store.queries == 1
+            assert (await res.decider.decide(cred(token))).reason is Reason.ok
+            assert res.store.queries == 1  # cached by a caller that stayed
+    finally:
+        await lock.close()
