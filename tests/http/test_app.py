@@ -163,6 +163,10 @@ async def test_identity_headers_always_present_and_safe(
     _, token = await new_session(conn, name="Zoë 李")
     r = await client.get(server.url + "/validate", headers=cookie(token))
     assert r.headers["x-auth-request-name"] == "Zoë %E6%9D%8E"
+    # ASCII but not printable, and a line separator: no shortcut for printable text lets one through.
+    _, token = await new_session(conn, name="a\tb\x7fc\x0bd\x1fe\u2028f")
+    r = await client.get(server.url + "/validate", headers=cookie(token))
+    assert r.headers["x-auth-request-name"] == "a%09b%7Fc%0Bd%1Fe%E2%80%A8f"
 
 
 async def test_json_validate(server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient) -> None:
@@ -342,3 +346,51 @@ async def test_trickled_body_is_cut_off(app_db: str, start_gateway: Any, client:
     assert closed  # the slot is given back: the server hangs up
     assert b'"request_timeout"' in reply
     assert (await client.get(gw.url + "/healthz")).status_code == 200
+
+
+async def test_a_known_cookie_header_speaks_only_for_itself(
+    server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient
+) -> None:
+    """Red team of the Cookie-header memo (``pipeline.KnownCookies``): it answers as ``find_credential`` would.
+
+    Once a valid cookie's header is remembered, nothing sent beside it or in a lookalike header
+    borrows it: a duplicated name is read first-wins (better-call), a bearer or X-Session-Token
+    beside it wins (Better Auth's order), another Authorization scheme or an empty bearer does
+    not, and a revoked session is refused however well its header is known.
+    """
+    _, token = await new_session(conn)
+    _, other = await new_session(conn)
+    name = "better-auth.session_token"
+    valid = quote(sign(token, SECRET), safe="")
+    forged = quote(sign(token, "wrong-secret-wrong-secret-wrong-secret"), safe="")
+    known = {"cookie": f"{name}={valid}"}
+    for _ in range(3):  # a miss, then hits: the header is remembered
+        assert (await client.get(server.url + "/validate", headers=known)).status_code == 200
+    expected = {
+        f"{name}={valid}; {name}={forged}": 200,  # the first occurrence wins, as in better-call
+        f"{name}={forged}; {name}={valid}": 401,
+        f"{name}={valid} ; x=1": 200,  # trimmed: the same credential, another header
+        f"{name}= {forged}; {name}={valid}": 401,
+    }
+    for header, status in expected.items():
+        for _ in range(2):
+            r = await client.get(server.url + "/validate", headers={"cookie": header})
+            assert r.status_code == status, header
+    beside = {
+        "x-session-token": (sign(seed.generate_id(), SECRET), 401),  # an unknown session: it wins, refused
+        "authorization": (f"Bearer {sign(other, SECRET)}", 200),
+    }
+    for field, (value, status) in beside.items():
+        for _ in range(2):
+            r = await client.get(server.url + "/validate", headers=known | {field: value})
+            assert r.status_code == status, field
+    for ignored in ("Basic dXNlcjpwYXNz", "Bearer \xa0", "Bearer"):  # no bearer credential: the cookie counts
+        sent = [(b"cookie", known["cookie"].encode()), (b"authorization", ignored.encode("latin-1"))]
+        r = await client.get(server.url + "/validate", headers=sent)  # bytes: a no-break space is JS whitespace
+        assert r.status_code == 200, ignored
+    await conn.execute('delete from "session" where token = $1', token)
+
+    async def refused() -> bool:
+        return (await client.get(server.url + "/validate", headers=known)).status_code == 401
+
+    await eventually(refused)

@@ -244,3 +244,96 @@ async def test_paused_redis_costs_at_most_the_budget(db: asyncpg.Connection, gat
             assert time.monotonic() - started < 0.5  # skipped now: straight to Postgres
         finally:
             os.kill(own_redis.proc.pid, signal.SIGCONT)
+
+
+async def test_a_source_timeout_under_single_flight_is_every_callers_outage(
+    db: asyncpg.Connection, database: str, gateway: Open
+) -> None:
+    """Red team of the fetch chained by callbacks: a Redis miss, then a Postgres past its budget.
+
+    Every caller joined to the one fetch hears the outage (a 503 upstream, never a 401), nothing
+    is cached as absent, and the session is found once Postgres answers again.
+    """
+    import asyncpg  # noqa: PLC0415  (a second connection, to hold the lock)
+
+    token = await seed.create_session(db, await seed.create_user(db, email="timeout@example.com"))
+    lock = await asyncpg.connect(database)
+    try:
+        async with gateway(redis=True, db_timeout_s=0.3) as res:
+            async with lock.transaction():
+                await lock.execute('lock table "session" in access exclusive mode')  # lookups now wait on Postgres
+                verdicts = await asyncio.gather(*(res.decider.decide(cred(token)) for _ in range(20)))
+            assert {v.reason for v in verdicts} == {Reason.backend_unavailable}
+            assert len(res.tiers.negative) == 0
+            assert (await res.decider.decide(cred(token))).reason is Reason.ok
+    finally:
+        await lock.close()
+
+
+async def test_a_revocation_during_a_redis_read_wins_over_it(
+    db: asyncpg.Connection, gateway: Open, own_redis: Any
+) -> None:
+    """Red team of the fetch chained by callbacks: Redis answers a session revoked while its read waited.
+
+    The read's callback runs after the revocation was heard: the value is not trusted, the caller
+    that started the read gets Postgres's answer (no such session), and nothing caches it again.
+    """
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+
+    token = await seed.create_session(db, await seed.create_user(db, email="racing@example.com"))
+    digest = token_hash(token)
+    async with gateway(redis=True, redis_url=own_redis.url, l1_max_entries=0, redis_timeout_s=5) as res:
+        assert res.redis is not None
+        assert res.store is not None
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok
+        await drained(res)
+        assert (await res.decider.decide(cred(token))).reason is Reason.ok  # from Redis now
+        queries = res.store.queries
+        os.kill(own_redis.proc.pid, signal.SIGSTOP)
+        try:
+            first = asyncio.ensure_future(res.decider.decide(cred(token)))
+            await asyncio.sleep(0.1)  # its Redis read is on the wire, unanswered
+            await db.execute('delete from "session" where token = $1', token)
+            work = res.tiers.invalidate_token(digest)  # as the listener hears the delete
+        finally:
+            os.kill(own_redis.proc.pid, signal.SIGCONT)
+        assert (await first).reason is Reason.unknown_session
+        assert res.store.queries == queries + 1  # the source decided
+        if work is not None:
+            await work
+        await drained(res)
+        shared = await res.redis.get(digest)
+        assert shared is None or shared.session is None  # a tombstone, or nothing
+        assert (await res.decider.decide(cred(token))).reason is Reason.unknown_session
+
+
+async def test_the_first_callers_going_away_leaves_the_shared_fetch_be(
+    db: asyncpg.Connection, database: str, gateway: Open
+) -> None:
+    """Red team of the fetch chained by callbacks: the caller that started a fetch is cancelled mid-read.
+
+    Those that joined it still get its answer, from the one query, and the session is cached.
+    """
+    import asyncpg  # noqa: PLC0415  (a second connection, to hold the lock)
+
+    token = await seed.create_session(db, await seed.create_user(db, email="leaving@example.com"))
+    lock = await asyncpg.connect(database)
+    try:
+        async with gateway(redis=True, db_timeout_s=5) as res:
+            assert res.store is not None
+            async with lock.transaction():
+                await lock.execute('lock table "session" in access exclusive mode')  # lookups now wait on Postgres
+                first = asyncio.ensure_future(res.decider.decide(cred(token)))
+                await eventually(lambda: res.tiers.joinable(token))
+                others = [asyncio.ensure_future(res.decider.decide(cred(token))) for _ in range(3)]
+                await asyncio.sleep(0.05)
+                first.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await first
+            assert {(await other).reason for other in others} == {Reason.ok}
+            assert res.store.queries == 1
+            assert (await res.decider.decide(cred(token))).reason is Reason.ok
+            assert res.store.queries == 1  # cached by a caller that stayed
+    finally:
+        await lock.close()
