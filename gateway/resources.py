@@ -162,6 +162,7 @@ async def open_resources(settings: Settings, clock: Callable[[], float] = time.t
         stack.push_async_callback(_flush_every(metrics, settings.metrics_flush_s))
         cookie_cache, jwts = _cookie_cache(settings), _jwts(settings, store)
         decider = Decider(verifier, tiers, cookie_cache, jwts, api_keys)
+        stack.push_async_callback(decider.settled)  # before the store closes: rechecks under way end
         refresher = None if store is None else sliding_refresh(settings, store, tiers, clock)
         yield Resources(store, secondary, redis, tiers, decider, listener, metrics, refresher)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.core.errors import BackendUnavailable
@@ -51,6 +53,10 @@ class Turn(Protocol):
 # within it (Better Auth never makes an expired session valid again: it deletes it). A ban is not
 # remembered: an unban must count at once.
 _ABSENT = frozenset({Reason.unknown_session, Reason.expired})
+# The most entries one revocation rechecks at once (a user's many sessions, a flood of forged
+# notifications): the rest are only evicted, and looked up when next presented.
+RECHECK_MAX = 16
+log = logging.getLogger("gateway.lookup")
 
 
 class Decider:
@@ -71,6 +77,32 @@ class Decider:
         self.api_keys = api_keys  # GATEWAY_API_KEYS=on: the API key plugin's keys (gateway.lookup.api_keys)
         self._l1 = tiers.l1
         self._metrics = tiers.metrics
+        self._rechecks: set[asyncio.Task[Verdict]] = set()  # asyncio keeps only weak references
+        tiers.on_revoked = self.recheck
+
+    def recheck(self, evicted: list[tuple[str, str]]) -> None:
+        """Look the entries a revocation evicted up again now, not when next presented.
+
+        Their next request then finds the answer cached (absent: refused at once) or joins the
+        lookup in flight, instead of starting it: a revoked session is refused sooner on every
+        worker. The lookup is the one a request would make, begun after the eviction (so it
+        reads the revoking commit) and subject to the same staleness checks; a forged or
+        harmless notification (an ``UPDATE``) costs that query and caches the session again.
+        """
+        for key, digest in evicted[:RECHECK_MAX]:
+            self._metrics.event("revocation_recheck")
+            task = asyncio.ensure_future(self._look_up(key, home_token(key), digest))
+            self._rechecks.add(task)
+            task.add_done_callback(self._rechecked)
+
+    def _rechecked(self, task: asyncio.Task[Verdict]) -> None:
+        self._rechecks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a revocation's recheck failed", exc_info=task.exception())
+
+    async def settled(self) -> None:
+        """Wait for the rechecks under way (tests; shutdown)."""
+        await asyncio.gather(*self._rechecks, return_exceptions=True)
 
     def cached(self, key: str) -> Entry | None:
         """The fast path: the live cached entry for a credential key, or ``None``.

@@ -89,6 +89,8 @@ class Tiers:
         self._outbox = Outbox(shared) if shared is not None else None
         self._by_digest: dict[str, Keys] = {}
         self._by_user: dict[str, Keys] = {}
+        # Hears the (key, digest) of the entries a revocation just evicted (``Decider.recheck``).
+        self.on_revoked: Callable[[list[tuple[str, str]]], None] | None = None
 
     @property
     def invalidations(self) -> int:
@@ -198,9 +200,14 @@ class Tiers:
 
     def _evict(self, keys: Iterable[str], event: str) -> None:
         self.metrics.event(event)
+        evicted = []
         for key in keys:
-            self.l1.pop(key)
+            entry = self.l1.pop(key)
+            if entry is not None:
+                evicted.append((key, entry.digest))
             self.metrics.event("eviction")
+        if evicted and self.on_revoked is not None:  # after the eviction: nothing serves them meanwhile
+            self.on_revoked(evicted)
 
     async def flush(self) -> None:
         """Forget everything cached: notifications may have been missed."""

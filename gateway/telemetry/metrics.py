@@ -65,7 +65,8 @@ class Metrics:
         self._events = Counter(
             "gateway_events",
             "Other events: singleflight_join, respelled_hit, invalidation_session, invalidation_user, "
-            "invalidation_flush, invalidation_flush_ignored, invalidation_ignored, eviction, listener_connect, "
+            "invalidation_flush, invalidation_flush_ignored, invalidation_ignored, eviction, revocation_recheck, "
+            "listener_connect, "
             "redis_uncacheable, rules_reload, rules_reload_failed.",
             ["event"],
             registry=r,

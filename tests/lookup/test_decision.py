@@ -21,7 +21,7 @@ from gateway.core.sessions import Reason, Session
 from gateway.credentials.cookie_cache import CookieCache
 from gateway.credentials.jwts import JwtVerifier
 from gateway.credentials.tokens import Verifier, cookie_credential, find_credential, header_credential, sign, token_hash
-from gateway.lookup.decision import Decider, judge
+from gateway.lookup.decision import RECHECK_MAX, Decider, judge
 from gateway.lookup.tiers import Tiers
 from tests.support.memory import Clock, MemorySource, session
 
@@ -301,6 +301,80 @@ async def test_a_cookie_cache_for_another_token_or_forged_is_a_miss() -> None:
     forged = compact("z" * 32)[:-2] + "AA"
     assert (await world.decide(with_cache("z" * 32, forged))).reason is Reason.unknown_session
     assert world.source.queries == 2
+
+
+# -- rechecks after a revocation ------------------------------------------------------------------
+
+
+async def test_a_revoked_entry_is_looked_up_again_at_once_and_then_refused_without_a_query() -> None:
+    """A revocation evicts and rechecks at once: the session's next request is refused from the negative cache."""
+    world = World()
+    credential = signed(TOKEN)
+    assert (await world.decide(credential)).reason is Reason.ok
+    del world.source.sessions[TOKEN]
+    world.tiers.invalidate_token(token_hash(TOKEN))
+    await world.decider.settled()
+    assert world.source.calls == [[TOKEN], [TOKEN]]  # the recheck, before any request
+    assert (await world.decide(credential)).reason is Reason.unknown_session
+    assert world.source.queries == 2
+    assert world.count("e", "revocation_recheck") == 1
+
+
+async def test_a_request_during_the_recheck_joins_it() -> None:
+    """The session's next request, arriving while the recheck's query runs, waits for that query."""
+    world = World()
+    credential = signed(TOKEN)
+    assert (await world.decide(credential)).reason is Reason.ok
+    del world.source.sessions[TOKEN]
+    world.source.gate.close()
+    world.tiers.invalidate_token(token_hash(TOKEN))
+    await asyncio.wait_for(world.source.gate.arrived(), 5)  # the recheck's query, with no request
+    request = asyncio.ensure_future(world.decide(credential))
+    await asyncio.sleep(0)
+    world.source.gate.open()
+    assert (await request).reason is Reason.unknown_session
+    assert world.source.queries == 2
+
+
+async def test_a_session_still_valid_after_its_notification_is_cached_again() -> None:
+    """An ``UPDATE``'s notification, or a forged one, costs the recheck's query and never a refusal."""
+    world = World()
+    credential = signed(TOKEN)
+    assert (await world.decide(credential)).reason is Reason.ok
+    world.tiers.invalidate_token(token_hash(TOKEN))
+    await world.decider.settled()
+    assert world.source.queries == 2  # the recheck's, before any request
+    assert (await world.decide(credential)).reason is Reason.ok
+    assert world.source.queries == 2  # the request was a hit
+
+
+async def test_a_revocation_during_the_recheck_keeps_its_answer_out_of_the_cache() -> None:
+    """The recheck is dated like any lookup: a revocation heard while it ran makes its answer uncached."""
+    world = World()
+    credential = signed(TOKEN)
+    assert (await world.decide(credential)).reason is Reason.ok
+    world.source.gate.close()
+    world.tiers.invalidate_token(token_hash(TOKEN))
+    await asyncio.wait_for(world.source.gate.arrived(), 5)  # the recheck's query, with no request
+    world.tiers.invalidate_user("alice")  # banned meanwhile, say: what the recheck read may be stale
+    world.source.gate.open()
+    await world.decider.settled()
+    assert (await world.decide(credential)).reason is Reason.ok
+    assert world.source.queries == 3  # asked again: the recheck's answer was not cached
+
+
+async def test_one_revocation_rechecks_a_bounded_number_of_entries() -> None:
+    """A user with more cached sessions than ``RECHECK_MAX``: that many are rechecked, the rest only evicted."""
+    world = World()
+    tokens = [f"{i:032d}" for i in range(RECHECK_MAX + 4)]
+    world.source.sessions |= dict.fromkeys(tokens, world.alice)
+    for token in tokens:
+        assert (await world.decide(signed(token))).reason is Reason.ok
+    world.source.calls.clear()
+    world.tiers.invalidate_user("alice")
+    await world.decider.settled()
+    assert sum(len(call) for call in world.source.calls) == RECHECK_MAX
+    assert len(world.tiers.l1) == RECHECK_MAX  # cached again; the rest wait for their next request
 
 
 # -- respellings ---------------------------------------------------------------------------------

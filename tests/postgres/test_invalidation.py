@@ -404,4 +404,6 @@ async def test_notifications_not_of_the_triggers_shape_are_ignored(
         assert res.tiers.epoch == epoch  # nothing heard, nothing remembered
         assert res.tiers.cached(cred(token).key) is not None
         await stranger.execute("select pg_notify($1, $2)", CHANNEL, "s:" + digest)  # the triggers' shape counts
-        await eventually(lambda: res.tiers.cached(cred(token).key) is None, within=1)
+        # Heard: evicted (and looked up again at once, which finds it valid: ``Decider.recheck``).
+        await eventually(lambda: res.tiers.revocations.token_lately(digest), within=1)
+        assert res.tiers.metrics._counts["e", "revocation_recheck"] == 1
