@@ -50,33 +50,22 @@ class Observer:
 
     @staticmethod
     def hit_request(scope: Scope) -> Request:
-        """A hit's request (its ID made only if asked for), not current: nothing it calls looks."""
+        """A request's correlation headers (its ID made only if asked for); a hit's is never made current."""
         headers = scope.headers
         return Request(headers.get("x-request-id"), headers.get("traceparent"))
 
     def echoed(self, headers: list[tuple[str, str]], request: Request) -> list[tuple[str, str]]:
-        """``/validate``'s ``headers``, with the request ID when it is echoed (a copy: the entry's list is shared)."""
+        """``/validate``'s ``headers``, with the request ID when it is echoed (a copy: lists are shared)."""
         return [*headers, ("x-request-id", request.id)] if self._echo else headers
 
     def hit(self, scope: Scope, request: Request, endpoint: str, user: str, seconds: float) -> None:
         """A hit's access line (a 200, ``ok``, for ``user``), when the access log is on."""
         if self.access.enabled:
-            method, host, path = self._what(scope, endpoint)
-            self.access.record(
-                request_id=request.id,
-                user=user,
-                method=method,
-                host=host,
-                path=path,
-                status=200,
-                reason=_OK,
-                seconds=seconds,
-            )
+            self._line(scope, request, endpoint, user=user, status=200, reason=_OK, seconds=seconds)
 
     def begin(self, scope: Scope) -> tuple[Request, Token[Request | None]]:
         """A request begins: its context (current until ``end``), counted in flight."""
-        headers = scope.headers
-        request = Request(headers.get("x-request-id"), headers.get("traceparent"))
+        request = self.hit_request(scope)
         if self._metrics is not None:
             self._metrics.in_flight += 1
         return request, CURRENT.set(request)
@@ -112,20 +101,24 @@ class Observer:
         if self._metrics is not None:
             self._metrics.decision_seconds.observe(endpoint, request.tier, seconds)
         if self.access.enabled:
-            method, host, original_path = self._what(scope, endpoint)
-            self.access.record(
-                request_id=request.id,
-                user=request.user,
-                method=method,
-                host=host,
-                path=original_path,
-                status=status,
-                reason=str(reason),
-                seconds=seconds,
-            )
-        if self._echo and endpoint == "validate":
-            return [*headers, ("x-request-id", request.id)]  # a copy: answers share constant lists
-        return headers
+            self._line(scope, request, endpoint, user=request.user, status=status, reason=str(reason), seconds=seconds)
+        return self.echoed(headers, request) if endpoint == "validate" else headers
+
+    def _line(  # noqa: PLR0913  (the request and its answer)
+        self, scope: Scope, request: Request, endpoint: str, *, user: str, status: int, reason: str, seconds: float
+    ) -> None:
+        """The access line of a decided request: a hit's or the pipeline's, the same fields."""
+        method, host, path = self._what(scope, endpoint)
+        self.access.record(
+            request_id=request.id,
+            user=user,
+            method=method,
+            host=host,
+            path=path,
+            status=status,
+            reason=reason,
+            seconds=seconds,
+        )
 
     def _what(self, scope: Scope, endpoint: str) -> tuple[str, str, str]:
         """Method, host and path (never the query) of what was asked: for forward auth, the original request."""
