@@ -106,7 +106,10 @@ class PipelinedReads:
         pipe = self._pipe
         if pipe is None or pipe.failure is not None:
             self._pipe = None
-            if not self._tasks:  # else a reconnection is on its way, and flushes once done
+            # Else a reconnection is on its way, and flushes once done. One that has just ended is
+            # still in the set until its done-callback runs: a flush in between would strand the
+            # keys asked meanwhile (nothing would flush them), so only a running one counts.
+            if all(task.done() for task in self._tasks):
                 task = asyncio.ensure_future(self._reconnect())
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
