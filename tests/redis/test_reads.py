@@ -12,12 +12,15 @@ import redis.asyncio as aioredis
 
 from gateway.config import load_settings
 from gateway.redis.client import connect
+from gateway.redis.reads import PipelinedReads
 from gateway.redis.tier import RedisTier
 from gateway.resources import value_configuration
 from tests.redis.test_tier import ENV, digest, session
+from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
+    from gateway.core.errors import CacheUnavailable
     from tests.support.redis import RedisServer
 
 
@@ -127,3 +130,45 @@ async def test_reads_before_the_first_connection_wait_for_it(own_redis: RedisSer
         assert await clients_of(own_redis.url) == 1
     finally:
         await tier.close()
+
+
+async def test_a_read_asked_as_a_failed_reconnection_ends_is_answered() -> None:
+    """A read asked after a failed reconnection's last step, while a flush waits, is a miss: never stranded.
+
+    The order that stranded it (test_scaling's Redis-cut instance hung): a flush queued before the
+    reconnection's last step, which takes the reads asked so far; a read asked after that step,
+    which the queued flush must send, though the ended reconnection's task is still in the set
+    (its done-callback runs a tick later). Nothing listens on the port: each attempt fails at once.
+    """
+    client = connect(f"redis://127.0.0.1:{free_port()}/0", timeout_s=1, pool_max_size=1)
+    failures: list[CacheUnavailable] = []
+    reads = PipelinedReads(
+        client,
+        "gwt:generation",
+        timeout_s=1,
+        max_size=100,
+        decode=lambda _keys, _values: None,
+        failed=failures.append,
+        observe=lambda _seconds: None,
+    )
+    loop = asyncio.get_running_loop()
+    asked: list[asyncio.Future[Any]] = []
+
+    def as_the_attempt_fails(_attempt: object) -> None:
+        # This tick queued the reconnection's last step; what is queued now runs after it.
+        loop.call_soon(lambda: asked.append(reads.get("after its last step")))
+        asked.append(reads.get("before its last step"))  # queues the flush, behind the read above
+
+    try:
+        first = reads.get("first")
+        while reads._connecting is None:  # noqa: SLF001  (the attempt whose end is the race)
+            await asyncio.sleep(0)
+        reads._connecting.add_done_callback(as_the_attempt_fails)  # noqa: SLF001
+        assert await asyncio.wait_for(first, 5) is None
+        await asyncio.sleep(0)
+        assert len(asked) == 2
+        assert await asyncio.wait_for(asyncio.gather(*asked), 5) == [None, None]
+        assert failures  # each attempt said so (the tier degrades on it)
+    finally:
+        await reads.close()
+        await client.aclose()
