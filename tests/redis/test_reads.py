@@ -140,7 +140,7 @@ async def test_a_read_asked_as_a_failed_reconnection_ends_is_answered() -> None:
     which the queued flush must send, though the ended reconnection's task is still in the set
     (its done-callback runs a tick later). Nothing listens on the port: each attempt fails at once.
     """
-    client = connect(f"redis://127.0.0.1:{free_port()}/0", timeout_s=1, pool_max_size=1)
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
     failures: list[CacheUnavailable] = []
     reads = PipelinedReads(
         client,
@@ -161,9 +161,11 @@ async def test_a_read_asked_as_a_failed_reconnection_ends_is_answered() -> None:
 
     try:
         first = reads.get("first")
-        while reads._connecting is None:  # noqa: SLF001  (the attempt whose end is the race)
-            await asyncio.sleep(0)
-        reads._connecting.add_done_callback(as_the_attempt_fails)  # noqa: SLF001
+        await asyncio.sleep(0)  # the flush starts the reconnection,
+        await asyncio.sleep(0)  # whose first step starts the attempt
+        attempt = reads._connecting  # the attempt whose end is the race
+        assert attempt is not None
+        attempt.add_done_callback(as_the_attempt_fails)
         assert await asyncio.wait_for(first, 5) is None
         await asyncio.sleep(0)
         assert len(asked) == 2
