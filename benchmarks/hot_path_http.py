@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from urllib.parse import quote
 import httpx
 
 from benchmarks.http_compare import RESULTS, ROOT, granian, setup_database, wrk
+from benchmarks.http_load import start_server
 from benchmarks.revocation import git_commit
 from gateway.credentials.tokens import sign
 from tests.support.credentials import SECRET
@@ -61,21 +61,6 @@ ROWS = [
     Row("get-session, L1 hit (bearer)", "GET", "/api/auth/get-session", "Authorization", 0.75),
     Row("/v1/validate, L1 hit (bearer)", "POST", "/v1/validate", "Authorization", 0.70),
 ]
-
-
-def start(command: list[str], env: dict[str, str], port: int, tree: Path) -> subprocess.Popen[bytes]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DATABASE_URL", "REDIS_URL"))}
-    proc = subprocess.Popen(["taskset", "-c", "0", *command], env=clean | env | {"PYTHONPATH": str(tree)}, cwd=tree)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-        except httpx.TransportError:
-            time.sleep(0.1)
-        else:
-            return proc
-    proc.kill()
-    raise RuntimeError(f"{command} did not start")
 
 
 async def warm(port: int, row: Row, values: list[str]) -> None:
@@ -117,7 +102,7 @@ def measure(args: argparse.Namespace) -> tuple[list[float], dict[str, dict[str, 
     results: dict[str, dict[str, float]] = {}
 
     def floor() -> None:
-        proc = start(granian("benchmarks.apps.floor:app", port), {}, port, ROOT)
+        proc = start_server(granian("benchmarks.apps.floor:app", port), {}, port, ROOT)
         try:
             script = folder / "floor.lua"
             script.write_text(LUA % {"values": folder / "Cookie", "method": "GET", "path": "/validate", "header": "X"})
@@ -132,7 +117,7 @@ def measure(args: argparse.Namespace) -> tuple[list[float], dict[str, dict[str, 
         floor()
         for label, tree in trees.items():
             serve = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "1"]
-            proc = start(serve, env, port, tree)
+            proc = start_server(serve, env, port, tree)
             try:
                 for row in ROWS:
                     asyncio.run(warm(port, row, values[row.header]))

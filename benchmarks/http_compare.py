@@ -44,7 +44,7 @@ from typing import NamedTuple
 import asyncpg
 import httpx
 
-from benchmarks.http_load import Result, each_once, lua, wrk
+from benchmarks.http_load import Result, each_once, lua, start_server, wrk
 from benchmarks.revocation import git_commit
 from gateway.postgres import seed
 from tests.support.credentials import SECRET, SESSION_COOKIE, cookie_pair
@@ -169,20 +169,7 @@ def configs(port: int, dsn: str, redis_url: str) -> list[Config]:
 
 def start(config: Config, port: int) -> subprocess.Popen[bytes]:
     """Start a configuration's server pinned to CPU 0; return once it answers (anything) over HTTP."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DATABASE_URL", "REDIS_URL"))}
-    env |= config.env | {"PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(["taskset", "-c", "0", *config.command], env=env, cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-        except httpx.TransportError:
-            time.sleep(0.1)
-        else:
-            return proc
-    proc.kill()
-    msg = f"{config.name} did not start"
-    raise RuntimeError(msg)
+    return start_server(config.command, config.env, port, ROOT, name=config.name)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

@@ -1,4 +1,4 @@
-"""The HTTP comparison's load: wrk for the measurement, a bare asyncio client for everything else.
+"""The HTTP comparison's load, and the server it loads: wrk for the measurement, a bare asyncio client for the rest.
 
 - ``wrk``: one configuration's figures (``wrk -t1 --latency`` pinned to CPU 1, a Lua script that
   sends each request with a credential drawn at random from a file, and in a mixed run 4 % unknown
@@ -8,19 +8,28 @@
   requests). A dropped connection (a reset, a close under load) is reopened and its request sent
   again while the server keeps answering: the FastAPI reference's warm-up once died of one (see
   ``each_once``).
+- ``start_server``: the server under that load, pinned to CPU 0 (wrk has CPU 1), returned once
+  ``/healthz`` answers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import re
 import subprocess
 import time
 from collections import deque
 from typing import TYPE_CHECKING, NamedTuple
 
+import httpx
+
 if TYPE_CHECKING:
     from pathlib import Path
+
+# What the server must not inherit from this shell: its configuration is the benchmark's alone.
+INHERITED = ("GATEWAY_", "DATABASE_URL", "REDIS_URL")
 
 LUA = """
 local valid, unknown = {}, {}
@@ -56,6 +65,40 @@ def lua(  # noqa: PLR0913  (what the script needs, by name)
     body = '""' if method == "POST" else "nil"  # wrk then sends Content-Length: 0
     values = {"valid": valid, "unknown": unknown, "garbage": garbage, "method": method, "path": path}
     return LUA % (values | {"header": header, "mixed": str(mixed).lower(), "body": body})
+
+
+def start_server(  # noqa: PLR0913  (what a benchmark varies, by name)
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    tree: Path,
+    *,
+    log: Path | None = None,
+    timeout_s: float = 30.0,
+    drop: tuple[str, ...] = INHERITED,
+    name: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``command`` pinned to CPU 0 from ``tree``; return it once ``/healthz`` answers (anything).
+
+    Its environment is this process's without the variables starting with one of ``drop``, then
+    ``env``, then ``PYTHONPATH=tree`` (so that ``tree``'s gateway is the one that runs). Its output
+    is appended to ``log``, or left on this process's. If nothing answers within ``timeout_s``,
+    the process is killed and ``RuntimeError`` names it (``name``, else the command).
+    """
+    full = {k: v for k, v in os.environ.items() if not k.startswith(drop)} | env | {"PYTHONPATH": str(tree)}
+    with log.open("ab") if log else contextlib.nullcontext() as out:
+        proc = subprocess.Popen(["taskset", "-c", "0", *command], env=full, cwd=tree, stdout=out, stderr=out)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        except httpx.TransportError:
+            time.sleep(0.1)
+        else:
+            return proc
+    proc.kill()
+    msg = f"{name or command} did not start" + (f": see {log}" if log else "")
+    raise RuntimeError(msg)
 
 
 def wrk(port: int, script: Path, duration: float, connections: int) -> Result:

@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -33,27 +32,10 @@ import httpx
 import psutil
 
 from benchmarks.http_compare import ROOT, SESSIONS, granian, setup_database
-from benchmarks.http_load import lua
+from benchmarks.http_load import INHERITED, lua, start_server
 from tests.support.credentials import SECRET
 from tests.support.ports import free_port
 from tests.support.postgres import drop_database
-
-
-def start(command: list[str], env: dict[str, str], port: int, pythonpath: Path, log: Path) -> subprocess.Popen[bytes]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "DATABASE_URL", "REDIS_URL", "OTEL_"))}
-    full |= env | {"PYTHONPATH": str(pythonpath)}
-    with log.open("ab") as out:
-        proc = subprocess.Popen(["taskset", "-c", "0", *command], env=full, cwd=pythonpath, stdout=out, stderr=out)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-        except httpx.TransportError:
-            time.sleep(0.1)
-        else:
-            return proc
-    proc.kill()
-    raise RuntimeError(f"{command} did not start: see {log}")
 
 
 async def warm(port: int, tokens: list[str]) -> None:
@@ -161,7 +143,10 @@ def main() -> None:
     try:
         for run in range(args.runs):
             for name, command, env, tree in configs if run % 2 == 0 else reversed(configs):
-                proc = start(command, env, port, tree, folder / "server.log")
+                # OTEL_* too: only the tracing rows set them. 60 s: patience for a busy machine, as in ``warm``.
+                proc = start_server(
+                    command, env, port, tree, log=folder / "server.log", timeout_s=60, drop=(*INHERITED, "OTEL_")
+                )
                 try:
                     if name != "floor":
                         asyncio.run(warm(port, tokens))
