@@ -24,8 +24,13 @@ and control characters whose meaning depends on how many times a part decodes th
 
 from __future__ import annotations
 
+import functools
 import re
 import string
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 # Visible ASCII minus what no proxy passes unambiguously: "\" (a "/" to some servers), "," (two
@@ -41,6 +46,26 @@ _HOST = re.compile(
 _METHOD = re.compile(r"[A-Z][A-Z_-]{0,31}")
 
 
+def _memoised(longest: int) -> Callable[[Callable[[str], str | None]], Callable[[str], str | None]]:
+    """Remember a pure function's answers for texts up to ``longest`` characters.
+
+    Every forward-auth request asks about the same few hosts and paths; a text an attacker makes
+    long to fill the memory is answered without being remembered.
+    """
+
+    def wrap(function: Callable[[str], str | None]) -> Callable[[str], str | None]:
+        cached = functools.lru_cache(maxsize=4096)(function)
+
+        @functools.wraps(function)
+        def answer(text: str) -> str | None:
+            return cached(text) if len(text) <= longest else function(text)
+
+        return answer
+
+    return wrap
+
+
+@_memoised(longest=300)  # a DNS name has at most 253 characters, and a port 6
 def hostname(host: str) -> str | None:
     """The host's name as DNS compares it (lower case, no trailing dot, no port), or ``None``."""
     match = _HOST.fullmatch(host.lower())
@@ -54,6 +79,7 @@ def method(text: str) -> str | None:
     return text if _METHOD.fullmatch(text) else None
 
 
+@_memoised(longest=512)
 def uri(text: str) -> str | None:
     """A request target in origin form (``/path?query``) that every reading agrees on, or ``None``."""
     path, mark, query = text.partition("?")

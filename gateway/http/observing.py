@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 from gateway.core.sessions import Reason
-from gateway.http.original import original_request
+from gateway.http.original import original_target
 from gateway.telemetry.access import AccessLog
 from gateway.telemetry.requests import CURRENT, Request
 
@@ -109,23 +109,14 @@ class Observer:
     ) -> None:
         """The access line of a decided request: a hit's or the pipeline's, the same fields."""
         method, host, path = self._what(scope, endpoint)
-        self.access.record(
-            request_id=request.id,
-            user=user,
-            method=method,
-            host=host,
-            path=path,
-            status=status,
-            reason=reason,
-            seconds=seconds,
-        )
+        self.access.line(request.id, user, method, host, path, status, reason, seconds)
 
     def _what(self, scope: Scope, endpoint: str) -> tuple[str, str, str]:
         """Method, host and path (never the query) of what was asked: for forward auth, the original request."""
         headers = cast("Headers", scope.headers)  # granian's stub lacks get_all, which it has
         if endpoint != "validate":
             return scope.method, headers.get("host") or "", scope.path
-        original = original_request(
+        original = original_target(
             proxy=self._proxy,
             method=scope.method,
             scheme=scope.scheme,

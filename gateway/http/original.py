@@ -93,21 +93,50 @@ def original_request(  # noqa: PLR0913  (the request's parts, each named)
     the peer says can be believed (see the module docstring).
     """
     peer_ip = parse_ip(peer)
-    if proxy == "envoy" and ("?" in path or "#" in path):
-        return None  # decoded by granian: see _from_envoy
-    request = Original(method, scheme, headers.get("host") or "", path + (f"?{query}" if query else ""), "")
-    if not trusted(peer_ip, networks):
-        return None if proxy else _checked(*request[:4], str(peer_ip or ""))
-    request = request._replace(client_ip=client_ip(peer_ip, headers.get, networks))
-    if not proxy:
-        return _guess(request, headers) if path == "/validate" or path.startswith("/validate/") else None
-    original = _from_proxy(proxy, path, request, headers)
-    if original is None:
-        return None
+    believed = trusted(peer_ip, networks)
+    client = client_ip(peer_ip, headers.get, networks) if believed else str(peer_ip or "")
+    original = _read(proxy, method, scheme, path, query, headers, believed=believed, client=client)
+    if original is None or not proxy or not believed:
+        return original  # untrusted with a proxy is None already; no proxy: no override is read
     overrides = method_overrides(original.uri, headers)
     if overrides is None:
         return None
     return original._replace(overrides=overrides) if overrides else original
+
+
+def original_target(  # noqa: PLR0913  (the request's parts, each named)
+    *,
+    proxy: Proxy,
+    method: str,
+    scheme: str,
+    path: str,
+    query: str,
+    peer: str,
+    headers: Headers,
+    networks: Sequence[Network],
+) -> Original | None:
+    """What an access line names of a forward-auth call: ``original_request``'s reading.
+
+    The same method, host and URI, read from the same headers under the same trust, without what
+    only a rule needs: the client's address (left empty) and the method overrides (which only ever
+    refuse). It costs a line a few microseconds less.
+    """
+    believed = trusted(parse_ip(peer), networks)
+    return _read(proxy, method, scheme, path, query, headers, believed=believed, client="")
+
+
+def _read(  # noqa: PLR0913, PLR0917  (the request's parts, each named)
+    proxy: Proxy, method: str, scheme: str, path: str, query: str, headers: Headers, *, believed: bool, client: str
+) -> Original | None:
+    """The original request as the proxy describes it (``believed``: its peer is a trusted proxy)."""
+    if proxy == "envoy" and ("?" in path or "#" in path):
+        return None  # decoded by granian: see _from_envoy
+    request = Original(method, scheme, headers.get("host") or "", path + (f"?{query}" if query else ""), client)
+    if not believed:
+        return None if proxy else _checked(*request[:5])
+    if not proxy:
+        return _guess(request, headers) if path == "/validate" or path.startswith("/validate/") else None
+    return _from_proxy(proxy, path, request, headers)
 
 
 def _from_proxy(proxy: Proxy, path: str, request: Original, headers: Headers) -> Original | None:

@@ -6,11 +6,14 @@ import asyncio
 import io
 import json
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
+import msgspec
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
-from gateway.telemetry.access import _BATCH, AccessLog
+from gateway.telemetry.access import _BATCH, _FLUSH_S, AccessLog
 from gateway.telemetry.logs import JSONFormatter
 
 if TYPE_CHECKING:
@@ -44,9 +47,9 @@ def access() -> Iterator[tuple[Lines, Lines]]:
         logger.setLevel(level)
 
 
-def record(log: AccessLog, **overrides: str) -> None:
-    fields = {"user": "u1", "method": "GET", "host": "app.example.com", "path": "/admin"} | overrides
-    log.record(request_id="rid-1", status=200, reason="ok", seconds=0.00123, **fields)
+def record(log: AccessLog, **overrides: Any) -> None:
+    fields: dict[str, Any] = {"user": "u1", "method": "GET", "host": "app.example.com", "path": "/admin"}
+    log.record(request_id="rid-1", status=200, reason="ok", **({"seconds": 0.00123} | fields | overrides))
 
 
 def test_a_line_has_every_field(access: tuple[Lines, Lines]) -> None:
@@ -111,7 +114,7 @@ def only(handler: logging.Handler) -> None:
     logging.getLogger("gateway.access").handlers[:] = [handler]
 
 
-def through_logging(handler: logging.Handler, **overrides: str) -> str:
+def through_logging(handler: logging.Handler, **overrides: Any) -> str:
     """The line ``logging`` itself writes for ``record``'s fields, through ``handler``'s formatter."""
     lines = Lines(cast("logging.Formatter", handler.formatter))
     only(lines)  # not a StreamHandler: through logging
@@ -120,34 +123,77 @@ def through_logging(handler: logging.Handler, **overrides: str) -> str:
     return lines.lines[0]
 
 
+# Clean values (every field as it is: the line put together without an encoder) and hostile ones.
+CASES = [{}, {"user": ""}, {"host": 'evil\r\n"x"', "user": ""}, {"path": "/" + "p" * 600}, {"user": "\ud800\u2028"}]
+
+
+@pytest.mark.parametrize("overrides", CASES)
 @pytest.mark.parametrize("text", [False, True])
 async def test_batched_lines_are_the_lines_logging_writes(
-    plain: tuple[io.StringIO, logging.StreamHandler[io.StringIO]], *, text: bool
+    plain: tuple[io.StringIO, logging.StreamHandler[io.StringIO]], *, text: bool, overrides: dict[str, str]
 ) -> None:
     """With the plain handler, a line is formatted here: the same JSON (fields in order) or text as ``logging``'s."""
     stream, handler = plain
     if text:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    hostile = {"host": 'evil\r\n"x"', "user": ""}
-    expected = through_logging(handler, **hostile)
+    expected = through_logging(handler, **overrides)
     log = AccessLog(enabled=True)
     log.open(asyncio.get_running_loop())
-    record(log, **hostile)
-    assert stream.getvalue() == ""  # buffered until the loop's next tick
-    await asyncio.sleep(0)
-    (written,) = stream.getvalue().splitlines()
+    record(log, **overrides)
+    assert stream.getvalue() == ""  # buffered for _FLUSH_S
+    await asyncio.sleep(_FLUSH_S * 2)
+    (written,) = stream.getvalue().split("\n")[:-1]
     if text:
         assert written == expected
     else:
-        ours, theirs = json.loads(written), json.loads(expected)
-        assert ours.pop("time")[:16] == theirs.pop("time")[:16]  # to the minute: a second may have ticked
-        assert list(ours.items()) == list(theirs.items())
+        same_line(written, expected)
+
+
+def same_line(ours: str, theirs: str) -> None:
+    """The same JSON, fields in order, to the minute (a second may have ticked between the two)."""
+    mine, expected = json.loads(ours), json.loads(theirs)
+    assert mine.pop("time")[:16] == expected.pop("time")[:16]
+    assert list(mine.items()) == list(expected.items())
+
+
+field = st.text(st.characters(codec="utf-8"), max_size=40) | st.text(max_size=600)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=field, host=field, path=field, user=field, seconds=st.floats(0, 1e6))
+@example(method="GET", host="a.example", path="/", user="u", seconds=0.0)
+@example(method="GET", host="a.example", path="/", user="u", seconds=1e-7)
+def test_any_fields_make_the_json_line_logging_writes(
+    plain: tuple[io.StringIO, logging.StreamHandler[io.StringIO]],
+    method: str,
+    host: str,
+    path: str,
+    user: str,
+    seconds: float,
+) -> None:
+    """Whatever the client's fields: one valid JSON line, with the fields ``JSONFormatter`` writes, in order."""
+    stream, handler = plain
+    stream.seek(0)
+    stream.truncate()
+    fields = {"method": method, "host": host, "path": path, "user": user, "seconds": seconds}
+    expected = through_logging(handler, **fields)
+    log, loop = AccessLog(enabled=True), asyncio.new_event_loop()
+    try:
+        log.open(loop)  # never runs: close writes the line
+        record(log, **fields)
+        log.close()
+    finally:
+        loop.close()
+    (written,) = stream.getvalue().split("\n")[:-1]
+    msgspec.json.decode(written)  # strict: valid JSON
+    same_line(written, expected)
 
 
 async def test_lines_are_written_in_order_in_one_write_and_close_writes_the_rest(
     plain: tuple[io.StringIO, logging.StreamHandler[io.StringIO]],
 ) -> None:
-    """A tick's lines go in one write, in order; a full batch goes at once; close writes what is left."""
+    """Lines waiting go in one write, in order, after _FLUSH_S (not at the next tick: granian's requests
+    come one a tick); a full batch goes at once; close writes what is left."""
     stream, handler = plain
     only(handler)
     writes: list[str] = []
@@ -163,11 +209,14 @@ async def test_lines_are_written_in_order_in_one_write_and_close_writes_the_rest
     for n in range(3):
         log.record(request_id=f"r{n}", user="u", method="GET", host="h", path="/", status=200, reason="ok", seconds=0)
     await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert writes == []  # a tick later, still waiting
+    await asyncio.sleep(_FLUSH_S * 2)
     assert len(writes) == 1
-    for n in range(3, 3 + _BATCH + 2):  # a full batch is written without waiting for the tick
+    for n in range(3, 3 + _BATCH + 2):  # a full batch is written without waiting
         log.record(request_id=f"r{n}", user="u", method="GET", host="h", path="/", status=200, reason="ok", seconds=0)
     assert len(writes) == 2
-    log.close()  # no tick ran: the last two lines are written by close
+    log.close()  # the last two lines, not yet due, are written by close
     assert len(writes) == 3
     ids = [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()]
     assert ids == [f"r{n}" for n in range(3 + _BATCH + 2)]
@@ -178,4 +227,4 @@ async def test_another_handler_on_the_way_gets_records_one_at_a_time(access: tup
     log = AccessLog(enabled=True)
     log.open(asyncio.get_running_loop())
     record(log)
-    assert len(access[0].lines) == 1  # at once, no tick
+    assert len(access[0].lines) == 1  # at once, no waiting
