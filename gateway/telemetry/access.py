@@ -18,8 +18,8 @@ lines are formatted here, as its formatter would (JSON put together directly, an
 through the formatter), and written together ``_FLUSH_S`` after the first of them waits
 (``loop.call_later``), or as soon as ``_BATCH`` wait, in order, as nginx's ``access_log ...
 buffer= flush=`` does. Not once per loop tick: granian hands each request to the loop on its own
-wake-up, so a tick mostly holds one request, and a write per line cost more than the line
-(``benchmarks/results/observability-20261130-buffered.md``). ``close`` writes what is left. Any
+wake-up, so a tick holds few (under load, a dozen lines a write were counted; ~100 now:
+``benchmarks/results/observability-20261130-session7.md``). ``close`` writes what is left. Any
 other set-up (a test's handler, an operator's ``dictConfig``) gets the records through
 ``logging``, one at a time, as before.
 """
