@@ -1,6 +1,7 @@
 """What observability costs on the hit path: the /validate L1 hit's ratio to the floor, features off and on.
 
     python -m benchmarks.observability [--runs 3] [--duration 8] [--connections 64] [--before <commit>]
+                                       [--before-all-on]
 
 One run measures, each as ``benchmarks.http_compare`` does (server pinned to CPU 0, wrk to CPU 1,
 alternating order, medians): the floor; the gateway at ``--before`` (the commit before the
@@ -8,7 +9,9 @@ observability work, checked out into a temporary folder); this tree with its def
 decision-latency histogram, the in-flight gauge, build_info and process series: always on);
 with OpenTelemetry tracing on as well (an OTLP endpoint set: no span is made on an L1 hit); and
 with everything on (tracing, ``GATEWAY_ACCESS_LOG=on``, ``GATEWAY_REQUEST_ID_HEADER=on``: each
-hit, still on the hit path, echoes its ID and writes an access line, to a file). Only ratios to the floor
+hit, still on the hit path, echoes its ID and writes an access line, to a file); with
+``--before-all-on``, the ``--before`` commit with everything on too (to compare what a line costs
+before and after a change, in the same run). Only ratios to the floor
 of the same run are compared: throughput, and, steadier on a shared machine, the server's CPU
 time per request (every process of it, from ``/proc``): the floor's CPU per request over the
 configuration's is the share of the floor's speed it would reach on a core of its own.
@@ -83,19 +86,26 @@ def checkout(commit: str, folder: Path) -> Path:
     return folder
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
+    """The command line; ``--before`` defaults to where this branch left main."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=2000, help="distinct sessions the load cycles through")
     parser.add_argument("--before", default=None, help="default: where this branch left main")
+    parser.add_argument("--before-all-on", action="store_true", help="also run --before with everything on")
     args = parser.parse_args()
     if args.before is None:
         base = subprocess.run(
             ["git", "merge-base", "HEAD", "main"], cwd=ROOT, check=True, capture_output=True, text=True
         )
         args.before = base.stdout.strip()[:10]
+    return args
+
+
+def main() -> None:
+    args = arguments()
     os.sched_setaffinity(0, {1})
     admin_dsn, dsn, tokens = asyncio.run(setup_database())
     tokens = tokens[: args.tokens]
@@ -127,18 +137,16 @@ def main() -> None:
     }
     tracing = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
     serve = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--workers", "1"]
+    everything = gateway | tracing | {"GATEWAY_ACCESS_LOG": "on", "GATEWAY_REQUEST_ID_HEADER": "on"}
     configs = [
         ("floor", granian("benchmarks.apps.floor:app", port), {}, ROOT),
         (f"before ({args.before})", serve, gateway, before),
         ("defaults (metrics on)", serve, gateway, ROOT),
         ("+ tracing on", serve, gateway | tracing, ROOT),
-        (
-            "+ access log, request ID header",
-            serve,
-            gateway | tracing | {"GATEWAY_ACCESS_LOG": "on", "GATEWAY_REQUEST_ID_HEADER": "on"},
-            ROOT,
-        ),
+        ("+ access log, request ID header", serve, everything, ROOT),
     ]
+    if args.before_all_on:
+        configs.append((f"before ({args.before}), everything on", serve, everything, before))
     results: dict[str, list[Result]] = {}
     try:
         for run in range(args.runs):
