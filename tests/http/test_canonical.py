@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.http import canonical
 
@@ -140,3 +144,23 @@ def test_methods() -> None:
     assert canonical.method("VERSION-CONTROL") == "VERSION-CONTROL"
     for bad in ("get", "GET, POST", "", "G E", "GET\r\n"):
         assert canonical.method(bad) is None
+
+
+HOSTISH = st.text(st.sampled_from("aZ0_.-:[]9%é \u212a"), max_size=12)  # K (KELVIN SIGN) lowers to "k"
+texts = st.one_of(
+    HOSTISH,
+    st.text(max_size=20),
+    st.builds(lambda n, tail: "a" * n + tail, st.integers(290, 310), HOSTISH),  # around hostname's bound
+    st.builds(lambda n, tail: "/" + "p" * n + tail, st.integers(505, 515), st.sampled_from(["", "?q=1", "%2F", "/."])),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(texts)
+def test_memoised_answers_are_the_functions_answers(text: str) -> None:
+    """``hostname`` and ``uri`` remember answers (ddc567b): the first and the remembered answer are the
+    unmemoised function's, on either side of the length each remembers up to."""
+    for function in (canonical.hostname, canonical.uri):
+        plain = inspect.unwrap(function)(text)  # the function functools.wraps wrapped
+        assert function(text) == plain
+        assert function(text) == plain  # the second time, from memory

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from gateway.core.networks import parse_networks
+from gateway.core.networks import parse_ip, parse_networks
 from gateway.core.sessions import Session
+from gateway.http import original as reading
 from gateway.http import policy
-from gateway.http.original import Original, Proxy, original_request
+from gateway.http.addresses import client_ip, trusted
+from gateway.http.original import Original, Proxy, original_request, original_target
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from gateway.core.networks import Network
 
 LOOPBACK = parse_networks("127.0.0.0/8,::1/128")
 
@@ -576,3 +586,105 @@ def test_every_spelling_php_reads_as_an_override_is_judged(
         plain = ask("nginx", ("X-Original-URL", f"https://app.test/items/7{other}"), ("X-Original-Method", "POST"))
         assert plain is not None
         assert plain.methods == {"POST"}, other
+
+
+def original_request_as_composed_before(
+    *,
+    proxy: Proxy,
+    method: str,
+    scheme: str,
+    path: str,
+    query: str,
+    peer: str,
+    headers: Headers,
+    networks: Sequence[Network],
+) -> Original | None:
+    """``original_request`` as it was composed before ``_read`` was shared with ``original_target`` (ddc567b^)."""
+    peer_ip = parse_ip(peer)
+    if proxy == "envoy" and ("?" in path or "#" in path):
+        return None
+    request = Original(method, scheme, headers.get("host") or "", path + (f"?{query}" if query else ""), "")
+    if not trusted(peer_ip, networks):
+        return None if proxy else reading._checked(*request[:4], str(peer_ip or ""))
+    request = request._replace(client_ip=client_ip(peer_ip, headers.get, networks))
+    if not proxy:
+        return reading._guess(request, headers) if path == "/validate" or path.startswith("/validate/") else None
+    original = reading._from_proxy(proxy, path, request, headers)
+    if original is None:
+        return None
+    overrides = reading.method_overrides(original.uri, headers)
+    if overrides is None:
+        return None
+    return original._replace(overrides=overrides) if overrides else original
+
+
+# What each proxy sets, for the differential below to start from (then some dropped, others added).
+PROXY_HEADERS: dict[Proxy, list[tuple[str, str]]] = {
+    "": [("x-original-url", "https://app.example.com/admin?q=1"), ("x-forwarded-uri", "/a"), ("x-original-uri", "/p")],
+    "nginx": [("x-original-url", "https://app.example.com/admin?q=1"), ("x-original-method", "POST")],
+    "ingress-nginx": [("x-original-url", "http://app.example.com/x"), ("x-original-method", "GET")],
+    "traefik": [*TRAEFIK],
+    "caddy": [("x-forwarded-method", "PUT"), ("x-forwarded-proto", "http"), ("x-forwarded-uri", "/r?_method=patch")],
+    "envoy": [("x-forwarded-proto", "https")],
+}
+HEADER_NAMES = [
+    "host", "x-original-url", "x-original-method", "x-forwarded-method", "x-forwarded-proto", "x-forwarded-host",
+    "x-forwarded-uri", "x-forwarded-for", "x-original-uri", "x-http-method-override", "X_HTTP_METHOD", "x-real-ip",
+]  # fmt: skip
+HEADER_VALUES = [
+    "", "GET", "POST", "delete", "DELETE, PUT", "https", "app.example.com", "APP.example.com.:443", "a..b", "/admin",
+    "/admin?_method=DELETE", "/a%2Fb", "//x/../y", "https://app.example.com/admin?x=1", "127.0.0.1",
+    "1.2.3.4, 127.0.0.1", "junk, 10.0.0.1", "[::1]", "/x?.method=PUT", "ftp://h/x", " /x", "\x00",
+]  # fmt: skip
+header = st.tuples(st.sampled_from(HEADER_NAMES), st.sampled_from(HEADER_VALUES) | st.text(max_size=16))
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    proxy=st.sampled_from(list(PROXY_HEADERS)),
+    dropped=st.sets(st.integers(0, 3), max_size=2),
+    added=st.lists(header, max_size=4),
+    host=st.sampled_from(["app.example.com", "gw.internal", "", "a..b"]),
+    method=st.sampled_from(["GET", "POST", "get"]),
+    path=st.sampled_from(["/validate", "/validate/", "/validate/admin", "/validate/a?b", "/validate/x/../y", "/other"]),
+    query=st.sampled_from(["", "_method=DELETE", "a=1", ".method=PUT", "_method="]),
+    peer=st.sampled_from(["127.0.0.1:5", "[::1]:5", "10.0.0.1:5", "", "junk"]),
+    networks=st.sampled_from([LOOPBACK, (), parse_networks("0.0.0.0/0,::/0")]),
+)
+def test_original_request_answers_as_before_and_original_target_names_the_same(
+    proxy: Proxy,
+    dropped: set[int],
+    added: list[tuple[str, str]],
+    host: str,
+    method: str,
+    path: str,
+    query: str,
+    peer: str,
+    networks: Sequence[Network],
+) -> None:
+    """``original_request`` decides access: sharing ``_read`` with the access line (ddc567b) must not change an
+    answer, for any proxy, trusted or not, with headers missing, repeated or added, and overrides. And the
+    access line's ``original_target`` names the same method, host and URI whenever there is an answer."""
+    pairs = [("host", host)] if host else []
+    pairs += [p for i, p in enumerate(PROXY_HEADERS[proxy]) if i not in dropped] + added
+    headers = Headers(pairs)
+
+    def read(function: Callable[..., Original | None]) -> Original | None:
+        return function(
+            proxy=proxy,
+            method=method,
+            scheme="http",
+            path=path,
+            query=query,
+            peer=peer,
+            headers=headers,
+            networks=networks,
+        )
+
+    answer = read(original_request)
+    assert answer == read(original_request_as_composed_before)
+    if answer is not None:
+        target = read(original_target)
+        assert target is not None
+        assert target[:4] == answer[:4]
+        assert target.client_ip == ""

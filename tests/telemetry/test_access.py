@@ -228,3 +228,52 @@ async def test_another_handler_on_the_way_gets_records_one_at_a_time(access: tup
     log.open(asyncio.get_running_loop())
     record(log)
     assert len(access[0].lines) == 1  # at once, no waiting
+
+
+KEYS = [
+    "time",
+    "level",
+    "logger",
+    "message",
+    "request_id",
+    "user_id",
+    "method",
+    "host",
+    "path",
+    "status",
+    "reason",
+    "latency_ms",
+]
+# Every character some reader ends a line at (str.splitlines: \x1c-\x1e, NEL, U+2028/2029), and JSON's own.
+BREAKS = st.text(st.sampled_from('\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"\\%\x00 \ud800\udfff'), max_size=4)
+hostile = st.tuples(BREAKS, field, BREAKS).map("".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=hostile, host=hostile, path=hostile, user=hostile)
+@example(method="GET", host='a","status":500,"x":"', path="/", user="u")
+@example(method="GET", host="a.example", path="/\u2028{}", user="\u0085")
+def test_no_field_ends_a_line_early_or_adds_a_field(
+    plain: tuple[io.StringIO, logging.StreamHandler[io.StringIO]], method: str, host: str, path: str, user: str
+) -> None:
+    """One line to every reader (``str.splitlines`` ends one at U+2028, NEL and \\x1c too, some viewers do), valid
+    UTF-8 and strict JSON with exactly the line's fields: the line put together without an encoder relies on
+    ``_UNSAFE`` alone for all of that, and a client chooses the method, host and path (user IDs are anyone's
+    sign-up)."""
+    stream, handler = plain
+    only(handler)
+    stream.seek(0)
+    stream.truncate()
+    log, loop = AccessLog(enabled=True), asyncio.new_event_loop()
+    try:
+        log.open(loop)
+        record(log, method=method, host=host, path=path, user=user)
+        log.close()
+    finally:
+        loop.close()
+    written = stream.getvalue()
+    assert written.endswith("\n")
+    assert len(written.splitlines()) == 1
+    line = msgspec.json.decode(written.encode("utf-8"))  # strict UTF-8 (no lone surrogate), strict JSON
+    assert list(line) == KEYS
+    assert (line["request_id"], line["status"], line["reason"]) == ("rid-1", 200, "ok")
