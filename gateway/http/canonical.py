@@ -27,10 +27,12 @@ from __future__ import annotations
 import functools
 import re
 import string
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+T = TypeVar("T")
 
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 # Visible ASCII minus what no proxy passes unambiguously: "\" (a "/" to some servers), "," (two
@@ -46,18 +48,18 @@ _HOST = re.compile(
 _METHOD = re.compile(r"[A-Z][A-Z_-]{0,31}")
 
 
-def _memoised(longest: int) -> Callable[[Callable[[str], str | None]], Callable[[str], str | None]]:
+def _memoised(longest: int) -> Callable[[Callable[[str], T]], Callable[[str], T]]:
     """Remember a pure function's answers for texts up to ``longest`` characters.
 
     Every forward-auth request asks about the same few hosts and paths; a text an attacker makes
     long to fill the memory is answered without being remembered.
     """
 
-    def wrap(function: Callable[[str], str | None]) -> Callable[[str], str | None]:
+    def wrap(function: Callable[[str], T]) -> Callable[[str], T]:
         cached = functools.lru_cache(maxsize=4096)(function)
 
         @functools.wraps(function)
-        def answer(text: str) -> str | None:
+        def answer(text: str) -> T:
             return cached(text) if len(text) <= longest else function(text)
 
         return answer
@@ -68,6 +70,8 @@ def _memoised(longest: int) -> Callable[[Callable[[str], str | None]], Callable[
 @_memoised(longest=300)  # a DNS name has at most 253 characters, and a port 6
 def hostname(host: str) -> str | None:
     """The host's name as DNS compares it (lower case, no trailing dot, no port), or ``None``."""
+    if not host.isascii():  # before lower(): the Kelvin sign (U+212A) lower-cases to an ASCII "k"
+        return None
     match = _HOST.fullmatch(host.lower())
     if match is None or ".." in match["name"]:
         return None
@@ -79,13 +83,18 @@ def method(text: str) -> str | None:
     return text if _METHOD.fullmatch(text) else None
 
 
-@_memoised(longest=512)
 def uri(text: str) -> str | None:
     """A request target in origin form (``/path?query``) that every reading agrees on, or ``None``."""
     path, mark, query = text.partition("?")
-    if not _PATH.fullmatch(path) or (mark and not _QUERY.fullmatch(query)) or decode_unreserved(path) is None:
+    if not _usable_path(path) or (mark and not _QUERY.fullmatch(query)):
         return None
     return text
+
+
+# The path only: a query changes from link to link (and may carry a token: not kept in memory).
+@_memoised(longest=512)
+def _usable_path(path: str) -> bool:
+    return _PATH.fullmatch(path) is not None and decode_unreserved(path) is not None
 
 
 def decode_unreserved(path: str) -> str | None:

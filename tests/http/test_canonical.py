@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -158,9 +159,36 @@ texts = st.one_of(
 @settings(max_examples=500, deadline=None)
 @given(texts)
 def test_memoised_answers_are_the_functions_answers(text: str) -> None:
-    """``hostname`` and ``uri`` remember answers (ddc567b): the first and the remembered answer are the
-    unmemoised function's, on either side of the length each remembers up to."""
-    for function in (canonical.hostname, canonical.uri):
+    """``hostname`` and ``uri``'s path check remember answers: the first and the remembered answer are
+    the unmemoised function's, on either side of the length each remembers up to."""
+    for function in (canonical.hostname, canonical._usable_path):  # uri remembers its path check only
         plain = inspect.unwrap(function)(text)  # the function functools.wraps wrapped
         assert function(text) == plain
         assert function(text) == plain  # the second time, from memory
+
+
+def test_a_host_that_only_lower_cases_to_ascii_is_refused() -> None:
+    """The Kelvin sign lower-cases to an ASCII "k": \u212aiosk.example.com is not kiosk.example.com.
+
+    granian drops non-ASCII header values today; the check must not depend on that (red team, issue 20).
+    """
+    assert canonical.hostname("\u212aiosk.example.com") is None
+    assert canonical.hostname("Kiosk.Example.com") == "kiosk.example.com"
+
+
+def test_a_query_is_checked_but_not_remembered() -> None:
+    """Queries change from link to link and may carry a token: only the path's answer is kept."""
+    memo = _memo(canonical._usable_path)  # the memoised part of uri
+    assert canonical.uri("/verify-email?token=first") is not None
+    size = memo.cache_info().currsize
+    for n in range(20):
+        assert canonical.uri(f"/verify-email?token={n:040d}") is not None
+    assert memo.cache_info().currsize == size  # one path remembered, however many queries
+    assert canonical.uri("/verify-email?a#b") is None  # the query is still checked
+
+
+def _memo(function: object) -> Any:
+    """The lru_cache behind a memoised function, from its closure (``_memoised`` keeps no other handle)."""
+    cells = getattr(function, "__closure__", None) or ()
+    (cache,) = [cell.cell_contents for cell in cells if hasattr(cell.cell_contents, "cache_info")]
+    return cache
