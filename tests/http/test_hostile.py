@@ -260,20 +260,20 @@ async def postgres_queries(client: httpx.AsyncClient, gw: Server) -> float:
 async def test_flood_of_forged_tokens_costs_nothing_and_never_waits(
     database: str, db: asyncpg.Connection, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
-    """10,000 distinct forged tokens from one client: zero Postgres queries, and each refused (401) at once.
+    """2,000 distinct forged tokens from one client (burst 30): zero Postgres queries, each refused (401) at once.
 
     The failure budget limits lookups; a forgery is refused before any, so it has nothing to limit.
     """
     gw: Server = start_gateway(limited(database, burst=30))
     before = await postgres_queries(client, gw)
-    forged = [cookie_pair(seed.generate_id(), secret="f" * 40) for _ in range(10_000)]
+    forged = [cookie_pair(seed.generate_id(), secret="f" * 40) for _ in range(2_000)]
     statuses = []
     for i in range(0, len(forged), 200):
         batch = await asyncio.gather(
             *(client.get(gw.url + "/validate", headers={"cookie": c}) for c in forged[i : i + 200])
         )
         statuses += [r.status_code for r in batch]
-    assert statuses == [401] * 10_000
+    assert statuses == [401] * 2_000
     r = await client.post(gw.url + "/v1/validate", json={"token": sign(seed.generate_id(), "f" * 40)})
     assert r.status_code == 401
     await asyncio.sleep(0.3)

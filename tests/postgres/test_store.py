@@ -218,7 +218,8 @@ async def test_missing_table_names_the_setting(database: str, gateway: Open) -> 
 async def test_unreachable_postgres_is_unavailable_within_budget(gateway: Open) -> None:
     """With nothing listening, a lookup fails as backend_unavailable within the configured budget."""
     dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
-    async with gateway(dsn=dsn, db_timeout_s=0.5) as res:
+    # No start-up wait (by default 30 s of retries before serving 503s): the subject is the lookup.
+    async with gateway(dsn=dsn, db_timeout_s=0.5, startup_wait_s=0) as res:
         started = time.monotonic()
         verdict = await res.decider.decide(cred(seed.generate_id()))
         assert time.monotonic() - started < 3
