@@ -31,7 +31,7 @@ import pytest
 from gateway.credentials.tokens import sign
 from gateway.http import responses
 from gateway.postgres import seed
-from tests.support import ROOT
+from tests.support import ROOT, raw_http
 from tests.support.better_auth import BetterAuth
 from tests.support.credentials import SECRET, cookie_pair
 from tests.support.ports import free_port
@@ -507,16 +507,7 @@ MATRIX = [pytest.param(row, who, method, id=f"{row.name} [{who} {method}]") for 
 
 async def raw_request(port: int, method: str, target: str, headers: list[tuple[str, str]]) -> int:
     """Send exactly these bytes (no client-side normalisation); the status, or 0 if the proxy hung up."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    lines = [f"{method} {target} HTTP/1.1", *(f"{k}: {v}" for k, v in headers), "Content-Length: 0", "", ""]
-    writer.write("\r\n".join(lines).encode("latin-1"))
-    try:
-        status_line = await asyncio.wait_for(reader.readline(), 10)
-        await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-    parts = status_line.split()
-    return int(parts[1]) if len(parts) > 1 else 0
+    return (await raw_http.send(port, method, target, [*headers, ("Content-Length", "0")])).status
 
 
 def expected(row: Row, kind: str, who: str, method: str) -> int:
@@ -1024,20 +1015,12 @@ async def through_balancer(kind: str, port: int, client: str, target: str, heade
     """A request of ``client`` as the load balancer the example describes passes it on: with the
     PROXY protocol where examples/traefik/traefik.yml's entryPoint takes it, else appended to
     X-Forwarded-For (nginx; the balancer, 127.0.0.1, is a trusted proxy of Traefik and the gateway)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     if kind == "traefik" and "proxyProtocol:" in (EXAMPLES / "traefik" / "traefik.yml").read_text():
-        head = f"PROXY TCP4 {client} 127.0.0.1 40000 {port}\r\n"
+        preamble = f"PROXY TCP4 {client} 127.0.0.1 40000 {port}\r\n"
     else:
-        head, headers = "", [*headers, ("X-Forwarded-For", client)]
-    lines = [f"GET {target} HTTP/1.1", "Host: app.test", *(f"{k}: {v}" for k, v in headers), "Connection: close"]
-    writer.write((head + "\r\n".join([*lines, "", ""])).encode("latin-1"))
-    try:
-        status_line = await asyncio.wait_for(reader.readline(), 10)
-        await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-    parts = status_line.split()
-    return int(parts[1]) if len(parts) > 1 else 0
+        preamble, headers = "", [*headers, ("X-Forwarded-For", client)]
+    fields = [("Host", "app.test"), *headers, ("Connection", "close")]
+    return (await raw_http.send(port, "GET", target, fields, preamble=preamble)).status
 
 
 @pytest.mark.parametrize("kind", ["traefik", "nginx"])

@@ -24,7 +24,7 @@ import pytest
 
 from gateway.postgres.triggers import VERSION
 from tests.config import run_cli
-from tests.support import ROOT
+from tests.support import ROOT, raw_http
 from tests.support.better_auth import PASSWORD, BetterAuth
 from tests.support.credentials import SECRET
 from tests.support.server import Server, every_worker_listening, statuses
@@ -108,13 +108,8 @@ async def status(port: int, cookie: dict[str, str]) -> int:
     Written by hand: an ``httpx`` client per connection (as ``statuses`` makes) costs tens of
     milliseconds on a busy machine, too much beside the 100 ms being measured.
     """
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET /validate HTTP/1.1\r\nhost: 127.0.0.1\r\ncookie: {cookie['cookie']}\r\n\r\n".encode())
-        return int((await reader.readline()).split()[1])
-    finally:
-        writer.close()
-        await writer.wait_closed()
+    fields = [("host", "127.0.0.1"), ("cookie", cookie["cookie"])]
+    return (await raw_http.send(port, "GET", "/validate", fields, whole=False)).status
 
 
 async def every_one(gw: Server, cookie: dict[str, str], n: int = 24) -> set[int]:

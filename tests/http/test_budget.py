@@ -15,6 +15,7 @@ from gateway.core.networks import parse_networks
 from gateway.credentials.tokens import sign
 from gateway.http.budget import Budget
 from gateway.postgres import seed
+from tests.support import raw_http
 from tests.support.credentials import SECRET, cookie
 from tests.support.tcp_proxy import Proxy
 
@@ -204,14 +205,8 @@ async def status_of(port: int, path: str, headers: dict[str, str]) -> int:
     (up to 10 s for replies the gateway sent within 2), which only made the test slow.
     """
     method = "POST" if path == "/v1/validate" else "GET"
-    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write("\r\n".join([*lines, "Content-Length: 0", "Connection: close", "", ""]).encode())
-        reply = await asyncio.wait_for(reader.read(), 15)  # the gateway closes after its answer
-    finally:
-        writer.close()
-    return int(reply.split(b" ", 2)[1])
+    fields = [("Host", "127.0.0.1"), *headers.items(), ("Content-Length", "0"), ("Connection", "close")]
+    return (await raw_http.send(port, method, path, fields, timeout_s=15)).status
 
 
 def sent_to_postgres(proxy: Proxy, tokens: list[str]) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -11,7 +10,7 @@ import pytest
 
 from gateway.credentials.tokens import sign
 from gateway.postgres import seed
-from tests.support import ROOT
+from tests.support import ROOT, raw_http
 from tests.support.credentials import SECRET
 from tests.support.credentials import cookie as session_cookie
 from tests.support.postgres import seed_sessions
@@ -170,21 +169,17 @@ async def test_rules_judge_only_what_the_named_proxy_set(
     assert (r.status_code, r.headers.get("x-auth-reason")) == (403, "ambiguous_request")
 
 
-async def _raw_get(port: int, target: str, *headers: str) -> tuple[int, str]:
+async def _raw_get(port: int, target: str, *headers: tuple[str, str]) -> tuple[int, str]:
     """GET exactly this target (no client-side normalisation): the status and X-Auth-Reason."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write("\r\n".join([f"GET {target} HTTP/1.1", *headers, "Connection: close", "", ""]).encode())
-    head = (await asyncio.wait_for(reader.read(), 10)).decode("latin-1").split("\r\n")
-    writer.close()
-    reason = next((h.split(":", 1)[1].strip() for h in head if h.lower().startswith("x-auth-reason:")), "")
-    return int(head[0].split()[1]), reason
+    reply = await raw_http.send(port, "GET", target, [*headers, ("Connection", "close")])
+    return reply.status, reply.header("x-auth-reason") or ""
 
 
 async def test_envoy_sub_path_gets_the_same_canonicalisation(database: str, start_gateway: Any) -> None:
     """GATEWAY_PROXY=envoy: /validate/<path> is judged as canonically as a header; its tricks are refused too."""
     rules = str(ROOT / "examples" / "rules.toml")
     gw = start_gateway({"DATABASE_URL": database, "GATEWAY_RULES_FILE": rules, "GATEWAY_PROXY": "envoy"})
-    envoy = ("Host: app.test", "X-Forwarded-Proto: https", "X-Original-URL: https://app.test/public/x")
+    envoy = (("Host", "app.test"), ("X-Forwarded-Proto", "https"), ("X-Original-URL", "https://app.test/public/x"))
     assert await _raw_get(gw.port, "/validate/public/x?a=1", *envoy) == (200, "")
     assert await _raw_get(gw.port, "/validate/private/x", *envoy) == (401, "no_credentials")
     for target in (
@@ -197,7 +192,7 @@ async def test_envoy_sub_path_gets_the_same_canonicalisation(database: str, star
         "/validate",  # not Envoy's form
     ):
         assert await _raw_get(gw.port, target, *envoy) == (403, "ambiguous_request"), target
-    assert await _raw_get(gw.port, "/validate/public/x", "Host: app.test?", "X-Forwarded-Proto: https") == (
+    assert await _raw_get(gw.port, "/validate/public/x", ("Host", "app.test?"), ("X-Forwarded-Proto", "https")) == (
         403,
         "ambiguous_request",
     )
