@@ -243,13 +243,14 @@ async def test_concurrent_misses_share_one_query(db: asyncpg.Connection, gateway
 async def test_cache_hit_needs_no_query_and_respects_expiry(db: asyncpg.Connection, gateway: Open) -> None:
     """A second decision is served from the LRU; an entry never outlives the session's expiresAt."""
     uid = await seed.create_user(db, email="cache@example.com")
-    token = await seed.create_session(db, uid, expires_in=dt.timedelta(seconds=1))
+    # 10 s, not 1: the two decisions must come before it (after the pool opens, on a loaded machine).
+    token = await seed.create_session(db, uid, expires_in=dt.timedelta(seconds=10))
     async with gateway(l1_ttl_s=3600) as res:
         assert res.store is not None
         assert (await res.decider.decide(cred(token))).reason is Reason.ok
         assert (await res.decider.decide(cred(token))).reason is Reason.ok
         assert res.store.queries == 1
-        res.tiers.l1.clock = lambda: time.time() + 2  # past expiresAt, well within the TTL
+        res.tiers.l1.clock = lambda: time.time() + 11  # past expiresAt, well within the TTL
         assert (await res.decider.decide(cred(token))).reason is Reason.expired
         assert res.store.queries == 2
 
