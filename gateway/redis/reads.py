@@ -103,6 +103,8 @@ class PipelinedReads:
 
     def _flush(self) -> None:
         self._scheduled = False
+        if not self._keys:  # sent already (by a reconnection): no connection to open for them
+            return
         pipe = self._pipe
         if pipe is None or pipe.failure is not None:
             self._pipe = None
@@ -114,6 +116,10 @@ class PipelinedReads:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             return
+        self._send(pipe)
+
+    def _send(self, pipe: Pipe) -> None:
+        """Send the reads asked so far on ``pipe``; a failed one answers them with its failure at once."""
         keys, futures = self._take()
         head, size, started = self._head, self._max, time.perf_counter()
         for i in range(0, len(keys), size):
@@ -155,15 +161,16 @@ class PipelinedReads:
                 future.set_result(value)
 
     async def _reconnect(self) -> None:
-        """Open a pipe for the reads waiting, then send them; if it can't be opened, they are misses."""
+        """Open a pipe for the reads waiting, then send them; if it can't be opened (or is lost first), misses."""
         try:
-            await self._connection()
+            pipe = await self._connection()
         except CacheUnavailable as exc:
             self._failed(exc)
             self._settle(self._take(), None)
             return
-        if self._keys:
-            self._flush()
+        # On this pipe even if it was lost since it opened (a link that accepts then drops): a
+        # flush would find it failed and defer to a reconnection, this one, and strand the reads.
+        self._send(pipe)
 
     async def _connection(self) -> Pipe:
         """The open pipe, or a new one (one attempt at a time, shared by whoever asks meanwhile)."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import redis.asyncio as aioredis
 
 from gateway.config import load_settings
+from gateway.lookup.protocols import SharedRead
 from gateway.redis.client import connect
 from gateway.redis.reads import PipelinedReads
 from gateway.redis.tier import RedisTier
@@ -21,6 +22,7 @@ from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
     from gateway.core.errors import CacheUnavailable
+    from gateway.redis.pipe import Pipe
     from tests.support.redis import RedisServer
 
 
@@ -171,6 +173,45 @@ async def test_a_read_asked_as_a_failed_reconnection_ends_is_answered() -> None:
         assert len(asked) == 2
         assert await asyncio.wait_for(asyncio.gather(*asked), 5) == [None, None]
         assert failures  # each attempt said so (the tier degrades on it)
+    finally:
+        await reads.close()
+        await client.aclose()
+
+
+async def test_a_read_whose_reconnection_is_lost_before_it_is_sent_is_answered(redis_url: str) -> None:
+    """A reconnection whose new pipe is lost before it sends the reads waiting: they are misses, never stranded.
+
+    Through a link that accepts a connection and drops it at once (test_scaling's cut proxy), the
+    drop can be seen between the attempt's end and the reconnection's next step. The flush of the
+    reads waiting then found a failed pipe and deferred to a reconnection, the very one running:
+    nothing sent them, and their requests waited for ever. The pipe is dropped at that moment here.
+    """
+    client = aioredis.Redis.from_url(redis_url)
+    failures: list[CacheUnavailable] = []
+    reads = PipelinedReads(
+        client,
+        "gwt:generation",
+        timeout_s=1,
+        max_size=100,
+        decode=lambda keys, _values: [SharedRead(None, 7)] * len(keys),  # what Redis answered
+        failed=failures.append,
+        observe=lambda _seconds: None,
+    )
+
+    def lost_at_once(attempt: asyncio.Future[Pipe]) -> None:
+        # Runs before the reconnection's next step (queued by this same completion, after it).
+        attempt.result().close()
+
+    try:
+        waiting = reads.get("waiting")
+        await asyncio.sleep(0)  # the flush starts the reconnection,
+        await asyncio.sleep(0)  # whose first step starts the attempt
+        attempt = reads._connecting
+        assert attempt is not None
+        attempt.add_done_callback(lost_at_once)
+        assert await asyncio.wait_for(waiting, 5) is None  # a miss, at once
+        assert failures  # the tier degrades on it
+        assert await asyncio.wait_for(reads.get("next"), 5) == SharedRead(None, 7)  # the next read: a new pipe
     finally:
         await reads.close()
         await client.aclose()
