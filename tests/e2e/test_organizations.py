@@ -158,6 +158,8 @@ async def test_identity_headers_and_a_role_change_heard_by_every_worker(
 
 async def test_allowed_org_roles_in_the_query_and_the_rules_file(people: People, gateway: Server) -> None:
     """allowed_org_roles: the roles it names pass; other roles, no active organization, a bad list do not."""
+    # Both workers hear the set-active below (a worker not yet listening would keep its entry for 30 s).
+    await eventually(lambda: every_worker_listening(gateway.url), within=10)
     ada, bob = people.cookies["ada"], people.cookies["bob"]
     admins = gateway.url + "/validate?allowed_org_roles=owner,admin"
     ada, bob = ada | HOME_PAGE, bob | HOME_PAGE  # the rules file judges the original request

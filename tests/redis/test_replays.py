@@ -41,7 +41,8 @@ async def test_value_copied_before_revocation_and_written_back_is_refused(
     await install_triggers(database)
     token = await seed.create_session(db, await seed.create_user(db, email="replay@example.com"))
     clock = Clock()
-    short = {"redis_tombstone_s": 1.5, "db_timeout_s": 0.5, "l2_ttl_s": 60}  # tombstones last 1.5 s
+    # Tombstones last 1.5 s (at least 2 x the Postgres and Redis budgets).
+    short = {"redis_tombstone_s": 1.5, "db_timeout_s": 0.5, "redis_timeout_s": 0.25, "l2_ttl_s": 60}
     async with gateway(clock, **short) as res:
         _, key, copy = await copied_then_signed_out(db, res, redis, token)
         assert res.store is not None
@@ -128,7 +129,7 @@ async def test_a_process_started_after_a_revocation_never_serves_the_replayed_va
     await install_triggers(database)
     token = await seed.create_session(db, await seed.create_user(db, email="replay-new-process@example.com"))
     gen_key = f"{redis_prefix}:v2:gen"
-    short = {"redis_tombstone_s": 1.5, "db_timeout_s": 0.5, "l2_ttl_s": 60}
+    short = {"redis_tombstone_s": 1.5, "db_timeout_s": 0.5, "redis_timeout_s": 0.25, "l2_ttl_s": 60}
     async with gateway(**short) as old:
         _, key, copy = await copied_then_signed_out(db, res=old, redis=redis, token=token)
         generation = int(await redis.get(gen_key) or 0)  # a sign-out bumps none: the copy's generation
