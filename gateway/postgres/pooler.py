@@ -62,6 +62,9 @@ async def connect_direct(
         if isinstance(cause, asyncpg.PostgresError) and "unsupported startup parameter" in str(cause):
             raise ConfigError([listen_through_pooler(variable)]) from exc
         raise
+    # A link lost past the login leaves BEGIN, or the ROLLBACK after a timed-out query, waiting
+    # for ever (asyncpg waits for the cancel's answer): past the budget the socket is closed.
+    watchdog = asyncio.get_running_loop().call_later(timeout_s, conn.terminate)
     try:
         with store_errors():
             # In a transaction: through a transaction-mode pooler, the statement's parse and
@@ -71,6 +74,8 @@ async def connect_direct(
     except BaseException:
         conn.terminate()
         raise
+    finally:
+        watchdog.cancel()
     if value != "on":  # the pooler dropped the setting (ignore_startup_parameters)
         conn.terminate()
         raise ConfigError([listen_through_pooler(variable)])

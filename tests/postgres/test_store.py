@@ -22,6 +22,7 @@ from gateway.postgres.rows import iso_string, json_value
 from tests.support.credentials import SECRET, cred
 from tests.support.ports import free_port
 from tests.support.resources import Open, open_gateway
+from tests.support.tcp_proxy import Proxy
 
 
 @pytest.fixture
@@ -400,3 +401,24 @@ async def test_a_date_column_reads_as_a_better_auth_in_utc_answers_it(
         assert res.store is not None
         found = await res.store.fetch_many([token])
         assert found[token].user["birthday"] == answered
+
+
+@pytest.mark.parametrize("statement", [b"BEGIN", b"current_setting", b"COMMIT"])
+async def test_a_link_lost_during_the_pooler_probe_is_unavailable_within_budget(
+    database: str, gateway: Open, statement: bytes
+) -> None:
+    """A link dead past its login, at any statement of the pooler probe (``GATEWAY_DB_PGBOUNCER=auto``): 503s in time.
+
+    The probe holds the pool's lock: a probe waiting for ever would have every lookup wait with it
+    (and the start-up wait, which probes first).
+    """
+    proxy = await Proxy(database).start()
+    proxy.stall_on = statement
+    try:
+        async with asyncio.timeout(10), gateway(dsn=proxy.dsn(), db_timeout_s=0.5, startup_wait_s=0) as res:
+            started = time.monotonic()
+            verdicts = await asyncio.gather(*(res.decider.decide(cred(seed.generate_id())) for _ in range(3)))
+            assert time.monotonic() - started < 3
+            assert {verdict.reason for verdict in verdicts} == {Reason.backend_unavailable}
+    finally:
+        await proxy.close()

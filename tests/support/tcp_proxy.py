@@ -21,6 +21,7 @@ class Proxy:
         self.port = 0
         self.open = True
         self.stalled = False  # True: connections stay up but carry nothing (a black hole)
+        self.stall_on: bytes | None = None  # a client sending these bytes stalls every link, them unsent
         self.sent = bytearray()  # what the clients sent to Postgres, when ``recording``
         self.recording = False
 
@@ -77,6 +78,8 @@ class Proxy:
             while data := await reader.read(65536):
                 if record and self.recording:
                     self.sent += data
+                if record and self.stall_on is not None and self.stall_on in data:
+                    self.stalled = True  # at once: between two messages of one client, exactly
                 while self.stalled:  # noqa: ASYNC110  (a test double polling a flag is clearest)
                     await asyncio.sleep(0.01)
                 writer.write(data)
