@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from gateway.redis.pipe import Pipe
 
     Decode = Callable[[Sequence[str], list[Any]], Sequence[SharedRead] | None]
+
+log = logging.getLogger("gateway.redis")
 
 
 class PipelinedReads:
@@ -136,7 +139,12 @@ class PipelinedReads:
     ) -> None:
         self._observe(time.perf_counter() - started)
         if isinstance(reply, list) and len(reply) == len(keys) + 1:
-            self._settle((keys, futures), self._decode(keys, reply))
+            try:
+                found = self._decode(keys, reply)
+            except Exception:  # a bug: raised out of the pipe's callback, it stranded these reads and failed the pipe
+                log.exception("an MGET's reply could not be decoded: its reads are misses")
+                found = None
+            self._settle((keys, futures), found)
             return
         if isinstance(reply, BaseException):  # the pipe failed, or an error reply
             error = CacheUnavailable(describe(reply))

@@ -66,7 +66,8 @@ class Values:
         """The session in a value read at ``key``; ``None`` for a miss, a tombstone or anything not ours now.
 
         Not ours now: a bad MAC, another generation than ``generation``, a not-after time at or
-        before ``now``, or a body that does not decode.
+        before ``now``, or a body that does not decode (msgspec's depth limit is Python's recursion
+        limit less the stack in use: a value sealed a few frames up from here may nest too deep).
         """
         if not isinstance(raw, bytes) or len(raw) <= _HEAD_END:
             return None  # a miss, or a tombstone
@@ -80,7 +81,7 @@ class Values:
             return None
         try:
             return _DECODE.decode(payload[_HEAD.size :])
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # too deep for the stack it is opened on (a user's JSON)
             return None
 
     def _mac(self, key: str, payload: bytes) -> bytes:

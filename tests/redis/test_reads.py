@@ -8,6 +8,7 @@ import signal
 import time
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import redis.asyncio as aioredis
 
 from gateway.config import load_settings
@@ -21,6 +22,8 @@ from tests.support.ports import free_port
 from tests.support.waiting import eventually
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from gateway.core.errors import CacheUnavailable
     from gateway.redis.pipe import Pipe
     from tests.support.redis import RedisServer
@@ -212,6 +215,79 @@ async def test_a_read_whose_reconnection_is_lost_before_it_is_sent_is_answered(r
         assert await asyncio.wait_for(waiting, 5) is None  # a miss, at once
         assert failures  # the tier degrades on it
         assert await asyncio.wait_for(reads.get("next"), 5) == SharedRead(None, 7)  # the next read: a new pipe
+    finally:
+        await reads.close()
+        await client.aclose()
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def test_a_value_too_deep_to_open_where_it_is_read_is_a_miss(redis_url: str, redis_prefix: str) -> None:
+    """A value sealed a few frames up the stack from where it is opened is a miss there: never a stranded read.
+
+    msgspec's depth limit is Python's recursion limit less the stack in use: a session whose JSON
+    field (the user's to write, any depth) nests just under it is sealed by a loop callback and,
+    opened deeper (the pipe's ``data_received``), raised ``RecursionError``: out of the pipe's
+    callback, leaving every read of that ``MGET`` (a bystander's too) waiting for ever.
+    """
+    tier = tier_on(redis_url, redis_prefix)
+    probe = aioredis.Redis.from_url(redis_url)
+    loop = asyncio.get_running_loop()
+    depths = range(800, 1000)  # the stack in use is pytest's too: where the limit falls varies
+    unopened = []
+    try:
+        for depth in depths:  # sealed as a source hit is: by a loop callback, not deep in a task
+            deep = session(depth)
+            deep = msgspec.structs.replace(deep, user={**deep.user, "prefs": nested(depth)})
+            loop.call_soon(tier.put, digest(depth), deep, 0)
+        await asyncio.sleep(0)
+        await tier.drain()
+        for depth in depths:
+            found, bystander = await asyncio.wait_for(asyncio.gather(tier.get(digest(depth)), tier.get("b" * 64)), 5)
+            assert found is not None  # read, not a Redis failure
+            assert bystander == SharedRead(None, found.generation)
+            if found.session is None and await probe.exists(tier.key(digest(depth))):
+                unopened.append(depth)
+        assert unopened  # sealed, stored, and too deep to open where it was read: the case
+    finally:
+        await tier.close()
+        await probe.aclose()
+
+
+async def test_a_decode_that_raises_still_answers_its_reads(redis_url: str) -> None:
+    """Decoding raising inside the pipe's callback (a bug, a value no one foresaw): its reads are misses, not stranded.
+
+    Raised out of ``data_received``, it left that ``MGET``'s reads waiting for ever, and asyncio
+    closed the pipe under the others (the tier degraded over one value).
+    """
+    client = aioredis.Redis.from_url(redis_url)
+
+    def decode(keys: Sequence[str], _values: list[Any]) -> list[SharedRead]:
+        if "poison" in keys:
+            raise RuntimeError("a decode that raises")
+        return [SharedRead(None, 7)] * len(keys)
+
+    reads = PipelinedReads(
+        client,
+        "gwt:generation",
+        timeout_s=1,
+        max_size=2,  # two MGETs in one reply's data: the poisoned batch, then the next
+        decode=decode,
+        failed=lambda _error: None,
+        observe=lambda _seconds: None,
+    )
+    try:
+        assert await asyncio.wait_for(reads.get("warm"), 5) == SharedRead(None, 7)  # the pipe is open
+        asked = [reads.get(key) for key in ("bystander", "poison", "next", "last")]
+        answered = SharedRead(None, 7)
+        # The poisoned MGET's reads (a bystander's too) are misses; the pipe goes on with the next.
+        assert await asyncio.wait_for(asyncio.gather(*asked), 5) == [None, None, answered, answered]
+        assert await asyncio.wait_for(reads.get("after"), 5) == answered
     finally:
         await reads.close()
         await client.aclose()
