@@ -79,6 +79,8 @@ class Api:
             token = _BODY.decode(body).token if body.strip() else None
         except msgspec.DecodeError as exc:
             return proto.response_bytes(400, JSON, responses.error("bad_request", str(exc)))
+        except RecursionError:  # msgspec's depth limit is the stack's: an ignored field nested past it
+            return proto.response_bytes(400, JSON, responses.error("bad_request", "JSON nested too deeply"))
         credential = header_credential(token) if token else self._pipeline.credential(_headers(scope))
         entry = self._cached(credential, slides=self.sliding.on_validate)
         if entry is not None:  # a cached session: its body, rendered by the first hit that sent it

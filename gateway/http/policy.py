@@ -270,6 +270,8 @@ def parse_rules(raw: bytes, path: str, *, organizations: bool = False) -> Rules:
         rules = msgspec.json.decode(raw, type=Rules) if path.endswith(".json") else msgspec.toml.decode(raw, type=Rules)
     except (msgspec.DecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: {exc}") from exc
+    except RecursionError as exc:  # the decoders' depth limit is the stack's
+        raise ValueError(f"{path}: nested too deeply") from exc
     # A rule that can never match (or matches less than it names) is a silent hole: the requests
     # it meant fall to the default.
     checked = []

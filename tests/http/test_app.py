@@ -191,7 +191,14 @@ async def test_json_validate(server: Server, conn: asyncpg.Connection, client: h
 
 @pytest.mark.parametrize(
     ("content", "status"),
-    [(b"{not json", 400), (b'{"token": 5}', 400), (b"[1,2]", 400), (b"\xff\xfe\x00", 400), (b"x" * 100_000, 413)],
+    [
+        (b"{not json", 400),
+        (b'{"token": 5}', 400),
+        (b"[1,2]", 400),
+        (b"\xff\xfe\x00", 400),
+        (b"x" * 100_000, 413),
+        (b'{"x":' + b"[" * 2_000 + b"]" * 2_000 + b"}", 400),  # past msgspec's depth: RecursionError, not a 500
+    ],
 )
 async def test_json_validate_bad_bodies(server: Server, client: httpx.AsyncClient, content: bytes, status: int) -> None:
     """Bad JSON is 400, an oversized body 413, each with a JSON error."""

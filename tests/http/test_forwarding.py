@@ -312,6 +312,12 @@ def test_rules_file(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[[rules]]\nallowed_rolez = 1\n")
     with pytest.raises(ValueError, match="rules"):
         policy.load_rules(str(tmp_path / "bad.toml"))
+    # Nested past the parser's depth (a RecursionError): refused like any bad file, never raised as is.
+    (tmp_path / "deep.json").write_text('{"x":' + "[" * 5_000 + "]" * 5_000 + "}")
+    (tmp_path / "deep.toml").write_text("x = " + "[" * 5_000 + "]" * 5_000 + "\n")
+    for deep in ("deep.json", "deep.toml"):
+        with pytest.raises(ValueError, match=deep):
+            policy.load_rules(str(tmp_path / deep))
 
 
 @pytest.mark.parametrize(
