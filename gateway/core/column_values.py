@@ -8,9 +8,13 @@ column's decoder inside the fetch: one that raises fails the whole result, every
 batched with that user's. So these decoders never raise; they give what JavaScript would:
 
 - JSON is read with msgspec (the fast, common case); a number JavaScript would round (beyond
-  2**53) becomes a float, as ``JSON.parse`` makes it; a document too deep for any Python
-  decoder is kept as its text (``RawJSON``), which answers go out with verbatim and Redis
-  refuses to cache (msgpack cannot encode it).
+  2**53) becomes a float, as ``JSON.parse`` makes it; a document nested deeper than
+  ``MAX_DEPTH`` is kept as its text (``RawJSON``), which answers go out with verbatim and Redis
+  refuses to cache (msgpack cannot encode it). Not "too deep for the decoder" alone: every
+  recursive step after it (msgspec's encoders, a dict's ``==``) has Python's recursion limit
+  less the stack in use as its own depth limit, and most run deeper than the decoder did, so a
+  document nested just under the decoder's limit decoded, then raised ``RecursionError`` out of
+  the answer's rendering (a 500 for the user's every request).
 - A timestamp Python's ``datetime`` cannot hold (after 9999, before year 1) becomes a
   ``FarTime``, which renders as ``toISOString()`` does (``+010000-01-01T00:00:00.000Z``).
 """
@@ -37,6 +41,7 @@ _PG_INFINITY = (2**63 - 1, -(2**63))  # timestamp 'infinity' and '-infinity'
 _DATE_INFINITY = (2**31 - 1, -(2**31))
 _FOUR_DIGITS = 9999  # toISOString() writes years 0-9999 as four digits, others as ±YYYYYY
 _JS_MAX_MS = 8.64e15  # JavaScript's Date range: ±100,000,000 days around the epoch
+MAX_DEPTH = 128  # nesting decoded (serde_json's default limit); far below any stack's, wherever it is used
 
 
 class RawJSON:
@@ -93,7 +98,25 @@ def decode_json(text: str, _decode: Any = msgspec.json.decode, _search: Any = _L
         value = _decode(text)
     except (RecursionError, msgspec.DecodeError):
         return _careful(text)
-    return value if _search(text) is None else _careful(text)
+    if _search(text) is not None:
+        return _careful(text)
+    return RawJSON(text) if len(text) > 2 * MAX_DEPTH and too_deep(value, text) else value
+
+
+def too_deep(value: Any, text: str | bytes) -> bool:
+    """Whether ``value`` (decoded from ``text``) nests deeper than ``MAX_DEPTH``; iterative, no recursion.
+
+    ``text`` first: a document with no more brackets than that cannot, and is not walked.
+    """
+    brackets = text.count("[") + text.count("{") if isinstance(text, str) else text.count(b"[") + text.count(b"{")
+    if brackets <= MAX_DEPTH:
+        return False
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(MAX_DEPTH):
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v) if isinstance(c, dict | list)]
+        if not level:
+            return False
+    return True
 
 
 def _careful(text: str) -> Any:
@@ -106,6 +129,8 @@ def _careful(text: str) -> Any:
     try:
         value = json.loads(text, parse_int=_js_int)
     except (RecursionError, ValueError):
+        return RawJSON(text)
+    if too_deep(value, text):
         return RawJSON(text)
     if _LONE_SURROGATE.search(text) is not None:
         try:

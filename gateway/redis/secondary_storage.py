@@ -19,7 +19,7 @@ import logging
 import math
 from typing import TYPE_CHECKING, Any
 
-from gateway.core.column_values import decode_json, object_members
+from gateway.core.column_values import decode_json, object_members, too_deep
 from gateway.core.errors import StoreUnavailable
 from gateway.core.sessions import Session, iso_epoch
 from gateway.redis.client import answering
@@ -101,6 +101,11 @@ def _parse(raw: object) -> dict[str, Any] | None:
         return None
     except RecursionError:  # a field the user wrote, nested past the parser's limit: JSON.parse reads it
         value = _parse_deep(raw)
+    else:
+        if isinstance(raw, str | bytes) and too_deep(value, raw):
+            # Decoded here, on a short stack, it could still be too deep to render or compare
+            # further up one (``column_values.MAX_DEPTH``): read field by field, a deep one kept as text.
+            value = _parse_deep(raw)
     if not isinstance(value, dict) or not isinstance(value.get("session"), dict):
         return None
     return value if isinstance(value.get("user"), dict) else None

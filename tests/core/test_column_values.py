@@ -7,7 +7,15 @@ import json
 import msgspec
 import pytest
 
-from gateway.core.column_values import RawJSON, decode_date, decode_json, decode_timestamp, js_iso, object_members
+from gateway.core.column_values import (
+    MAX_DEPTH,
+    RawJSON,
+    decode_date,
+    decode_json,
+    decode_timestamp,
+    js_iso,
+    object_members,
+)
 
 DEEP = "[" * 1500 + "]" * 1500
 
@@ -29,6 +37,18 @@ def test_json_numbers_are_javascripts_doubles(text: str, expected: object) -> No
 
 def test_json_too_deep_for_python_is_kept_as_text() -> None:
     assert decode_json(DEEP) == RawJSON(DEEP)
+
+
+def test_json_deeper_than_max_depth_is_kept_as_text_however_short_of_the_stack() -> None:
+    """Decodable here, it would be too deep to render or compare further up some stack: kept as text."""
+    deepest = '{"a": ' + "[" * (MAX_DEPTH - 1) + "1" + "]" * (MAX_DEPTH - 1) + "}"
+    assert decode_json(deepest) == {"a": json.loads(deepest)["a"]}  # at the limit: decoded
+    for text in ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), '{"x": 1e0, "a": ' + deepest + "}"):
+        assert decode_json(text) == RawJSON(text)
+    deep_digits = '{"big": 9007199254740993, "a": ' + deepest + "}"  # the careful path's too
+    assert decode_json(deep_digits) == RawJSON(deep_digits)
+    wide = json.dumps([[[{"k": [i]}]] for i in range(1000)])  # many brackets, shallow: decoded
+    assert decode_json(wide) == json.loads(wide)
 
 
 @pytest.mark.parametrize("text", ['{"note": "\\ud800"}', '["\\udfff x"]', '"a\\uDBFFb"'])

@@ -325,6 +325,39 @@ async def test_a_deeply_nested_json_field_is_no_500_for_anyone(
     assert "Traceback" not in server.output()
 
 
+async def test_a_json_field_nested_just_under_the_stack_is_no_500(
+    db: asyncpg.Connection, database: str, start_gateway: Any, client: Any
+) -> None:
+    """Red team: nested just under the decoder's depth limit (the stack left where asyncpg decodes it).
+
+    It decoded, then every recursive step after it ran on a deeper stack: msgspec's encoder for
+    the answer (``/v1/validate``, get-session, a field header) and the LRU's ``==`` between two
+    sessions of the user (``sharing_user``) raised ``RecursionError``, a 500 and a traceback on
+    every request of the user's (the window, about 968-978 deep here, moves with the stack).
+    """
+    await db.execute('alter table "user" add column prefs jsonb')
+    tokens = []
+    for depth in range(900, 1001, 3):
+        user = await seed.create_user(db, email=f"deep{depth}@example.com")
+        await db.execute('update "user" set prefs = $1::jsonb where id = $2', "[" * depth + "]" * depth, user)
+        tokens += [(depth, sign(await seed.create_session(db, user), SECRET)) for _ in range(2)]
+    env = {"DATABASE_URL": database, "GATEWAY_USER_ADDITIONAL_FIELDS": "prefs", "GATEWAY_LISTEN": "false"}
+    server = start_gateway(env | {"GATEWAY_FIELD_HEADERS": "user.prefs=x-prefs"})
+    failed = []
+    for depth, token in tokens:
+        bearer = {"authorization": "Bearer " + token}
+        for _ in range(2):  # looked up, then cached
+            answers = [
+                await client.post(server.url + "/v1/validate", json={"token": token}),
+                await client.get(server.url + "/api/auth/get-session", headers=bearer),
+                await client.get(server.url + "/validate", headers=bearer),
+            ]
+            failed += [(depth, str(a.url.path), a.status_code) for a in answers if a.status_code != 200]
+            assert all(a.content.count(b"[") == depth for a in answers[:2] if a.status_code == 200)
+    assert failed == []
+    assert "Traceback" not in server.output()
+
+
 async def test_a_date_field_past_year_9999_is_no_500_for_anyone(
     db: asyncpg.Connection, database: str, start_gateway: Any, client: Any
 ) -> None:

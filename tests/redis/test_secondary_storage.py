@@ -186,3 +186,39 @@ async def test_a_deeply_nested_json_field_in_secondary_storage_is_no_500(
     response = await client.post(server.url + "/v1/validate", json={"token": sign(attacker_token, SECRET)})
     assert response.content.count(b"[") == 3000  # the field as stored, verbatim
     assert "Traceback" not in server.output()
+
+
+async def test_a_json_field_nested_just_under_the_stack_in_secondary_storage_is_no_500(
+    redis_url: str, redis_prefix: str, start_gateway: Any, client: httpx.AsyncClient
+) -> None:
+    """Red team: a field ``json.loads`` reads (on a batch's short stack) but a deeper stack can't compare.
+
+    Two sessions of one user: the second's lookup compared the users' dicts (``sharing_user``)
+    on the request's stack, and raised ``RecursionError`` for a field about 969 deep: a 500.
+    """
+    prefix, later, stamp = redis_prefix + ":ba:", "2099-01-01T00:00:00.000Z", "2026-01-01T00:00:00.000Z"
+    store = redis.Redis.from_url(redis_url)
+    tokens = []
+    try:
+        for depth in range(900, 1001, 2):
+            user_id = f"deep{depth}"
+            user = {"id": user_id, "name": user_id, "email": f"{user_id}@example.com", "emailVerified": True}
+            user |= {"createdAt": stamp, "updatedAt": stamp, "prefs": "DEEP"}
+            for _ in range(2):
+                token = seed.generate_id()
+                session = {"id": "s" + token[:8], "token": token, "userId": user_id, "expiresAt": later}
+                session |= {"createdAt": stamp, "updatedAt": stamp}
+                value = json.dumps({"session": session, "user": user}).replace('"DEEP"', "[" * depth + "]" * depth)
+                await store.set(prefix + token, value)
+                tokens.append((depth, token))
+    finally:
+        await store.aclose()
+    env = {"GATEWAY_SECONDARY_STORAGE_URL": redis_url, "GATEWAY_SECONDARY_STORAGE_PREFIX": prefix}
+    server = start_gateway(env | {"GATEWAY_USER_ADDITIONAL_FIELDS": "prefs"})
+    failed = []
+    for depth, token in tokens:
+        response = await client.post(server.url + "/v1/validate", json={"token": sign(token, SECRET)})
+        if response.status_code != 200 or response.content.count(b"[") != depth:
+            failed.append((depth, response.status_code))
+    assert failed == []
+    assert "Traceback" not in server.output()
