@@ -256,5 +256,9 @@ class ClusterReads:
             return {}
         finally:
             self._observe(time.perf_counter() - started)
-        found = self._decode(keys, raw)
+        try:
+            found = self._decode(keys, raw)
+        except Exception:  # as in ``PipelinedReads._reply``: raised, it would fail every read of the batch
+            log.exception("an MGET's reply could not be decoded: its reads are misses")
+            return {}
         return {} if found is None else dict(zip(keys, found, strict=True))

@@ -10,22 +10,27 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from gateway.config import load_settings
 from gateway.core.sessions import Reason
 from gateway.credentials.tokens import header_credential, sign, token_hash
+from gateway.lookup.protocols import SharedRead
 from gateway.postgres import seed
+from gateway.redis.reads import ClusterReads
 from gateway.resources import open_resources
 from tests.support.credentials import SECRET
 from tests.support.ports import free_port
 from tests.support.redis import RedisServer, redis_server_binary
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from pathlib import Path
 
     import asyncpg
+
+    from gateway.core.errors import CacheUnavailable
 
 SLOTS = 16384
 
@@ -143,3 +148,35 @@ async def test_redis_sentinel(db: asyncpg.Connection, database: str, own_redis: 
     assert await decide_all(settings, tokens) == ({Reason.ok}, 0)
     master = redis.Redis(port=own_redis.port)
     assert all(master.exists(f"bagw:v2:s:{token_hash(t)}") for t in tokens)
+
+
+async def test_a_cluster_decode_that_raises_answers_its_reads_as_misses(cluster: list[RedisServer]) -> None:
+    """As on one server (``test_reads``): a decode that raises makes its batch's reads misses, a bystander's too.
+
+    Raised out of the batch, it was every waiter's exception (a 500 for each request in the batch).
+    """
+    client = RedisCluster(host="127.0.0.1", port=cluster[0].port)
+    failures: list[CacheUnavailable] = []
+
+    def decode(keys: Sequence[str], _values: list[Any]) -> list[SharedRead]:
+        if "poison" in keys:
+            raise RuntimeError("a decode that raises")
+        return [SharedRead(None, 7)] * len(keys)
+
+    reads = ClusterReads(
+        client,
+        "gwt:generation",
+        timeout_s=5,
+        max_size=100,
+        decode=decode,
+        failed=failures.append,
+        observe=lambda _seconds: None,
+    )
+    try:
+        asked = [reads.get(key) for key in ("bystander", "poison")]
+        assert await asyncio.wait_for(asyncio.gather(*asked), 10) == [None, None]
+        assert await asyncio.wait_for(reads.get("next"), 10) == SharedRead(None, 7)
+        assert failures == []  # not Redis's failure: the tier stays on it
+    finally:
+        await reads.close()
+        await client.aclose()
