@@ -23,8 +23,9 @@ if TYPE_CHECKING:
 
     from gateway.core.errors import BackendUnavailable
 
-# What a call to Redis raises when Redis cannot answer: its own errors, the socket's, the budget's.
-_FAILURES = (RedisError, OSError, TimeoutError)
+# What a call to Redis raises when Redis cannot answer: its own errors, the socket's, the budget's,
+# and a host name the IDNA codec refuses (a label over 63 characters), which no resolver is asked.
+_FAILURES = (RedisError, OSError, TimeoutError, UnicodeError)
 
 
 def connect(url: str, *, timeout_s: float, pool_max_size: int) -> Redis | RedisCluster:

@@ -172,8 +172,10 @@ class PipelinedReads:
         """Open a pipe for the reads waiting, then send them; if it can't be opened (or is lost first), misses."""
         try:
             pipe = await self._connection()
-        except CacheUnavailable as exc:
-            self._failed(exc)
+        except Exception as exc:  # CacheUnavailable; anything else too: its reads must not wait for ever
+            if not isinstance(exc, CacheUnavailable):
+                log.exception("connecting to Redis failed unforeseen: its reads are misses")
+            self._failed(exc if isinstance(exc, CacheUnavailable) else CacheUnavailable(describe(exc)))
             self._settle(self._take(), None)
             return
         # On this pipe even if it was lost since it opened (a link that accepts then drops): a

@@ -9,9 +9,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import pytest
 import redis.asyncio as aioredis
 
 from gateway.config import load_settings
+from gateway.core.errors import CacheUnavailable
 from gateway.lookup.protocols import SharedRead
 from gateway.redis.client import connect
 from gateway.redis.reads import PipelinedReads
@@ -24,7 +26,6 @@ from tests.support.waiting import eventually
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from gateway.core.errors import CacheUnavailable
     from gateway.redis.pipe import Pipe
     from tests.support.redis import RedisServer
 
@@ -288,6 +289,63 @@ async def test_a_decode_that_raises_still_answers_its_reads(redis_url: str) -> N
         # The poisoned MGET's reads (a bystander's too) are misses; the pipe goes on with the next.
         assert await asyncio.wait_for(asyncio.gather(*asked), 5) == [None, None, answered, answered]
         assert await asyncio.wait_for(reads.get("after"), 5) == answered
+    finally:
+        await reads.close()
+        await client.aclose()
+
+
+async def test_a_host_no_resolver_takes_is_unavailable_never_a_wait() -> None:
+    """A host the IDNA codec refuses (a label over 63 characters: a mistyped URL) is Redis unavailable.
+
+    Connecting raises ``UnicodeError`` there, not ``OSError``: the reconnection died of it with the
+    reads waiting, and so did every later read's, so every read waited for ever.
+    """
+    client = aioredis.Redis.from_url("redis://" + "a" * 70 + ".example:6379/0")
+    failures: list[CacheUnavailable] = []
+    reads = PipelinedReads(
+        client,
+        "gwt:generation",
+        timeout_s=1,
+        max_size=100,
+        decode=lambda keys, _values: [SharedRead(None, 7)] * len(keys),
+        failed=failures.append,
+        observe=lambda _seconds: None,
+    )
+    try:
+        for key in ("first", "second"):
+            assert await asyncio.wait_for(reads.get(key), 5) is None  # a miss, at once
+        assert len(failures) == 2
+        assert all("UnicodeError" in str(f) for f in failures)
+        with pytest.raises(CacheUnavailable, match="UnicodeError"):
+            await asyncio.wait_for(reads.ping(), 5)
+    finally:
+        await reads.close()
+        await client.aclose()
+
+
+class _Unmakeable(aioredis.Connection):
+    """A connection class whose settings no connection takes (what no ``answering`` foresees)."""
+
+    def __init__(self, **_: Any) -> None:
+        raise ValueError("a setting no connection takes")
+
+
+async def test_any_failure_to_connect_answers_the_reads_waiting() -> None:
+    """Whatever connecting raises, not only what ``answering`` turns into ``CacheUnavailable``: misses, logged."""
+    client = aioredis.Redis(connection_pool=aioredis.ConnectionPool(connection_class=_Unmakeable))
+    failures: list[CacheUnavailable] = []
+    reads = PipelinedReads(
+        client,
+        "gwt:generation",
+        timeout_s=1,
+        max_size=100,
+        decode=lambda keys, _values: [SharedRead(None, 7)] * len(keys),
+        failed=failures.append,
+        observe=lambda _seconds: None,
+    )
+    try:
+        assert await asyncio.wait_for(reads.get("waiting"), 5) is None
+        assert [str(f) for f in failures] == ["ValueError: a setting no connection takes"]
     finally:
         await reads.close()
         await client.aclose()
