@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
 
 # What "Postgres could not answer" looks like from asyncpg, as opposed to a bug in the gateway.
-_FAILURES = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# A host name the IDNA codec refuses (a label over 63 characters) raises UnicodeError, not a
+# socket error, before any resolver is asked: unreachable all the same.
+_FAILURES = (OSError, TimeoutError, UnicodeError, asyncpg.PostgresError, asyncpg.InterfaceError)
 APPLICATION = "better-auth-gateway"
 T = TypeVar("T")
 

@@ -216,9 +216,16 @@ async def test_missing_table_names_the_setting(database: str, gateway: Open) -> 
         assert (await res.decider.decide(cred(seed.generate_id()))).reason is Reason.backend_unavailable
 
 
-async def test_unreachable_postgres_is_unavailable_within_budget(gateway: Open) -> None:
-    """With nothing listening, a lookup fails as backend_unavailable within the configured budget."""
-    dsn = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1:{port}",  # nothing listening
+        "a" * 70 + ".example",  # a label over 63 characters: UnicodeError from the IDNA codec, no resolver asked
+    ],
+)
+async def test_unreachable_postgres_is_unavailable_within_budget(gateway: Open, host: str) -> None:
+    """With nothing listening, or a host no resolver takes, a lookup fails as backend_unavailable within budget."""
+    dsn = f"postgresql://postgres@{host.format(port=free_port())}/postgres"
     # No start-up wait (by default 30 s of retries before serving 503s): the subject is the lookup.
     async with gateway(dsn=dsn, db_timeout_s=0.5, startup_wait_s=0) as res:
         started = time.monotonic()
