@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from gateway.redis.pipe import Pipe
+    from gateway.redis.reads import Decode
     from tests.support.redis import RedisServer
 
 
@@ -35,6 +36,28 @@ def tier_on(url: str, prefix: str, observed: list[float] | None = None, **overri
     client = connect(url, timeout_s=settings.redis_timeout_s, pool_max_size=settings.redis_pool_max_size)
     observe = None if observed is None else observed.append
     return RedisTier(client, settings, value_configuration(settings), time.time, observe=observe)
+
+
+ANSWER = SharedRead(None, 7)  # what the reads of ``reads_on`` answer, whatever Redis holds
+
+
+def answering_all(keys: Sequence[str], _values: list[Any]) -> list[SharedRead]:
+    return [ANSWER] * len(keys)
+
+
+def reads_on(
+    client: aioredis.Redis, failures: list[CacheUnavailable], *, max_size: int = 100, decode: Decode = answering_all
+) -> PipelinedReads:
+    """``PipelinedReads`` on ``client`` (1 s budget), each failure appended to ``failures``."""
+    return PipelinedReads(
+        client,
+        "gwt:generation",
+        timeout_s=1,
+        max_size=max_size,
+        decode=decode,
+        failed=failures.append,
+        observe=lambda _seconds: None,
+    )
 
 
 async def clients_of(url: str) -> int:
@@ -148,15 +171,7 @@ async def test_a_read_asked_as_a_failed_reconnection_ends_is_answered() -> None:
     """
     client = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
     failures: list[CacheUnavailable] = []
-    reads = PipelinedReads(
-        client,
-        "gwt:generation",
-        timeout_s=1,
-        max_size=100,
-        decode=lambda _keys, _values: None,
-        failed=failures.append,
-        observe=lambda _seconds: None,
-    )
+    reads = reads_on(client, failures, decode=lambda _keys, _values: None)
     loop = asyncio.get_running_loop()
     asked: list[asyncio.Future[Any]] = []
 
@@ -192,15 +207,7 @@ async def test_a_read_whose_reconnection_is_lost_before_it_is_sent_is_answered(r
     """
     client = aioredis.Redis.from_url(redis_url)
     failures: list[CacheUnavailable] = []
-    reads = PipelinedReads(
-        client,
-        "gwt:generation",
-        timeout_s=1,
-        max_size=100,
-        decode=lambda keys, _values: [SharedRead(None, 7)] * len(keys),  # what Redis answered
-        failed=failures.append,
-        observe=lambda _seconds: None,
-    )
+    reads = reads_on(client, failures)
 
     def lost_at_once(attempt: asyncio.Future[Pipe]) -> None:
         # Runs before the reconnection's next step (queued by this same completion, after it).
@@ -215,7 +222,7 @@ async def test_a_read_whose_reconnection_is_lost_before_it_is_sent_is_answered(r
         attempt.add_done_callback(lost_at_once)
         assert await asyncio.wait_for(waiting, 5) is None  # a miss, at once
         assert failures  # the tier degrades on it
-        assert await asyncio.wait_for(reads.get("next"), 5) == SharedRead(None, 7)  # the next read: a new pipe
+        assert await asyncio.wait_for(reads.get("next"), 5) == ANSWER  # the next read: a new pipe
     finally:
         await reads.close()
         await client.aclose()
@@ -268,27 +275,19 @@ async def test_a_decode_that_raises_still_answers_its_reads(redis_url: str) -> N
     """
     client = aioredis.Redis.from_url(redis_url)
 
-    def decode(keys: Sequence[str], _values: list[Any]) -> list[SharedRead]:
+    def decode(keys: Sequence[str], values: list[Any]) -> list[SharedRead]:
         if "poison" in keys:
             raise RuntimeError("a decode that raises")
-        return [SharedRead(None, 7)] * len(keys)
+        return answering_all(keys, values)
 
-    reads = PipelinedReads(
-        client,
-        "gwt:generation",
-        timeout_s=1,
-        max_size=2,  # two MGETs in one reply's data: the poisoned batch, then the next
-        decode=decode,
-        failed=lambda _error: None,
-        observe=lambda _seconds: None,
-    )
+    # max_size 2: two MGETs in one reply's data, the poisoned batch, then the next.
+    reads = reads_on(client, [], max_size=2, decode=decode)
     try:
-        assert await asyncio.wait_for(reads.get("warm"), 5) == SharedRead(None, 7)  # the pipe is open
+        assert await asyncio.wait_for(reads.get("warm"), 5) == ANSWER  # the pipe is open
         asked = [reads.get(key) for key in ("bystander", "poison", "next", "last")]
-        answered = SharedRead(None, 7)
         # The poisoned MGET's reads (a bystander's too) are misses; the pipe goes on with the next.
-        assert await asyncio.wait_for(asyncio.gather(*asked), 5) == [None, None, answered, answered]
-        assert await asyncio.wait_for(reads.get("after"), 5) == answered
+        assert await asyncio.wait_for(asyncio.gather(*asked), 5) == [None, None, ANSWER, ANSWER]
+        assert await asyncio.wait_for(reads.get("after"), 5) == ANSWER
     finally:
         await reads.close()
         await client.aclose()
@@ -302,15 +301,7 @@ async def test_a_host_no_resolver_takes_is_unavailable_never_a_wait() -> None:
     """
     client = aioredis.Redis.from_url("redis://" + "a" * 70 + ".example:6379/0")
     failures: list[CacheUnavailable] = []
-    reads = PipelinedReads(
-        client,
-        "gwt:generation",
-        timeout_s=1,
-        max_size=100,
-        decode=lambda keys, _values: [SharedRead(None, 7)] * len(keys),
-        failed=failures.append,
-        observe=lambda _seconds: None,
-    )
+    reads = reads_on(client, failures)
     try:
         for key in ("first", "second"):
             assert await asyncio.wait_for(reads.get(key), 5) is None  # a miss, at once
@@ -334,15 +325,7 @@ async def test_any_failure_to_connect_answers_the_reads_waiting() -> None:
     """Whatever connecting raises, not only what ``answering`` turns into ``CacheUnavailable``: misses, logged."""
     client = aioredis.Redis(connection_pool=aioredis.ConnectionPool(connection_class=_Unmakeable))
     failures: list[CacheUnavailable] = []
-    reads = PipelinedReads(
-        client,
-        "gwt:generation",
-        timeout_s=1,
-        max_size=100,
-        decode=lambda keys, _values: [SharedRead(None, 7)] * len(keys),
-        failed=failures.append,
-        observe=lambda _seconds: None,
-    )
+    reads = reads_on(client, failures)
     try:
         assert await asyncio.wait_for(reads.get("waiting"), 5) is None
         assert [str(f) for f in failures] == ["ValueError: a setting no connection takes"]
