@@ -12,6 +12,7 @@ from gateway.postgres import seed
 from tests.support.credentials import cookie
 from tests.support.ports import free_port
 from tests.support.postgres import install_triggers, seed_sessions
+from tests.support.redis import PATIENT_REDIS
 from tests.support.server import wait_listening
 from tests.support.tcp_proxy import Proxy
 from tests.support.waiting import eventually
@@ -22,18 +23,13 @@ if TYPE_CHECKING:
     from tests.support.redis import RedisServer
     from tests.support.server import Server
 
-# Where Redis's budget is not the subject: on a loaded machine a read (a fresh connection's first
-# above all) can take over the default 0.25 s; it then goes to Postgres, which these tests have cut
-# or never had (a 503 where Redis holds the session), and Redis is skipped for a second after.
-PATIENT = {"GATEWAY_REDIS_TIMEOUT_S": "5"}
-
 
 async def test_two_processes_share_redis(
     database: str, redis_url: str, redis_prefix: str, start_gateway: Any, client: httpx.AsyncClient
 ) -> None:
     """A session looked up by one process is served by another from Redis: the second has no Postgres at all."""
     (token,) = await seed_sessions(database, 1)
-    shared = {"REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": redis_prefix} | PATIENT
+    shared = {"REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": redis_prefix} | PATIENT_REDIS
     first = start_gateway({"DATABASE_URL": database} | shared)
     no_postgres = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     second = start_gateway(
@@ -122,7 +118,11 @@ async def test_postgres_cut_off(
     try:
         warm, warm_in_redis_only, cold = await seed_sessions(database, 3)
         await install_triggers(database)  # without them Redis is bypassed (staleness bounded by the LRU)
-        env = {"DATABASE_URL": proxy.dsn(), "REDIS_URL": redis_url, "GATEWAY_REDIS_PREFIX": redis_prefix} | PATIENT
+        env = {
+            "DATABASE_URL": proxy.dsn(),
+            "REDIS_URL": redis_url,
+            "GATEWAY_REDIS_PREFIX": redis_prefix,
+        } | PATIENT_REDIS
         # The proxy runs on this test's loop, which start_gateway blocks: no waiting for Postgres.
         # The default 2 s Postgres budget: the cut link refuses at once, and the warm-up lookups
         # through this proxy must not time out on a loaded machine (0.5 s did not leave much).

@@ -14,6 +14,7 @@ from gateway.core.sessions import Reason
 from gateway.credentials.tokens import header_credential, sign, token_hash
 from gateway.postgres import seed
 from tests.support.credentials import cred
+from tests.support.redis import PATIENT_REDIS_S
 from tests.support.resources import open_gateway
 from tests.support.waiting import eventually
 
@@ -38,13 +39,13 @@ def gateway(database: str, redis_url: str, redis_prefix: str) -> Open:
     """Open the gateway's resources; ``redis=True`` adds the shared tier (a prefix of the test's own).
 
     The listener is off: these tests are about the tiers (its start would flush them at a moment
-    of its choosing); test_invalidation covers it. Redis gets 5 s a command unless a test gives its
-    budget (the subject of some): a loaded machine's read past 0.25 s goes to Postgres (a query more).
+    of its choosing); test_invalidation covers it. Redis gets ``PATIENT_REDIS_S`` a command unless a
+    test gives its budget (the subject of some).
     """
 
     def open_(*, redis: bool = False, **overrides: Any) -> AbstractAsyncContextManager[Resources]:
         shared = overrides.pop("redis_url", redis_url) if redis else None
-        defaults: dict[str, Any] = {"redis_prefix": redis_prefix, "listen": False, "redis_timeout_s": 5}
+        defaults: dict[str, Any] = {"redis_prefix": redis_prefix, "listen": False, "redis_timeout_s": PATIENT_REDIS_S}
         return open_gateway(database, redis_url=shared, **(defaults | overrides))
 
     return open_

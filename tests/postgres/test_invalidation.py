@@ -18,6 +18,7 @@ from gateway.postgres import seed
 from gateway.postgres.listener import Listener
 from tests.support.credentials import cookie, cred
 from tests.support.postgres import install_triggers
+from tests.support.redis import PATIENT_REDIS_S
 from tests.support.resources import open_gateway
 from tests.support.server import every_worker_listening, statuses
 from tests.support.waiting import eventually
@@ -132,11 +133,15 @@ async def test_drizzle_layout_triggers(database: str) -> None:
 def gateway(database: str, redis_url: str, redis_prefix: str) -> Open:
     """Open the gateway's resources with Redis (a prefix of the test's own) and a listener checked often.
 
-    Redis gets 5 s a command (not 0.25 s): these tests assert which tier answered, and a loaded
-    machine's slow read would be a miss and one query more.
+    Redis gets ``PATIENT_REDIS_S`` a command: these tests assert which tier answered.
     """
     return functools.partial(
-        open_gateway, database, redis_url=redis_url, redis_prefix=redis_prefix, listener_check_s=0.2, redis_timeout_s=5
+        open_gateway,
+        database,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        listener_check_s=0.2,
+        redis_timeout_s=PATIENT_REDIS_S,
     )
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis.asyncio as aioredis
 
+from tests.support.redis import PATIENT_REDIS_S
 from tests.support.resources import open_gateway
 
 if TYPE_CHECKING:
@@ -22,14 +23,17 @@ if TYPE_CHECKING:
 def gateway(database: str, redis_url: str, redis_prefix: str) -> Open:
     """Open the gateway's resources with Redis (a prefix of the test's own) and an injectable clock.
 
-    Redis gets 5 s a command, not the default 0.25 s: these tests assert what Redis holds and which
-    tier answered, and a read or write past its budget on a loaded machine is a miss, Postgres's
-    answer (one query more) and a second of Redis skipped. Where a tombstone's length matters
-    (it is raised to 2 x the Postgres and Redis budgets), a test gives ``redis_timeout_s`` itself.
+    Redis gets ``PATIENT_REDIS_S`` a command: these tests assert what Redis holds and which tier
+    answered. Where a tombstone's length matters (it is raised to 2 x the Postgres and Redis
+    budgets), a test gives ``redis_timeout_s`` itself.
     """
 
     def open_(clock: Callable[[], float] = time.time, **overrides: Any) -> AbstractAsyncContextManager[Resources]:
-        settings = {"redis_prefix": redis_prefix, "listener_check_s": 0.2, "redis_timeout_s": 5} | overrides
+        settings = {
+            "redis_prefix": redis_prefix,
+            "listener_check_s": 0.2,
+            "redis_timeout_s": PATIENT_REDIS_S,
+        } | overrides
         return open_gateway(database, redis_url=redis_url, clock=clock, **settings)
 
     return open_

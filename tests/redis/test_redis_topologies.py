@@ -22,7 +22,7 @@ from gateway.redis.reads import ClusterReads
 from gateway.resources import open_resources
 from tests.support.credentials import SECRET
 from tests.support.ports import free_port
-from tests.support.redis import RedisServer, redis_server_binary
+from tests.support.redis import PATIENT_REDIS, RedisServer, redis_server_binary
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -93,12 +93,6 @@ def sentinel(tmp_path: Path, own_redis: RedisServer) -> Iterator[int]:
         proc.wait()
 
 
-# The subject is where sessions land, not the read budget: a fresh client's first read discovers the
-# topology (CLUSTER SLOTS, a connection per node; Sentinel's master lookup), which on a loaded CI
-# machine took over the default 0.25 s and was answered from Postgres instead (one query, not 0).
-PATIENT = {"GATEWAY_REDIS_TIMEOUT_S": "5"}
-
-
 async def seeded(db: asyncpg.Connection, n: int) -> list[str]:
     uid = await seed.create_user(db, email=f"{seed.generate_id(6)}@example.com")
     return [await seed.create_session(db, uid) for _ in range(n)]
@@ -129,7 +123,7 @@ async def test_redis_cluster(db: asyncpg.Connection, database: str, cluster: lis
     while len(owners(cluster, tokens)) < len(cluster):
         tokens = await seeded(db, 30)
     url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in cluster[:2])
-    env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": url} | PATIENT
+    env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": url} | PATIENT_REDIS
     settings = load_settings(env, {"listen": False})  # a listener's first connect flushes Redis
     assert await decide_all(settings, tokens) == ({Reason.ok}, 1)
     assert await decide_all(settings, tokens) == ({Reason.ok}, 0)  # every one from the cluster
@@ -142,7 +136,7 @@ async def test_redis_sentinel(db: asyncpg.Connection, database: str, own_redis: 
     """With a Sentinel URL, the gateway finds the master through Sentinel and caches there."""
     tokens = await seeded(db, 3)
     url = f"redis+sentinel://127.0.0.1:{sentinel}/gwmaster/0"
-    env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": url} | PATIENT
+    env = {"DATABASE_URL": database, "BETTER_AUTH_SECRET": SECRET, "REDIS_URL": url} | PATIENT_REDIS
     settings = load_settings(env, {"listen": False})
     assert await decide_all(settings, tokens) == ({Reason.ok}, 1)
     assert await decide_all(settings, tokens) == ({Reason.ok}, 0)
