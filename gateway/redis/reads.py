@@ -40,6 +40,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.redis")
 
 
+def _decoded(decode: Decode, keys: Sequence[str], reply: list[Any]) -> Sequence[SharedRead] | None:
+    """``decode(keys, reply)``; one that raises (a bug, a value no one foresaw) is logged, and a miss for each key.
+
+    Raised out of a pipe's callback it stranded that ``MGET``'s reads and failed the pipe; out of
+    a batch, it was every waiter's exception.
+    """
+    try:
+        return decode(keys, reply)
+    except Exception:
+        log.exception("an MGET's reply could not be decoded: its reads are misses")
+        return None
+
+
 class PipelinedReads:
     """Reads of one server over one pipelined connection (``get``, ``ping``, ``close``)."""
 
@@ -139,12 +152,7 @@ class PipelinedReads:
     ) -> None:
         self._observe(time.perf_counter() - started)
         if isinstance(reply, list) and len(reply) == len(keys) + 1:
-            try:
-                found = self._decode(keys, reply)
-            except Exception:  # a bug: raised out of the pipe's callback, it stranded these reads and failed the pipe
-                log.exception("an MGET's reply could not be decoded: its reads are misses")
-                found = None
-            self._settle((keys, futures), found)
+            self._settle((keys, futures), _decoded(self._decode, keys, reply))
             return
         if isinstance(reply, BaseException):  # the pipe failed, or an error reply
             error = CacheUnavailable(describe(reply))
@@ -258,9 +266,5 @@ class ClusterReads:
             return {}
         finally:
             self._observe(time.perf_counter() - started)
-        try:
-            found = self._decode(keys, raw)
-        except Exception:  # as in ``PipelinedReads._reply``: raised, it would fail every read of the batch
-            log.exception("an MGET's reply could not be decoded: its reads are misses")
-            return {}
+        found = _decoded(self._decode, keys, raw)
         return {} if found is None else dict(zip(keys, found, strict=True))
