@@ -23,6 +23,7 @@ from gateway.credentials.tokens import (
     header_credential,
     sign,
 )
+from tests.support.credentials import BASE64
 
 SECRET = "s" * 40
 TOKEN = "B0Ge2XGXnPquvFYmDwnTF06iM1PSSnWw"
@@ -247,8 +248,7 @@ def test_every_spelling_of_a_credential_has_one_home_key() -> None:
     canonical = quote(value, safe="")
     respelled = "".join(f"%{ord(c):02X}" if i % 3 == 0 else c for i, c in enumerate(value))
     last = value[-2]  # the 43rd character's 2 low bits carry nothing: 4 spellings decode alike
-    index = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".index(last)
-    sloppy = value[:-2] + "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[index ^ 1] + "="
+    sloppy = value[:-2] + BASE64[BASE64.index(last) ^ 1] + "="
     assert VERIFIER.token(Credential(sloppy, Kind.cookie, sloppy)) == TOKEN  # the unused bits are ignored
     lower = re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), canonical)
     for spelling in (canonical, respelled, quote(sloppy, safe=""), lower):

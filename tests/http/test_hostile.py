@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import random
 import socket
-import string
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ from gateway.credentials.tokens import Credential, Kind, Verifier, cookie_value,
 from gateway.http import canonical
 from gateway.http.original import PROXIES, Proxy, original_request
 from gateway.postgres import seed
-from tests.support.credentials import SECRET, cookie, cookie_pair
+from tests.support.credentials import BASE64, SECRET, cookie, cookie_pair
 
 if TYPE_CHECKING:
     import asyncpg
@@ -91,9 +90,6 @@ def test_verifier_never_raises_and_only_accepts_a_real_signature(value: str, kin
         want = base64.b64encode(hmac.new(SECRET.encode(), token.encode(), hashlib.sha256).digest()).decode()
         assert result == token
         assert signature == want
-
-
-BASE64 = string.ascii_uppercase + string.ascii_lowercase + string.digits + "+/"
 
 
 def flip(char: str) -> str:

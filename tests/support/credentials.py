@@ -15,6 +15,8 @@ SECRET = "test-secret-0123456789abcdefghijklmnopqrstuvwxyz"
 """``BETTER_AUTH_SECRET`` of every gateway and Better Auth the tests start."""
 SESSION_COOKIE = "better-auth.session_token"
 """Better Auth's session cookie on plain http (the tests' servers): no ``__Secure-`` prefix."""
+BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+"""The standard base64 alphabet, in order: a character's index is the 6 bits it carries."""
 
 
 def cookie_pair(token: str, name: str = SESSION_COOKIE, secret: str = SECRET) -> str:
