@@ -7,7 +7,8 @@ One run measures, each as ``benchmarks.http_compare`` does (server pinned to CPU
 alternating order, medians): the floor; the gateway at ``--before`` (the commit before the
 observability work, checked out into a temporary folder); this tree with its defaults (the
 decision-latency histogram, the in-flight gauge, build_info and process series: always on);
-with OpenTelemetry tracing on as well (an OTLP endpoint set: no span is made on an L1 hit); and
+with OpenTelemetry tracing on as well (an OTLP endpoint set: no span is made on an L1 hit);
+with the request ID echoed as well (``GATEWAY_REQUEST_ID_HEADER=on``: all but the access log); and
 with everything on (tracing, ``GATEWAY_ACCESS_LOG=on``, ``GATEWAY_REQUEST_ID_HEADER=on``: each
 hit, still on the hit path, echoes its ID and writes an access line, to a file); with
 ``--before-all-on``, the ``--before`` commit with everything on too (to compare what a line costs
@@ -143,7 +144,8 @@ def main() -> None:
         (f"before ({args.before})", serve, gateway, before),
         ("defaults (metrics on)", serve, gateway, ROOT),
         ("+ tracing on", serve, gateway | tracing, ROOT),
-        ("+ access log, request ID header", serve, everything, ROOT),
+        ("+ request ID header", serve, gateway | tracing | {"GATEWAY_REQUEST_ID_HEADER": "on"}, ROOT),
+        ("+ access log (everything on)", serve, everything, ROOT),
     ]
     if args.before_all_on:
         configs.append((f"before ({args.before}), everything on", serve, everything, before))
