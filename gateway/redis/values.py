@@ -29,6 +29,12 @@ _ENCODE = msgspec.msgpack.Encoder()
 _DECODE = msgspec.msgpack.Decoder(Session)
 # Bumping this retires every value written before (their MACs stop verifying).
 _CONTEXT = b"better-auth-gateway/redis-value/v2\0"
+# A session is a few hundred bytes to a few KiB; a user's own fields (a name, an avatar as a data
+# URL, a JSON field) can be megabytes, and anyone who signs up may write them. Written to Redis,
+# such a value can outlast the shared tier's budget (0.25 s is ~100 MB on loopback, a few MB on a
+# slow link), which degrades the tier for every user and retires every value at recovery, as
+# often as that user makes a lookup. Such sessions are served from the source, each time.
+MAX_VALUE_BYTES = 128 * 1024
 
 
 def mac_key(secret: str, configuration: bytes) -> bytes:
@@ -50,14 +56,16 @@ class Values:
         self._key = key
 
     def seal(self, key: str, session: Session, generation: int, not_after: float) -> bytes | None:
-        """The value to store at ``key``; ``None`` if msgpack cannot hold the session.
+        """The value to store at ``key``; ``None`` if msgpack cannot hold the session, or it is too large.
 
-        (A JSON document too deep to decode, kept as text, is such a session: it is served from
-        the source each time, never an error in the lookup.)
+        (A JSON document too deep to decode, kept as text, is such a session, and so is one over
+        ``MAX_VALUE_BYTES``: it is served from the source each time, never an error in the lookup.)
         """
         try:
             body = _ENCODE.encode(session)
         except (TypeError, OverflowError, RecursionError):
+            return None
+        if len(body) > MAX_VALUE_BYTES:
             return None
         payload = _HEAD.pack(generation, not_after) + body
         return self._mac(key, payload) + payload

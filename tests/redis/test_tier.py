@@ -76,6 +76,32 @@ async def test_drain_returns_once_every_queued_write_is_in_redis(tier: RedisTier
     await tier.drain()  # nothing queued: returns at once
 
 
+async def test_a_session_too_large_for_the_budget_degrades_nothing(
+    redis_url: str, redis_prefix: str, redis: aioredis.Redis
+) -> None:
+    """A user's 40 MB field (a data-URL avatar: anyone may write one) is not written. Writing it took longer than
+    the budget, which degraded the tier for every user and retired every value at recovery, once per lookup."""
+    events: list[str] = []
+    settings = load_settings(ENV | {"REDIS_URL": redis_url}, {"redis_prefix": redis_prefix, "redis_timeout_s": 0.02})
+    client = connect(redis_url, timeout_s=settings.redis_timeout_s, pool_max_size=settings.redis_pool_max_size)
+    tier = RedisTier(client, settings, value_configuration(settings), time.time, event=events.append)
+    try:
+        image = "data:image/png;base64," + "A" * (40 * 1024 * 1024)
+        large = Session(
+            expires_at=EXPIRES,
+            banned_until=0.0,
+            session={"id": "s1", "userId": "u1"},
+            user={"id": "u1", "image": image},
+        )
+        tier.put(digest(1), large, 0)
+        await tier.drain()
+        assert tier.degraded is None
+        assert events == ["redis_uncacheable"]
+        assert await redis.exists(tier.key(digest(1))) == 0
+    finally:
+        await tier.close()
+
+
 async def test_drain_returns_when_the_writes_failed(dead_tier: RedisTier) -> None:
     """With Redis away, ``drain()`` returns (the writes failed, the tier degraded), and raises nothing."""
     dead_tier.put(digest(1), session(1), 0)

@@ -11,7 +11,7 @@ import pytest
 from gateway.config import load_settings
 from gateway.core.sessions import Session
 from gateway.redis.scripts import TOMBSTONE
-from gateway.redis.values import Values, mac_key
+from gateway.redis.values import MAX_VALUE_BYTES, Values, mac_key
 from gateway.resources import value_configuration
 
 ENV = {"DATABASE_URL": "postgresql://x/y", "BETTER_AUTH_SECRET": "s" * 32}
@@ -58,6 +58,21 @@ def test_a_session_msgpack_cannot_hold_is_not_sealed(values: Values) -> None:
     """An integer past 64 bits (or anything msgpack refuses) is not cached: ``None``, not an exception."""
     huge = Session(expires_at=time.time() + 60, banned_until=0.0, session={"id": "s"}, user={"id": "u", "n": 2**70})
     assert values.seal(KEY, huge, 0, time.time() + 60) is None
+
+
+def test_a_session_over_the_size_bound_is_not_sealed(values: Values) -> None:
+    """A user's field of megabytes (anyone may write one) is never cached in Redis; one just under the bound is."""
+    expires = time.time() + 60
+
+    def with_image(size: int) -> Session:
+        return Session(expires_at=expires, banned_until=0.0, session={"id": "s"}, user={"id": "u", "image": "A" * size})
+
+    under = with_image(MAX_VALUE_BYTES - 1024)
+    sealed = values.seal(KEY, under, 0, expires)
+    assert sealed is not None
+    assert values.open(KEY, sealed, 0, time.time()) == under
+    assert values.seal(KEY, with_image(MAX_VALUE_BYTES), 0, expires) is None
+    assert values.seal(KEY, with_image(8 * 1024 * 1024), 0, expires) is None
 
 
 @pytest.mark.parametrize(
