@@ -31,13 +31,20 @@ NO_STORE = ("cache-control", "no-store")
 # A header value may not carry control characters (CR/LF would split the response), and
 # granian sends values as Latin-1: anything else is percent-encoded, as oauth2-proxy does.
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]|[^\x00-\xff]")
+# A user writes their own name and fields, megabytes if they like. Escaping costs a Python call a
+# character (a user's 10 MB of control characters held the worker's loop, every user's requests
+# with it, for 10 s), and nginx, by default, fails an auth answer whose headers outgrow one 4 or
+# 8 KiB buffer. A longer value is sent empty, as a null one is.
+MAX_HEADER_VALUE = 4096
 
 
 def header_value(value: Any) -> str:
-    """Render a field for a response header; ``None`` becomes the empty string."""
+    """Render a field for a response header; ``None``, or more than ``MAX_HEADER_VALUE`` characters, is empty."""
     if value is None:
         return ""
     text = value if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    if len(text) > MAX_HEADER_VALUE:
+        return ""
     # Printable ASCII (the usual value) is safe as it is: two C calls, a fifth of a regex scan.
     if (text.isascii() and text.isprintable()) or _UNSAFE.search(text) is None:
         return text

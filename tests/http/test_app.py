@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from gateway.credentials.tokens import sign
+from gateway.http.responses import MAX_HEADER_VALUE
 from gateway.postgres import seed
 from tests.support.credentials import SECRET
 from tests.support.credentials import cookie as session_cookie
@@ -167,6 +168,23 @@ async def test_identity_headers_always_present_and_safe(
     _, token = await new_session(conn, name="a\tb\x7fc\x0bd\x1fe\u2028f")
     r = await client.get(server.url + "/validate", headers=cookie(token))
     assert r.headers["x-auth-request-name"] == "a%09b%7Fc%0Bd%1Fe%E2%80%A8f"
+
+
+async def test_an_identity_value_past_the_bound_is_sent_empty(
+    server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient
+) -> None:
+    """A user's own name of megabytes is no header (escaping it held every user's requests): empty, on a miss and a
+    hit; one at the bound is escaped as ever."""
+    for name, expected in [
+        ("\x01" * MAX_HEADER_VALUE, "%01" * MAX_HEADER_VALUE),
+        ("\x01" * (MAX_HEADER_VALUE + 1), ""),
+        ("\u4e2d" * (3 * 1024 * 1024), ""),
+    ]:
+        _, token = await new_session(conn, name=name)
+        for _ in range(2):  # a miss, then a hit (the headers rendered once on the cache entry)
+            r = await client.get(server.url + "/validate", headers=cookie(token))
+            assert r.status_code == 200
+            assert r.headers["x-auth-request-name"] == expected
 
 
 async def test_json_validate(server: Server, conn: asyncpg.Connection, client: httpx.AsyncClient) -> None:
