@@ -42,10 +42,16 @@ def digest(n: int) -> str:
     return f"{n:064x}"
 
 
-def make_tier(url: str, prefix: str, jitter: Callable[[], float] = random.random, **overrides: object) -> RedisTier:
+def make_tier(
+    url: str,
+    prefix: str,
+    jitter: Callable[[], float] = random.random,
+    event: Callable[[str], None] | None = None,
+    **overrides: object,
+) -> RedisTier:
     settings = load_settings(ENV | {"REDIS_URL": url}, {"redis_prefix": prefix} | overrides)
     client = connect(url, timeout_s=settings.redis_timeout_s, pool_max_size=settings.redis_pool_max_size)
-    return RedisTier(client, settings, value_configuration(settings), time.time, random=jitter)
+    return RedisTier(client, settings, value_configuration(settings), time.time, event=event, random=jitter)
 
 
 @pytest.fixture
@@ -82,9 +88,7 @@ async def test_a_session_too_large_for_the_budget_degrades_nothing(
     """A user's 40 MB field (a data-URL avatar: anyone may write one) is not written. Writing it took longer than
     the budget, which degraded the tier for every user and retired every value at recovery, once per lookup."""
     events: list[str] = []
-    settings = load_settings(ENV | {"REDIS_URL": redis_url}, {"redis_prefix": redis_prefix, "redis_timeout_s": 0.02})
-    client = connect(redis_url, timeout_s=settings.redis_timeout_s, pool_max_size=settings.redis_pool_max_size)
-    tier = RedisTier(client, settings, value_configuration(settings), time.time, event=events.append)
+    tier = make_tier(redis_url, redis_prefix, event=events.append, redis_timeout_s=0.02)
     try:
         image = "data:image/png;base64," + "A" * (40 * 1024 * 1024)
         large = Session(
